@@ -1,0 +1,65 @@
+//! The command line: one file per subcommand, each with its clap arguments and a `run`.
+//! This is the only place (with `main.rs`) that uses `anyhow` and reads the environment.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use runbook_worker::settings::{self, LogFormat, Settings};
+use runbook_worker::telemetry;
+
+#[derive(Debug, Parser)]
+#[command(name = "runbook-worker", version, about = "Runs Exchange Online admin runbooks on a schedule with an Azure managed identity")]
+pub struct Cli {
+    /// Settings file (default: runbook-worker.toml in the working directory, when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format; default: human on a terminal, JSON otherwise.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter such as `info` or `runbook_worker=debug` (default from [log] level).
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Get a token from the managed identity and show what an operator needs to debug
+    /// permissions (never the token itself unless --raw).
+    Token(token::TokenArgs),
+}
+
+mod token;
+
+/// What every subcommand gets.
+pub struct Context {
+    pub settings: Settings,
+    pub env: HashMap<String, String>,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let settings = settings::load(cli.config.as_deref(), &cwd, &env)?;
+
+    let format = cli.log_format.unwrap_or(settings.log.format);
+    let level = cli
+        .log_level
+        .clone()
+        .or_else(|| env.get("RUST_LOG").cloned())
+        .unwrap_or_else(|| settings.log.level.clone());
+    telemetry::init(format, &level);
+
+    let ctx = Context { settings, env };
+    match cli.command {
+        Command::Token(args) => token::run(ctx, args).await,
+    }
+}

@@ -1,0 +1,418 @@
+//! Layered settings: built-in defaults, then a TOML file, then `RUNBOOK_WORKER__SECTION__KEY`
+//! environment variables.
+//!
+//! Each section's type lives with the module it configures; this module composes them,
+//! loads them with the `config` crate and turns every bad value into an error that names
+//! the key and where the value came from. The environment is passed in as a map so tests
+//! never touch the process environment.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::coordination::CoordinationSettings;
+use crate::duration::HumanDuration;
+use crate::exchange::ExchangeSettings;
+use crate::history::HistorySettings;
+use crate::http::HttpSettings;
+use crate::identity::IdentitySettings;
+use crate::runbook::{PolicySettings, RunbooksSettings};
+
+/// Prefix of environment overrides: `RUNBOOK_WORKER__IDENTITY__CLIENT_ID`.
+pub const ENV_PREFIX: &str = "RUNBOOK_WORKER";
+/// The settings file read when `--config` is not given and it exists.
+pub const DEFAULT_FILE: &str = "runbook-worker.toml";
+
+/// Every setting of the worker.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub identity: IdentitySettings,
+    pub exchange: ExchangeSettings,
+    pub runbooks: RunbooksSettings,
+    pub policy: PolicySettings,
+    pub state: StateSettings,
+    pub history: HistorySettings,
+    pub http: HttpSettings,
+    pub worker: WorkerSettings,
+    pub coordination: CoordinationSettings,
+    pub log: LogSettings,
+}
+
+/// `[state]`: where the worker keeps its history database and reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSettings {
+    pub dir: PathBuf,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("state"),
+        }
+    }
+}
+
+/// `[worker]`: the long-running process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// How long running jobs may finish after SIGTERM before they are cancelled.
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: HumanDuration::from_secs(25),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    Human,
+    Json,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `runbook_worker=debug,info`, …
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// A settings problem, with the key and where its value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read settings file {}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    #[error("invalid setting `{key}` (from {origin}): {message}")]
+    Invalid {
+        key: String,
+        origin: String,
+        message: String,
+    },
+    #[error("invalid settings (from {origin}): {message}")]
+    Unreadable { origin: String, message: String },
+}
+
+/// Loads settings: `explicit` is `--config`; without it `runbook-worker.toml` in `cwd` is
+/// read when present. `env` is the process environment (only `RUNBOOK_WORKER__*` is used).
+pub fn load(
+    explicit: Option<&Path>,
+    cwd: &Path,
+    env: &HashMap<String, String>,
+) -> Result<Settings, SettingsError> {
+    let file = match explicit {
+        Some(path) => {
+            if !path.is_file() {
+                return Err(SettingsError::File {
+                    path: path.to_path_buf(),
+                    message: "no such file (check --config)".to_string(),
+                });
+            }
+            Some(path.to_path_buf())
+        }
+        None => Some(cwd.join(DEFAULT_FILE)).filter(|p| p.is_file()),
+    };
+
+    let overrides: HashMap<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+
+    let mut builder = config::Config::builder();
+    if let Some(path) = &file {
+        builder = builder.add_source(
+            config::File::from(path.as_path())
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("policy.allow")
+            .with_list_parse_key("policy.deny")
+            .try_parsing(true)
+            .source(Some(overrides.clone())),
+    );
+
+    let origin_of = |key: &str| origin(key, file.as_deref(), &overrides);
+    let built = builder.build().map_err(|e| match &file {
+        Some(path) => SettingsError::File {
+            path: path.clone(),
+            message: e.to_string(),
+        },
+        None => SettingsError::Unreadable {
+            origin: "the environment".to_string(),
+            message: e.to_string(),
+        },
+    })?;
+    let settings: Settings = built
+        .try_deserialize()
+        .map_err(|e| describe_config_error(e, &origin_of))?;
+
+    if let Some((key, message)) = settings.problems().into_iter().next() {
+        return Err(SettingsError::Invalid {
+            origin: origin_of(&key),
+            key,
+            message,
+        });
+    }
+    Ok(settings)
+}
+
+/// The environment variable that overrides `key` (`exchange.page_size` →
+/// `RUNBOOK_WORKER__EXCHANGE__PAGE_SIZE`).
+pub fn env_var_for(key: &str) -> String {
+    format!("{ENV_PREFIX}__{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+fn origin(key: &str, file: Option<&Path>, overrides: &HashMap<String, String>) -> String {
+    let var = env_var_for(key);
+    if overrides.contains_key(&var) {
+        format!("environment variable {var}")
+    } else if let Some(path) = file {
+        format!("file {}", path.display())
+    } else {
+        "built-in default".to_string()
+    }
+}
+
+fn describe_config_error(e: config::ConfigError, origin_of: &dyn Fn(&str) -> String) -> SettingsError {
+    match e {
+        config::ConfigError::Type {
+            key: Some(key),
+            unexpected,
+            expected,
+            ..
+        } => SettingsError::Invalid {
+            origin: origin_of(&key),
+            message: format!("expected {expected}, got {unexpected}"),
+            key,
+        },
+        config::ConfigError::At {
+            key: Some(key),
+            error,
+            ..
+        } => SettingsError::Invalid {
+            origin: origin_of(&key),
+            message: error.to_string(),
+            key,
+        },
+        other => {
+            let message = other.to_string();
+            // serde's "unknown field `x`" errors carry no key path from `config`: say which
+            // sections exist so a typo is easy to spot.
+            SettingsError::Unreadable {
+                origin: "settings file or RUNBOOK_WORKER__* environment".to_string(),
+                message: format!(
+                    "{message} (sections: identity, exchange, runbooks, policy, state, history, http, worker, coordination, log)"
+                ),
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// Values that parse but make no sense, as (`section.key`, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let selectors = [
+            ("identity.client_id", self.identity.client_id.is_some()),
+            ("identity.object_id", self.identity.object_id.is_some()),
+            ("identity.resource_id", self.identity.resource_id.is_some()),
+        ];
+        let chosen: Vec<_> = selectors.iter().filter(|(_, set)| *set).collect();
+        if chosen.len() > 1 {
+            out.push((
+                chosen[1].0.to_string(),
+                format!(
+                    "set at most one of identity.client_id, identity.object_id, identity.resource_id (also set: {})",
+                    chosen[0].0
+                ),
+            ));
+        }
+        if url::Url::parse(&self.identity.imds_endpoint).is_err() {
+            out.push((
+                "identity.imds_endpoint".to_string(),
+                "expected a base URL such as http://169.254.169.254".to_string(),
+            ));
+        }
+        if !(1..=1000).contains(&self.exchange.page_size) {
+            out.push((
+                "exchange.page_size".to_string(),
+                format!("must be between 1 and 1000, got {}", self.exchange.page_size),
+            ));
+        }
+        if self.exchange.max_concurrency == 0 {
+            out.push((
+                "exchange.max_concurrency".to_string(),
+                "must be at least 1".to_string(),
+            ));
+        }
+        if let Some(endpoint) = &self.exchange.endpoint
+            && url::Url::parse(endpoint).is_err()
+        {
+            out.push((
+                "exchange.endpoint".to_string(),
+                format!("expected a base URL such as https://outlook.office365.com, got {endpoint:?}"),
+            ));
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            out.push((
+                "http.listen".to_string(),
+                format!("expected ADDRESS:PORT such as 127.0.0.1:8080, got {:?}", self.http.listen),
+            ));
+        }
+        let lease = self.coordination.lease_duration.get().as_secs();
+        if !(15..=60).contains(&lease) {
+            out.push((
+                "coordination.lease_duration".to_string(),
+                format!("must be between 15s and 60s (Blob Storage's limits), got {lease}s"),
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            out.push((
+                "log.level".to_string(),
+                format!("expected a level such as info or debug, got {:?}", self.log.level),
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("worker.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_apply_without_file_or_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = load(None, dir.path(), &env(&[])).unwrap();
+        assert_eq!(s.identity.imds_endpoint, "http://169.254.169.254");
+        assert_eq!(s.exchange.page_size, 1000);
+        assert_eq!(s.http.listen, "127.0.0.1:8080");
+        assert_eq!(s.worker.shutdown_grace.get().as_secs(), 25);
+    }
+
+    #[test]
+    fn the_default_file_is_read_from_the_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DEFAULT_FILE), "[exchange]\npage_size = 50\n").unwrap();
+        let s = load(None, dir.path(), &env(&[])).unwrap();
+        assert_eq!(s.exchange.page_size, 50);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "[identity]\nclient_id = \"from-file\"\n");
+        let s = load(
+            Some(&file),
+            dir.path(),
+            &env(&[
+                ("RUNBOOK_WORKER__IDENTITY__CLIENT_ID", "from-env"),
+                ("RUNBOOK_WORKER__EXCHANGE__PAGE_SIZE", "10"),
+                ("RUNBOOK_WORKER__POLICY__DENY", "Remove-*,New-*"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.identity.client_id.as_deref(), Some("from-env"));
+        assert_eq!(s.exchange.page_size, 10);
+        assert_eq!(s.policy.deny, vec!["Remove-*", "New-*"]);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key_and_the_environment_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(
+            None,
+            dir.path(),
+            &env(&[("RUNBOOK_WORKER__EXCHANGE__PAGE_SIZE", "lots")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("exchange.page_size"), "{err}");
+        assert!(err.contains("RUNBOOK_WORKER__EXCHANGE__PAGE_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn an_out_of_range_value_names_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "[exchange]\npage_size = 5000\n");
+        let err = load(Some(&file), dir.path(), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("exchange.page_size"), "{err}");
+        assert!(err.contains("worker.toml"), "{err}");
+        assert!(err.contains("between 1 and 1000"), "{err}");
+    }
+
+    #[test]
+    fn a_misspelt_key_is_an_error_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "[identity]\nclientid = \"x\"\n");
+        let err = load(Some(&file), dir.path(), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("clientid"), "{err}");
+    }
+
+    #[test]
+    fn two_identity_selectors_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "[identity]\nclient_id = \"a\"\nobject_id = \"b\"\n");
+        let err = load(Some(&file), dir.path(), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("at most one"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(Some(&dir.path().join("nope.toml")), dir.path(), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope.toml"), "{err}");
+    }
+
+    #[test]
+    fn env_var_names_follow_the_double_underscore_rule() {
+        assert_eq!(
+            env_var_for("identity.client_id"),
+            "RUNBOOK_WORKER__IDENTITY__CLIENT_ID"
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Loopback stand-ins for what cannot run here: the managed-identity endpoints and an
+//! Exchange Online tenant. Faithful to the documented protocols and checking what the real
+//! services check; used by tests, benchmarks and `serve --simulate`. Binds 127.0.0.1 only.
+
+pub mod jwt;

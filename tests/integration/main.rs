@@ -1,0 +1,6 @@
+//! The one integration-test binary (one link step instead of one per file). Each area has
+//! its module; shared helpers live in `support`.
+
+mod support;
+
+mod cli;
