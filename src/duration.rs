@@ -89,7 +89,11 @@ mod tests {
             (" 2h ", 7200),
         ];
         for (text, secs) in cases {
-            assert_eq!(text.parse::<HumanDuration>().unwrap().get().as_secs(), secs, "{text}");
+            assert_eq!(
+                text.parse::<HumanDuration>().unwrap().get().as_secs(),
+                secs,
+                "{text}"
+            );
         }
     }
 

@@ -187,7 +187,10 @@ pub fn load(
 /// The environment variable that overrides `key` (`exchange.page_size` →
 /// `RUNBOOK_WORKER__EXCHANGE__PAGE_SIZE`).
 pub fn env_var_for(key: &str) -> String {
-    format!("{ENV_PREFIX}__{}", key.replace('.', "__").to_ascii_uppercase())
+    format!(
+        "{ENV_PREFIX}__{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
 }
 
 fn origin(key: &str, file: Option<&Path>, overrides: &HashMap<String, String>) -> String {
@@ -201,7 +204,10 @@ fn origin(key: &str, file: Option<&Path>, overrides: &HashMap<String, String>) -
     }
 }
 
-fn describe_config_error(e: config::ConfigError, origin_of: &dyn Fn(&str) -> String) -> SettingsError {
+fn describe_config_error(
+    e: config::ConfigError,
+    origin_of: &dyn Fn(&str) -> String,
+) -> SettingsError {
     match e {
         config::ConfigError::Type {
             key: Some(key),
@@ -264,7 +270,10 @@ impl Settings {
         if !(1..=1000).contains(&self.exchange.page_size) {
             out.push((
                 "exchange.page_size".to_string(),
-                format!("must be between 1 and 1000, got {}", self.exchange.page_size),
+                format!(
+                    "must be between 1 and 1000, got {}",
+                    self.exchange.page_size
+                ),
             ));
         }
         if self.exchange.max_concurrency == 0 {
@@ -278,13 +287,18 @@ impl Settings {
         {
             out.push((
                 "exchange.endpoint".to_string(),
-                format!("expected a base URL such as https://outlook.office365.com, got {endpoint:?}"),
+                format!(
+                    "expected a base URL such as https://outlook.office365.com, got {endpoint:?}"
+                ),
             ));
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             out.push((
                 "http.listen".to_string(),
-                format!("expected ADDRESS:PORT such as 127.0.0.1:8080, got {:?}", self.http.listen),
+                format!(
+                    "expected ADDRESS:PORT such as 127.0.0.1:8080, got {:?}",
+                    self.http.listen
+                ),
             ));
         }
         let lease = self.coordination.lease_duration.get().as_secs();
@@ -297,7 +311,10 @@ impl Settings {
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             out.push((
                 "log.level".to_string(),
-                format!("expected a level such as info or debug, got {:?}", self.log.level),
+                format!(
+                    "expected a level such as info or debug, got {:?}",
+                    self.log.level
+                ),
             ));
         }
         out
@@ -334,7 +351,11 @@ mod tests {
     #[test]
     fn the_default_file_is_read_from_the_working_directory() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(DEFAULT_FILE), "[exchange]\npage_size = 50\n").unwrap();
+        std::fs::write(
+            dir.path().join(DEFAULT_FILE),
+            "[exchange]\npage_size = 50\n",
+        )
+        .unwrap();
         let s = load(None, dir.path(), &env(&[])).unwrap();
         assert_eq!(s.exchange.page_size, 50);
     }
@@ -377,7 +398,9 @@ mod tests {
     fn an_out_of_range_value_names_the_key_and_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = write(dir.path(), "[exchange]\npage_size = 5000\n");
-        let err = load(Some(&file), dir.path(), &env(&[])).unwrap_err().to_string();
+        let err = load(Some(&file), dir.path(), &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("exchange.page_size"), "{err}");
         assert!(err.contains("worker.toml"), "{err}");
         assert!(err.contains("between 1 and 1000"), "{err}");
@@ -387,15 +410,22 @@ mod tests {
     fn a_misspelt_key_is_an_error_not_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let file = write(dir.path(), "[identity]\nclientid = \"x\"\n");
-        let err = load(Some(&file), dir.path(), &env(&[])).unwrap_err().to_string();
+        let err = load(Some(&file), dir.path(), &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("clientid"), "{err}");
     }
 
     #[test]
     fn two_identity_selectors_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let file = write(dir.path(), "[identity]\nclient_id = \"a\"\nobject_id = \"b\"\n");
-        let err = load(Some(&file), dir.path(), &env(&[])).unwrap_err().to_string();
+        let file = write(
+            dir.path(),
+            "[identity]\nclient_id = \"a\"\nobject_id = \"b\"\n",
+        );
+        let err = load(Some(&file), dir.path(), &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at most one"), "{err}");
     }
 

@@ -12,7 +12,11 @@ use runbook_worker::settings::{self, LogFormat, Settings};
 use runbook_worker::telemetry;
 
 #[derive(Debug, Parser)]
-#[command(name = "runbook-worker", version, about = "Runs Exchange Online admin runbooks on a schedule with an Azure managed identity")]
+#[command(
+    name = "runbook-worker",
+    version,
+    about = "Runs Exchange Online admin runbooks on a schedule with an Azure managed identity"
+)]
 pub struct Cli {
     /// Settings file (default: runbook-worker.toml in the working directory, when present).
     #[arg(long, global = true, value_name = "FILE")]
@@ -40,6 +44,7 @@ pub enum Command {
 mod token;
 
 /// What every subcommand gets.
+#[allow(dead_code)] // fields are read as subcommands land
 pub struct Context {
     pub settings: Settings,
     pub env: HashMap<String, String>,

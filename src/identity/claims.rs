@@ -194,7 +194,10 @@ mod tests {
             "ver": "1.0"
         }));
         let claims = TokenClaims::decode(&token).unwrap();
-        assert_eq!(claims.tid.as_deref(), Some("72f988bf-0000-0000-0000-000000000000"));
+        assert_eq!(
+            claims.tid.as_deref(),
+            Some("72f988bf-0000-0000-0000-000000000000")
+        );
         assert!(claims.has_role("exchange.manageasapp"));
         assert_eq!(
             claims.directory_roles(),
