@@ -1,0 +1,2 @@
+//! Benchmark placeholder; replaced by the coordination work.
+fn main() {}
