@@ -1,5 +1,8 @@
 //! Logging setup: `tracing` to stderr, human-readable on a terminal and JSON otherwise
-//! (or as `--log-format` / `[log] format` say).
+//! (or as `--log-format` / `[log] format` say). [`metrics`] holds the Prometheus metrics
+//! the rest of the worker updates and `/metrics` renders.
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 
