@@ -1,12 +1,39 @@
 //! The HTTP surface: health probes, Prometheus metrics, the JSON API and the dashboard.
 //!
 //! The only module that knows axum for serving the product (the simulator has its own
-//! servers). Reads snapshots of the worker's state; never drives the scheduler directly.
+//! servers). Everything behind the routes comes through the [`WorkerApi`] trait, which the
+//! composition root implements over the catalog, scheduler and history: this module reads
+//! snapshots and forwards requests (run, cancel) through it, and never drives the scheduler or
+//! opens the history itself. [`ApiAuth`] decides who may read and who may change things; the
+//! API token never leaves it (only a digest is kept).
+//!
+//! Layout: `api` holds the JSON and probe handlers, `auth` the access rules, `dashboard` the
+//! server-rendered pages with their embedded templates, CSS and script.
 
+mod api;
+mod auth;
+mod dashboard;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::metrics::Metrics;
+
+pub use auth::ApiAuth;
 
 /// `[http]` settings.
 #[derive(Clone, Debug, Deserialize)]
@@ -26,5 +53,473 @@ impl Default for HttpSettings {
             api_token: None,
             api_token_file: None,
         }
+    }
+}
+
+/// What the HTTP surface needs from the rest of the worker. The composition root implements
+/// it; tests implement it with canned data.
+///
+/// Implementations must keep secrets (tokens, SAS URLs) out of everything they return,
+/// including error messages: the API passes them on to clients.
+#[async_trait::async_trait]
+pub trait WorkerApi: Send + Sync + 'static {
+    /// The loaded runbooks and the files that fail validation, as of now. Cheap: the
+    /// dashboard calls it on every page view.
+    fn runbooks(&self) -> RunbooksView;
+
+    /// What `/readyz` reports. Cheap and never blocking: probes call it every few seconds.
+    fn readiness(&self) -> Readiness;
+
+    /// Jobs from the history, newest first, as the history module serialises them (at least
+    /// `id`, `runbook`, `trigger`, `status`, `scheduled_for`, `started_at`, `ended_at`,
+    /// `dry_run`, `steps`, `error`).
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<serde_json::Value>, ApiError>;
+
+    /// One job with its detail, including `streams`
+    /// (`[{seq, kind: output|warning|error|plan|progress, time, text}]`); `None` when no job
+    /// has that id.
+    async fn get_job(&self, id: &str) -> Result<Option<serde_json::Value>, ApiError>;
+
+    /// Starts a job of runbook `name` now. [`ApiError::NotFound`] when no runbook has that
+    /// name, [`ApiError::BadRequest`] for parameters the runbook rejects,
+    /// [`ApiError::Conflict`] when it cannot run now (overlap policy, disabled),
+    /// [`ApiError::Unavailable`] while shutting down.
+    async fn run_runbook(&self, name: &str, request: RunRequest) -> Result<RunAccepted, ApiError>;
+
+    /// Asks a running or queued job to stop (between calls, as the executor allows).
+    async fn cancel_job(&self, id: &str) -> Result<CancelOutcome, ApiError>;
+
+    /// The next `limit` occurrences of runbook `runbook`, soonest first, as the scheduler
+    /// computes them (each with at least `utc` and `local` instants). The shape belongs to the
+    /// scheduler; this module passes it through.
+    async fn occurrences(
+        &self,
+        runbook: &str,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, ApiError>;
+}
+
+/// `GET /api/runbooks`: the catalog as the worker sees it now.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunbooksView {
+    /// Every runbook that is loaded (its current version, or its last good one when the
+    /// file has since become invalid), sorted by name.
+    pub runbooks: Vec<RunbookView>,
+    /// Files that fail validation and have never been loaded, so nothing of them runs.
+    pub invalid_files: Vec<FileErrorView>,
+}
+
+/// One loaded runbook.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunbookView {
+    /// The runbook's name: unique in the catalog, used in URLs.
+    pub name: String,
+    /// Its one-line description, if the file has one.
+    pub description: Option<String>,
+    /// The file it was loaded from, as shown to operators.
+    pub file: String,
+    /// The cron expression as written; `None` for runbooks that only run on demand.
+    pub schedule: Option<String>,
+    /// The IANA time zone the schedule is read in (`UTC` when the file names none).
+    pub time_zone: String,
+    /// The next scheduled instant, in UTC; `None` without a schedule, when disabled or past
+    /// `end_at`.
+    pub next_run: Option<DateTime<Utc>>,
+    /// Whether the schedule fires (a disabled runbook can still be run on demand if the
+    /// worker allows it).
+    pub enabled: bool,
+    /// Status of the most recent job (`Completed`, `Failed`, …), if there is one.
+    pub last_status: Option<String>,
+    /// Id of that job, to link to it.
+    pub last_job_id: Option<String>,
+    /// Set when the file on disk currently fails validation: the version shown (and
+    /// scheduled) is the last good one.
+    pub validation_error: Option<FileErrorView>,
+}
+
+/// Why a runbook file fails validation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileErrorView {
+    /// The file, as shown to operators.
+    pub file: String,
+    /// 1-based line of the problem, when known.
+    pub line: Option<u32>,
+    /// What is wrong and what to do about it.
+    pub message: String,
+}
+
+/// What `/readyz` checks. Ready iff every check is fine (see [`Readiness::problems`]).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Readiness {
+    /// The runbooks folder has been read once (an empty folder counts as loaded).
+    pub runbooks_loaded: bool,
+    /// The history database is open for writing.
+    pub history_open: bool,
+    /// Whether the managed identity has produced a token.
+    pub identity: IdentityReadiness,
+    /// Whether the replicas' coordination store answers.
+    pub coordination: CoordinationReadiness,
+    /// SIGTERM received: load balancers must stop sending work here.
+    pub shutting_down: bool,
+}
+
+/// The identity part of [`Readiness`].
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum IdentityReadiness {
+    /// A token was obtained at least once and the last refresh did not fail for good.
+    Ok,
+    /// Nothing needed a token yet (no job has run); the identity is tried on first use.
+    NotYetNeeded,
+    /// Getting a token fails; the text says why (never the token or a secret).
+    Failing(String),
+}
+
+/// The coordination part of [`Readiness`].
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum CoordinationReadiness {
+    /// The lease store answers.
+    Ok,
+    /// A single replica without a shared store: nothing to check.
+    NotConfigured,
+    /// The lease store cannot be reached; the text says why (never a SAS URL).
+    Unreachable(String),
+}
+
+impl Readiness {
+    /// A ready worker: what tests and a healthy process report.
+    pub fn ready() -> Self {
+        Self {
+            runbooks_loaded: true,
+            history_open: true,
+            identity: IdentityReadiness::Ok,
+            coordination: CoordinationReadiness::NotConfigured,
+            shutting_down: false,
+        }
+    }
+
+    /// Every reason the worker is not ready, as sentences; empty when it is ready.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.shutting_down {
+            out.push("the worker is shutting down".to_string());
+        }
+        if !self.runbooks_loaded {
+            out.push("the runbooks folder has not been loaded yet".to_string());
+        }
+        if !self.history_open {
+            out.push("the job history database is not open".to_string());
+        }
+        if let IdentityReadiness::Failing(reason) = &self.identity {
+            out.push(format!("the managed identity gives no token: {reason}"));
+        }
+        if let CoordinationReadiness::Unreachable(reason) = &self.coordination {
+            out.push(format!("the coordination store is unreachable: {reason}"));
+        }
+        out
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.problems().is_empty()
+    }
+}
+
+/// `GET /api/jobs` query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs of this runbook.
+    pub runbook: Option<String>,
+    /// Only jobs with this status, spelt as in [`JOB_STATUSES`].
+    pub status: Option<String>,
+    /// At most this many jobs (1..=[`MAX_JOBS_LIMIT`]; default [`DEFAULT_JOBS_LIMIT`]).
+    pub limit: usize,
+    /// Only jobs scheduled strictly before this instant: pass the last row's `scheduled_for`
+    /// to page back.
+    pub before: Option<DateTime<Utc>>,
+}
+
+/// Job statuses as the history records them; `?status=` is matched case-insensitively and
+/// passed on in this spelling.
+pub const JOB_STATUSES: [&str; 9] = [
+    "Queued",
+    "Running",
+    "Completed",
+    "CompletedWithErrors",
+    "Failed",
+    "TimedOut",
+    "Cancelled",
+    "Skipped",
+    "Interrupted",
+];
+pub const DEFAULT_JOBS_LIMIT: usize = 50;
+pub const MAX_JOBS_LIMIT: usize = 1000;
+
+/// The body of `POST /api/runbooks/{name}/run` (optional: no body means no parameters).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunRequest {
+    /// Parameter values by name; the runbook validates them.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Plan only: read from Exchange, record what would change, change nothing.
+    pub dry_run: bool,
+    /// Who asked: set by the server, never read from the body.
+    #[serde(skip)]
+    pub requested_via: RequestedVia,
+}
+
+/// Where a run request came from, so the history can tell a webhook from a person.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestedVia {
+    /// A client of the JSON API (the webhook that replaces Automation webhooks).
+    #[default]
+    Api,
+    /// The dashboard's Run-now button.
+    Dashboard,
+}
+
+/// A run request was accepted: the job exists in the history (at least as Queued).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunAccepted {
+    pub job_id: String,
+}
+
+/// What became of a cancel request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was running or queued and has been told to stop; it ends as Cancelled.
+    Requested,
+    /// The job exists but has already ended; `status` is its final status.
+    NotRunning { status: String },
+    /// No job has that id.
+    NotFound,
+}
+
+/// Why an API request failed. Each variant maps to one HTTP status; the message is sent to
+/// the client as `{"error": "…"}`, except for [`ApiError::Internal`] whose detail goes to the
+/// log only.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 404: no runbook or job by that name or id; the message names it.
+    #[error("{0}")]
+    NotFound(String),
+    /// 400: the request is malformed or its parameters are refused; the message says how.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 409: the request is fine but the runbook or job cannot do it now.
+    #[error("{0}")]
+    Conflict(String),
+    /// 503: the worker is shutting down or its storage is down; try again later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a bug or an unexpected storage error.
+    #[error(transparent)]
+    Internal(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+/// Setting up the HTTP surface failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot read http.api_token_file {}: {source}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key} is empty: put a random token of at least {min} characters in it (`openssl rand -hex 32`) or remove it", min = auth::MIN_TOKEN_LEN)]
+    EmptyToken { key: &'static str },
+    #[error("{key} is too short ({len} characters): use at least {min} random characters (`openssl rand -hex 32`)", min = auth::MIN_TOKEN_LEN)]
+    ShortToken { key: &'static str, len: usize },
+    #[error(
+        "both http.api_token and http.api_token_file are set: keep only one (the file is the safer place)"
+    )]
+    TwoTokens,
+}
+
+/// Everything a handler needs, shared by all requests.
+#[derive(Clone)]
+struct AppState {
+    api: Arc<dyn WorkerApi>,
+    metrics: Arc<Metrics>,
+    auth: Arc<ApiAuth>,
+    pages: Arc<dashboard::Pages>,
+}
+
+/// Largest request body accepted (a run request's parameters).
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Every route of the worker:
+///
+/// - open: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /static/*`;
+/// - reads (open on loopback, otherwise the token): `GET /api/runbooks`,
+///   `GET /api/runbooks/{name}`, `GET /api/jobs`, `GET /api/jobs/{id}`,
+///   `GET /api/occurrences`, `GET /`, `GET /jobs/{id}`;
+/// - changes (always the bearer token): `POST /api/runbooks/{name}/run`,
+///   `POST /api/jobs/{id}/cancel`.
+pub fn router(api: Arc<dyn WorkerApi>, metrics: Arc<Metrics>, auth: ApiAuth) -> Router {
+    let state = AppState {
+        api,
+        metrics,
+        auth: Arc::new(auth),
+        pages: Arc::new(dashboard::Pages::new()),
+    };
+
+    let open = Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .route("/static/dashboard.css", get(dashboard::stylesheet))
+        .route("/static/dashboard.js", get(dashboard::script));
+
+    let reads = Router::new()
+        .route("/api/runbooks", get(api::list_runbooks))
+        .route("/api/runbooks/{name}", get(api::get_runbook))
+        .route("/api/jobs", get(api::list_jobs))
+        .route("/api/jobs/{id}", get(api::get_job))
+        .route("/api/occurrences", get(api::occurrences))
+        .route("/", get(dashboard::index))
+        .route("/jobs/{id}", get(dashboard::job))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_read,
+        ));
+
+    let changes = Router::new()
+        .route("/api/runbooks/{name}/run", post(api::run_runbook))
+        .route("/api/jobs/{id}/cancel", post(api::cancel_job))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_write,
+        ));
+
+    Router::new()
+        .merge(open)
+        .merge(reads)
+        .merge(changes)
+        .fallback(api::no_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and
+/// waits for requests in flight (the caller bounds that wait if it must).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Headers every response gets: the pages load only their own script and stylesheet, cannot
+/// be framed by other sites, and nothing is cached (job data can be sensitive) unless the
+/// handler chose otherwise.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'self'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// One debug line per request: method, path and status only. Headers (which carry the
+/// token) and query strings are never logged.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    tracing::debug!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "http request"
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_lists_every_problem_and_is_ready_only_without_one() {
+        let cases: Vec<(Readiness, Vec<&str>)> = vec![
+            (Readiness::ready(), vec![]),
+            (
+                Readiness {
+                    identity: IdentityReadiness::NotYetNeeded,
+                    ..Readiness::ready()
+                },
+                vec![],
+            ),
+            (
+                Readiness {
+                    coordination: CoordinationReadiness::Ok,
+                    ..Readiness::ready()
+                },
+                vec![],
+            ),
+            (
+                Readiness {
+                    runbooks_loaded: false,
+                    history_open: false,
+                    ..Readiness::ready()
+                },
+                vec!["runbooks folder", "history database"],
+            ),
+            (
+                Readiness {
+                    identity: IdentityReadiness::Failing("IMDS answered 400".into()),
+                    coordination: CoordinationReadiness::Unreachable("lease store 403".into()),
+                    shutting_down: true,
+                    ..Readiness::ready()
+                },
+                vec!["shutting down", "IMDS answered 400", "lease store 403"],
+            ),
+        ];
+        for (readiness, wanted) in cases {
+            let problems = readiness.problems();
+            assert_eq!(problems.len(), wanted.len(), "{problems:?}");
+            for (problem, want) in problems.iter().zip(&wanted) {
+                assert!(problem.contains(want), "{problem:?} lacks {want:?}");
+            }
+            assert_eq!(readiness.is_ready(), wanted.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_run_request_body_refuses_unknown_fields_and_never_sets_its_origin() {
+        let parsed: RunRequest =
+            serde_json::from_str(r#"{"params": {"days": 30}, "dry_run": true}"#).unwrap();
+        assert_eq!(parsed.params["days"], serde_json::json!(30));
+        assert!(parsed.dry_run);
+        assert_eq!(parsed.requested_via, RequestedVia::Api);
+
+        let err = serde_json::from_str::<RunRequest>(r#"{"parameters": {}}"#).unwrap_err();
+        assert!(err.to_string().contains("parameters"), "{err}");
+        assert!(serde_json::from_str::<RunRequest>(r#"{"requested_via": "dashboard"}"#).is_err());
     }
 }

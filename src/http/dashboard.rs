@@ -1,0 +1,495 @@
+//! The dashboard: server-rendered pages (runbooks, invalid files, recent jobs, one job's steps
+//! and streams) from minijinja templates compiled into the binary, plus one stylesheet and one
+//! small script for the Run-now and Cancel buttons. No external resources, so the pages work
+//! offline; every value is HTML-escaped by the templates (auto-escape for `.html`).
+//!
+//! Jobs arrive as the history's JSON and are rendered defensively: a missing or oddly typed
+//! field shows as "—" instead of failing the page.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use minijinja::value::ValueKind;
+use minijinja::{Environment, UndefinedBehavior, Value, context};
+use serde::Serialize;
+
+use super::api::path_segment;
+use super::{ApiError, AppState, FileErrorView, JobFilter, RunbookView, RunbooksView};
+
+const STYLESHEET: &str = include_str!("assets/dashboard.css");
+const SCRIPT: &str = include_str!("assets/dashboard.js");
+
+/// How many jobs the front page lists.
+const RECENT_JOBS: usize = 25;
+
+/// The compiled templates.
+pub(crate) struct Pages {
+    env: Environment<'static>,
+}
+
+impl Pages {
+    pub(crate) fn new() -> Self {
+        let mut env = Environment::new();
+        // Jobs are the history's JSON: a missing field, or a field of a missing object, must
+        // render as nothing (and then as "—" through `dash`) rather than fail the page.
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        for (name, source) in [
+            ("base.html", include_str!("templates/base.html")),
+            ("index.html", include_str!("templates/index.html")),
+            ("job.html", include_str!("templates/job.html")),
+            ("error.html", include_str!("templates/error.html")),
+        ] {
+            // The templates are part of the binary; a syntax error in one is a bug that the
+            // unit tests catch, so it is kept and reported when the page is rendered.
+            if let Err(e) = env.add_template(name, source) {
+                tracing::error!(template = name, error = %e, "dashboard template does not compile");
+            }
+        }
+        env.add_filter("dash", dash);
+        env.add_filter("when", when);
+        env.add_filter("status_class", status_class);
+        env.add_filter("kind_class", kind_class);
+        env.add_filter("urlencode", urlencode);
+        env.add_filter("seq", seq);
+        env.add_filter("short", short);
+        env.add_function("elapsed", elapsed);
+        Self { env }
+    }
+
+    fn render(&self, status: StatusCode, name: &str, ctx: Value) -> Response {
+        let rendered = self
+            .env
+            .get_template(name)
+            .and_then(|template| template.render(ctx));
+        match rendered {
+            Ok(html) => (status, Html(html)).into_response(),
+            Err(e) => {
+                tracing::error!(template = name, error = %e, "cannot render a dashboard page");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the dashboard page cannot be rendered: the worker's log has the details",
+                )
+                    .into_response()
+            }
+        }
+    }
+
+    fn error_page(&self, state: &AppState, error: ApiError) -> Response {
+        let status = error.status();
+        let message = error.public_message();
+        let readiness = state.api.readiness();
+        self.render(
+            status,
+            "error.html",
+            context! {
+                status => status.as_u16(),
+                reason => status.canonical_reason().unwrap_or(""),
+                message,
+                problems => readiness.problems(),
+            },
+        )
+    }
+}
+
+/// A row of the runbooks table: the view plus its next run spelt out in UTC and locally.
+#[derive(Debug, Serialize, PartialEq)]
+struct RunbookRow {
+    name: String,
+    description: Option<String>,
+    file: String,
+    schedule: Option<String>,
+    time_zone: String,
+    next_run_utc: Option<String>,
+    next_run_local: Option<String>,
+    enabled: bool,
+    last_status: Option<String>,
+    last_job_id: Option<String>,
+    validation_error: Option<FileErrorView>,
+}
+
+/// A row of the invalid files table.
+#[derive(Debug, Serialize, PartialEq)]
+struct InvalidRow {
+    file: String,
+    line: Option<u32>,
+    message: String,
+    /// The runbook whose last good version still runs, when there is one.
+    still_running: Option<String>,
+}
+
+fn runbook_row(view: RunbookView) -> RunbookRow {
+    let (next_run_utc, next_run_local) = next_run_texts(view.next_run, &view.time_zone);
+    RunbookRow {
+        name: view.name,
+        description: view.description,
+        file: view.file,
+        schedule: view.schedule,
+        time_zone: view.time_zone,
+        next_run_utc,
+        next_run_local,
+        enabled: view.enabled,
+        last_status: view.last_status,
+        last_job_id: view.last_job_id,
+        validation_error: view.validation_error,
+    }
+}
+
+/// Every file that fails validation: first those whose runbook still runs its last good
+/// version, then those never loaded.
+fn invalid_rows(view: &RunbooksView) -> Vec<InvalidRow> {
+    let stale = view.runbooks.iter().filter_map(|r| {
+        r.validation_error.as_ref().map(|e| InvalidRow {
+            file: e.file.clone(),
+            line: e.line,
+            message: e.message.clone(),
+            still_running: Some(r.name.clone()),
+        })
+    });
+    let never_loaded = view.invalid_files.iter().map(|e| InvalidRow {
+        file: e.file.clone(),
+        line: e.line,
+        message: e.message.clone(),
+        still_running: None,
+    });
+    stale.chain(never_loaded).collect()
+}
+
+/// The next run as `2024-03-31 01:00:00 UTC` and, unless the zone is UTC, in the runbook's
+/// zone (`2024-03-31 03:00:00 CEST`).
+fn next_run_texts(next: Option<DateTime<Utc>>, zone: &str) -> (Option<String>, Option<String>) {
+    let Some(next) = next else {
+        return (None, None);
+    };
+    let utc = next.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let local = match zone.parse::<chrono_tz::Tz>() {
+        Ok(chrono_tz::UTC) | Ok(chrono_tz::Etc::UTC) => None,
+        Ok(tz) => Some(
+            next.with_timezone(&tz)
+                .format("%Y-%m-%d %H:%M:%S %Z")
+                .to_string(),
+        ),
+        Err(_) => Some(format!("unknown time zone {zone}")),
+    };
+    (Some(utc), local)
+}
+
+pub(crate) async fn index(
+    State(state): State<AppState>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> Response {
+    let runbook_filter = query
+        .ok()
+        .and_then(|Query(q)| q.get("runbook").cloned())
+        .filter(|r| !r.is_empty());
+    let view = state.api.runbooks();
+    let invalid = invalid_rows(&view);
+    let runbooks: Vec<RunbookRow> = view.runbooks.into_iter().map(runbook_row).collect();
+    let filter = JobFilter {
+        runbook: runbook_filter.clone(),
+        status: None,
+        limit: RECENT_JOBS,
+        before: None,
+    };
+    // The catalog is in memory; the history may be down. Show what there is.
+    let (jobs, jobs_error) = match state.api.list_jobs(filter).await {
+        Ok(jobs) => (jobs, None),
+        Err(e) => (Vec::new(), Some(e.public_message())),
+    };
+    let readiness = state.api.readiness();
+    state.pages.render(
+        StatusCode::OK,
+        "index.html",
+        context! {
+            runbooks,
+            invalid,
+            jobs => Value::from_serialize(&jobs),
+            jobs_error,
+            runbook_filter,
+            problems => readiness.problems(),
+        },
+    )
+}
+
+pub(crate) async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let job = match state.api.get_job(&id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => {
+            return state.pages.error_page(
+                &state,
+                ApiError::NotFound(format!("no job with id {id:?} in the history")),
+            );
+        }
+        Err(e) => return state.pages.error_page(&state, e),
+    };
+    let readiness = state.api.readiness();
+    state.pages.render(
+        StatusCode::OK,
+        "job.html",
+        context! {
+            job => Value::from_serialize(&job),
+            problems => readiness.problems(),
+        },
+    )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=300"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub(crate) async fn stylesheet() -> Response {
+    asset("text/css; charset=utf-8", STYLESHEET)
+}
+
+pub(crate) async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+fn is_blank(value: &Value) -> bool {
+    value.is_undefined() || value.is_none() || value.as_str().is_some_and(|s| s.trim().is_empty())
+}
+
+/// `{{ x|dash }}`: the value, or "—" when it is missing, null or empty; booleans as yes/no.
+fn dash(value: Value) -> String {
+    if is_blank(&value) {
+        return "—".to_string();
+    }
+    match value.kind() {
+        ValueKind::Bool => if value.is_true() { "yes" } else { "no" }.to_string(),
+        _ => value.to_string(),
+    }
+}
+
+fn parse_instant(value: &Value) -> Option<DateTime<Utc>> {
+    value
+        .as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// `{{ t|when }}`: an RFC 3339 instant as `2024-05-01 03:00:00 UTC`; anything else as is.
+fn when(value: Value) -> String {
+    match parse_instant(&value) {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        None => dash(value),
+    }
+}
+
+/// `elapsed(start, end)`: the time between two RFC 3339 instants, such as `2m 05s`.
+fn elapsed(start: Value, end: Value) -> String {
+    match (parse_instant(&start), parse_instant(&end)) {
+        (Some(start), Some(end)) if end >= start => {
+            let ms = (end - start).num_milliseconds();
+            let secs = ms / 1000;
+            match secs {
+                0 => format!("{ms} ms"),
+                1..60 => format!("{}.{:01}s", secs, (ms % 1000) / 100),
+                60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+                _ => format!("{}h {:02}m", secs / 3600, (secs % 3600) / 60),
+            }
+        }
+        _ => "—".to_string(),
+    }
+}
+
+/// `{{ status|status_class }}`: a CSS class from a fixed set, whatever the status text is.
+fn status_class(value: Value) -> String {
+    let text = value.as_str().unwrap_or("").to_ascii_lowercase();
+    let known = super::JOB_STATUSES
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(&text));
+    if known {
+        format!("status status-{text}")
+    } else {
+        "status status-other".to_string()
+    }
+}
+
+/// `{{ stream.kind|kind_class }}`: a CSS class from a fixed set.
+fn kind_class(value: Value) -> String {
+    match value.as_str().unwrap_or("") {
+        kind @ ("output" | "warning" | "error" | "plan" | "progress") => format!("stream-{kind}"),
+        _ => "stream-other".to_string(),
+    }
+}
+
+/// `{{ name|urlencode }}`: percent-encoded for a path segment or query value.
+fn urlencode(value: Value) -> String {
+    match value.as_str() {
+        Some(s) => path_segment(s),
+        None => path_segment(&value.to_string()),
+    }
+}
+
+/// `{{ x|seq }}`: the value if it is a list, else an empty list, so `for` never fails.
+fn seq(value: Value) -> Value {
+    if value.kind() == ValueKind::Seq {
+        value
+    } else {
+        Value::from(Vec::<Value>::new())
+    }
+}
+
+/// `{{ id|short }}`: the first 8 characters of an id, for tables.
+fn short(value: Value) -> String {
+    if is_blank(&value) {
+        return "—".to_string();
+    }
+    let text = value.to_string();
+    text.chars().take(8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn next_runs_are_spelt_in_utc_and_in_the_runbook_zone() {
+        let spring = Utc.with_ymd_and_hms(2024, 3, 31, 1, 0, 0).single();
+        let cases = [
+            (
+                spring,
+                "Europe/Paris",
+                Some("2024-03-31 01:00:00 UTC"),
+                Some("2024-03-31 03:00:00 CEST"),
+            ),
+            (
+                spring,
+                "America/New_York",
+                Some("2024-03-31 01:00:00 UTC"),
+                Some("2024-03-30 21:00:00 EDT"),
+            ),
+            (spring, "UTC", Some("2024-03-31 01:00:00 UTC"), None),
+            (
+                spring,
+                "Mars/Olympus",
+                Some("2024-03-31 01:00:00 UTC"),
+                Some("unknown time zone Mars/Olympus"),
+            ),
+            (None, "Europe/Paris", None, None),
+        ];
+        for (next, zone, utc, local) in cases {
+            let (got_utc, got_local) = next_run_texts(next, zone);
+            assert_eq!(got_utc.as_deref(), utc, "{zone}");
+            assert_eq!(got_local.as_deref(), local, "{zone}");
+        }
+    }
+
+    #[test]
+    fn filters_render_missing_and_odd_values_safely() {
+        assert_eq!(dash(Value::UNDEFINED), "—");
+        assert_eq!(dash(Value::from(())), "—");
+        assert_eq!(dash(Value::from("  ")), "—");
+        assert_eq!(dash(Value::from(true)), "yes");
+        assert_eq!(dash(Value::from(0)), "0");
+        assert_eq!(
+            when(Value::from("2024-05-01T05:00:00+02:00")),
+            "2024-05-01 03:00:00 UTC"
+        );
+        assert_eq!(when(Value::from("soon")), "soon");
+        assert_eq!(when(Value::UNDEFINED), "—");
+        let t = |s: &str| Value::from(s);
+        for (start, end, want) in [
+            ("2024-05-01T03:00:00Z", "2024-05-01T03:00:00.250Z", "250 ms"),
+            ("2024-05-01T03:00:00Z", "2024-05-01T03:00:12.500Z", "12.5s"),
+            ("2024-05-01T03:00:00Z", "2024-05-01T03:02:05Z", "2m 05s"),
+            ("2024-05-01T03:00:00Z", "2024-05-01T05:07:00Z", "2h 07m"),
+            ("2024-05-01T03:00:00Z", "2024-05-01T02:00:00Z", "—"),
+            ("2024-05-01T03:00:00Z", "", "—"),
+        ] {
+            assert_eq!(elapsed(t(start), t(end)), want, "{start} {end}");
+        }
+        assert_eq!(
+            status_class(Value::from("CompletedWithErrors")),
+            "status status-completedwitherrors"
+        );
+        assert_eq!(
+            status_class(Value::from("x\" onmouseover=\"")),
+            "status status-other"
+        );
+        assert_eq!(status_class(Value::UNDEFINED), "status status-other");
+        assert_eq!(kind_class(Value::from("warning")), "stream-warning");
+        assert_eq!(kind_class(Value::from("<b>")), "stream-other");
+        assert_eq!(seq(Value::from(3)).len(), Some(0));
+        assert_eq!(seq(Value::from(vec![1, 2])).len(), Some(2));
+        assert_eq!(short(Value::from("0123456789abcdef")), "01234567");
+        assert_eq!(urlencode(Value::from("a b")), "a%20b");
+    }
+
+    #[test]
+    fn every_template_compiles_and_renders_an_empty_state() {
+        let pages = Pages::new();
+        for name in ["base.html", "index.html", "job.html", "error.html"] {
+            let template = pages.env.get_template(name).unwrap();
+            let html = template.render(context! {}).unwrap();
+            assert!(html.contains("runbook-worker"), "{name}: {html}");
+        }
+    }
+
+    #[test]
+    fn a_job_with_missing_and_mistyped_fields_still_renders() {
+        let pages = Pages::new();
+        let job = serde_json::json!({
+            "id": "job-1",
+            "steps": "not a list",
+            "streams": [{"kind": "<script>", "text": "<b>bold</b>"}],
+            "status": 42,
+        });
+        let html = pages
+            .env
+            .get_template("job.html")
+            .unwrap()
+            .render(context! { job => Value::from_serialize(&job) })
+            .unwrap();
+        assert!(html.contains("job-1"), "{html}");
+        assert!(html.contains("&lt;b&gt;bold&lt;&#x2f;b&gt;"), "{html}");
+        assert!(!html.contains("<b>bold"), "{html}");
+        assert!(html.contains("stream-other"), "{html}");
+    }
+
+    #[test]
+    fn invalid_rows_list_stale_runbooks_then_files_never_loaded() {
+        let view = RunbooksView {
+            runbooks: vec![
+                RunbookView {
+                    name: "fine".into(),
+                    ..RunbookView::default()
+                },
+                RunbookView {
+                    name: "stale".into(),
+                    validation_error: Some(FileErrorView {
+                        file: "stale.toml".into(),
+                        line: Some(3),
+                        message: "bad cron".into(),
+                    }),
+                    ..RunbookView::default()
+                },
+            ],
+            invalid_files: vec![FileErrorView {
+                file: "new.toml".into(),
+                line: None,
+                message: "missing name".into(),
+            }],
+        };
+        let rows = invalid_rows(&view);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].still_running.as_deref(), Some("stale"));
+        assert_eq!(rows[0].line, Some(3));
+        assert_eq!(rows[1].file, "new.toml");
+        assert_eq!(rows[1].still_running, None);
+    }
+}
