@@ -326,7 +326,15 @@ mod tests {
             message: if basic { NEED_TOKEN } else { NEED_BEARER },
             basic,
         };
-        let cases: Vec<(&ApiAuth, Access, Option<&String>, Option<&str>, Verdict)> = vec![
+        // (rules, access, Authorization header, host, decision)
+        type Case<'a> = (
+            &'a ApiAuth,
+            Access,
+            Option<&'a String>,
+            Option<&'a str>,
+            Verdict,
+        );
+        let cases: Vec<Case> = vec![
             // Changes.
             (
                 &without_token_loopback,

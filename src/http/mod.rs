@@ -24,7 +24,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -372,31 +372,34 @@ pub fn router(api: Arc<dyn WorkerApi>, metrics: Arc<Metrics>, auth: ApiAuth) -> 
         .route("/static/dashboard.css", get(dashboard::stylesheet))
         .route("/static/dashboard.js", get(dashboard::script));
 
-    let reads = Router::new()
-        .route("/api/runbooks", get(api::list_runbooks))
-        .route("/api/runbooks/{name}", get(api::get_runbook))
-        .route("/api/jobs", get(api::list_jobs))
-        .route("/api/jobs/{id}", get(api::get_job))
-        .route("/api/occurrences", get(api::occurrences))
-        .route("/", get(dashboard::index))
-        .route("/jobs/{id}", get(dashboard::job))
-        .route_layer(middleware::from_fn_with_state(
+    // The access rules wrap each method's handler rather than the whole route, so a request
+    // with a method the route lacks still gets 405, not 401.
+    let read = |handler: MethodRouter<AppState>| {
+        handler.route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_read,
-        ));
-
-    let changes = Router::new()
-        .route("/api/runbooks/{name}/run", post(api::run_runbook))
-        .route("/api/jobs/{id}/cancel", post(api::cancel_job))
-        .route_layer(middleware::from_fn_with_state(
+        ))
+    };
+    let change = |handler: MethodRouter<AppState>| {
+        handler.route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_write,
-        ));
+        ))
+    };
+    let api = Router::new()
+        .route("/api/runbooks", read(get(api::list_runbooks)))
+        .route("/api/runbooks/{name}", read(get(api::get_runbook)))
+        .route("/api/runbooks/{name}/run", change(post(api::run_runbook)))
+        .route("/api/jobs", read(get(api::list_jobs)))
+        .route("/api/jobs/{id}", read(get(api::get_job)))
+        .route("/api/jobs/{id}/cancel", change(post(api::cancel_job)))
+        .route("/api/occurrences", read(get(api::occurrences)))
+        .route("/", read(get(dashboard::index)))
+        .route("/jobs/{id}", read(get(dashboard::job)));
 
     Router::new()
         .merge(open)
-        .merge(reads)
-        .merge(changes)
+        .merge(api)
         .fallback(api::no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(security_headers))

@@ -1,0 +1,957 @@
+//! The HTTP surface in-process: the router over a fake worker on 127.0.0.1:0, reqwest as the
+//! client, and headless Chromium for the dashboard.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::response::Html;
+use runbook_worker::http::{
+    ApiAuth, CoordinationReadiness, IdentityReadiness, JobFilter, Readiness, RequestedVia,
+    RunRequest,
+};
+use serde_json::{Value, json};
+
+use crate::support::http::{
+    Call, FakeWorker, HOSTILE_DESCRIPTION, TOKEN, WRONG_TOKEN, artifacts_dir, bearer, chromium,
+    params, spawn, spawn_with,
+};
+
+fn loopback_with_token() -> ApiAuth {
+    ApiAuth::new(Some(TOKEN.into()), true)
+}
+
+async fn json_of(response: reqwest::Response) -> Value {
+    let text = response.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[tokio::test]
+async fn probes_and_metrics_answer_without_a_token_even_off_loopback() {
+    let server = spawn(ApiAuth::new(Some(TOKEN.into()), false)).await;
+
+    let health = server.get("/healthz").await;
+    assert_eq!(health.status(), 200);
+    assert_eq!(json_of(health).await, json!({"status": "alive"}));
+
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let body = json_of(ready).await;
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["problems"], json!([]));
+    assert_eq!(body["checks"]["identity"]["state"], "ok");
+
+    let metrics = server.get("/metrics").await;
+    assert_eq!(metrics.status(), 200);
+    assert_eq!(
+        metrics.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(metrics.text().await.unwrap().ends_with("# EOF\n"));
+
+    // The API itself is closed to the same anonymous client.
+    assert_eq!(server.get("/api/runbooks").await.status(), 401);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_answers_503_with_every_reason() {
+    let server = spawn(loopback_with_token()).await;
+    *server.worker.readiness.lock().unwrap() = Readiness {
+        runbooks_loaded: false,
+        history_open: true,
+        identity: IdentityReadiness::Failing("IMDS answered 400: identity not found".into()),
+        coordination: CoordinationReadiness::Unreachable("blob container answered 403".into()),
+        shutting_down: true,
+    };
+
+    let response = server.get("/readyz").await;
+    assert_eq!(response.status(), 503);
+    let body = json_of(response).await;
+    assert_eq!(body["ready"], false);
+    let problems: Vec<String> = serde_json::from_value(body["problems"].clone()).unwrap();
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    for needle in [
+        "shutting down",
+        "runbooks folder",
+        "identity not found",
+        "blob container answered 403",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "{needle}: {problems:?}"
+        );
+    }
+    assert_eq!(body["checks"]["runbooks_loaded"], false);
+    assert_eq!(body["checks"]["coordination"]["state"], "unreachable");
+    assert_eq!(
+        body["checks"]["identity"]["reason"],
+        "IMDS answered 400: identity not found"
+    );
+
+    // /healthz stays 200: the process is alive, just not ready.
+    assert_eq!(server.get("/healthz").await.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_show_what_the_worker_reported() {
+    let server = spawn(loopback_with_token()).await;
+    let m = &server.metrics;
+    m.job_finished(
+        "archive-old-mailboxes",
+        "Completed",
+        Duration::from_secs(125),
+    );
+    m.job_finished("forwarding-cleanup", "Failed", Duration::from_secs(9));
+    m.job_recorded("forwarding-cleanup", "Skipped");
+    m.exchange_call("Get-EXOMailbox", "ok");
+    m.exchange_call("Set-Mailbox", "throttled");
+    m.exchange_throttle_wait(Duration::from_secs(30));
+    m.token_refresh("ok");
+    m.schedule_lateness(Duration::from_millis(12));
+    m.set_runbooks(3, 1);
+    let running = m.job_running();
+
+    let text = server.get("/metrics").await.text().await.unwrap();
+    for line in [
+        r#"runbook_worker_jobs_total{runbook="archive-old-mailboxes",status="Completed"} 1"#,
+        r#"runbook_worker_jobs_total{runbook="forwarding-cleanup",status="Failed"} 1"#,
+        r#"runbook_worker_jobs_total{runbook="forwarding-cleanup",status="Skipped"} 1"#,
+        r#"runbook_worker_job_duration_seconds_sum{runbook="archive-old-mailboxes"} 125.0"#,
+        r#"runbook_worker_job_duration_seconds_count{runbook="forwarding-cleanup"} 1"#,
+        r#"runbook_worker_exchange_calls_total{cmdlet="Get-EXOMailbox",outcome="ok"} 1"#,
+        r#"runbook_worker_exchange_calls_total{cmdlet="Set-Mailbox",outcome="throttled"} 1"#,
+        "runbook_worker_exchange_throttle_wait_seconds_total 30.0",
+        r#"runbook_worker_token_refreshes_total{outcome="ok"} 1"#,
+        "runbook_worker_schedule_lateness_seconds_count 1",
+        r#"runbook_worker_schedule_lateness_seconds_bucket{le="0.025"} 1"#,
+        "runbook_worker_runbooks_loaded 3",
+        "runbook_worker_runbooks_invalid 1",
+        "runbook_worker_jobs_running 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+    drop(running);
+    let text = server.get("/metrics").await.text().await.unwrap();
+    assert!(text.lines().any(|l| l == "runbook_worker_jobs_running 0"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn runbooks_are_listed_with_schedule_next_run_status_and_errors() {
+    let server = spawn(loopback_with_token()).await;
+    let response = server.get("/api/runbooks").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body = json_of(response).await;
+
+    let runbooks = body["runbooks"].as_array().unwrap();
+    assert_eq!(runbooks.len(), 3);
+    let archive = &runbooks[0];
+    assert_eq!(archive["name"], "archive-old-mailboxes");
+    assert_eq!(archive["schedule"], "0 30 2 * * *");
+    assert_eq!(archive["time_zone"], "Europe/Paris");
+    assert_eq!(archive["next_run"], "2024-05-01T00:30:00Z");
+    assert_eq!(archive["enabled"], true);
+    assert_eq!(archive["last_status"], "Completed");
+    assert_eq!(archive["last_job_id"], "job-1");
+    assert_eq!(archive["validation_error"], Value::Null);
+    assert_eq!(runbooks[1]["validation_error"]["line"], 7);
+    assert_eq!(runbooks[2]["schedule"], Value::Null);
+
+    assert_eq!(
+        body["invalid_files"],
+        json!([{
+            "file": "runbooks/mailbox-permissions.toml",
+            "line": 3,
+            "message": "schedule: invalid cron expression \"61 * * * *\": minute must be 0-59",
+        }])
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_runbook_is_returned_by_name_and_an_unknown_one_is_404() {
+    let server = spawn(loopback_with_token()).await;
+    let response = server.get("/api/runbooks/quota-report").await;
+    assert_eq!(response.status(), 200);
+    let body = json_of(response).await;
+    assert_eq!(body["name"], "quota-report");
+    assert_eq!(body["enabled"], false);
+
+    let response = server.get("/api/runbooks/nope").await;
+    assert_eq!(response.status(), 404);
+    let body = json_of(response).await;
+    assert!(
+        body["error"].as_str().unwrap().contains("\"nope\""),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_are_listed_with_the_filter_passed_through() {
+    let server = spawn(loopback_with_token()).await;
+    let response = server
+        .get("/api/jobs?runbook=archive-old-mailboxes&status=completed&limit=5&before=2024-05-02T00:00:00Z")
+        .await;
+    assert_eq!(response.status(), 200);
+    let body = json_of(response).await;
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["id"], "job-1");
+    assert_eq!(
+        server.worker.calls(),
+        vec![Call::ListJobs(JobFilter {
+            runbook: Some("archive-old-mailboxes".into()),
+            status: Some("Completed".into()),
+            limit: 5,
+            before: chrono::DateTime::parse_from_rfc3339("2024-05-02T00:00:00Z")
+                .ok()
+                .map(|t| t.to_utc()),
+        })]
+    );
+
+    let all = json_of(server.get("/api/jobs").await).await;
+    assert_eq!(all["jobs"].as_array().unwrap().len(), 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_job_queries_are_400_with_a_json_error_and_reach_no_one() {
+    let server = spawn(loopback_with_token()).await;
+    for (query, needle) in [
+        ("status=Exploded", "unknown status"),
+        ("limit=0", "from 1 to 1000"),
+        ("limit=many", "from 1 to 1000"),
+        ("before=tuesday", "RFC 3339"),
+        ("sort=asc", "unknown query parameter"),
+    ] {
+        let response = server.get(&format!("/api/jobs?{query}")).await;
+        assert_eq!(response.status(), 400, "{query}");
+        let body = json_of(response).await;
+        assert!(
+            body["error"].as_str().unwrap().contains(needle),
+            "{query}: {body}"
+        );
+    }
+    assert_eq!(server.worker.calls(), vec![]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_is_returned_with_its_streams_and_an_unknown_one_is_404() {
+    let server = spawn(loopback_with_token()).await;
+    let body = json_of(server.get("/api/jobs/job-1").await).await;
+    assert_eq!(body["status"], "Completed");
+    assert_eq!(body["streams"].as_array().unwrap().len(), 4);
+    assert_eq!(body["steps"][1]["done"], 37);
+
+    let response = server.get("/api/jobs/job-404").await;
+    assert_eq!(response.status(), 404);
+    assert!(
+        json_of(response).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("job-404")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_with_the_token_starts_a_job_and_answers_202() {
+    let server = spawn(loopback_with_token()).await;
+    let response = server
+        .post(
+            "/api/runbooks/archive-old-mailboxes/run",
+            Some(&bearer(TOKEN)),
+            Some(r#"{"params": {"days": 30, "mailbox": "bob@contoso.example"}, "dry_run": true}"#),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["location"], "/api/jobs/job-new-4");
+    let body = json_of(response).await;
+    assert_eq!(body["job_id"], "job-new-4");
+    assert_eq!(body["runbook"], "archive-old-mailboxes");
+
+    // No body at all is a run without parameters; the dashboard's header marks its runs.
+    let response = server
+        .client
+        .post(server.url("/api/runbooks/archive-old-mailboxes/run"))
+        .header("authorization", bearer(TOKEN))
+        .header("x-runbook-worker-source", "dashboard")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+
+    assert_eq!(
+        server.worker.changes(),
+        vec![
+            Call::Run {
+                name: "archive-old-mailboxes".into(),
+                request: RunRequest {
+                    params: params(&[
+                        ("days", json!(30)),
+                        ("mailbox", json!("bob@contoso.example"))
+                    ]),
+                    dry_run: true,
+                    requested_via: RequestedVia::Api,
+                },
+            },
+            Call::Run {
+                name: "archive-old-mailboxes".into(),
+                request: RunRequest {
+                    requested_via: RequestedVia::Dashboard,
+                    ..RunRequest::default()
+                },
+            },
+        ]
+    );
+    // The new job is readable at once.
+    assert_eq!(server.get("/api/jobs/job-new-4").await.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn run_failures_map_to_their_statuses_without_internal_detail() {
+    let server = spawn(loopback_with_token()).await;
+    let auth = bearer(TOKEN);
+    for (path, body, status, needle) in [
+        ("/api/runbooks/nope/run", None, 404, "no runbook named"),
+        ("/api/runbooks/quota-report/run", None, 409, "disabled"),
+        (
+            "/api/runbooks/archive-old-mailboxes/run",
+            Some(r#"{"params": {"unknown": 1}}"#),
+            400,
+            "not declared",
+        ),
+        (
+            "/api/runbooks/archive-old-mailboxes/run",
+            Some(r#"{"parameters": {}}"#),
+            400,
+            "unknown field `parameters`",
+        ),
+        (
+            "/api/runbooks/archive-old-mailboxes/run",
+            Some("[1, 2]"),
+            400,
+            "JSON object",
+        ),
+        ("/api/runbooks/explodes/run", None, 500, "reference"),
+    ] {
+        let response = server.post(path, Some(&auth), body).await;
+        assert_eq!(response.status(), status, "{path} {body:?}");
+        let json = json_of(response).await;
+        let error = json["error"].as_str().unwrap();
+        assert!(error.contains(needle), "{path}: {error}");
+        assert!(!error.contains("secret-place"), "{error}");
+    }
+
+    server.worker.readiness.lock().unwrap().shutting_down = true;
+    let response = server
+        .post("/api/runbooks/archive-old-mailboxes/run", Some(&auth), None)
+        .await;
+    assert_eq!(response.status(), 503);
+    assert!(
+        json_of(response).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_answers_202_409_or_404() {
+    let server = spawn(loopback_with_token()).await;
+    let auth = bearer(TOKEN);
+    let response = server
+        .post("/api/jobs/job-3/cancel", Some(&auth), None)
+        .await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(
+        json_of(response).await,
+        json!({"job_id": "job-3", "cancel": "requested"})
+    );
+
+    let response = server
+        .post("/api/jobs/job-1/cancel", Some(&auth), None)
+        .await;
+    assert_eq!(response.status(), 409);
+    assert!(
+        json_of(response).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("Completed")
+    );
+
+    let response = server
+        .post("/api/jobs/job-404/cancel", Some(&auth), None)
+        .await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        server.worker.changes(),
+        vec![
+            Call::Cancel("job-3".into()),
+            Call::Cancel("job-1".into()),
+            Call::Cancel("job-404".into())
+        ]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn occurrences_need_a_runbook_and_pass_the_limit_on() {
+    let server = spawn(loopback_with_token()).await;
+    let response = server
+        .get("/api/occurrences?runbook=archive-old-mailboxes&limit=3")
+        .await;
+    assert_eq!(response.status(), 200);
+    let body = json_of(response).await;
+    assert_eq!(body["runbook"], "archive-old-mailboxes");
+    assert_eq!(body["occurrences"].as_array().unwrap().len(), 3);
+    assert_eq!(body["occurrences"][0]["utc"], "2024-05-02T00:30:00Z");
+
+    assert_eq!(server.get("/api/occurrences").await.status(), 400);
+    assert_eq!(
+        server
+            .get("/api/occurrences?runbook=archive-old-mailboxes&limit=101")
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        server.get("/api/occurrences?runbook=nope").await.status(),
+        404
+    );
+    assert_eq!(
+        server.worker.calls(),
+        vec![
+            Call::Occurrences {
+                runbook: "archive-old-mailboxes".into(),
+                limit: 3
+            },
+            Call::Occurrences {
+                runbook: "nope".into(),
+                limit: 10
+            },
+        ]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_wrong_methods_405() {
+    let server = spawn(loopback_with_token()).await;
+    let response = server.get("/api/nothing-here").await;
+    assert_eq!(response.status(), 404);
+    assert!(json_of(response).await["error"].is_string());
+    assert_eq!(
+        server
+            .get("/api/runbooks/archive-old-mailboxes/run")
+            .await
+            .status(),
+        405
+    );
+    server.stop().await;
+}
+
+/// Who may change something: every combination of configured token and presented
+/// credentials, on loopback and elsewhere; a refused request never reaches the worker.
+#[tokio::test]
+async fn the_change_routes_need_the_right_bearer_token_and_a_refusal_changes_nothing() {
+    let right = bearer(TOKEN);
+    let wrong = bearer(WRONG_TOKEN);
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("admin:{TOKEN}")
+        )
+    );
+    // (token configured, loopback, Authorization, expected status)
+    let cases: Vec<(bool, bool, Option<&str>, u16)> = vec![
+        (false, true, None, 403),
+        (false, true, Some(&right), 403),
+        (false, false, Some(&right), 403),
+        (true, true, None, 401),
+        (true, false, None, 401),
+        (true, true, Some(&wrong), 403),
+        (true, false, Some(&wrong), 403),
+        (true, true, Some(&basic), 403),
+        (true, true, Some("Bearer"), 403),
+        (true, true, Some(&right), 202),
+        (true, false, Some(&right), 202),
+    ];
+    for (configured, loopback, authorization, want) in cases {
+        let token = configured.then(|| TOKEN.into());
+        let server = spawn(ApiAuth::new(token, loopback)).await;
+        for path in [
+            "/api/runbooks/archive-old-mailboxes/run",
+            "/api/jobs/job-3/cancel",
+        ] {
+            let response = server.post(path, authorization, Some("{}")).await;
+            let status = response.status().as_u16();
+            let challenge = response
+                .headers()
+                .get_all("www-authenticate")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>();
+            let body = json_of(response).await;
+            let case =
+                format!("{path} configured={configured} loopback={loopback} {authorization:?}");
+            assert_eq!(status, want, "{case}: {body}");
+            assert_eq!(
+                challenge.iter().any(|c| c.starts_with("Bearer")),
+                want == 401,
+                "{case}: {challenge:?}"
+            );
+            if want == 403 && !configured {
+                let error = body["error"].as_str().unwrap();
+                assert!(
+                    error.contains("http.api_token") && error.contains("http.api_token_file"),
+                    "{case}: {error}"
+                );
+            }
+        }
+        let changes = server.worker.changes();
+        if want == 202 {
+            assert_eq!(changes.len(), 2, "{changes:?}");
+        } else {
+            assert_eq!(changes, vec![], "a refused request reached the worker");
+            // Nothing changed: the job list is as canned.
+            assert_eq!(server.worker.jobs.lock().unwrap().len(), 3);
+        }
+        server.stop().await;
+    }
+}
+
+/// Who may read: open on loopback (for loopback host names), otherwise the token as a bearer
+/// header or as the password of HTTP Basic.
+#[tokio::test]
+async fn reads_are_open_on_loopback_only_and_otherwise_need_the_token() {
+    let right = bearer(TOKEN);
+    let wrong = bearer(WRONG_TOKEN);
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("anyone:{TOKEN}")
+        )
+    );
+    // (token configured, loopback, Authorization, Host override, expected status)
+    type Case<'a> = (bool, bool, Option<&'a str>, Option<&'a str>, u16);
+    let cases: Vec<Case> = vec![
+        (false, true, None, None, 200),
+        (true, true, None, None, 200),
+        (true, true, Some(&wrong), None, 200),
+        (false, true, None, Some("localhost:8080"), 200),
+        // A rebound DNS name pointing at loopback does not get the open reads.
+        (false, true, None, Some("attacker.example"), 403),
+        (true, true, Some(&right), Some("attacker.example"), 200),
+        (false, false, None, None, 403),
+        (false, false, Some(&right), None, 403),
+        (true, false, None, None, 401),
+        (true, false, Some(&wrong), None, 403),
+        (true, false, Some(&right), None, 200),
+        (true, false, Some(&basic), None, 200),
+    ];
+    for (configured, loopback, authorization, host, want) in cases {
+        let token = configured.then(|| TOKEN.into());
+        let server = spawn(ApiAuth::new(token, loopback)).await;
+        for path in [
+            "/api/runbooks",
+            "/api/runbooks/quota-report",
+            "/api/jobs",
+            "/api/jobs/job-1",
+            "/api/occurrences?runbook=quota-report",
+            "/",
+            "/jobs/job-1",
+        ] {
+            let mut request = server.client.get(server.url(path));
+            if let Some(value) = authorization {
+                request = request.header("authorization", value);
+            }
+            if let Some(host) = host {
+                request = request.header("host", host);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let challenges: Vec<String> = response
+                .headers()
+                .get_all("www-authenticate")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect();
+            let case = format!(
+                "{path} configured={configured} loopback={loopback} {authorization:?} host={host:?}"
+            );
+            assert_eq!(status, want, "{case}");
+            if want == 401 {
+                // The Basic challenge lets a browser open the dashboard with the token.
+                assert!(
+                    challenges.iter().any(|c| c.starts_with("Bearer"))
+                        && challenges.iter().any(|c| c.starts_with("Basic")),
+                    "{case}: {challenges:?}"
+                );
+            }
+        }
+        if want != 200 {
+            assert_eq!(
+                server.worker.calls(),
+                vec![],
+                "a refused read reached the worker"
+            );
+        }
+        server.stop().await;
+    }
+}
+
+/// A `MakeWriter` that keeps everything in memory.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn the_token_never_appears_in_a_response_or_the_log() {
+    // The default current-thread runtime runs the server on this thread, so a thread-local
+    // subscriber sees every event of the requests below.
+    let log = CapturedLog::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut seen = String::new();
+    for loopback in [true, false] {
+        let server = spawn(ApiAuth::new(Some(TOKEN.into()), loopback)).await;
+        for token in [TOKEN, WRONG_TOKEN] {
+            let auth = bearer(token);
+            let requests = [
+                (
+                    "POST",
+                    "/api/runbooks/archive-old-mailboxes/run",
+                    Some(r#"{"params": {"days": 1}}"#),
+                ),
+                ("POST", "/api/runbooks/explodes/run", None),
+                ("POST", "/api/runbooks/nope/run", Some("not json")),
+                ("POST", "/api/jobs/job-3/cancel", None),
+                ("GET", "/api/runbooks", None),
+                ("GET", "/api/jobs", None),
+                ("GET", "/api/jobs/job-1", None),
+                ("GET", "/", None),
+                ("GET", "/jobs/job-1", None),
+                ("GET", "/jobs/missing", None),
+                ("GET", "/readyz", None),
+                ("GET", "/metrics", None),
+            ];
+            for (method, path, body) in requests {
+                let mut request = match method {
+                    "POST" => server.client.post(server.url(path)),
+                    _ => server.client.get(server.url(path)),
+                };
+                request = request.header("authorization", &auth);
+                if let Some(body) = body {
+                    request = request.body(body);
+                }
+                let response = request.send().await.unwrap();
+                seen.push_str(&format!("{method} {path} {}\n", response.status()));
+                for (name, value) in response.headers() {
+                    seen.push_str(&format!(
+                        "{name}: {}\n",
+                        String::from_utf8_lossy(value.as_bytes())
+                    ));
+                }
+                seen.push_str(&response.text().await.unwrap());
+            }
+            // Without credentials, the refusals.
+            let response = server
+                .post("/api/runbooks/archive-old-mailboxes/run", None, None)
+                .await;
+            seen.push_str(&response.text().await.unwrap());
+        }
+        server.stop().await;
+    }
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+
+    assert!(seen.contains("job-new-"), "the right token did run a job");
+    assert!(
+        seen.contains("the API token is wrong"),
+        "the wrong token was refused"
+    );
+    assert!(log.contains("http request"), "requests were logged:\n{log}");
+    assert!(
+        log.contains("refused a request"),
+        "refusals were logged:\n{log}"
+    );
+    assert!(
+        log.contains("secret-place"),
+        "the internal error's detail went to the log:\n{log}"
+    );
+    for secret in [TOKEN, WRONG_TOKEN, "3f9a1c77e2b84d05a6c9e1f2d3b4a5c6"] {
+        assert!(!seen.contains(secret), "{secret} in a response:\n{seen}");
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+    assert!(
+        !seen.contains("secret-place"),
+        "internal detail in a response"
+    );
+}
+
+#[tokio::test]
+async fn the_dashboard_escapes_everything_it_shows() {
+    let server = spawn(loopback_with_token()).await;
+    let response = server.get("/").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = response.text().await.unwrap();
+    assert!(
+        !html.contains(HOSTILE_DESCRIPTION),
+        "raw description in:\n{html}"
+    );
+    assert!(!html.contains("<script>document"), "{html}");
+    assert!(
+        html.contains("&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;&#x2f;script&gt; &amp; &quot;quotes&quot;"),
+        "escaped description missing in:\n{html}"
+    );
+    // The one script is the page's own file; nothing is loaded from elsewhere.
+    assert_eq!(html.matches("<script").count(), 1, "{html}");
+    assert!(html.contains(r#"<script src="/static/dashboard.js" defer>"#));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
+    assert!(!html.contains(TOKEN));
+
+    let job = server.get("/jobs/job-1").await.text().await.unwrap();
+    assert!(
+        job.contains("3 mailboxes on litigation hold &lt;skipped&gt;"),
+        "{job}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_dashboard_script_posts_to_the_api_routes_with_a_bearer_header() {
+    let server = spawn(loopback_with_token()).await;
+    let response = server.get("/static/dashboard.js").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    let script = response.text().await.unwrap();
+    for needle in [
+        r#""/api/runbooks/" + encodeURIComponent(action.runbook) + "/run""#,
+        r#""/api/jobs/" + encodeURIComponent(action.job) + "/cancel""#,
+        r#""Authorization": "Bearer " + token"#,
+        r#""X-Runbook-Worker-Source": "dashboard""#,
+        r#"method: "POST""#,
+    ] {
+        assert!(script.contains(needle), "{needle} missing in the script");
+    }
+    // Nothing keeps the token beyond the page.
+    for forbidden in [
+        "localStorage",
+        "sessionStorage",
+        "document.cookie",
+        "innerHTML",
+    ] {
+        assert!(!script.contains(forbidden), "{forbidden} in the script");
+    }
+    let css = server.get("/static/dashboard.css").await;
+    assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_job_page_is_a_404_page() {
+    let server = spawn(loopback_with_token()).await;
+    let response = server.get("/jobs/%3Cb%3Enope").await;
+    assert_eq!(response.status(), 404);
+    let html = response.text().await.unwrap();
+    assert!(html.contains("404 Not Found"), "{html}");
+    assert!(html.contains("&lt;b&gt;nope"), "{html}");
+    assert!(!html.contains("<b>nope"), "{html}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_dashboard_renders_in_headless_chromium() {
+    let server = spawn(loopback_with_token()).await;
+    let artifacts = artifacts_dir();
+
+    let dom = chromium(&server.url("/"), &["--dump-dom".to_string()]).await;
+    for needle in [
+        "archive-old-mailboxes",
+        "Archive mailboxes inactive for 90 days",
+        "0 30 2 * * *",
+        "2024-05-01 00:30:00 UTC",
+        "2024-05-01 02:30:00 CEST",
+        "runbooks/mailbox-permissions.toml",
+        "minute must be 0-59",
+        "did you mean `throttle`?",
+        "keeps running",
+        r#"class="status status-failed""#,
+        r#"data-action="run" data-runbook="quota-report""#,
+        r#"href="/jobs/job-2""#,
+    ] {
+        assert!(dom.contains(needle), "{needle} missing in the DOM:\n{dom}");
+    }
+    // The hostile description is text, not a script that ran.
+    assert!(dom.contains("<title>runbook-worker</title>"), "{dom}");
+    assert!(!dom.contains("pwned</title>"), "{dom}");
+    assert!(
+        dom.contains("&lt;script&gt;document.title='pwned'"),
+        "{dom}"
+    );
+
+    let dom = chromium(&server.url("/jobs/job-1"), &["--dump-dom".to_string()]).await;
+    for needle in [
+        "job-1",
+        r#"id="job-status">Completed"#,
+        "enable-archive",
+        "412 mailboxes read, 40 inactive for 90 days",
+        "3 mailboxes on litigation hold &lt;skipped&gt;",
+        r#"class="stream-warning""#,
+        "2m 04s",
+    ] {
+        assert!(dom.contains(needle), "{needle} missing in the DOM:\n{dom}");
+    }
+
+    for (path, file) in [("/", "dashboard.png"), ("/jobs/job-2", "dashboard-job.png")] {
+        let png = artifacts.join(file);
+        let _ = std::fs::remove_file(&png);
+        chromium(
+            &server.url(path),
+            &[
+                format!("--screenshot={}", png.display()),
+                "--window-size=1280,900".to_string(),
+            ],
+        )
+        .await;
+        let bytes = std::fs::read(&png).expect("chromium wrote the screenshot");
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+        assert!(bytes.len() > 10_000, "a blank page? {} bytes", bytes.len());
+        println!("screenshot: {}", png.display());
+    }
+    server.stop().await;
+}
+
+/// A page that frames the dashboard, presses Run now on one runbook, types the token and
+/// parameters into the dialog, submits it and copies the dialog's answer out.
+const RUN_NOW_PAGE: &str = r##"<!doctype html>
+<html><body>
+<iframe id="app" src="/" width="1200" height="700"></iframe>
+<pre id="outcome">waiting</pre>
+<script>
+const frame = document.getElementById("app");
+frame.addEventListener("load", () => {
+  const doc = frame.contentDocument;
+  doc.querySelector('button[data-action="run"][data-runbook="archive-old-mailboxes"]').click();
+  doc.querySelector('input[name="token"]').value = "__TOKEN__";
+  doc.querySelector('textarea[name="params"]').value = '{"days": 30}';
+  doc.querySelector('input[name="dry_run"]').checked = true;
+  doc.querySelector("#action-dialog form").requestSubmit();
+  const result = doc.querySelector("[data-result]");
+  const poll = setInterval(() => {
+    if (result.dataset.state === "done" || result.dataset.state === "error") {
+      clearInterval(poll);
+      document.getElementById("outcome").textContent =
+        result.dataset.state + ": " + result.textContent;
+    }
+  }, 20);
+});
+</script>
+</body></html>"##;
+
+#[tokio::test]
+async fn the_run_now_button_starts_a_job_from_a_real_browser() {
+    let page = RUN_NOW_PAGE.replace("__TOKEN__", TOKEN);
+    let extra = axum::Router::new().route(
+        "/test/run-now",
+        axum::routing::get(move || {
+            let page = page.clone();
+            async move { Html(page) }
+        }),
+    );
+    let server = spawn_with(FakeWorker::canned(), loopback_with_token(), Some(extra)).await;
+
+    // Virtual time stands still while the POST is in flight, so the budget only bounds the
+    // page's own timers.
+    let dom = chromium(
+        &server.url("/test/run-now"),
+        &[
+            "--dump-dom".to_string(),
+            "--virtual-time-budget=10000".to_string(),
+        ],
+    )
+    .await;
+    assert!(
+        dom.contains(r#"<pre id="outcome">done: Started job job-new-4</pre>"#),
+        "the dialog did not report the job:\n{dom}"
+    );
+    assert_eq!(
+        server.worker.changes(),
+        vec![Call::Run {
+            name: "archive-old-mailboxes".into(),
+            request: RunRequest {
+                params: params(&[("days", json!(30))]),
+                dry_run: true,
+                requested_via: RequestedVia::Dashboard,
+            },
+        }]
+    );
+
+    // The same page, photographed: the dialog with its answer.
+    let png = artifacts_dir().join("dashboard-run-now.png");
+    let _ = std::fs::remove_file(&png);
+    chromium(
+        &server.url("/test/run-now"),
+        &[
+            format!("--screenshot={}", png.display()),
+            "--window-size=1280,900".to_string(),
+            "--virtual-time-budget=10000".to_string(),
+        ],
+    )
+    .await;
+    assert!(
+        std::fs::read(&png)
+            .expect("screenshot")
+            .starts_with(b"\x89PNG")
+    );
+    println!("screenshot: {}", png.display());
+    assert_eq!(server.worker.changes().len(), 2);
+    server.stop().await;
+}
