@@ -1,7 +1,8 @@
 // runbook-worker on Azure Container Apps.
 //
 // Creates, in the resource group it is deployed to:
-//   - a user-assigned managed identity (the one Exchange Online will know the worker by),
+//   - a user-assigned managed identity (the one Exchange Online will know the worker by; it
+//     also pulls the image when `registryName` names a registry in this resource group),
 //   - a Log Analytics workspace and a Container Apps environment that sends logs to it,
 //   - a storage account with an Azure Files share `runbooks` (ops teams drop runbook files
 //     there) mounted read-only at /runbooks,
@@ -31,8 +32,8 @@ param location string = resourceGroup().location
 @description('Container image, e.g. myregistry.azurecr.io/runbook-worker:1.0.0 (see deploy/build-image.sh).')
 param image string
 
-@description('Registry server to pull the image from with the managed identity (e.g. myregistry.azurecr.io); empty for a public image. The identity needs AcrPull on that registry.')
-param registryServer string = ''
+@description('Name of an Azure Container Registry in this resource group that holds the image; the identity gets AcrPull on it and pulls with it. Empty for a public image.')
+param registryName string = ''
 
 @description('Exchange Online organization: the tenant\'s *.onmicrosoft.com domain. Empty: taken from the token\'s tenant id.')
 param exchangeOrganization string = ''
@@ -71,11 +72,28 @@ var runbooksShareName = 'runbooks'
 var coordinationContainerName = 'runbook-worker-coordination'
 var coordinated = replicas > 1
 var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+var acrPullRoleId = '7f951dda-4ed3-4680-a7ca-43fe172d538d'
+var usesRegistry = !empty(registryName)
 var httpPort = 8080
 
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: '${name}-identity'
   location: location
+}
+
+resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing = if (usesRegistry) {
+  name: usesRegistry ? registryName : 'unused'
+}
+
+// The app pulls its image with the same identity, so no registry password is stored.
+resource registryPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (usesRegistry) {
+  name: guid(registry.id, identity.id, acrPullRoleId)
+  scope: registry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', acrPullRoleId)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
 }
 
 resource logs 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
@@ -238,6 +256,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
   dependsOn: [
     runbooksStorage
     coordinationRole
+    registryPull
   ]
   properties: {
     managedEnvironmentId: environment.id
@@ -249,12 +268,12 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
           value: apiToken
         }
       ]
-      registries: empty(registryServer) ? [] : [
+      registries: usesRegistry ? [
         {
-          server: registryServer
+          server: registry.properties.loginServer
           identity: identity.id
         }
-      ]
+      ] : []
       ingress: {
         external: externalIngress
         targetPort: httpPort

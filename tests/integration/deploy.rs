@@ -49,7 +49,10 @@ fn assert_shell_is_clean(script: &Path) {
             stdout(&out)
         );
     } else {
-        eprintln!("shellcheck not installed: only bash -n checked {}", script.display());
+        eprintln!(
+            "shellcheck not installed: only bash -n checked {}",
+            script.display()
+        );
     }
 }
 
@@ -140,12 +143,15 @@ fn the_image_runs_as_a_numeric_non_root_user() {
     let stages = dockerfile_stages();
     let user = &last(stages.last().unwrap(), "USER").args;
     let uid = user.split(':').next().unwrap();
-    let uid: u32 = uid
-        .parse()
-        .unwrap_or_else(|_| panic!("USER {user} should be numeric (Kubernetes' runAsNonRoot needs it)"));
+    let uid: u32 = uid.parse().unwrap_or_else(|_| {
+        panic!("USER {user} should be numeric (Kubernetes' runAsNonRoot needs it)")
+    });
     assert_ne!(uid, 0, "USER {user} is root");
     if let Some(gid) = user.split(':').nth(1) {
-        assert!(gid.parse::<u32>().is_ok(), "group of USER {user} should be numeric");
+        assert!(
+            gid.parse::<u32>().is_ok(),
+            "group of USER {user} should be numeric"
+        );
     }
 }
 
@@ -181,8 +187,14 @@ fn the_image_exposes_the_http_port_and_declares_the_volumes() {
     let listen = &env["RUNBOOK_WORKER__HTTP__LISTEN"];
     assert!(listen.starts_with("0.0.0.0:"), "{listen}");
     assert_eq!(listen.rsplit(':').next(), Some(expose.as_str()));
-    assert!(volumes.contains(&env["RUNBOOK_WORKER__RUNBOOKS__DIR"]), "{volumes:?}");
-    assert!(volumes.contains(&env["RUNBOOK_WORKER__STATE__DIR"]), "{volumes:?}");
+    assert!(
+        volumes.contains(&env["RUNBOOK_WORKER__RUNBOOKS__DIR"]),
+        "{volumes:?}"
+    );
+    assert!(
+        volumes.contains(&env["RUNBOOK_WORKER__STATE__DIR"]),
+        "{volumes:?}"
+    );
     assert_eq!(env["RUNBOOK_WORKER__LOG__FORMAT"], "json");
 }
 
@@ -206,7 +218,15 @@ fn the_image_environment_is_valid_settings() {
 
 #[test]
 fn the_image_bakes_in_no_secrets() {
-    let secret_words = ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "SAS", "KEY", "CREDENTIAL"];
+    let secret_words = [
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "SAS",
+        "KEY",
+        "CREDENTIAL",
+    ];
     let secret_values = ["sig=", "AccountKey=", "SharedAccessSignature", "Bearer "];
     for stage in dockerfile_stages() {
         for instruction in stage
@@ -217,7 +237,9 @@ fn the_image_bakes_in_no_secrets() {
                 let upper = key.to_ascii_uppercase();
                 for word in secret_words {
                     assert!(
-                        !upper.split(['_', '-']).any(|part| part == word || part.ends_with(word)),
+                        !upper
+                            .split(['_', '-'])
+                            .any(|part| part == word || part.ends_with(word)),
                         "line {}: {} {key} looks like a secret; pass secrets at run time",
                         instruction.line,
                         instruction.keyword
@@ -239,7 +261,13 @@ fn the_image_bakes_in_no_secrets() {
         .map(str::trim)
         .filter(|l| !l.starts_with('#'))
         .collect();
-    for needed in ["target", "state", "**/node_modules", "runbook-worker.toml", "**/*.env"] {
+    for needed in [
+        "target",
+        "state",
+        "**/node_modules",
+        "runbook-worker.toml",
+        "**/*.env",
+    ] {
         assert!(patterns.contains(&needed), ".dockerignore lacks {needed}");
     }
 }
@@ -256,7 +284,11 @@ fn build_image_fails_clearly_without_a_container_engine() {
     let path = empty.path().display().to_string();
     let out = run_bash(&build_image_script(), &[], &[("PATH", &path)], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no container engine found"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no container engine found"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = run_bash(
         &build_image_script(),
@@ -265,7 +297,11 @@ fn build_image_fails_clearly_without_a_container_engine() {
         &[],
     );
     assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("'podman' not found"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("'podman' not found"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -278,7 +314,11 @@ fn build_image_stops_before_building_when_the_daemon_is_down() {
     );
     let out = docker.run(&build_image_script(), &[], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("'docker info' failed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("'docker info' failed"),
+        "{}",
+        stderr(&out)
+    );
     let subcommands: Vec<String> = docker.calls().iter().map(|c| c[0].clone()).collect();
     assert_eq!(subcommands, vec!["info"]);
 }
@@ -295,7 +335,10 @@ fn build_image_tags_with_the_package_version_and_prints_the_size() {
     let version = env!("CARGO_PKG_VERSION");
     let root = repo_root().display().to_string();
     let calls = docker.calls();
-    let build = calls.iter().find(|c| c[0] == "build").expect("a build call");
+    let build = calls
+        .iter()
+        .find(|c| c[0] == "build")
+        .expect("a build call");
     let tag = format!("runbook-worker:{version}");
     let version_arg = format!("VERSION={version}");
     let dockerfile = format!("{root}/Dockerfile");
@@ -317,7 +360,10 @@ fn build_image_tags_with_the_package_version_and_prints_the_size() {
         "{}",
         stdout(&out)
     );
-    assert!(!calls.iter().any(|c| c[0] == "push"), "pushed without --push");
+    assert!(
+        !calls.iter().any(|c| c[0] == "push"),
+        "pushed without --push"
+    );
 }
 
 #[test]
@@ -343,10 +389,17 @@ fn build_image_exports_the_binary_and_pushes_when_asked() {
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("larger than the 30 MiB target"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("larger than the 30 MiB target"),
+        "{}",
+        stderr(&out)
+    );
     let calls = docker.calls();
     let find = |name: &str| calls.iter().find(|c| c[0] == name).cloned().unwrap();
-    assert_eq!(find("cp"), vec!["cp", "c0ffee:/usr/local/bin/runbook-worker", "/tmp/rw"]);
+    assert_eq!(
+        find("cp"),
+        vec!["cp", "c0ffee:/usr/local/bin/runbook-worker", "/tmp/rw"]
+    );
     assert_eq!(find("rm"), vec!["rm", "c0ffee"]);
     assert_eq!(find("push"), vec!["push", "example.azurecr.io/rw:1.2.3"]);
 }
@@ -355,12 +408,26 @@ fn build_image_exports_the_binary_and_pushes_when_asked() {
 fn build_image_help_and_bad_arguments() {
     let empty = tempfile::tempdir().unwrap();
     let path = empty.path().display().to_string();
-    let out = run_bash(&build_image_script(), &["--help"], &[("PATH", "/usr/bin:/bin")], &[]);
+    let out = run_bash(
+        &build_image_script(),
+        &["--help"],
+        &[("PATH", "/usr/bin:/bin")],
+        &[],
+    );
     assert!(out.status.success());
     assert!(stdout(&out).contains("--export-binary"), "{}", stdout(&out));
-    let out = run_bash(&build_image_script(), &["--colour"], &[("PATH", &path)], &[]);
+    let out = run_bash(
+        &build_image_script(),
+        &["--colour"],
+        &[("PATH", &path)],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("unknown argument '--colour'"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown argument '--colour'"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 // ---- grant-exchange-permissions.sh ---------------------------------------------------------
@@ -396,7 +463,9 @@ fn app_role_assignments(principal: &str) -> String {
 }
 
 fn role_assignments_of(principal: &str) -> String {
-    format!("{GRAPH}/roleManagement/directory/roleAssignments?$filter=principalId%20eq%20'{principal}'")
+    format!(
+        "{GRAPH}/roleManagement/directory/roleAssignments?$filter=principalId%20eq%20'{principal}'"
+    )
 }
 
 fn role_assignments() -> String {
@@ -428,8 +497,16 @@ impl Tenant {
             format!("{PRINCIPAL}\t{CLIENT}\tManagedIdentity\trunbook-worker-identity\n");
         let count = |granted: bool| if granted { "1\n" } else { "0\n" };
         az.answer("account show", 0, &format!("{TENANT}\n"))
-            .answer(&format!("rest get {}", sp_by("id", PRINCIPAL)), 0, &identity_row)
-            .answer(&format!("rest get {}", sp_by("appId", CLIENT)), 0, &identity_row)
+            .answer(
+                &format!("rest get {}", sp_by("id", PRINCIPAL)),
+                0,
+                &identity_row,
+            )
+            .answer(
+                &format!("rest get {}", sp_by("appId", CLIENT)),
+                0,
+                &identity_row,
+            )
             .answer(&format!("rest get {}", sp_by("id", CLIENT)), 0, "\n")
             .answer(&format!("rest get {}", sp_by("appId", PRINCIPAL)), 0, "\n")
             .answer(
@@ -524,7 +601,10 @@ fn a_first_run_grants_the_app_role_and_exchange_administrator() {
     );
     // The reads select with JMESPath in az itself: no jq needed.
     let calls = az.calls();
-    assert_eq!(calls[0], vec!["account", "show", "--query", "tenantId", "--output", "tsv"]);
+    assert_eq!(
+        calls[0],
+        vec!["account", "show", "--query", "tenantId", "--output", "tsv"]
+    );
     let app_role_check = calls
         .iter()
         .find(|c| c.contains(&app_role_assignments(PRINCIPAL)) && c.contains(&"get".to_string()))
@@ -538,7 +618,10 @@ fn a_first_run_grants_the_app_role_and_exchange_administrator() {
     );
     let text = stdout(&out);
     assert!(text.contains(TENANT), "{text}");
-    assert!(text.contains(&format!("RUNBOOK_WORKER__IDENTITY__CLIENT_ID={CLIENT}")), "{text}");
+    assert!(
+        text.contains(&format!("RUNBOOK_WORKER__IDENTITY__CLIENT_ID={CLIENT}")),
+        "{text}"
+    );
     assert!(text.contains("24 hours"), "{text}");
 }
 
@@ -567,8 +650,14 @@ fn a_dry_run_reads_but_only_prints_the_changes() {
     assert!(sent.iter().all(|r| r.starts_with("GET ")), "{sent:?}");
     assert_eq!(sent.len(), 4, "{sent:?}");
     let text = stdout(&out);
-    assert!(text.contains(&format!("POST {}", app_role_assignments(PRINCIPAL))), "{text}");
-    assert!(text.contains(&format!("POST {}", role_assignments())), "{text}");
+    assert!(
+        text.contains(&format!("POST {}", app_role_assignments(PRINCIPAL))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("POST {}", role_assignments())),
+        "{text}"
+    );
     assert!(
         text.contains(&format!(
             "{{\"principalId\":\"{PRINCIPAL}\",\"roleDefinitionId\":\"{EXCHANGE_ADMINISTRATOR}\",\"directoryScopeId\":\"/\"}}"
@@ -600,8 +689,14 @@ fn each_role_name_assigns_its_template_id() {
     let cases = [
         ("Exchange Administrator", EXCHANGE_ADMINISTRATOR),
         ("exchange-administrator", EXCHANGE_ADMINISTRATOR),
-        ("Exchange Recipient Administrator", EXCHANGE_RECIPIENT_ADMINISTRATOR),
-        ("exchange recipient administrator", EXCHANGE_RECIPIENT_ADMINISTRATOR),
+        (
+            "Exchange Recipient Administrator",
+            EXCHANGE_RECIPIENT_ADMINISTRATOR,
+        ),
+        (
+            "exchange recipient administrator",
+            EXCHANGE_RECIPIENT_ADMINISTRATOR,
+        ),
         ("Global Reader", GLOBAL_READER),
         ("global-reader", GLOBAL_READER),
     ];
@@ -633,9 +728,23 @@ fn role_none_grants_only_the_app_role() {
 #[test]
 fn bad_arguments_are_rejected_before_anything_is_sent() {
     let cases: [(&[&str], &str); 6] = [
-        (&["--principal-id", PRINCIPAL, "--role", "Global Administrator"], "unknown role 'Global Administrator'"),
-        (&["--principal-id", "x' or 1 eq 1 or id eq '"], "is not a GUID"),
-        (&["--principal-id", PRINCIPAL, "--client-id", CLIENT], "not both"),
+        (
+            &[
+                "--principal-id",
+                PRINCIPAL,
+                "--role",
+                "Global Administrator",
+            ],
+            "unknown role 'Global Administrator'",
+        ),
+        (
+            &["--principal-id", "x' or 1 eq 1 or id eq '"],
+            "is not a GUID",
+        ),
+        (
+            &["--principal-id", PRINCIPAL, "--client-id", CLIENT],
+            "not both",
+        ),
         (&[], "--principal-id ID or --client-id ID"),
         (&["--principal-id"], "needs a value"),
         (&["--tenant", TENANT], "unknown argument '--tenant'"),
@@ -673,7 +782,10 @@ fn a_client_id_given_as_principal_id_is_detected_and_corrected() {
     let out = az.run(&permissions_script(), &["--principal-id", CLIENT], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("is a client (application) id, not a principal id"), "{err}");
+    assert!(
+        err.contains("is a client (application) id, not a principal id"),
+        "{err}"
+    );
     assert!(err.contains(PRINCIPAL), "{err}");
     assert_eq!(post_bodies(&az)[0], app_role_body(PRINCIPAL));
 }
@@ -685,8 +797,16 @@ fn an_unknown_identity_exits_with_status_4() {
         .answer("rest get ", 0, "\n");
     let out = az.run(&permissions_script(), &["--principal-id", PRINCIPAL], &[]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no service principal"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("az vm identity assign"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no service principal"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("az vm identity assign"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -700,13 +820,21 @@ fn without_the_azure_cli_or_a_sign_in_the_script_says_what_to_do() {
         &[],
     );
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("is not installed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not installed"),
+        "{}",
+        stderr(&out)
+    );
 
     let mut az = FakeTool::new("az");
     az.answer("account show", 1, "");
     let out = az.run(&permissions_script(), &["--principal-id", PRINCIPAL], &[]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("az login --tenant"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("az login --tenant"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -725,8 +853,16 @@ fn a_failed_grant_names_the_request_and_exits_1() {
             0,
             format!("{PRINCIPAL}\t{CLIENT}\tManagedIdentity\tmi\n"),
         ),
-        (format!("rest get {}", exchange_lookup()), 0, format!("{EXCHANGE_SP}\n")),
-        (format!("rest get {}", app_role_assignments(PRINCIPAL)), 0, "0\n".to_string()),
+        (
+            format!("rest get {}", exchange_lookup()),
+            0,
+            format!("{EXCHANGE_SP}\n"),
+        ),
+        (
+            format!("rest get {}", app_role_assignments(PRINCIPAL)),
+            0,
+            "0\n".to_string(),
+        ),
     ] {
         az.answer(&key, status, &output);
     }
@@ -751,13 +887,22 @@ fn the_script_ids_match_the_documented_ones_and_the_library() {
             .unwrap_or_else(|| panic!("no {name} in the script"));
         line[prefix.len()..line.len() - 1].to_string()
     };
-    assert_eq!(constant("EXCHANGE_APP_ID"), "00000002-0000-0ff1-ce00-000000000000");
+    assert_eq!(
+        constant("EXCHANGE_APP_ID"),
+        "00000002-0000-0ff1-ce00-000000000000"
+    );
     assert_eq!(constant("EXCHANGE_APP_ID"), EXCHANGE_ONLINE_APP_ID);
-    assert_eq!(constant("MANAGE_AS_APP_ROLE_ID"), "dc50a0fb-09a3-484d-be87-e023b12c6440");
+    assert_eq!(
+        constant("MANAGE_AS_APP_ROLE_ID"),
+        "dc50a0fb-09a3-484d-be87-e023b12c6440"
+    );
     assert_eq!(constant("MANAGE_AS_APP_ROLE_ID"), EXCHANGE_MANAGE_AS_APP_ID);
     for (name, expected) in [
         ("EXCHANGE_ADMINISTRATOR", EXCHANGE_ADMINISTRATOR),
-        ("EXCHANGE_RECIPIENT_ADMINISTRATOR", EXCHANGE_RECIPIENT_ADMINISTRATOR),
+        (
+            "EXCHANGE_RECIPIENT_ADMINISTRATOR",
+            EXCHANGE_RECIPIENT_ADMINISTRATOR,
+        ),
         ("GLOBAL_READER", GLOBAL_READER),
     ] {
         assert_eq!(constant(name), expected, "{name}");
@@ -826,20 +971,33 @@ fn quoted_after(code: &str, anchors: &[&str], key: &str) -> String {
 #[test]
 fn the_container_app_probes_healthz_and_readyz() {
     let code = bicep_code();
-    assert_eq!(quoted_after(&code, &["type: 'Liveness'"], "path"), "/healthz");
-    assert_eq!(quoted_after(&code, &["type: 'Readiness'"], "path"), "/readyz");
+    assert_eq!(
+        quoted_after(&code, &["type: 'Liveness'"], "path"),
+        "/healthz"
+    );
+    assert_eq!(
+        quoted_after(&code, &["type: 'Readiness'"], "path"),
+        "/readyz"
+    );
     assert!(code.contains("port: httpPort") && code.contains("var httpPort = 8080"));
 }
 
 #[test]
 fn the_container_app_grants_blob_access_for_coordination_only_with_replicas() {
     let code = bicep_code();
-    assert!(code.contains("var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'"));
+    assert!(
+        code.contains(
+            "var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'"
+        )
+    );
     assert!(code.contains("var coordinated = replicas > 1"));
     assert!(code.contains(
         "resource coordinationRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (coordinated)"
     ));
-    assert_eq!(quoted_after(&code, &["RUNBOOK_WORKER__COORDINATION__KIND"], "value"), "azure-blob");
+    assert_eq!(
+        quoted_after(&code, &["RUNBOOK_WORKER__COORDINATION__KIND"], "value"),
+        "azure-blob"
+    );
     assert!(code.contains("principalId: identity.properties.principalId"));
     assert!(code.contains("type: 'UserAssigned'"));
     assert!(code.contains("param replicas int = 1"));
@@ -864,25 +1022,43 @@ fn the_container_app_environment_is_valid_settings() {
         "RUNBOOK_WORKER__RUNBOOKS__DIR",
         "RUNBOOK_WORKER__STATE__DIR",
     ] {
-        assert!(names.iter().any(|n| n == needed), "{needed} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == needed),
+            "{needed} missing from {names:?}"
+        );
     }
     // The user-assigned identity's client id, and the API token from a secret, not a literal.
     let after = |name: &str| {
         let at = code.find(&format!("name: '{name}'")).unwrap();
         code[at..].lines().nth(1).unwrap().trim().to_string()
     };
-    assert_eq!(after("RUNBOOK_WORKER__IDENTITY__CLIENT_ID"), "value: identity.properties.clientId");
-    assert_eq!(after("RUNBOOK_WORKER__HTTP__API_TOKEN"), "secretRef: 'api-token'");
+    assert_eq!(
+        after("RUNBOOK_WORKER__IDENTITY__CLIENT_ID"),
+        "value: identity.properties.clientId"
+    );
+    assert_eq!(
+        after("RUNBOOK_WORKER__HTTP__API_TOKEN"),
+        "secretRef: 'api-token'"
+    );
     assert!(code.contains("@secure()\n@minLength(32)\nparam apiToken string"));
 
     // Every variable the template sets is a real setting (a typo fails deny_unknown_fields).
     let samples: HashMap<&str, &str> = [
-        ("RUNBOOK_WORKER__IDENTITY__CLIENT_ID", "0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a"),
+        (
+            "RUNBOOK_WORKER__IDENTITY__CLIENT_ID",
+            "0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a",
+        ),
         ("RUNBOOK_WORKER__HTTP__LISTEN", "0.0.0.0:8080"),
-        ("RUNBOOK_WORKER__HTTP__API_TOKEN", "0123456789abcdef0123456789abcdef"),
+        (
+            "RUNBOOK_WORKER__HTTP__API_TOKEN",
+            "0123456789abcdef0123456789abcdef",
+        ),
         ("RUNBOOK_WORKER__LOG__FORMAT", "json"),
         ("RUNBOOK_WORKER__WORKER__SHUTDOWN_GRACE", "25s"),
-        ("RUNBOOK_WORKER__EXCHANGE__ORGANIZATION", "contoso.onmicrosoft.com"),
+        (
+            "RUNBOOK_WORKER__EXCHANGE__ORGANIZATION",
+            "contoso.onmicrosoft.com",
+        ),
         ("RUNBOOK_WORKER__COORDINATION__KIND", "azure-blob"),
         (
             "RUNBOOK_WORKER__COORDINATION__CONTAINER_URL",
@@ -900,20 +1076,42 @@ fn the_container_app_environment_is_valid_settings() {
         (n.as_str(), *value)
     }));
     let s = load_settings(None, &env);
-    assert_eq!(s.identity.client_id.as_deref(), Some("0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a"));
+    assert_eq!(
+        s.identity.client_id.as_deref(),
+        Some("0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a")
+    );
 }
 
 #[test]
 fn the_runbooks_share_is_mounted_read_only_and_state_on_a_volume() {
     let code = bicep_code();
     assert!(code.contains("accessMode: 'ReadOnly'"));
-    assert_eq!(quoted_after(&code, &["volumes: [", "name: 'runbooks'"], "storageType"), "AzureFile");
-    assert_eq!(quoted_after(&code, &["volumes: [", "name: 'state'"], "storageType"), "EmptyDir");
-    assert_eq!(quoted_after(&code, &["volumeName: 'runbooks'"], "mountPath"), "/runbooks");
-    assert_eq!(quoted_after(&code, &["volumeName: 'state'"], "mountPath"), "/state");
+    assert_eq!(
+        quoted_after(&code, &["volumes: [", "name: 'runbooks'"], "storageType"),
+        "AzureFile"
+    );
+    assert_eq!(
+        quoted_after(&code, &["volumes: [", "name: 'state'"], "storageType"),
+        "EmptyDir"
+    );
+    assert_eq!(
+        quoted_after(&code, &["volumeName: 'runbooks'"], "mountPath"),
+        "/runbooks"
+    );
+    assert_eq!(
+        quoted_after(&code, &["volumeName: 'state'"], "mountPath"),
+        "/state"
+    );
     // No file of the share may look writable by others to the worker (doctor warns).
-    let options = quoted_after(&code, &["storageName: runbooksStorage.name"], "mountOptions");
-    assert!(options.contains("file_mode=0444") && options.contains("dir_mode=0555"), "{options}");
+    let options = quoted_after(
+        &code,
+        &["storageName: runbooksStorage.name"],
+        "mountOptions",
+    );
+    assert!(
+        options.contains("file_mode=0444") && options.contains("dir_mode=0555"),
+        "{options}"
+    );
     // The worker's grace stays inside the platform's termination grace.
     assert!(code.contains("param terminationGracePeriodSeconds int = 30"));
     assert!(code.contains("value: '${terminationGracePeriodSeconds - 5}s'"));
@@ -935,13 +1133,20 @@ fn the_bicep_brackets_balance() {
                 match c {
                     '{' | '[' | '(' => stack.push((c, line_no + 1)),
                     '}' | ']' | ')' => {
-                        let (open, at) = stack.pop().unwrap_or_else(|| panic!("line {}: unmatched {c}", line_no + 1));
+                        let (open, at) = stack
+                            .pop()
+                            .unwrap_or_else(|| panic!("line {}: unmatched {c}", line_no + 1));
                         let expected = match open {
                             '{' => '}',
                             '[' => ']',
                             _ => ')',
                         };
-                        assert_eq!(c, expected, "line {}: {c} closes {open} from line {at}", line_no + 1);
+                        assert_eq!(
+                            c,
+                            expected,
+                            "line {}: {c} closes {open} from line {at}",
+                            line_no + 1
+                        );
                     }
                     _ => {}
                 }
@@ -955,10 +1160,16 @@ fn the_bicep_brackets_balance() {
 
 #[test]
 fn the_parameters_example_parses_and_names_only_declared_parameters() {
-    let example: serde_json::Value =
-        serde_json::from_str(&read_repo_file("deploy/container-apps/main.parameters.example.json"))
-            .unwrap();
-    assert!(example["$schema"].as_str().unwrap().contains("deploymentParameters.json"));
+    let example: serde_json::Value = serde_json::from_str(&read_repo_file(
+        "deploy/container-apps/main.parameters.example.json",
+    ))
+    .unwrap();
+    assert!(
+        example["$schema"]
+            .as_str()
+            .unwrap()
+            .contains("deploymentParameters.json")
+    );
     let given = example["parameters"].as_object().unwrap();
     let code = bicep_code();
     let declared: Vec<(String, bool)> = code
@@ -970,13 +1181,22 @@ fn the_parameters_example_parses_and_names_only_declared_parameters() {
         })
         .collect();
     for name in given.keys() {
-        assert!(declared.iter().any(|(d, _)| d == name), "{name} is not a parameter of main.bicep");
+        assert!(
+            declared.iter().any(|(d, _)| d == name),
+            "{name} is not a parameter of main.bicep"
+        );
     }
     for (name, has_default) in &declared {
         if name == "apiToken" {
-            assert!(!given.contains_key(name), "never commit the API token in a parameters file");
+            assert!(
+                !given.contains_key(name),
+                "never commit the API token in a parameters file"
+            );
         } else if !has_default {
-            assert!(given.contains_key(name), "the example lacks the required parameter {name}");
+            assert!(
+                given.contains_key(name),
+                "the example lacks the required parameter {name}"
+            );
         }
     }
     if let Some(bicep) = which("bicep") {
@@ -1040,7 +1260,10 @@ fn the_systemd_unit_is_hardened() {
     // systemd's SIGKILL must come after the worker's own grace period.
     let timeout: u64 = one("TimeoutStopSec").parse().unwrap();
     let grace = WorkerSettings::default().shutdown_grace.get().as_secs();
-    assert!(timeout >= grace + 5, "TimeoutStopSec={timeout} vs shutdown_grace {grace}s");
+    assert!(
+        timeout >= grace + 5,
+        "TimeoutStopSec={timeout} vs shutdown_grace {grace}s"
+    );
 
     // Its Environment= lines are real settings.
     let env: Vec<(String, String)> = values(&unit, "Environment")
@@ -1050,7 +1273,10 @@ fn the_systemd_unit_is_hardened() {
             (k.to_string(), v.to_string())
         })
         .collect();
-    let s = load_settings(None, &env_map(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+    let s = load_settings(
+        None,
+        &env_map(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+    );
     assert_eq!(s.state.dir, Path::new("/var/lib/runbook-worker"));
 
     // Where systemd-analyze is installed, its own exposure score must stay "OK" (<= 2.0).
@@ -1060,13 +1286,21 @@ fn the_systemd_unit_is_hardened() {
             .arg(repo_root().join("deploy/vm/runbook-worker.service"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "systemd-analyze security:\n{}{}", stdout(&out), stderr(&out));
+        assert!(
+            out.status.success(),
+            "systemd-analyze security:\n{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
     }
 }
 
 fn cloud_init() -> serde_norway::Value {
     let text = read_repo_file("deploy/vm/cloud-init.yaml");
-    assert!(text.starts_with("#cloud-config\n"), "cloud-init needs the #cloud-config header");
+    assert!(
+        text.starts_with("#cloud-config\n"),
+        "cloud-init needs the #cloud-config header"
+    );
     serde_norway::from_str(&text).unwrap()
 }
 
@@ -1103,7 +1337,10 @@ fn cloud_init_installs_the_same_unit_and_valid_settings() {
 
     let runcmd = doc["runcmd"].as_sequence().unwrap();
     assert_eq!(runcmd.len(), 1);
-    assert_eq!(runcmd[0][0].as_str(), Some("/usr/local/sbin/install-runbook-worker"));
+    assert_eq!(
+        runcmd[0][0].as_str(),
+        Some("/usr/local/sbin/install-runbook-worker")
+    );
 }
 
 #[test]
@@ -1116,10 +1353,112 @@ fn the_cloud_init_installer_refuses_to_run_with_placeholders() {
     assert_shell_is_clean(&path);
     // The placeholder check comes before anything that changes the machine.
     let empty = tempfile::tempdir().unwrap();
-    let out = run_bash(&path, &[], &[("PATH", &empty.path().display().to_string())], &[]);
+    let out = run_bash(
+        &path,
+        &[],
+        &[("PATH", &empty.path().display().to_string())],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("replace __RUNBOOK_WORKER_BINARY_URL__"), "{}", stderr(&out));
-    for step in ["sha256sum --check", "useradd --system", "install -d -m 2775", "systemctl enable"] {
+    assert!(
+        stderr(&out).contains("replace __RUNBOOK_WORKER_BINARY_URL__"),
+        "{}",
+        stderr(&out)
+    );
+    for step in [
+        "sha256sum --check",
+        "useradd --system",
+        "install -d -m 2775",
+        "systemctl enable",
+    ] {
         assert!(script.contains(step), "the installer lacks {step}");
     }
+}
+
+// ---- README ------------------------------------------------------------------------------
+
+/// The README text of the `## heading` section, up to the next `## `.
+fn readme_section(heading: &str) -> String {
+    let readme = read_repo_file("README.md");
+    let start = readme
+        .find(&format!("\n## {heading}\n"))
+        .unwrap_or_else(|| panic!("README has no section {heading}"));
+    let body = &readme[start + 1..];
+    let end = body[3..].find("\n## ").map_or(body.len(), |at| at + 3);
+    body[..end].to_string()
+}
+
+/// The fenced code blocks of `text` whose info string is `language`.
+fn code_blocks(text: &str, language: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        match &mut current {
+            None if trimmed == format!("```{language}") => current = Some(String::new()),
+            Some(block) if trimmed == "```" => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_readme_migration_example_is_toml_in_the_runbook_shape() {
+    let blocks = code_blocks(
+        &readme_section("Migrate an Azure Automation runbook"),
+        "toml",
+    );
+    assert_eq!(blocks.len(), 1);
+    let runbook: toml::Table = toml::from_str(&blocks[0]).unwrap();
+    let steps = runbook["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["find", "enable-copies"]);
+    assert_eq!(steps[1]["for_each"].as_str(), Some("find"));
+    assert_eq!(steps[0]["cmdlet"].as_str(), Some("Get-Mailbox"));
+    assert_eq!(steps[1]["cmdlet"].as_str(), Some("Set-Mailbox"));
+    assert!(runbook["max_changes"].as_integer().is_some());
+}
+
+#[test]
+fn every_permissions_command_in_the_readme_uses_options_the_script_has() {
+    let script = read_repo_file("deploy/permissions/grant-exchange-permissions.sh");
+    let readme = read_repo_file("README.md");
+    let mut checked = 0;
+    for (at, _) in readme.match_indices("grant-exchange-permissions.sh") {
+        let rest = &readme[at..];
+        let command: String = rest
+            .lines()
+            .scan(true, |more, line| {
+                let keep = *more;
+                *more = line.trim_end().ends_with('\\');
+                keep.then_some(line)
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        // Options of commands nested in $( … ) belong to those commands.
+        let mut command = command;
+        while let Some(open) = command.find("$(") {
+            let close = open + command[open..].find(')').unwrap();
+            command.replace_range(open..=close, "ID");
+        }
+        for option in command.split_whitespace().filter(|w| w.starts_with("--")) {
+            let option = option.trim_end_matches(['`', ')', ',', '.']);
+            assert!(
+                script.contains(&format!("        {option})"))
+                    || script.contains(&format!("        {option} |"))
+                    || script.contains(&format!("| {option})")),
+                "README uses {option}, which the script does not accept: {command}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} options checked");
 }
