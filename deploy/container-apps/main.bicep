@@ -160,7 +160,7 @@ resource coordinationRole 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
-resource environment 'Microsoft.App/managedEnvironments@2024-03-01' = {
+resource appEnvironment 'Microsoft.App/managedEnvironments@2024-03-01' = {
   name: '${name}-env'
   location: location
   properties: {
@@ -175,7 +175,7 @@ resource environment 'Microsoft.App/managedEnvironments@2024-03-01' = {
 }
 
 resource runbooksStorage 'Microsoft.App/managedEnvironments/storages@2024-03-01' = {
-  parent: environment
+  parent: appEnvironment
   name: 'runbooks'
   properties: {
     azureFile: {
@@ -259,7 +259,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
     registryPull
   ]
   properties: {
-    managedEnvironmentId: environment.id
+    managedEnvironmentId: appEnvironment.id
     configuration: {
       activeRevisionsMode: 'Single'
       secrets: [
