@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# runbook-worker container image: a static musl binary on distroless, about 15-25 MB.
+# runbook-worker container image: a static musl binary on distroless (target: under 30 MB).
 #
 #   deploy/build-image.sh --tag runbook-worker:dev      (or: docker build -t runbook-worker:dev .)
 #   docker run --rm -p 8080:8080 -v "$PWD/runbooks:/runbooks:ro" runbook-worker:dev --simulate
@@ -18,7 +18,8 @@ FROM rust:1.95-bookworm AS builder
 
 # musl-tools provides musl-gcc, which the cc crate uses for the C parts: aws-lc-sys (rustls'
 # crypto provider; it ships pre-generated bindings for x86_64-unknown-linux-musl, so neither
-# cmake, clang nor bindgen is needed) and the SQLite that rusqlite bundles.
+# cmake, clang nor bindgen is needed, and it detects that musl-gcc has no <linux/random.h> and
+# uses getentropy() instead) and the SQLite that rusqlite bundles.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/*
