@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod deploy;
 
 use std::path::Path;
 use std::process::{Command, Output};
