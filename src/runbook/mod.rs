@@ -12,7 +12,7 @@
 //!   the executor calls per record.
 //! - [`CmdletPolicy`], [`is_read_cmdlet`]: the `[policy]` rules and the read verbs a dry run
 //!   sends for real.
-//! - [`schema::json_schema`]: `runbooks/runbook.schema.json`.
+//! - `runbooks/runbook.schema.json` comes from [`schema::json_schema`].
 
 mod catalog;
 mod error;

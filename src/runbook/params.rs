@@ -184,3 +184,130 @@ impl Runbook {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runbook::{CmdletPolicy, parse_runbook};
+    use serde_json::json;
+
+    fn runbook() -> Runbook {
+        let text = r#"
+timezone = "Europe/Berlin"
+[params]
+department = "Sales"
+limit = 5
+ratio = 0.5
+dry = false
+since = 2025-01-01T00:00:00Z
+names = ["a"]
+extra = { default = { Add = "x" } }
+group = { type = "string" }
+
+[[steps]]
+name = "find"
+cmdlet = "Get-Mailbox"
+"#;
+        parse_runbook("r", "r.toml", text, &CmdletPolicy::default()).unwrap()
+    }
+
+    fn text(pairs: &[(&str, &str)]) -> Vec<(String, ParamInput)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), ParamInput::Text(v.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_fill_what_the_run_does_not_give() {
+        let values = runbook().resolve_params(text(&[("group", "Ops")])).unwrap();
+        assert_eq!(values["department"], json!("Sales"));
+        assert_eq!(values["limit"], json!(5));
+        assert_eq!(values["since"], json!("2025-01-01T00:00:00Z"));
+        assert_eq!(values["extra"], json!({"Add": "x"}));
+        assert_eq!(values["group"], json!("Ops"));
+    }
+
+    #[test]
+    fn text_overrides_are_read_by_the_declared_type() {
+        let cases: Vec<(&str, &str, serde_json::Value)> = vec![
+            ("department", " Sales, EMEA ", json!(" Sales, EMEA ")),
+            ("limit", "12", json!(12)),
+            ("ratio", "2", json!(2.0)),
+            ("dry", "TRUE", json!(true)),
+            ("dry", "$false", json!(false)),
+            (
+                "since",
+                "2025-06-01T12:00:00",
+                json!("2025-06-01T10:00:00Z"),
+            ),
+            (
+                "since",
+                "2025-06-01T12:00:00+01:00",
+                json!("2025-06-01T11:00:00Z"),
+            ),
+            ("names", "[\"x\", \"y\"]", json!(["x", "y"])),
+            ("extra", "{ Remove = \"y\" }", json!({"Remove": "y"})),
+        ];
+        for (name, input, expected) in cases {
+            let mut overrides = text(&[(name, input)]);
+            overrides.push(("group".to_string(), ParamInput::Text("g".to_string())));
+            let values = runbook().resolve_params(overrides).unwrap();
+            assert_eq!(values[name], expected, "{name}={input}");
+        }
+    }
+
+    #[test]
+    fn bad_overrides_name_the_param_and_the_type() {
+        let cases: Vec<(Vec<(String, ParamInput)>, &str)> = vec![
+            (
+                text(&[("limt", "1")]),
+                "runbook \"r\" has no param \"limt\" (did you mean \"limit\"?)",
+            ),
+            (
+                text(&[("limit", "many"), ("group", "g")]),
+                "param \"limit\" of runbook \"r\" must be an integer: got \"many\"",
+            ),
+            (
+                text(&[("dry", "yes"), ("group", "g")]),
+                "param \"dry\" of runbook \"r\" must be true or false: got \"yes\"",
+            ),
+            (
+                text(&[("names", "a,b"), ("group", "g")]),
+                "param \"names\" of runbook \"r\" must be an array such as [\"a\", \"b\"]: got \"a,b\", which is not a TOML value",
+            ),
+            (
+                vec![("limit".to_string(), ParamInput::Json(json!(1.5)))],
+                "param \"limit\" of runbook \"r\" must be an integer: got 1.5",
+            ),
+            (
+                vec![("department".to_string(), ParamInput::Json(json!(["x"])))],
+                "param \"department\" of runbook \"r\" must be a string: got [\"x\"]",
+            ),
+            (
+                text(&[]),
+                "param \"group\" of runbook \"r\" has no default; give it a value (--param group=…)",
+            ),
+        ];
+        for (overrides, expected) in cases {
+            let err = runbook().resolve_params(overrides).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{err}\n  expected {expected}");
+        }
+    }
+
+    #[test]
+    fn json_overrides_keep_their_types() {
+        let values = runbook()
+            .resolve_params(vec![
+                ("ratio".to_string(), ParamInput::Json(json!(3))),
+                ("group".to_string(), ParamInput::Json(json!("g"))),
+                (
+                    "since".to_string(),
+                    ParamInput::Json(json!("2025-02-01T00:00:00Z")),
+                ),
+            ])
+            .unwrap();
+        assert_eq!(values["ratio"], json!(3));
+        assert_eq!(values["since"], json!("2025-02-01T00:00:00Z"));
+    }
+}

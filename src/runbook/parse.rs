@@ -499,9 +499,7 @@ impl<'t> Checker<'t> {
             .map(|n| format!("\"{n}\""))
             .collect::<Vec<_>>()
             .join(", ");
-        let Some(text) = self.string(node, key, what) else {
-            return None;
-        };
+        let text = self.string(node, key, what)?;
         if let Some((_, v)) = variants.iter().find(|(n, _)| *n == text) {
             return Some(*v);
         }

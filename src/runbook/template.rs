@@ -282,8 +282,7 @@ impl TemplateCompiler {
     fn check_expression(&self, source: &str) -> Result<(), CompileError> {
         if let Some(offset) = source.find("}}") {
             return Err(CompileError {
-                detail: "unexpected \"}}\" (write a when expression without {{ }})"
-                    .to_string(),
+                detail: "unexpected \"}}\" (write a when expression without {{ }})".to_string(),
                 offset: Some(offset),
             });
         }
@@ -739,8 +738,18 @@ mod tests {
     fn odd_template_text_is_an_error_or_a_value_never_a_panic() {
         let mut compiler = TemplateCompiler::new();
         let strings = [
-            "}}", "{{", "{{ }}", "{% %}", "{{ 'a' }}}}", "{{ x }} }}", "{{ {{ }} }}", "{#",
-            "{{ item.X }}}", "{{{ item.X }}", "{% set x = 1 %}{{ x }}", "{{ 'é' }}",
+            "}}",
+            "{{",
+            "{{ }}",
+            "{% %}",
+            "{{ 'a' }}}}",
+            "{{ x }} }}",
+            "{{ {{ }} }}",
+            "{#",
+            "{{ item.X }}}",
+            "{{{ item.X }}",
+            "{% set x = 1 %}{{ x }}",
+            "{{ 'é' }}",
         ];
         for (i, source) in strings.iter().enumerate() {
             let _ = compiler.string_value(&format!("s{i}"), source);

@@ -35,7 +35,6 @@ fn errors(text: &str) -> Vec<String> {
     }
 }
 
-
 const STEP: &str = "[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\n";
 
 fn with_step(head: &str) -> String {
@@ -46,13 +45,19 @@ fn with_step(head: &str) -> String {
 fn the_issue_example_parses_into_the_model() {
     let rb = parse(ISSUE_EXAMPLE).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(rb.name, "x");
-    assert_eq!(rb.description, "Enable the online archive for user mailboxes that have none");
+    assert_eq!(
+        rb.description,
+        "Enable the online archive for user mailboxes that have none"
+    );
     assert_eq!(rb.schedules.len(), 1);
     assert_eq!(rb.schedules[0].expression, "0 30 2 * * *");
     assert_eq!(rb.timezone, chrono_tz::Europe::Berlin);
     assert_eq!(rb.timeout, Duration::from_secs(45 * 60));
     assert!(rb.enabled);
-    assert_eq!(rb.identity, Some(IdentityOverride::ClientId("…".to_string())));
+    assert_eq!(
+        rb.identity,
+        Some(IdentityOverride::ClientId("…".to_string()))
+    );
     assert_eq!(rb.organization.as_deref(), Some("contoso.onmicrosoft.com"));
     assert_eq!(rb.max_changes, Some(200));
     assert_eq!(rb.retries, Retries::default());
@@ -70,7 +75,10 @@ fn the_issue_example_parses_into_the_model() {
         ["Filter", "RecipientTypeDetails", "ResultSize"]
     );
     assert_eq!(enable.for_each.as_deref(), Some("find"));
-    assert_eq!(enable.when.as_deref(), Some("item.LitigationHoldEnabled == false"));
+    assert_eq!(
+        enable.when.as_deref(),
+        Some("item.LitigationHoldEnabled == false")
+    );
     assert_eq!(enable.concurrency, 4);
     assert!(!enable.continue_on_error);
     assert!(!enable.is_read());
@@ -84,24 +92,41 @@ fn good_files_parse() {
     let cases: Vec<(&str, String)> = vec![
         ("a step is enough", STEP.to_string()),
         ("five fields", with_step("schedule = \"30 2 * * *\"\n")),
-        ("a list of schedules", with_step("schedule = [\"0 0 L * *\", \"0 9 * * 1#2\", \"@daily\"]\n")),
-        ("every key", with_step(concat!(
-            "description = \"d\"\nschedule = \"0 */5 * * * *\"\ntimezone = \"America/New_York\"\n",
-            "timeout = \"1h 30m\"\nenabled = false\nidentity = { resource_id = \"/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/i\" }\n",
-            "organization = \"contoso.onmicrosoft.com\"\nmax_changes = 1_000\nretries = { attempts = 3, backoff = \"30s\" }\n",
-            "overlap = \"queue\"\nmissed = \"run-once\"\nmax_lateness = \"6h\"\njitter = \"30s\"\n",
-            "start_at = 2025-01-01T00:00:00\nend_at = 2030-01-01T00:00:00Z\non_interrupt = \"rerun\"\n",
-            "[params]\ndepartment = \"Sales\"\nlimit = 5\nratio = 0.5\ndry = false\nwhen = 2025-01-01\nlist = [\"a\", \"b\"]\n",
-            "table = { default = { Add = \"x\" }, description = \"hashtable\" }\n",
-            "typed = { type = \"float\", default = 1 }\n",
-        ))),
+        (
+            "a list of schedules",
+            with_step("schedule = [\"0 0 L * *\", \"0 9 * * 1#2\", \"@daily\"]\n"),
+        ),
+        (
+            "every key",
+            with_step(concat!(
+                "description = \"d\"\nschedule = \"0 */5 * * * *\"\ntimezone = \"America/New_York\"\n",
+                "timeout = \"1h 30m\"\nenabled = false\nidentity = { resource_id = \"/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/i\" }\n",
+                "organization = \"contoso.onmicrosoft.com\"\nmax_changes = 1_000\nretries = { attempts = 3, backoff = \"30s\" }\n",
+                "overlap = \"queue\"\nmissed = \"run-once\"\nmax_lateness = \"6h\"\njitter = \"30s\"\n",
+                "start_at = 2025-01-01T00:00:00\nend_at = 2030-01-01T00:00:00Z\non_interrupt = \"rerun\"\n",
+                "[params]\ndepartment = \"Sales\"\nlimit = 5\nratio = 0.5\ndry = false\nwhen = 2025-01-01\nlist = [\"a\", \"b\"]\n",
+                "table = { default = { Add = \"x\" }, description = \"hashtable\" }\n",
+                "typed = { type = \"float\", default = 1 }\n",
+            )),
+        ),
         ("retries as a number", with_step("retries = 2\n")),
         ("hex and underscores", with_step("max_changes = 0x10\n")),
-        ("output forms", format!(
-            "{STEP}output = \"csv\"\n[[steps]]\nname = \"b\"\ncmdlet = \"Get-Mailbox\"\noutput = {{ format = \"jsonl\", columns = [\"A\", \"B\"] }}\n"
-        )),
-        ("required params without a schedule", with_step("[params]\ngroup = { type = \"string\", description = \"who\" }\n")),
-        ("parameters as a table section", format!("{STEP}[steps.parameters]\nIdentity = \"x\"\nEmailAddresses = {{ Add = \"smtp:x@y\", Remove = [\"a\", \"b\"] }}\n")),
+        (
+            "output forms",
+            format!(
+                "{STEP}output = \"csv\"\n[[steps]]\nname = \"b\"\ncmdlet = \"Get-Mailbox\"\noutput = {{ format = \"jsonl\", columns = [\"A\", \"B\"] }}\n"
+            ),
+        ),
+        (
+            "required params without a schedule",
+            with_step("[params]\ngroup = { type = \"string\", description = \"who\" }\n"),
+        ),
+        (
+            "parameters as a table section",
+            format!(
+                "{STEP}[steps.parameters]\nIdentity = \"x\"\nEmailAddresses = {{ Add = \"smtp:x@y\", Remove = [\"a\", \"b\"] }}\n"
+            ),
+        ),
     ];
     for (what, text) in cases {
         if let Err(errors) = parse(&text) {
@@ -123,20 +148,35 @@ fn every_key_lands_in_the_model() {
     let rb = parse(&text).unwrap_or_else(|e| panic!("{e:#?}"));
     assert_eq!(rb.schedules.len(), 2);
     assert_eq!(rb.max_changes, Some(16));
-    assert_eq!(rb.retries, Retries { attempts: 3, backoff: Duration::from_secs(30) });
+    assert_eq!(
+        rb.retries,
+        Retries {
+            attempts: 3,
+            backoff: Duration::from_secs(30)
+        }
+    );
     assert_eq!(rb.overlap, Overlap::Replace);
     assert_eq!(rb.missed, Missed::RunOnce);
     assert_eq!(rb.max_lateness, Some(Duration::from_secs(6 * 3600)));
     assert_eq!(rb.jitter, Duration::from_secs(30));
     // Local datetimes are read in the runbook's zone (CET in winter, UTC+1).
-    assert_eq!(rb.start_at.unwrap().to_rfc3339(), "2024-12-31T23:00:00+00:00");
+    assert_eq!(
+        rb.start_at.unwrap().to_rfc3339(),
+        "2024-12-31T23:00:00+00:00"
+    );
     assert_eq!(rb.end_at.unwrap().to_rfc3339(), "2029-12-31T22:00:00+00:00");
     assert_eq!(rb.on_interrupt, OnInterrupt::Rerun);
-    assert_eq!(rb.identity, Some(IdentityOverride::ObjectId("o".to_string())));
+    assert_eq!(
+        rb.identity,
+        Some(IdentityOverride::ObjectId("o".to_string()))
+    );
     assert_eq!(rb.params["limit"].kind, ParamType::Integer);
     assert_eq!(rb.params["limit"].default, Some(serde_json::json!(5)));
     // CEST in summer: midnight local is 22:00 UTC the day before.
-    assert_eq!(rb.params["day"].default, Some(serde_json::json!("2025-05-31T22:00:00Z")));
+    assert_eq!(
+        rb.params["day"].default,
+        Some(serde_json::json!("2025-05-31T22:00:00Z"))
+    );
     assert_eq!(rb.params["day"].kind, ParamType::Datetime);
     assert_eq!(rb.params["ratio"].kind, ParamType::Float);
 }
@@ -442,7 +482,9 @@ fn bad_files_report_every_error_with_position_and_message() {
 
 #[test]
 fn errors_carry_the_key_path_and_kind() {
-    let text = format!("{STEP}paramters = {{}}\n[[steps]]\nname = \"b\"\ncmdlet = \"Set-Mailbox\"\nfor_each = \"find\"\nparameters = {{ Identity = \"{{{{ itme.X }}}}\" }}\n");
+    let text = format!(
+        "{STEP}paramters = {{}}\n[[steps]]\nname = \"b\"\ncmdlet = \"Set-Mailbox\"\nfor_each = \"find\"\nparameters = {{ Identity = \"{{{{ itme.X }}}}\" }}\n"
+    );
     let errors = parse(&text).unwrap_err();
     let summary: Vec<(&str, ErrorKind)> = errors.iter().map(|e| (e.key.as_str(), e.kind)).collect();
     assert_eq!(
@@ -465,14 +507,23 @@ fn errors_carry_the_key_path_and_kind() {
 
 #[test]
 fn a_param_without_default_is_required() {
-    let rb = parse(&with_step("[params]\ngroup = { type = \"string\", description = \"who\" }\n")).unwrap();
+    let rb = parse(&with_step(
+        "[params]\ngroup = { type = \"string\", description = \"who\" }\n",
+    ))
+    .unwrap();
     assert_eq!(rb.params["group"].default, None);
     assert_eq!(rb.params["group"].description.as_deref(), Some("who"));
 }
 
 #[test]
 fn an_invalid_runbook_name_is_reported_with_the_file() {
-    let errors = parse_runbook("my runbook", "my runbook.toml", STEP, &CmdletPolicy::default()).unwrap_err();
+    let errors = parse_runbook(
+        "my runbook",
+        "my runbook.toml",
+        STEP,
+        &CmdletPolicy::default(),
+    )
+    .unwrap_err();
     assert_eq!(errors.len(), 1);
     assert_eq!(
         errors[0].to_string(),
@@ -496,5 +547,97 @@ fn an_explicit_allow_entry_admits_a_remove_cmdlet() {
     assert_eq!(
         errors[0].message,
         r#"cmdlet "Get-Mailbox" of step "find" is not allowed by the cmdlet policy: it matches "Get-*" in [policy] deny"#
+    );
+}
+
+#[test]
+fn a_parsed_step_renders_its_parameters_for_a_record() {
+    use crate::exchange::params::ParamValue;
+    use crate::runbook::{JobInfo, TemplateContext};
+    use chrono::TimeZone;
+
+    let text = format!(
+        "{ISSUE_EXAMPLE}output = \"csv\"\n[[steps]]\nname = \"alias\"\ncmdlet = \"Set-Mailbox\"\nfor_each = \"find\"\ncontinue_on_error = true\n{}",
+        "parameters = { Identity = \"{{ item.Alias }}\", EmailAddresses = { Add = \"smtp:{{ item.Alias }}@contoso.com\" }, Sent = 2025-03-01T09:00:00, Note = \"{{ steps.find.count }} of {{ steps.enable.records | length }}\", ForwardingSmtpAddress = \"{{ none }}\" }\n"
+    );
+    let rb = parse(&text).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(
+        rb.steps_needing_records().into_iter().collect::<Vec<_>>(),
+        ["enable"]
+    );
+    let alias = rb.step("alias").unwrap();
+    assert!(alias.continue_on_error);
+    assert_eq!(
+        alias.step_references["find"],
+        StepUsage {
+            count: true,
+            records: false
+        }
+    );
+    assert_eq!(
+        rb.steps[1].output,
+        Some(OutputSpec {
+            format: OutputFormat::Csv,
+            columns: vec![]
+        })
+    );
+
+    let job = JobInfo {
+        id: "j".to_string(),
+        runbook: "x".to_string(),
+        scheduled_for: Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap(),
+    };
+    let ctx = TemplateContext::new(&job, &BTreeMap::new(), job.scheduled_for)
+        .with_step("find", 2, None)
+        .with_step("enable", 1, Some(&[serde_json::json!({"Identity": "a"})]));
+    let record = serde_json::json!({
+        "Alias": "bob\", \"Identity\": \"admin",
+        "ExternalDirectoryObjectId": "0f6b…",
+        "LitigationHoldEnabled": false,
+    });
+    let item_ctx = ctx.with_item(&record);
+
+    let enable = rb.step("enable").unwrap();
+    assert!(enable.matches_when(&item_ctx).unwrap());
+    let rendered = enable.render_parameters(&item_ctx).unwrap();
+    assert_eq!(
+        rendered["Identity"],
+        ParamValue::String("0f6b…".to_string())
+    );
+    assert_eq!(rendered["Archive"], ParamValue::Bool(true));
+
+    let rendered = alias.render_parameters(&item_ctx).unwrap();
+    assert_eq!(rendered.len(), 5);
+    assert_eq!(
+        rendered["Identity"],
+        ParamValue::String("bob\", \"Identity\": \"admin".to_string())
+    );
+    assert_eq!(
+        rendered["EmailAddresses"],
+        ParamValue::HashTable(BTreeMap::from([(
+            "Add".to_string(),
+            ParamValue::String("smtp:bob\", \"Identity\": \"admin@contoso.com".to_string())
+        )]))
+    );
+    // A local datetime is read in the runbook's zone (Europe/Berlin, CET in March).
+    assert_eq!(
+        rendered["Sent"],
+        ParamValue::DateTime(Utc.with_ymd_and_hms(2025, 3, 1, 8, 0, 0).unwrap())
+    );
+    assert_eq!(rendered["Note"], ParamValue::String("2 of 1".to_string()));
+    assert_eq!(rendered["ForwardingSmtpAddress"], ParamValue::Null);
+
+    let without_hold = ctx.with_item(&serde_json::json!({"LitigationHoldEnabled": true}));
+    assert!(!enable.matches_when(&without_hold).unwrap());
+    let missing = ctx.with_item(&serde_json::json!({"Alias": "x"}));
+    let err = enable.matches_when(&missing).unwrap_err().to_string();
+    assert!(
+        err.starts_with("when of step \"enable\": undefined value"),
+        "{err}"
+    );
+    let err = enable.render_parameters(&missing).unwrap_err().to_string();
+    assert!(
+        err.starts_with("parameter \"Identity\" of step \"enable\": undefined value in `{{ item.ExternalDirectoryObjectId }}`"),
+        "{err}"
     );
 }
