@@ -12,7 +12,7 @@ use std::ops::{Range, RangeInclusive};
 use std::time::Duration;
 
 use chrono::{
-    DateTime, FixedOffset, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc,
+    DateTime, Datelike, FixedOffset, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc,
 };
 use chrono_tz::Tz;
 use sha2::{Digest, Sha256};
@@ -288,6 +288,33 @@ pub(crate) fn toml_to_json(value: &DeValue<'_>, tz: Tz) -> Result<serde_json::Va
                 .collect::<Result<_, String>>()?,
         ),
     })
+}
+
+/// Whether a parsed pattern matches any calendar day. "0 0 30 2 *" parses but never fires;
+/// asking croner for the next occurrence would search up to the year 5000 (about a second),
+/// so the days of 2000–2027 are checked with croner's own day matching instead: 28 years
+/// hold every combination of weekday, month length and leap day. Every time-of-day field
+/// that parses matches some time, so the day decides.
+fn fires_on_some_day(cron: &croner::Cron) -> bool {
+    let Some(mut day) = NaiveDate::from_ymd_opt(2000, 1, 1) else {
+        return true;
+    };
+    let Some(end) = NaiveDate::from_ymd_opt(2028, 1, 1) else {
+        return true;
+    };
+    while day < end {
+        let (year, month, dom) = (day.year(), day.month(), day.day());
+        if cron.pattern.month_match(month).unwrap_or(false)
+            && cron.pattern.day_match(year, month, dom).unwrap_or(false)
+        {
+            return true;
+        }
+        day = match day.succ_opt() {
+            Some(next) => next,
+            None => return true,
+        };
+    }
+    false
 }
 
 fn param_type_of(value: &DeValue<'_>) -> ParamType {
@@ -779,12 +806,7 @@ impl<'t> Checker<'t> {
         }
         match cron_parser().parse(trimmed) {
             Ok(cron) => {
-                // A pattern such as "0 0 30 2 *" parses but never fires; croner searches
-                // up to the year 5000 and gives up, which takes milliseconds.
-                let reference = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single();
-                if let Some(reference) = reference
-                    && cron.find_next_occurrence(&reference, false).is_err()
-                {
+                if !fires_on_some_day(&cron) {
                     self.report(
                         node.span(),
                         key,

@@ -191,7 +191,8 @@ mod tests {
                 verb: verb.to_string(),
             })
         };
-        let cases: Vec<(&[&str], &[&str], &str, Result<(), PolicyDenial>)> = vec![
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a str, Result<(), PolicyDenial>);
+        let cases: Vec<Case> = vec![
             // The default allows everything but Remove- and New-.
             (&["*"], &[], "Get-Mailbox", Ok(())),
             (&["*"], &[], "Set-Mailbox", Ok(())),

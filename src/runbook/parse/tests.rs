@@ -110,6 +110,10 @@ fn good_files_parse() {
             )),
         ),
         ("retries as a number", with_step("retries = 2\n")),
+        (
+            "rare but real days",
+            with_step("schedule = [\"0 0 29 2 *\", \"0 0 31 * *\", \"0 0 L 2 *\", \"0 0 * * 5#5\", \"0 0 30 2 1\", \"0 0 15W * *\", \"0 0 1 1 *\"]\n"),
+        ),
         ("hex and underscores", with_step("max_changes = 0x10\n")),
         (
             "output forms",
@@ -258,12 +262,13 @@ fn bad_files_report_every_error_with_position_and_message() {
         ),
         (
             "cron with seven fields, out of range, never firing, wrong type",
-            with_step("schedule = [\"* * * * * * *\", \"61 * * * *\", \"0 0 30 2 *\", 5]\n"),
+            with_step("schedule = [\"* * * * * * *\", \"61 * * * *\", \"0 0 30 2 *\", 5, \"0 0 31 4,6 *\"]\n"),
             vec![
                 r#"x.toml:1:13: invalid cron schedule "* * * * * * *": 7 fields; expected 5 (minute hour day-of-month month day-of-week) or 6 (with seconds first)"#,
                 r#"x.toml:1:30: invalid cron schedule "61 * * * *": Component error: Number out of bounds"#,
                 r#"x.toml:1:44: cron schedule "0 0 30 2 *" never fires (no date matches it)"#,
                 r#"x.toml:1:58: each entry of "schedule" must be a cron expression string, got an integer"#,
+                r#"x.toml:1:61: cron schedule "0 0 31 4,6 *" never fires (no date matches it)"#,
             ],
         ),
         (
