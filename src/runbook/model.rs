@@ -120,7 +120,7 @@ pub enum IdentityOverride {
     ResourceId(String),
 }
 
-/// Whole-job retries after a Failed or TimedOut job.
+/// Whole-job retries after a Failed job (the executor documents which outcomes retry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retries {
     /// Retries after the first attempt; 0 means none.
@@ -306,7 +306,9 @@ pub struct Step {
     pub concurrency: u32,
     pub continue_on_error: bool,
     pub output: Option<OutputSpec>,
-    /// Earlier steps this step's templates read, and how.
+    /// Earlier steps this step's templates read (`steps.<name>.count` / `.records`), and
+    /// how. Their values exist once those steps have finished: a step that reads
+    /// `steps.x` while iterating over `x` must wait for `x` to finish first.
     pub step_references: BTreeMap<String, StepUsage>,
     pub(crate) parameters: BTreeMap<String, ValueTemplate>,
     pub(crate) when_template: Option<ValueTemplate>,

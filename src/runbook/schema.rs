@@ -51,7 +51,7 @@ pub struct RunbookDocument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub max_changes: Option<u64>,
-    /// Whole-job retries after a Failed or TimedOut job: a number of attempts, or a table
+    /// Whole-job retries after a Failed job: a number of attempts, or a table
     /// with the delay before the first retry (doubling each time, at most 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<RetriesDocument>,

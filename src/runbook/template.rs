@@ -100,7 +100,8 @@ pub struct TemplateContext {
 
 impl TemplateContext {
     /// `params` are the run's resolved parameters (see [`super::Runbook::resolve_params`]);
-    /// `now` is rendered as an RFC 3339 UTC string.
+    /// `now` is the job's start, rendered as an RFC 3339 UTC string and the same for every
+    /// call of the job so that its values are consistent.
     pub fn new(
         job: &JobInfo,
         params: &BTreeMap<String, serde_json::Value>,
