@@ -191,7 +191,12 @@ mod tests {
                 verb: verb.to_string(),
             })
         };
-        type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a str, Result<(), PolicyDenial>);
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a str,
+            Result<(), PolicyDenial>,
+        );
         let cases: Vec<Case> = vec![
             // The default allows everything but Remove- and New-.
             (&["*"], &[], "Get-Mailbox", Ok(())),

@@ -228,9 +228,56 @@ pub struct OutputTable {
 pub fn json_schema() -> String {
     let generator = schemars::generate::SchemaSettings::draft07().into_generator();
     let schema = generator.into_root_schema_for::<RunbookDocument>();
-    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    let mut value = schema.to_value();
+    tidy(&mut value);
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// Adapts schemars' output to TOML: TOML has no null, so the `null` schemars adds for every
+/// `Option` is dropped, and doc comments' line wraps become spaces so that editors reflow
+/// the descriptions.
+fn tidy(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Array(types)) = map.get("type") {
+                let kept: Vec<Value> = types
+                    .iter()
+                    .filter(|t| t.as_str() != Some("null"))
+                    .cloned()
+                    .collect();
+                let replacement = match kept.as_slice() {
+                    [one] => one.clone(),
+                    _ => Value::Array(kept),
+                };
+                map.insert("type".to_string(), replacement);
+            }
+            if let Some(Value::Array(options)) = map.get("anyOf") {
+                let kept: Vec<Value> = options
+                    .iter()
+                    .filter(|o| o.get("type").and_then(Value::as_str) != Some("null"))
+                    .cloned()
+                    .collect();
+                // A lone `$ref` stays wrapped in anyOf: draft-07 ignores the siblings of a
+                // `$ref`, and the description beside it is what editors show.
+                map.insert("anyOf".to_string(), Value::Array(kept));
+            }
+            if let Some(Value::String(description)) = map.get_mut("description") {
+                *description = description
+                    .split("\n\n")
+                    .map(|paragraph| paragraph.replace('\n', " "))
+                    .collect::<Vec<_>>()
+                    .join("\n\n");
+            }
+            for child in map.values_mut() {
+                tidy(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(tidy),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

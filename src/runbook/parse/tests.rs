@@ -112,7 +112,9 @@ fn good_files_parse() {
         ("retries as a number", with_step("retries = 2\n")),
         (
             "rare but real days",
-            with_step("schedule = [\"0 0 29 2 *\", \"0 0 31 * *\", \"0 0 L 2 *\", \"0 0 * * 5#5\", \"0 0 30 2 1\", \"0 0 15W * *\", \"0 0 1 1 *\"]\n"),
+            with_step(
+                "schedule = [\"0 0 29 2 *\", \"0 0 31 * *\", \"0 0 L 2 *\", \"0 0 * * 5#5\", \"0 0 30 2 1\", \"0 0 15W * *\", \"0 0 1 1 *\"]\n",
+            ),
         ),
         ("hex and underscores", with_step("max_changes = 0x10\n")),
         (
