@@ -96,6 +96,9 @@ pub struct TemplateContext {
     params: Value,
     job: Value,
     now: Value,
+    /// The map templates are rendered against, rebuilt whenever a part changes so that a
+    /// call renders all its parameters against one map.
+    root: Value,
 }
 
 impl TemplateContext {
@@ -107,14 +110,17 @@ impl TemplateContext {
         params: &BTreeMap<String, serde_json::Value>,
         now: DateTime<Utc>,
     ) -> Self {
-        Self {
+        let mut ctx = Self {
             item: None,
             steps: BTreeMap::new(),
             steps_value: Value::from(BTreeMap::<String, Value>::new()),
             params: Value::from_serialize(params),
             job: Value::from_serialize(job),
             now: Value::from(now.to_rfc3339_opts(SecondsFormat::Secs, true)),
-        }
+            root: Value::UNDEFINED,
+        };
+        ctx.rebuild();
+        ctx
     }
 
     /// Records a finished step: `steps.<name>.count`, and `steps.<name>.records` when the
@@ -133,6 +139,7 @@ impl TemplateContext {
         }
         self.steps.insert(name.to_string(), Value::from(view));
         self.steps_value = Value::from(self.steps.clone());
+        self.rebuild();
         self
     }
 
@@ -140,10 +147,11 @@ impl TemplateContext {
     pub fn with_item(&self, item: &serde_json::Value) -> Self {
         let mut ctx = self.clone();
         ctx.item = Some(Value::from_serialize(item));
+        ctx.rebuild();
         ctx
     }
 
-    fn root(&self) -> Value {
+    fn rebuild(&mut self) {
         let mut root = BTreeMap::new();
         if let Some(item) = &self.item {
             root.insert("item", item.clone());
@@ -152,7 +160,11 @@ impl TemplateContext {
         root.insert("params", self.params.clone());
         root.insert("job", self.job.clone());
         root.insert("now", self.now.clone());
-        Value::from(root)
+        self.root = Value::from(root);
+    }
+
+    fn root(&self) -> Value {
+        self.root.clone()
     }
 }
 
@@ -196,6 +208,9 @@ pub(crate) struct CompileError {
 /// Builds a [`TemplateSet`] while a runbook is validated.
 pub(crate) struct TemplateCompiler {
     env: Environment<'static>,
+    /// Templates compiled so far; numbers their names so that two keys that print the
+    /// same (`{ "a.b" = … }` and `{ a = { b = … } }`) never replace each other.
+    count: usize,
 }
 
 /// Whether a string holds template syntax at all; strings without it are literal.
@@ -231,7 +246,10 @@ fn compile_error(e: &minijinja::Error, shift: usize) -> CompileError {
 
 impl TemplateCompiler {
     pub(crate) fn new() -> Self {
-        Self { env: environment() }
+        Self {
+            env: environment(),
+            count: 0,
+        }
     }
 
     /// Compiles a string parameter value named `name` (unique per runbook). Returns the
@@ -252,13 +270,14 @@ impl TemplateCompiler {
         {
             return self.wrapped_expression(name, source, inner);
         }
+        let name = self.unique(name);
         self.env
-            .add_template_owned(name.to_string(), source.to_string())
+            .add_template_owned(name.clone(), source.to_string())
             .map_err(|e| compile_error(&e, 0))?;
-        let variables = self.variables(name);
+        let variables = self.variables(&name);
         Ok((
             ValueTemplate::Text(TemplateRef {
-                name: name.to_string(),
+                name,
                 source: source.to_string(),
             }),
             variables,
@@ -307,17 +326,23 @@ impl TemplateCompiler {
         expression: &str,
     ) -> Result<(ValueTemplate, HashSet<String>), CompileError> {
         let wrapped = format!("{EXPRESSION_PREFIX}{expression}{EXPRESSION_SUFFIX}");
+        let name = self.unique(name);
         self.env
-            .add_template_owned(name.to_string(), wrapped)
+            .add_template_owned(name.clone(), wrapped)
             .map_err(|e| compile_error(&e, EXPRESSION_PREFIX.len()))?;
-        let variables = self.variables(name);
+        let variables = self.variables(&name);
         Ok((
             ValueTemplate::Expression(TemplateRef {
-                name: name.to_string(),
+                name,
                 source: source.to_string(),
             }),
             variables,
         ))
+    }
+
+    fn unique(&mut self, name: &str) -> String {
+        self.count += 1;
+        format!("{name}#{}", self.count)
     }
 
     fn variables(&self, name: &str) -> HashSet<String> {
@@ -763,6 +788,19 @@ mod tests {
         let err = compiler.expression("w", "item.X }}").unwrap_err();
         assert_eq!(err.offset, Some(7));
         assert!(err.detail.contains("without {{ }}"), "{err:?}");
+    }
+
+    #[test]
+    fn templates_with_the_same_key_path_stay_apart() {
+        let mut compiler = TemplateCompiler::new();
+        let (first, _) = compiler.string_value("p.a.b", "{{ 1 }}").unwrap();
+        let (second, _) = compiler.string_value("p.a.b", "{{ 2 }}").unwrap();
+        let set = compiler.finish();
+        assert_eq!(first.render(&set, &ctx(), "x").unwrap(), ParamValue::Int(1));
+        assert_eq!(
+            second.render(&set, &ctx(), "x").unwrap(),
+            ParamValue::Int(2)
+        );
     }
 
     #[test]
