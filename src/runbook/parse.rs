@@ -174,6 +174,21 @@ fn did_you_mean(suggestion: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
+/// What to suggest for an unknown time zone: the IANA name for a city alone ("Berlin",
+/// "New York"), a note for Windows names (which Azure Automation used), else the closest
+/// name.
+fn timezone_hint(text: &str) -> String {
+    let names = || chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
+    if text.to_ascii_lowercase().ends_with("standard time") {
+        return " (that is a Windows time zone name)".to_string();
+    }
+    let city = format!("/{}", text.trim().replace(' ', "_")).to_ascii_lowercase();
+    if let Some(name) = names().find(|n| n.to_ascii_lowercase().ends_with(&city)) {
+        return did_you_mean(Some(name));
+    }
+    did_you_mean(suggest(text, names()))
+}
+
 /// A value's TOML type with its article, for "expected X, got Y" messages.
 fn describe(value: &DeValue<'_>) -> &'static str {
     match value {
@@ -739,8 +754,7 @@ impl<'t> Checker<'t> {
         if let Ok(tz) = text.parse::<Tz>() {
             return Some(tz);
         }
-        let names = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
-        let hint = did_you_mean(suggest(&text, names));
+        let hint = timezone_hint(&text);
         self.report(
             node.span(),
             "timezone",

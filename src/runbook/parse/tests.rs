@@ -289,6 +289,16 @@ fn bad_files_report_every_error_with_position_and_message() {
             vec![r#"x.toml:1:12: unknown time zone "Europe/Berln" (did you mean "Europe/Berlin"?); use an IANA name such as "Europe/Berlin" or "UTC""#],
         ),
         (
+            "a city without its region",
+            with_step("timezone = \"New York\"\n"),
+            vec![r#"x.toml:1:12: unknown time zone "New York" (did you mean "America/New_York"?); use an IANA name such as "Europe/Berlin" or "UTC""#],
+        ),
+        (
+            "a Windows time zone name",
+            with_step("timezone = \"W. Europe Standard Time\"\n"),
+            vec![r#"x.toml:1:12: unknown time zone "W. Europe Standard Time" (that is a Windows time zone name); use an IANA name such as "Europe/Berlin" or "UTC""#],
+        ),
+        (
             "a time zone in the wrong case",
             with_step("timezone = \"europe/berlin\"\n"),
             vec![r#"x.toml:1:12: unknown time zone "europe/berlin" (did you mean "Europe/Berlin"?); use an IANA name such as "Europe/Berlin" or "UTC""#],
