@@ -576,7 +576,7 @@ impl<'t> Checker<'t> {
                     node.span(),
                     key,
                     ErrorKind::Type,
-                    format!("{what} must be a TOML datetime, got a string; remove the quotes: {what_key} = {s}", what_key = key),
+                    format!("{what} must be a TOML datetime, got a string; remove the quotes: {key} = {s}"),
                 );
                 None
             }
@@ -721,7 +721,13 @@ impl<'t> Checker<'t> {
             }
         }
 
-        let param_names: BTreeSet<String> = params.keys().cloned().collect();
+        // Templates may name every param the file declares, also one whose declaration has
+        // an error of its own: that error is enough.
+        let param_names: BTreeSet<String> = root
+            .get("params")
+            .and_then(|p| p.get_ref().as_table())
+            .map(|t| t.iter().map(|(k, _)| k.get_ref().to_string()).collect())
+            .unwrap_or_default();
         let steps = self.steps(root, &param_names, timezone, policy);
 
         Some(Runbook {
