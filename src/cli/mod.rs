@@ -39,9 +39,13 @@ pub enum Command {
     /// Get a token from the managed identity and show what an operator needs to debug
     /// permissions (never the token itself unless --raw).
     Token(token::TokenArgs),
+    /// Check runbook files (syntax, keys, cron, time zones, templates, cmdlet policy)
+    /// without contacting anything; exit 1 when any is invalid.
+    Validate(validate::ValidateArgs),
 }
 
 mod token;
+mod validate;
 
 /// What every subcommand gets.
 #[allow(dead_code)] // fields are read as subcommands land
@@ -66,5 +70,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Context { settings, env };
     match cli.command {
         Command::Token(args) => token::run(ctx, args).await,
+        Command::Validate(args) => validate::run(ctx, args).await,
     }
 }

@@ -1,12 +1,50 @@
 //! Runbook files: the TOML format, its validation, templates and the cmdlet policy.
 //!
-//! Pure: parses text into validated runbooks (and every error, with file, line and key).
-//! Loading the folder is the only I/O here. Knows nothing of HTTP, schedules' timing or
-//! history.
+//! Pure except for [`load_folder`]/[`load_file`]: text goes in, a validated [`Runbook`] or
+//! every [`ValidationError`] (file, line, column, key) comes out. Parsing is two-phase:
+//! `parse` walks a span-carrying TOML tree and builds the `model` types the scheduler and
+//! the executor use; nothing is deserialised straight into them. Knows nothing of HTTP,
+//! Exchange calls, history or when schedules fire.
+//!
+//! - [`parse_runbook`]: one file's text → [`Runbook`] (or all its errors).
+//! - [`load_folder`]: a drop folder → [`Catalog`] of valid runbooks + errors.
+//! - [`Step::render_parameters`] / [`Step::matches_when`] with a [`TemplateContext`]: what
+//!   the executor calls per record.
+//! - [`CmdletPolicy`], [`is_read_cmdlet`]: the `[policy]` rules and the read verbs a dry run
+//!   sends for real.
+//! - `runbooks/runbook.schema.json` comes from [`schema::json_schema`].
+
+mod catalog;
+mod error;
+mod model;
+mod params;
+mod parse;
+mod policy;
+pub mod schema;
+mod template;
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+pub use catalog::{Catalog, is_runbook_file, load_file, load_folder, runbook_name};
+pub use error::{ErrorKind, ValidationError};
+pub use model::{
+    CronSchedule, DEFAULT_RETRY_BACKOFF, DEFAULT_TIMEOUT, IdentityOverride, MAX_CONCURRENCY,
+    MAX_JITTER, MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY, Missed, OnInterrupt, OutputFormat, OutputSpec,
+    Overlap, ParamSpec, ParamType, Retries, Runbook, Step, StepUsage, cron_parser,
+};
+pub use params::{ParamError, ParamInput};
+pub use parse::{
+    IDENTITY_KEYS, OUTPUT_KEYS, PARAM_KEYS, RETRIES_KEYS, STEP_KEYS, TOP_LEVEL_KEYS, parse_runbook,
+};
+pub use policy::{
+    CmdletPolicy, DESTRUCTIVE_VERBS, NOT_READ_CMDLETS, PolicyDenial, READ_VERBS, glob_matches,
+    is_read_cmdlet,
+};
+pub use template::{
+    JOB_ATTRIBUTES, JobInfo, STEP_ATTRIBUTES, TEMPLATE_VARIABLES, TemplateContext, TemplateError,
+};
 
 /// `[runbooks]` settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +62,9 @@ impl Default for RunbooksSettings {
     }
 }
 
-/// `[policy]` settings: which cmdlets runbooks may call. Deny wins over allow.
+/// `[policy]` settings: which cmdlets runbooks may call. Deny wins over allow; `Remove-*`
+/// and `New-*` cmdlets also need an allow entry that names their verb (see
+/// [`CmdletPolicy`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicySettings {

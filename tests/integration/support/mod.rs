@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod deploy;
+pub mod runbook;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,0 +1,130 @@
+//! `runbook-worker validate [PATH…] [--format text|json]`: checks runbook files the way
+//! the worker loads them, without contacting anything.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use runbook_worker::runbook::{self, Runbook, ValidationError};
+
+use super::Context;
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// Runbook files or folders (default: the [runbooks] dir setting). Folders are read
+    /// like the worker reads them: *.toml files, temporary and hidden files skipped.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// `text`: one `file:line:column: message` line per error; `json`: one JSON document
+    /// with the valid runbooks and every error.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// One valid runbook, as `--format json` lists it.
+#[derive(Debug, Serialize)]
+struct ValidRunbook {
+    name: String,
+    file: String,
+    hash: String,
+    enabled: bool,
+    schedules: Vec<String>,
+    timezone: String,
+    steps: usize,
+}
+
+impl From<&Runbook> for ValidRunbook {
+    fn from(rb: &Runbook) -> Self {
+        Self {
+            name: rb.name.clone(),
+            file: rb.file.clone(),
+            hash: rb.hash.clone(),
+            enabled: rb.enabled,
+            schedules: rb.schedules.iter().map(|s| s.expression.clone()).collect(),
+            timezone: rb.timezone.name().to_string(),
+            steps: rb.steps.len(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    valid: bool,
+    runbooks: Vec<ValidRunbook>,
+    errors: Vec<ValidationError>,
+}
+
+pub async fn run(ctx: Context, args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let paths = if args.paths.is_empty() {
+        vec![ctx.settings.runbooks.dir.clone()]
+    } else {
+        args.paths
+    };
+    let policy = &ctx.settings.policy;
+    let mut runbooks = Vec::new();
+    let mut errors = Vec::new();
+    for path in &paths {
+        // A path that does not exist is reported as a folder unless it names a .toml
+        // file, so that a missing runbooks folder says so.
+        let missing_folder = !path.exists() && !runbook::is_runbook_file(path);
+        if path.is_dir() || missing_folder {
+            let (catalog, mut folder_errors) = runbook::load_folder(path, policy);
+            runbooks.extend(catalog.iter().map(|rb| ValidRunbook::from(rb.as_ref())));
+            errors.append(&mut folder_errors);
+        } else {
+            match runbook::load_file(path, policy) {
+                Ok(rb) => runbooks.push(ValidRunbook::from(&rb)),
+                Err(mut file_errors) => errors.append(&mut file_errors),
+            }
+        }
+    }
+
+    let all_valid = errors.is_empty();
+    let mut stdout = std::io::stdout().lock();
+    match args.format {
+        Format::Text => {
+            for error in &errors {
+                writeln!(stdout, "{error}").context("cannot write to stdout")?;
+            }
+            let invalid: BTreeSet<&str> = errors.iter().map(|e| e.file.as_str()).collect();
+            let summary = if runbooks.is_empty() && invalid.is_empty() {
+                let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                format!("no runbook files in {}", shown.join(", "))
+            } else {
+                format!(
+                    "{} valid, {} invalid ({} error{})",
+                    runbooks.len(),
+                    invalid.len(),
+                    errors.len(),
+                    if errors.len() == 1 { "" } else { "s" }
+                )
+            };
+            eprintln!("{summary}");
+        }
+        Format::Json => {
+            let report = Report {
+                valid: errors.is_empty(),
+                runbooks,
+                errors: std::mem::take(&mut errors),
+            };
+            serde_json::to_writer_pretty(&mut stdout, &report)
+                .context("cannot write the report")?;
+            writeln!(stdout).context("cannot write to stdout")?;
+        }
+    }
+    Ok(if all_valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

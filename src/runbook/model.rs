@@ -1,0 +1,408 @@
+//! The validated runbook: the types the scheduler and the executor run on.
+//!
+//! Values of these types only come out of [`super::parse_runbook`], so every field holds
+//! a checked value: cron expressions parsed, the time zone known, step references
+//! resolved, templates compiled. Nothing here reads files or the clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::exchange::params::Parameters;
+
+use super::template::{TemplateContext, TemplateError, TemplateSet, ValueTemplate};
+
+/// The whole-job timeout when a runbook sets none: Azure Automation's fair-share limit.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
+/// The first retry's delay when `retries` gives no `backoff`.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+/// Retry delays double up to this cap.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+/// The most whole-job retries a runbook may ask for.
+pub const MAX_RETRY_ATTEMPTS: u32 = 10;
+/// The largest `jitter`.
+pub const MAX_JITTER: Duration = Duration::from_secs(3600);
+/// Bounds of a step's `concurrency`.
+pub const MAX_CONCURRENCY: u32 = 32;
+
+/// One validated runbook file.
+#[derive(Clone, Debug)]
+pub struct Runbook {
+    /// The file stem; unique in a folder.
+    pub name: String,
+    /// The file as the loader named it, for messages.
+    pub file: String,
+    /// SHA-256 of the file's bytes, lower-case hex; history records it with every job.
+    pub hash: String,
+    pub description: String,
+    /// Empty for a runbook that only runs on demand (`run`, the API).
+    pub schedules: Vec<CronSchedule>,
+    pub timezone: chrono_tz::Tz,
+    pub timeout: Duration,
+    pub enabled: bool,
+    /// Overrides `[identity]` for this runbook.
+    pub identity: Option<IdentityOverride>,
+    /// Overrides `[exchange] organization` for this runbook.
+    pub organization: Option<String>,
+    /// The most writes one job may make; see the README.
+    pub max_changes: Option<u64>,
+    pub retries: Retries,
+    /// Declared parameters, by name.
+    pub params: BTreeMap<String, ParamSpec>,
+    pub overlap: Overlap,
+    pub missed: Missed,
+    /// With `missed = "run-once"`: the oldest missed occurrence still caught up.
+    pub max_lateness: Option<Duration>,
+    /// Each occurrence starts up to this much later, at random, to spread load.
+    pub jitter: Duration,
+    /// No occurrence before this instant.
+    pub start_at: Option<DateTime<Utc>>,
+    /// No occurrence after this instant.
+    pub end_at: Option<DateTime<Utc>>,
+    pub on_interrupt: OnInterrupt,
+    pub steps: Vec<Step>,
+}
+
+impl Runbook {
+    /// The step with this name.
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// Steps whose records a later template reads through `steps.<name>.records`; the
+    /// executor must keep those records (all others only need their count), see
+    /// [`Step::step_references`].
+    pub fn steps_needing_records(&self) -> BTreeSet<&str> {
+        self.steps
+            .iter()
+            .flat_map(|s| s.step_references.iter())
+            .filter(|(_, usage)| usage.records)
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    /// Whether any step calls a cmdlet that is not a read (see
+    /// [`super::is_read_cmdlet`]).
+    pub fn has_writes(&self) -> bool {
+        self.steps.iter().any(|s| !s.is_read())
+    }
+}
+
+/// One cron expression of `schedule`, parsed by croner (seconds optional, `L`, `#`, `W`,
+/// `@daily`-style nicknames).
+#[derive(Clone, Debug)]
+pub struct CronSchedule {
+    /// The expression as written.
+    pub expression: String,
+    pub cron: croner::Cron,
+}
+
+/// How croner parses every runbook schedule: seconds optional (5 or 6 fields, seconds
+/// first), no year field, day-of-month and day-of-week OR-ed as in Vixie cron. The
+/// scheduler uses the parsed [`CronSchedule::cron`]; this is public so tools can parse the
+/// same way.
+pub fn cron_parser() -> croner::parser::CronParser {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+}
+
+/// `identity = { client_id = "…" }`: which user-assigned identity this runbook's jobs use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityOverride {
+    ClientId(String),
+    ObjectId(String),
+    ResourceId(String),
+}
+
+/// Whole-job retries after a Failed job (the executor documents which outcomes retry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retries {
+    /// Retries after the first attempt; 0 means none.
+    pub attempts: u32,
+    /// The delay before the first retry; each further retry waits twice as long, capped
+    /// at [`MAX_RETRY_DELAY`].
+    pub backoff: Duration,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            attempts: 0,
+            backoff: DEFAULT_RETRY_BACKOFF,
+        }
+    }
+}
+
+impl Retries {
+    /// The delay before retry `n` (1 for the first retry), or `None` when `n` is beyond
+    /// `attempts`.
+    pub fn delay_before_retry(&self, n: u32) -> Option<Duration> {
+        if n == 0 || n > self.attempts {
+            return None;
+        }
+        let factor = 2u32.saturating_pow(n - 1);
+        Some(self.backoff.saturating_mul(factor).min(MAX_RETRY_DELAY))
+    }
+}
+
+/// What to do when an occurrence is due while the previous job of the runbook still runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overlap {
+    /// Record the new occurrence as Skipped.
+    #[default]
+    Skip,
+    /// Start it when the running job ends.
+    Queue,
+    /// Cancel the running job and start the new one.
+    Replace,
+}
+
+impl Overlap {
+    pub const VARIANTS: &'static [(&'static str, Overlap)] = &[
+        ("skip", Overlap::Skip),
+        ("queue", Overlap::Queue),
+        ("replace", Overlap::Replace),
+    ];
+}
+
+/// What to do about occurrences that passed while no worker ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Missed {
+    /// Forget them; wait for the next occurrence.
+    #[default]
+    Skip,
+    /// Run one catch-up job, flagged as past due, however many were missed.
+    RunOnce,
+}
+
+impl Missed {
+    pub const VARIANTS: &'static [(&'static str, Missed)] =
+        &[("skip", Missed::Skip), ("run-once", Missed::RunOnce)];
+}
+
+/// What to do with a job whose worker died mid-run (status Interrupted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnInterrupt {
+    /// Record it and wait for the next occurrence: a half-done mailbox job is not repeated
+    /// blindly.
+    #[default]
+    Ignore,
+    /// Run the occurrence again from the first step.
+    Rerun,
+}
+
+impl OnInterrupt {
+    pub const VARIANTS: &'static [(&'static str, OnInterrupt)] = &[
+        ("ignore", OnInterrupt::Ignore),
+        ("rerun", OnInterrupt::Rerun),
+    ];
+}
+
+/// The type of a declared runbook parameter; overrides are checked against it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParamType {
+    String,
+    Integer,
+    Float,
+    Boolean,
+    Datetime,
+    Array,
+    Table,
+}
+
+impl ParamType {
+    pub const VARIANTS: &'static [(&'static str, ParamType)] = &[
+        ("string", ParamType::String),
+        ("integer", ParamType::Integer),
+        ("float", ParamType::Float),
+        ("boolean", ParamType::Boolean),
+        ("datetime", ParamType::Datetime),
+        ("array", ParamType::Array),
+        ("table", ParamType::Table),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::VARIANTS
+            .iter()
+            .find(|(_, v)| *v == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("string")
+    }
+}
+
+/// A declared runbook parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub kind: ParamType,
+    /// The value when a run gives none; `None` makes the parameter required (only allowed
+    /// for runbooks without a schedule). Datetimes are RFC 3339 strings in UTC.
+    pub default: Option<serde_json::Value>,
+    pub description: Option<String>,
+}
+
+/// The format of a step's report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// Comma-separated values with a header row.
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+impl OutputFormat {
+    pub const VARIANTS: &'static [(&'static str, OutputFormat)] =
+        &[("csv", OutputFormat::Csv), ("jsonl", OutputFormat::Jsonl)];
+
+    /// The file extension of reports in this format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Csv => "csv",
+            OutputFormat::Jsonl => "jsonl",
+        }
+    }
+}
+
+/// `output`: keep a step's records as a report file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputSpec {
+    pub format: OutputFormat,
+    /// Record properties to keep, in this order; empty means all (for CSV: the first
+    /// record's properties).
+    pub columns: Vec<String>,
+}
+
+/// How a step's templates use an earlier step's results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepUsage {
+    /// `steps.<name>.count` appears.
+    pub count: bool,
+    /// `steps.<name>.records` appears: the executor must keep that step's records.
+    pub records: bool,
+}
+
+/// One validated step.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub name: String,
+    /// A `Verb-Noun` name the cmdlet policy allows.
+    pub cmdlet: String,
+    /// The earlier step whose records this step runs once for.
+    pub for_each: Option<String>,
+    /// The `when` expression as written.
+    pub when: Option<String>,
+    /// Items of `for_each` in flight at once (1 without `for_each`).
+    pub concurrency: u32,
+    pub continue_on_error: bool,
+    pub output: Option<OutputSpec>,
+    /// Earlier steps this step's templates read (`steps.<name>.count` / `.records`), and
+    /// how. Their values exist once those steps have finished: a step that reads
+    /// `steps.x` while iterating over `x` must wait for `x` to finish first.
+    pub step_references: BTreeMap<String, StepUsage>,
+    pub(crate) parameters: BTreeMap<String, ValueTemplate>,
+    pub(crate) when_template: Option<ValueTemplate>,
+    pub(crate) templates: Arc<TemplateSet>,
+}
+
+impl Step {
+    /// Whether the cmdlet only reads (a dry run sends it for real).
+    pub fn is_read(&self) -> bool {
+        super::policy::is_read_cmdlet(&self.cmdlet)
+    }
+
+    /// The parameter names, in order.
+    pub fn parameter_names(&self) -> impl Iterator<Item = &str> {
+        self.parameters.keys().map(String::as_str)
+    }
+
+    /// Whether any parameter or `when` uses a template; a step without templates renders
+    /// the same parameters every time.
+    pub fn has_templates(&self) -> bool {
+        self.when_template.is_some() || self.parameters.values().any(|v| !v.is_literal())
+    }
+
+    /// Renders the parameters for one call. Templates fill values only: whatever a record
+    /// contains ends up inside a string (or the native value of a whole-value expression),
+    /// never as a parameter name, a cmdlet name or JSON text.
+    pub fn render_parameters(&self, ctx: &TemplateContext) -> Result<Parameters, TemplateError> {
+        let mut out = Parameters::new();
+        for (name, value) in &self.parameters {
+            let location = format!("parameter \"{name}\" of step \"{}\"", self.name);
+            out.insert(name.clone(), value.render(&self.templates, ctx, &location)?);
+        }
+        Ok(out)
+    }
+
+    /// Evaluates `when` for one call: `true` without a `when`. A `when` that reads a
+    /// property the record does not have is an error, not `false`; write
+    /// `item.X is defined and …` to filter on optional properties.
+    pub fn matches_when(&self, ctx: &TemplateContext) -> Result<bool, TemplateError> {
+        match &self.when_template {
+            None => Ok(true),
+            Some(template) => {
+                let location = format!("when of step \"{}\"", self.name);
+                template.truthy(&self.templates, ctx, &location)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap() {
+        let retries = Retries {
+            attempts: 10,
+            backoff: Duration::from_secs(60),
+        };
+        let cases = [
+            (0, None),
+            (1, Some(60)),
+            (2, Some(120)),
+            (3, Some(240)),
+            (7, Some(3600)),
+            (10, Some(3600)),
+            (11, None),
+        ];
+        for (n, expected) in cases {
+            assert_eq!(
+                retries.delay_before_retry(n).map(|d| d.as_secs()),
+                expected,
+                "retry {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_retries_by_default() {
+        assert_eq!(Retries::default().delay_before_retry(1), None);
+    }
+
+    #[test]
+    fn the_cron_parser_takes_five_or_six_fields_with_l_and_hash() {
+        let parser = cron_parser();
+        for ok in [
+            "0 30 2 * * *",
+            "30 2 * * *",
+            "0 0 L * *",
+            "0 9 * * 1#2",
+            "@daily",
+        ] {
+            assert!(parser.parse(ok).is_ok(), "{ok}");
+        }
+        assert!(parser.parse("0 0 0 1 1 * 2030").is_err());
+    }
+}
