@@ -1417,14 +1417,22 @@ fn the_readme_migration_example_is_toml_in_the_runbook_shape() {
         "toml",
     );
     assert_eq!(blocks.len(), 1);
-    let runbook: toml::Table = toml::from_str(&blocks[0]).unwrap();
-    let steps = runbook["steps"].as_array().unwrap();
-    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["find", "enable-copies"]);
-    assert_eq!(steps[1]["for_each"].as_str(), Some("find"));
-    assert_eq!(steps[0]["cmdlet"].as_str(), Some("Get-Mailbox"));
-    assert_eq!(steps[1]["cmdlet"].as_str(), Some("Set-Mailbox"));
-    assert!(runbook["max_changes"].as_integer().is_some());
+    // The real validator, as `runbook-worker validate` runs it, with the default policy.
+    let policy = runbook_worker::runbook::CmdletPolicy::new(&Default::default());
+    let runbook =
+        runbook_worker::runbook::parse_runbook("migrated", "README.md", &blocks[0], &policy)
+            .unwrap_or_else(|errors| panic!("README migration example is invalid: {errors:?}"));
+    let steps: Vec<(&str, &str)> = runbook
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.cmdlet.as_str()))
+        .collect();
+    assert_eq!(
+        steps,
+        [("find", "Get-Mailbox"), ("enable_copies", "Set-Mailbox")]
+    );
+    assert_eq!(runbook.steps[1].for_each.as_deref(), Some("find"));
+    assert!(runbook.max_changes.is_some());
 }
 
 #[test]

@@ -4,6 +4,6 @@
 mod support;
 
 mod cli;
-mod http;
 mod deploy;
+mod http;
 mod runbook;

@@ -3,8 +3,8 @@
 
 #![allow(dead_code)]
 
-pub mod http;
 pub mod deploy;
+pub mod http;
 pub mod runbook;
 
 use std::path::Path;
