@@ -39,8 +39,13 @@ pub enum Command {
     /// Get a token from the managed identity and show what an operator needs to debug
     /// permissions (never the token itself unless --raw).
     Token(token::TokenArgs),
+    /// List recorded jobs, newest first (reads <state.dir>/history.sqlite3).
+    Jobs(jobs::JobsArgs),
+    /// Show one job with its step counts and streams.
+    Job(jobs::JobArgs),
 }
 
+mod jobs;
 mod token;
 
 /// What every subcommand gets.
@@ -66,5 +71,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Context { settings, env };
     match cli.command {
         Command::Token(args) => token::run(ctx, args).await,
+        Command::Jobs(args) => jobs::run_list(ctx, args).await,
+        Command::Job(args) => jobs::run_show(ctx, args).await,
     }
 }

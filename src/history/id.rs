@@ -130,7 +130,12 @@ mod tests {
         let id = IdGenerator::default().next(Utc::now());
         assert_eq!(id.as_str().len(), 26);
         assert_eq!(id.as_str().to_lowercase().parse::<JobId>().unwrap(), id);
-        for bad in ["", "abc", "01JQ3Z8W6V3N9R2K5T7X4B1M0I", "81JQ3Z8W6V3N9R2K5T7X4B1M0C"] {
+        for bad in [
+            "",
+            "abc",
+            "01JQ3Z8W6V3N9R2K5T7X4B1M0I",
+            "81JQ3Z8W6V3N9R2K5T7X4B1M0C",
+        ] {
             let err = bad.parse::<JobId>().unwrap_err().to_string();
             assert!(err.contains("not a job id"), "{bad}: {err}");
         }

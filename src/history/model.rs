@@ -387,7 +387,10 @@ mod tests {
         }
         let err = "Done".parse::<JobStatus>().unwrap_err().to_string();
         assert!(err.contains("CompletedWithErrors"), "{err}");
-        let finals: Vec<_> = JobStatus::ALL.into_iter().filter(|s| !s.is_final()).collect();
+        let finals: Vec<_> = JobStatus::ALL
+            .into_iter()
+            .filter(|s| !s.is_final())
+            .collect();
         assert_eq!(finals, [JobStatus::Queued, JobStatus::Running]);
     }
 

@@ -196,10 +196,7 @@ mod tests {
             open_writer(&path).unwrap_err(),
             open_reader(&path).unwrap_err(),
         ] {
-            assert!(
-                matches!(err, HistoryError::NewerSchema { .. }),
-                "{err:?}"
-            );
+            assert!(matches!(err, HistoryError::NewerSchema { .. }), "{err:?}");
             assert!(err.to_string().contains("newer runbook-worker"), "{err}");
         }
     }

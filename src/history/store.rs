@@ -275,7 +275,9 @@ impl HistoryStore {
     pub async fn prune(&self, now: DateTime<Utc>) -> Result<u64, HistoryError> {
         let retention =
             chrono::Duration::from_std(self.inner.retention).unwrap_or(chrono::Duration::MAX);
-        let cutoff = now.checked_sub_signed(retention).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let cutoff = now
+            .checked_sub_signed(retention)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let mut total = 0u64;
         loop {
             // One chunk per command lets other writes interleave with a large prune.
@@ -293,7 +295,13 @@ impl HistoryStore {
     /// clone fail with [`HistoryError::Closed`]; reads keep working.
     pub async fn close(&self) -> Result<(), HistoryError> {
         let (ack, done) = oneshot::channel();
-        if self.inner.commands.send(Command::Close { ack }).await.is_err() {
+        if self
+            .inner
+            .commands
+            .send(Command::Close { ack })
+            .await
+            .is_err()
+        {
             // Already closed: nothing left to flush.
             return Ok(());
         }
@@ -509,7 +517,8 @@ impl Writer {
                     entries,
                     ack,
                 } => {
-                    let result = append_entries(&mut self.conn, &id, at, &entries, self.max_entries);
+                    let result =
+                        append_entries(&mut self.conn, &id, at, &entries, self.max_entries);
                     let _ = ack.send(result);
                 }
                 Command::UpdateSteps { id, steps, ack } => {
@@ -927,7 +936,8 @@ impl RawSummary {
                 .ok_or_else(|| corrupt(field, text)),
         };
         let id: JobId = self.id.parse().map_err(|_| corrupt("id", &self.id))?;
-        let trigger = Trigger::parse(&self.trigger).ok_or_else(|| corrupt("trigger", &self.trigger))?;
+        let trigger =
+            Trigger::parse(&self.trigger).ok_or_else(|| corrupt("trigger", &self.trigger))?;
         let status: JobStatus = self
             .status
             .parse()

@@ -89,10 +89,19 @@ async fn a_job_goes_from_queued_to_running_to_completed_with_its_times_and_count
         .unwrap();
     let done = f.store.get_job(&id).await.unwrap().unwrap();
     assert_eq!(done.job.status, JobStatus::CompletedWithErrors);
-    assert_eq!(done.job.started_at, Some(start() + chrono::Duration::seconds(2)));
-    assert_eq!(done.job.ended_at, Some(start() + chrono::Duration::seconds(92)));
+    assert_eq!(
+        done.job.started_at,
+        Some(start() + chrono::Duration::seconds(2))
+    );
+    assert_eq!(
+        done.job.ended_at,
+        Some(start() + chrono::Duration::seconds(92))
+    );
     assert_eq!(done.job.duration_ms, Some(90_000));
-    assert_eq!(done.job.summary.as_deref(), Some("412 checked, 3 archives enabled"));
+    assert_eq!(
+        done.job.summary.as_deref(),
+        Some("412 checked, 3 archives enabled")
+    );
     assert_eq!(done.job.error.as_deref(), Some("1 mailbox failed"));
     assert_eq!(done.steps, steps);
 }
@@ -104,7 +113,14 @@ async fn impossible_transitions_are_refused_with_both_states_named() {
     f.store.mark_running(&id).await.unwrap();
     let err = f.store.mark_running(&id).await.unwrap_err();
     assert!(
-        matches!(err, HistoryError::InvalidTransition { from: JobStatus::Running, to: JobStatus::Running, .. }),
+        matches!(
+            err,
+            HistoryError::InvalidTransition {
+                from: JobStatus::Running,
+                to: JobStatus::Running,
+                ..
+            }
+        ),
         "{err:?}"
     );
     f.store
@@ -117,7 +133,10 @@ async fn impossible_transitions_are_refused_with_both_states_named() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("is Failed and cannot become Completed"), "{err}");
+    assert!(
+        err.contains("is Failed and cannot become Completed"),
+        "{err}"
+    );
 
     let err = f
         .store
@@ -145,7 +164,10 @@ async fn a_queued_job_can_be_cancelled_before_it_starts() {
     let f = open().await;
     let id = f.store.create_job(new_job("archive")).await.unwrap();
     f.store
-        .finish(&id, Outcome::new(JobStatus::Cancelled).with_error("replaced"))
+        .finish(
+            &id,
+            Outcome::new(JobStatus::Cancelled).with_error("replaced"),
+        )
         .await
         .unwrap();
     let job = f.store.get_job(&id).await.unwrap().unwrap().job;
@@ -243,7 +265,11 @@ async fn long_text_is_cut_and_oversized_data_is_left_out() {
     assert!(job.streams[0].text.len() < MAX_TEXT_BYTES + 64);
     assert!(job.streams[0].text.ends_with("[cut at 8192 bytes]"));
     assert_eq!(job.streams[1].data, None);
-    assert!(job.streams[1].text.contains("not kept"), "{}", job.streams[1].text);
+    assert!(
+        job.streams[1].text.contains("not kept"),
+        "{}",
+        job.streams[1].text
+    );
 }
 
 #[tokio::test]
@@ -252,7 +278,11 @@ async fn listing_filters_by_runbook_and_status_and_pages_newest_first() {
     let mut ids = Vec::new();
     for (i, runbook) in ["a", "b", "a", "a", "b"].iter().enumerate() {
         let id = f.store.create_job(new_job(runbook)).await.unwrap();
-        let status = if i % 2 == 0 { JobStatus::Failed } else { JobStatus::Completed };
+        let status = if i % 2 == 0 {
+            JobStatus::Failed
+        } else {
+            JobStatus::Completed
+        };
         f.store.finish(&id, Outcome::new(status)).await.unwrap();
         ids.push(id);
     }
@@ -326,8 +356,15 @@ async fn last_status_ignores_skips_and_last_occurrence_feeds_the_missed_policy()
     assert_eq!(last["b"].id, b);
 
     let occurrences = f.store.last_occurrence_per_runbook().await.unwrap();
-    assert_eq!(occurrences.get("a"), Some(&(start() + chrono::Duration::hours(1))));
-    assert_eq!(occurrences.get("b"), None, "manual runs are not occurrences");
+    assert_eq!(
+        occurrences.get("a"),
+        Some(&(start() + chrono::Duration::hours(1)))
+    );
+    assert_eq!(
+        occurrences.get("b"),
+        None,
+        "manual runs are not occurrences"
+    );
 }
 
 #[tokio::test]
@@ -347,7 +384,11 @@ async fn jobs_left_running_by_a_previous_process_are_interrupted_at_the_next_ope
         .unwrap();
     // No close: the handles are dropped the way a dying process drops them.
     let Fixture {
-        _dir, path, writer, store, ..
+        _dir,
+        path,
+        writer,
+        store,
+        ..
     } = f;
     drop(store);
     writer.await.unwrap();
@@ -367,15 +408,31 @@ async fn jobs_left_running_by_a_previous_process_are_interrupted_at_the_next_ope
     let job = store.get_job(&running).await.unwrap().unwrap();
     assert_eq!(job.job.status, JobStatus::Interrupted);
     assert_eq!(job.job.ended_at, Some(later));
-    assert!(job.job.error.as_deref().unwrap_or("").contains("stopped while this job was running"));
-    let texts: Vec<_> = job.streams.iter().map(|e| (e.kind, e.text.as_str())).collect();
+    assert!(
+        job.job
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("stopped while this job was running")
+    );
+    let texts: Vec<_> = job
+        .streams
+        .iter()
+        .map(|e| (e.kind, e.text.as_str()))
+        .collect();
     assert_eq!(texts[0], (StreamKind::Output, "half way"));
     assert_eq!(texts[1].0, StreamKind::Error);
     assert!(texts[1].1.contains("interrupted"), "{texts:?}");
 
     let queued_job = store.get_job(&queued).await.unwrap().unwrap().job;
     assert_eq!(queued_job.status, JobStatus::Interrupted);
-    assert!(queued_job.error.as_deref().unwrap_or("").contains("before this job started"));
+    assert!(
+        queued_job
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("before this job started")
+    );
     let finished_job = store.get_job(&finished).await.unwrap().unwrap().job;
     assert_eq!(finished_job.status, JobStatus::Completed);
 }
@@ -450,7 +507,10 @@ async fn pruning_a_backlog_larger_than_one_chunk_deletes_it_all() {
     })
     .await;
     for _ in 0..1100 {
-        f.store.record_skipped(new_job("a"), "skipped").await.unwrap();
+        f.store
+            .record_skipped(new_job("a"), "skipped")
+            .await
+            .unwrap();
     }
     let deleted = f
         .store
@@ -458,7 +518,13 @@ async fn pruning_a_backlog_larger_than_one_chunk_deletes_it_all() {
         .await
         .unwrap();
     assert_eq!(deleted, 1100);
-    assert!(f.store.list_jobs(&JobFilter::default()).await.unwrap().is_empty());
+    assert!(
+        f.store
+            .list_jobs(&JobFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -468,7 +534,11 @@ async fn the_background_pruner_runs_when_the_clock_passes_its_interval() {
         ..HistorySettings::default()
     })
     .await;
-    let id = f.store.record_skipped(new_job("a"), "skipped").await.unwrap();
+    let id = f
+        .store
+        .record_skipped(new_job("a"), "skipped")
+        .await
+        .unwrap();
     let shared: SharedClock = Arc::new(f.clock.clone());
     let cancel = CancellationToken::new();
     let pruner = spawn_pruner(
@@ -524,5 +594,8 @@ fn the_database_lives_in_the_state_directory() {
         database_path(std::path::Path::new("/var/lib/rw")),
         std::path::Path::new("/var/lib/rw/history.sqlite3")
     );
-    assert_eq!(HistorySettings::default().retention.get().as_secs(), 30 * 24 * 3600);
+    assert_eq!(
+        HistorySettings::default().retention.get().as_secs(),
+        30 * 24 * 3600
+    );
 }

@@ -415,7 +415,11 @@ mod tests {
         assert!(seconds.iter().all(|s| *s < 60));
         seconds.sort_unstable();
         seconds.dedup();
-        assert!(seconds.len() > 40, "only {} distinct seconds", seconds.len());
+        assert!(
+            seconds.len() > 40,
+            "only {} distinct seconds",
+            seconds.len()
+        );
 
         // The same runbook gets different offsets on different occurrences.
         let offsets: Vec<_> = (0..10)
@@ -463,14 +467,20 @@ mod tests {
             missed: MissedPolicy,
             on_interrupt: OnInterrupt,
         }
-        let keys: Keys =
-            toml::from_str("overlap = \"replace\"\nmissed = \"run-once\"\non_interrupt = \"rerun\"")
-                .unwrap();
+        let keys: Keys = toml::from_str(
+            "overlap = \"replace\"\nmissed = \"run-once\"\non_interrupt = \"rerun\"",
+        )
+        .unwrap();
         assert_eq!(keys.overlap, OverlapPolicy::Replace);
         assert_eq!(keys.missed, MissedPolicy::RunOnce);
         assert_eq!(keys.on_interrupt, OnInterrupt::Rerun);
         assert!(rerun_after_interrupt(keys.on_interrupt));
         assert!(!rerun_after_interrupt(OnInterrupt::default()));
-        assert!(toml::from_str::<Keys>("overlap = \"allow\"\nmissed = \"skip\"\non_interrupt = \"ignore\"").is_err());
+        assert!(
+            toml::from_str::<Keys>(
+                "overlap = \"allow\"\nmissed = \"skip\"\non_interrupt = \"ignore\""
+            )
+            .is_err()
+        );
     }
 }

@@ -262,7 +262,11 @@ impl Schedule {
                 .checked_add_signed(Duration::hours(h))
                 .unwrap_or(t)
                 .naive_utc();
-            let secs = self.tz.offset_from_utc_datetime(&at).fix().local_minus_utc();
+            let secs = self
+                .tz
+                .offset_from_utc_datetime(&at)
+                .fix()
+                .local_minus_utc();
             min = min.min(secs);
             max = max.max(secs);
             h += OFFSET_SAMPLE_HOURS;
@@ -486,20 +490,14 @@ mod tests {
             "America/New_York",
             "30 2 * * *",
             "2026-03-07T12:00:00Z",
-            &[
-                "2026-03-08T07:00:00Z",
-                "2026-03-09T06:30:00Z",
-            ],
+            &["2026-03-08T07:00:00Z", "2026-03-09T06:30:00Z"],
             "spring forward in New York: 02:30 runs at 03:00 EDT",
         ),
         (
             "America/New_York",
             "30 1 * * *",
             "2026-10-31T12:00:00Z",
-            &[
-                "2026-11-01T05:30:00Z",
-                "2026-11-02T06:30:00Z",
-            ],
+            &["2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"],
             "fall back in New York: 01:30 runs once, at 01:30 EDT",
         ),
         // Australia/Sydney (southern hemisphere): DST ends 5 April 2026 03:00 AEDT →
@@ -531,10 +529,7 @@ mod tests {
             "Asia/Kolkata",
             "30 2 * * *",
             "2026-03-28T00:00:00Z",
-            &[
-                "2026-03-28T21:00:00Z",
-                "2026-03-29T21:00:00Z",
-            ],
+            &["2026-03-28T21:00:00Z", "2026-03-29T21:00:00Z"],
             "no DST: every day at 02:30 IST = 21:00Z the day before",
         ),
         // Pacific/Chatham: +12:45, +13:45 in summer. Springs forward 27 September 2026
