@@ -63,6 +63,39 @@ impl Default for HistorySettings {
     }
 }
 
+impl HistorySettings {
+    /// Values that parse but make no sense, as (`history.key`, message), for
+    /// [`crate::settings::Settings::problems`].
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.retention.get() < std::time::Duration::from_secs(3600) {
+            out.push((
+                "history.retention".to_string(),
+                format!(
+                    "must be at least 1h (jobs would vanish before anyone reads them), got {}",
+                    self.retention
+                ),
+            ));
+        }
+        if self.max_entries_per_stream == 0 {
+            out.push((
+                "history.max_entries_per_stream".to_string(),
+                "must be at least 1".to_string(),
+            ));
+        }
+        if self.prune_interval.get() < MIN_PRUNE_INTERVAL {
+            out.push((
+                "history.prune_interval".to_string(),
+                format!("must be at least 1m, got {}", self.prune_interval),
+            ));
+        }
+        out
+    }
+}
+
+/// The pruner never runs more often than this, whatever the settings say.
+pub const MIN_PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A job-history failure.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {

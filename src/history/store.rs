@@ -123,7 +123,7 @@ impl HistoryStore {
         let max_entries = settings.max_entries_per_stream;
         let now = clock.now();
         let setup_path = path.clone();
-        let (conn, interrupted) = tokio::task::spawn_blocking(move || {
+        let (conn, interrupted, reader) = tokio::task::spawn_blocking(move || {
             if let Some(parent) = setup_path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|source| HistoryError::CreateDir {
                     path: parent.to_path_buf(),
@@ -132,7 +132,8 @@ impl HistoryStore {
             }
             let mut conn = schema::open_writer(&setup_path)?;
             let interrupted = interrupt_leftovers(&mut conn, now, max_entries)?;
-            Ok::<_, HistoryError>((conn, interrupted))
+            let reader = HistoryReader::open(&setup_path)?;
+            Ok::<_, HistoryError>((conn, interrupted, reader))
         })
         .await
         .map_err(|source| HistoryError::Task {
@@ -147,7 +148,6 @@ impl HistoryStore {
             );
         }
 
-        let reader = HistoryReader::open(&path)?;
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let writer = Writer { conn, max_entries };
         let handle = tokio::task::spawn_blocking(move || writer.run(receiver));
@@ -339,23 +339,28 @@ impl HistoryStore {
     }
 }
 
-/// Prunes now and then every `interval` until `cancel` fires or the store closes.
+/// Prunes now and then every `interval` (at least [`super::MIN_PRUNE_INTERVAL`]) until
+/// `cancel` fires or the store closes.
 pub fn spawn_pruner(
     store: HistoryStore,
     clock: SharedClock,
     interval: Duration,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
+    let interval = interval.max(super::MIN_PRUNE_INTERVAL);
     tokio::spawn(async move {
         let step = chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::hours(1));
         loop {
-            match store.prune(clock.now()).await {
+            // The next pass is due one interval after this pass's `now`, not after it ends,
+            // so a clock that moved meanwhile is not missed.
+            let now = clock.now();
+            match store.prune(now).await {
                 Ok(0) => tracing::debug!("history pruning found nothing to delete"),
                 Ok(deleted) => tracing::info!(deleted, "pruned jobs older than the retention"),
                 Err(HistoryError::Closed) => return,
                 Err(e) => tracing::warn!(error = %e, "history pruning failed; will retry"),
             }
-            let deadline = clock.now() + step;
+            let deadline = now + step;
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,

@@ -599,3 +599,22 @@ fn the_database_lives_in_the_state_directory() {
         30 * 24 * 3600
     );
 }
+
+#[test]
+fn settings_that_make_no_sense_are_reported_by_key() {
+    assert!(HistorySettings::default().problems().is_empty());
+    let bad = HistorySettings {
+        retention: crate::duration::HumanDuration::from_secs(60),
+        max_entries_per_stream: 0,
+        prune_interval: crate::duration::HumanDuration::from_secs(0),
+    };
+    let keys: Vec<_> = bad.problems().into_iter().map(|(key, _)| key).collect();
+    assert_eq!(
+        keys,
+        [
+            "history.retention",
+            "history.max_entries_per_stream",
+            "history.prune_interval"
+        ]
+    );
+}

@@ -275,6 +275,13 @@ async fn a_job_running_when_the_process_is_killed_is_interrupted_at_the_next_sta
     use std::os::unix::process::ExitStatusExt as _;
     assert_eq!(status.signal(), Some(9), "the child died of SIGKILL");
 
+    // Before any worker starts again, the operator can already read what was recorded
+    // (SQLite recovers the write-ahead log the killed process left behind).
+    let out = run_binary(dir.path(), &["job", &id], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Running"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("mailbox 199"), "{}", stdout(&out));
+
     let (store, _clock) = open_store(&state).await;
     let id: runbook_worker::history::JobId = id.parse().unwrap();
     let interrupted: Vec<_> = store.interrupted_at_open().iter().map(|j| &j.id).collect();
