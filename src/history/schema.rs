@@ -34,7 +34,8 @@ const MIGRATIONS: &[&str] = &[
         summary       TEXT,
         error         TEXT
     ) WITHOUT ROWID;
-    CREATE INDEX jobs_by_runbook ON jobs (runbook, id);
+    -- Covers the runbook filter (newest first) and the last status per runbook.
+    CREATE INDEX jobs_by_runbook ON jobs (runbook, id, status);
     CREATE INDEX jobs_by_status ON jobs (status, id);
     CREATE INDEX jobs_by_created ON jobs (created_at);
     CREATE TABLE stream_entries (

@@ -212,7 +212,9 @@ impl Window {
     pub fn next_fire(&self, schedule: &Schedule, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         // Searching from just before `start_at` finds an occurrence exactly at `start_at`.
         let from = match self.start_at {
-            Some(start) if start > after => start - chrono::Duration::nanoseconds(1),
+            Some(start) if start > after => start
+                .checked_sub_signed(chrono::Duration::nanoseconds(1))
+                .unwrap_or(start),
             _ => after,
         };
         let next = schedule.next_after(from)?;

@@ -170,18 +170,20 @@ impl Schedule {
     /// The first instant strictly after `t` at which the schedule fires; `None` when it
     /// never fires again (croner searches up to the year 5000).
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let bounds = self.offset_bounds(t);
         self.expressions
             .iter()
-            .filter_map(|e| self.next_after_for(e, t))
+            .filter_map(|e| self.next_after_for(e, t, bounds))
             .min()
     }
 
     /// The last instant at or before `t` at which the schedule fired; `None` when there is
     /// none. Used to find the most recent missed occurrence after downtime.
     pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let bounds = self.offset_bounds(t);
         self.expressions
             .iter()
-            .filter_map(|e| self.latest_at_or_before_for(e, t))
+            .filter_map(|e| self.latest_at_or_before_for(e, t, bounds))
             .max()
     }
 
@@ -199,11 +201,16 @@ impl Schedule {
         out
     }
 
-    fn next_after_for(&self, expr: &Expression, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    /// `bounds` are [`Schedule::offset_bounds`] of `t`.
+    fn next_after_for(
+        &self,
+        expr: &Expression,
+        t: DateTime<Utc>,
+        (min_offset, _): (Duration, Duration),
+    ) -> Option<DateTime<Utc>> {
         // Every wall-clock time whose instant can be after `t` is later than `t` read with
         // the smallest offset in force around `t`.
-        let (min_offset, _) = self.offset_bounds(t);
-        let mut cursor = t.naive_utc() + min_offset;
+        let mut cursor = t.naive_utc().checked_add_signed(min_offset)?;
         let mut best: Option<DateTime<Utc>> = None;
         for _ in 0..MAX_CANDIDATES {
             let wall = next_wall_clock(&expr.cron, cursor)?;
@@ -227,10 +234,12 @@ impl Schedule {
         &self,
         expr: &Expression,
         t: DateTime<Utc>,
+        (_, max_offset): (Duration, Duration),
     ) -> Option<DateTime<Utc>> {
-        let (_, max_offset) = self.offset_bounds(t);
         // Inclusive start: step one second past the bound, then search strictly before it.
-        let mut cursor = t.naive_utc() + max_offset + Duration::seconds(1);
+        let mut cursor = t
+            .naive_utc()
+            .checked_add_signed(max_offset + Duration::seconds(1))?;
         let mut best: Option<DateTime<Utc>> = None;
         for _ in 0..MAX_CANDIDATES {
             let wall = previous_wall_clock(&expr.cron, cursor)?;
@@ -297,13 +306,13 @@ impl Schedule {
         let limit = OFFSET_WINDOW_HOURS * 60;
         let mut minute = floor;
         for _ in 0..limit {
-            minute += Duration::minutes(1);
+            minute = minute.checked_add_signed(Duration::minutes(1))?;
             if let Some(at) = self.tz.from_local_datetime(&minute).earliest() {
                 // Walk back second by second in case the gap ended mid-minute.
                 let mut first = at;
                 let mut probe = minute;
                 for _ in 0..59 {
-                    probe -= Duration::seconds(1);
+                    probe = probe.checked_sub_signed(Duration::seconds(1))?;
                     if probe <= wall {
                         break;
                     }
@@ -862,6 +871,24 @@ mod tests {
                 "{zone}: a local day was skipped"
             );
         }
+    }
+
+    #[test]
+    fn instants_at_the_ends_of_time_give_none_instead_of_panicking() {
+        let s = schedule(&["30 2 * * *"], "Europe/Berlin");
+        assert_eq!(s.next_after(DateTime::<Utc>::MAX_UTC), None);
+        assert_eq!(s.latest_at_or_before(DateTime::<Utc>::MIN_UTC), None);
+        assert_eq!(s.next_after(utc("5001-01-01T00:00:00Z")), None);
+        assert!(s.upcoming(DateTime::<Utc>::MAX_UTC, 3).is_empty());
+        let window = super::super::policy::Window {
+            start_at: Some(DateTime::<Utc>::MIN_UTC),
+            end_at: None,
+        };
+        let first = window.next_fire(&s, DateTime::<Utc>::MIN_UTC);
+        assert!(
+            first.is_none_or(|at| at > DateTime::<Utc>::MIN_UTC),
+            "{first:?}"
+        );
     }
 
     #[test]
