@@ -308,6 +308,7 @@ impl Settings {
                 format!("must be between 15s and 60s (Blob Storage's limits), got {lease}s"),
             ));
         }
+        out.extend(self.history.problems());
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             out.push((
                 "log.level".to_string(),

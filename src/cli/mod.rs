@@ -42,8 +42,13 @@ pub enum Command {
     /// Check runbook files (syntax, keys, cron, time zones, templates, cmdlet policy)
     /// without contacting anything; exit 1 when any is invalid.
     Validate(validate::ValidateArgs),
+    /// List recorded jobs, newest first (reads <state.dir>/history.sqlite3).
+    Jobs(jobs::JobsArgs),
+    /// Show one job with its step counts and streams.
+    Job(jobs::JobArgs),
 }
 
+mod jobs;
 mod token;
 mod validate;
 
@@ -71,5 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Token(args) => token::run(ctx, args).await,
         Command::Validate(args) => validate::run(ctx, args).await,
+        Command::Jobs(args) => jobs::run_list(ctx, args).await,
+        Command::Job(args) => jobs::run_show(ctx, args).await,
     }
 }

@@ -1,11 +1,44 @@
-//! Job history in embedded SQLite: every job from the moment it is due, with its streams.
+//! Job history in embedded SQLite: every job from the moment it is due, its status,
+//! per-step counts and streams (output, warnings, errors, the dry-run plan, progress), as
+//! Azure Automation keeps them.
 //!
-//! One writer task owns the connection (WAL mode); readers use their own connections.
-//! Knows nothing of Exchange or HTTP.
+//! One writer task owns the only read-write connection; callers send it commands through a
+//! [`HistoryStore`] and may await each acknowledgement. Readers ([`HistoryReader`]) use
+//! their own read-only connections, so the API and the `jobs` command never wait for the
+//! writer (WAL mode). A job still Queued or Running when the process died is marked
+//! Interrupted at the next open. Finished jobs older than the retention are pruned in the
+//! background ([`spawn_pruner`]).
+//!
+//! Knows nothing of Exchange, runbook files or HTTP: callers pass plain records, and must
+//! keep secrets out of them (parameters and stream text are stored as given).
+
+mod id;
+mod model;
+mod schema;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
+
+pub use id::{InvalidJobId, JobId};
+pub use model::{
+    JobDetail, JobFilter, JobStatus, JobSummary, NewJob, NewStreamEntry, Outcome, StepCounts,
+    StreamEntry, StreamKind, Trigger, UnknownStatus,
+};
+pub use store::{HistoryReader, HistoryStore, MAX_DATA_BYTES, MAX_TEXT_BYTES, spawn_pruner};
+
+/// The database's file name inside `state.dir`.
+pub const DATABASE_FILE: &str = "history.sqlite3";
+
+/// Where the history database of a worker with this `state.dir` lives.
+pub fn database_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(DATABASE_FILE)
+}
 
 /// `[history]` settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,12 +46,118 @@ use crate::duration::HumanDuration;
 pub struct HistorySettings {
     /// Jobs older than this are pruned in the background.
     pub retention: HumanDuration,
+    /// Entries kept per stream of one job; further entries are counted as dropped
+    /// (progress keeps its most recent entries instead).
+    pub max_entries_per_stream: usize,
+    /// How often the background pruner runs.
+    pub prune_interval: HumanDuration,
 }
 
 impl Default for HistorySettings {
     fn default() -> Self {
         Self {
             retention: HumanDuration::from_secs(30 * 24 * 3600),
+            max_entries_per_stream: 1000,
+            prune_interval: HumanDuration::from_secs(3600),
         }
     }
+}
+
+impl HistorySettings {
+    /// Values that parse but make no sense, as (`history.key`, message), for
+    /// [`crate::settings::Settings::problems`].
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.retention.get() < std::time::Duration::from_secs(3600) {
+            out.push((
+                "history.retention".to_string(),
+                format!(
+                    "must be at least 1h (jobs would vanish before anyone reads them), got {}",
+                    self.retention
+                ),
+            ));
+        }
+        if self.max_entries_per_stream == 0 {
+            out.push((
+                "history.max_entries_per_stream".to_string(),
+                "must be at least 1".to_string(),
+            ));
+        }
+        if self.prune_interval.get() < MIN_PRUNE_INTERVAL {
+            out.push((
+                "history.prune_interval".to_string(),
+                format!("must be at least 1m, got {}", self.prune_interval),
+            ));
+        }
+        out
+    }
+}
+
+/// The pruner never runs more often than this, whatever the settings say.
+pub const MIN_PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A job-history failure.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(
+        "no job history at {}: the worker creates it when `serve` first runs with this state.dir (check state.dir, --config or RUNBOOK_WORKER__STATE__DIR)",
+        path.display()
+    )]
+    Missing { path: PathBuf },
+    #[error("cannot create the state directory {} (check state.dir and its permissions)", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the job history database {} (check the file's permissions and free disk space)", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "{} is not a runbook-worker job history database (check state.dir)",
+        path.display()
+    )]
+    NotHistory { path: PathBuf },
+    #[error(
+        "the job history database {} was written by a newer runbook-worker (schema {found}, this build knows {known}); upgrade runbook-worker or use another state.dir",
+        path.display()
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("cannot {operation} in the job history")]
+    Sqlite {
+        operation: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("no job {id} in the job history")]
+    UnknownJob { id: JobId },
+    #[error("job {id} is {from} and cannot become {to}")]
+    InvalidTransition {
+        id: JobId,
+        from: JobStatus,
+        to: JobStatus,
+    },
+    #[error("a job cannot finish as {status}: give a final status such as Completed or Failed")]
+    NotFinal { status: JobStatus },
+    #[error("job {id} has an unreadable {field} in the job history: {detail}")]
+    Corrupt {
+        id: String,
+        field: &'static str,
+        detail: String,
+    },
+    #[error("the job history is closed (the worker is shutting down)")]
+    Closed,
+    #[error("the job history {what} task failed")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }

@@ -7,3 +7,4 @@ mod cli;
 mod deploy;
 mod http;
 mod runbook;
+mod history;

@@ -6,6 +6,7 @@
 pub mod deploy;
 pub mod http;
 pub mod runbook;
+pub mod history;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,0 +1,254 @@
+//! `runbook-worker jobs` and `runbook-worker job ID`: read the job history of the worker
+//! whose settings are loaded (`<state.dir>/history.sqlite3`), read-only, also while that
+//! worker runs.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+
+use runbook_worker::history::{
+    self, HistoryReader, JobDetail, JobFilter, JobId, JobStatus, JobSummary,
+};
+
+use super::Context;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// The same JSON as the HTTP API.
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JobsArgs {
+    /// Only jobs of this runbook.
+    #[arg(long, value_name = "NAME")]
+    pub runbook: Option<String>,
+    /// Only jobs with this status: Queued, Running, Completed, CompletedWithErrors, Failed,
+    /// TimedOut, Cancelled, Skipped or Interrupted (any case).
+    #[arg(long)]
+    pub status: Option<JobStatus>,
+    /// At most this many jobs, newest first.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub limit: u16,
+    /// Only jobs created before this job id (the last id of the previous page).
+    #[arg(long, value_name = "ID")]
+    pub before: Option<JobId>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JobArgs {
+    /// The job's id, as listed by `runbook-worker jobs`.
+    pub id: JobId,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+fn open_history(ctx: &Context) -> anyhow::Result<HistoryReader> {
+    let path = history::database_path(&ctx.settings.state.dir);
+    // An absolute path in the message tells the operator which directory was searched.
+    let path: PathBuf = std::path::absolute(&path).unwrap_or(path);
+    Ok(HistoryReader::open(&path)?)
+}
+
+pub async fn run_list(ctx: Context, args: JobsArgs) -> anyhow::Result<ExitCode> {
+    let reader = open_history(&ctx)?;
+    let filter = JobFilter {
+        runbook: args.runbook,
+        status: args.status,
+        limit: usize::from(args.limit),
+        before: args.before,
+    };
+    let jobs = reader
+        .list_jobs(&filter)
+        .await
+        .with_context(|| format!("cannot list jobs from {}", reader.path().display()))?;
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&jobs)?),
+        OutputFormat::Table if jobs.is_empty() => println!("no jobs match"),
+        OutputFormat::Table => print!("{}", render_list(&jobs)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run_show(ctx: Context, args: JobArgs) -> anyhow::Result<ExitCode> {
+    let reader = open_history(&ctx)?;
+    let job = reader.get_job(&args.id).await.with_context(|| {
+        format!(
+            "cannot read job {} from {}",
+            args.id,
+            reader.path().display()
+        )
+    })?;
+    let Some(job) = job else {
+        anyhow::bail!(
+            "no job {} in {} (it may have been pruned; `runbook-worker jobs` lists the recorded ones)",
+            args.id,
+            reader.path().display()
+        );
+    };
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&job)?),
+        OutputFormat::Table => print!("{}", render_detail(&job)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn time(at: Option<DateTime<Utc>>) -> String {
+    at.map(|at| at.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".to_string())
+}
+
+fn duration(job: &JobSummary) -> String {
+    match (job.duration_ms, job.status) {
+        (Some(ms), _) if ms < 1000 => "<1s".to_string(),
+        (Some(ms), _) => humantime::format_duration(std::time::Duration::from_secs(
+            u64::try_from(ms / 1000).unwrap_or(0),
+        ))
+        .to_string(),
+        (None, JobStatus::Running) => "running".to_string(),
+        (None, _) => "-".to_string(),
+    }
+}
+
+fn render_list(jobs: &[JobSummary]) -> String {
+    let header = [
+        "ID",
+        "RUNBOOK",
+        "STATUS",
+        "TRIGGER",
+        "DRY RUN",
+        "SCHEDULED (UTC)",
+        "STARTED (UTC)",
+        "DURATION",
+    ];
+    let rows: Vec<[String; 8]> = jobs
+        .iter()
+        .map(|job| {
+            [
+                job.id.to_string(),
+                job.runbook.clone(),
+                job.status.to_string(),
+                job.trigger.to_string(),
+                if job.dry_run { "yes" } else { "no" }.to_string(),
+                time(job.scheduled_for),
+                time(job.started_at),
+                duration(job),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", padded.join("  ").trim_end());
+    };
+    line(&header);
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+    out
+}
+
+fn render_detail(detail: &JobDetail) -> String {
+    let job = &detail.job;
+    let mut out = String::new();
+    let mut field = |name: &str, value: &str| {
+        let _ = writeln!(out, "{name:<11}{value}");
+    };
+    field("Job", job.id.as_str());
+    field("Runbook", &format!("{} ({})", job.runbook, job.file_hash));
+    field("Status", job.status.as_str());
+    let trigger = if job.past_due {
+        format!("{} (past due)", job.trigger)
+    } else {
+        job.trigger.to_string()
+    };
+    field("Trigger", &trigger);
+    field("Dry run", if job.dry_run { "yes" } else { "no" });
+    field("Scheduled", &time(job.scheduled_for));
+    field("Created", &time(Some(job.created_at)));
+    field("Started", &time(job.started_at));
+    field("Ended", &time(job.ended_at));
+    field("Duration", &duration(job));
+    if let Some(summary) = &job.summary {
+        field("Summary", summary);
+    }
+    if let Some(error) = &job.error {
+        field("Error", error);
+    }
+    field(
+        "Params",
+        &serde_json::to_string(&detail.params).unwrap_or_default(),
+    );
+
+    if !detail.steps.is_empty() {
+        let _ = writeln!(out, "\nSteps");
+        let width = detail
+            .steps
+            .iter()
+            .map(|s| s.step.chars().count())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}",
+            "STEP", "READ", "DONE", "FAILED", "SKIPPED", "PLANNED"
+        );
+        for s in &detail.steps {
+            let _ = writeln!(
+                out,
+                "  {:<width$}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}",
+                s.step, s.records_read, s.done, s.failed, s.skipped, s.writes_planned
+            );
+        }
+    }
+
+    let _ = writeln!(out, "\nStreams (UTC)");
+    if detail.streams.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for entry in &detail.streams {
+        let _ = writeln!(
+            out,
+            "  {}  {:<8}  {}",
+            entry.time.format("%H:%M:%S%.3f"),
+            entry.kind.as_str(),
+            entry.text
+        );
+        if let Some(data) = &entry.data {
+            let _ = writeln!(
+                out,
+                "  {:12}  {:<8}  {}",
+                "",
+                "",
+                serde_json::to_string(data).unwrap_or_default()
+            );
+        }
+    }
+    for (kind, count) in &detail.dropped {
+        let _ = writeln!(
+            out,
+            "  ({count} further {kind} entries were not kept: history.max_entries_per_stream)"
+        );
+    }
+    out
+}

@@ -1,0 +1,146 @@
+//! Job ids: 26-character ULIDs (48-bit millisecond time, 80 random bits, Crockford
+//! base32), so ids sort by creation and can be typed or pasted without quoting.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+const LEN: usize = 26;
+
+/// The id of one job.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+/// A string that is not a job id.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a job id (expected 26 letters and digits such as 01JQ3Z8W6V3N9R2K5T7X4B1M0C, as listed by `runbook-worker jobs`)"
+)]
+pub struct InvalidJobId(pub String);
+
+impl JobId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn from_u128(value: u128) -> JobId {
+        let mut out = [0u8; LEN];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let shift = 5 * (LEN - 1 - i);
+            *slot = ALPHABET[((value >> shift) & 0x1f) as usize];
+        }
+        // Every byte comes from ALPHABET, which is ASCII.
+        JobId(out.iter().map(|b| char::from(*b)).collect())
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = InvalidJobId;
+
+    /// Accepts lower case too, and Crockford's look-alikes are not remapped: an id is
+    /// copied, not dictated.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let upper = s.trim().to_ascii_uppercase();
+        let valid = upper.len() == LEN
+            && upper.bytes().all(|b| ALPHABET.contains(&b))
+            // 26 base32 digits hold 130 bits; a ULID's first digit carries only 3.
+            && upper.as_bytes()[0] <= b'7';
+        if valid {
+            Ok(JobId(upper))
+        } else {
+            Err(InvalidJobId(s.to_string()))
+        }
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = InvalidJobId;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl From<JobId> for String {
+    fn from(id: JobId) -> String {
+        id.0
+    }
+}
+
+/// Makes ids that increase strictly within one process, even when the clock stands still
+/// (a [`crate::clock::ManualClock`]) or steps back: the last id is remembered and
+/// incremented.
+#[derive(Debug, Default)]
+pub struct IdGenerator {
+    last: Mutex<u128>,
+}
+
+impl IdGenerator {
+    pub fn next(&self, now: DateTime<Utc>) -> JobId {
+        let millis = u128::try_from(now.timestamp_millis()).unwrap_or(0) & ((1u128 << 48) - 1);
+        let random: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
+        let candidate = (millis << 80) | random;
+        // A poisoned lock only means another thread panicked mid-increment; the value
+        // inside is still a valid id.
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let value = if candidate > *last {
+            candidate
+        } else {
+            last.wrapping_add(1)
+        };
+        *last = value;
+        JobId::from_u128(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn ids_sort_by_creation_even_within_one_millisecond() {
+        let ids = IdGenerator::default();
+        let t = Utc.with_ymd_and_hms(2026, 3, 5, 6, 0, 0).unwrap();
+        let made: Vec<JobId> = (0..1000).map(|_| ids.next(t)).collect();
+        let mut sorted = made.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, made);
+        let later = ids.next(t + chrono::Duration::milliseconds(1));
+        assert!(later > made[999]);
+    }
+
+    #[test]
+    fn ids_round_trip_through_text_and_reject_garbage() {
+        let id = IdGenerator::default().next(Utc::now());
+        assert_eq!(id.as_str().len(), 26);
+        assert_eq!(id.as_str().to_lowercase().parse::<JobId>().unwrap(), id);
+        for bad in [
+            "",
+            "abc",
+            "01JQ3Z8W6V3N9R2K5T7X4B1M0I",
+            "81JQ3Z8W6V3N9R2K5T7X4B1M0C",
+        ] {
+            let err = bad.parse::<JobId>().unwrap_err().to_string();
+            assert!(err.contains("not a job id"), "{bad}: {err}");
+        }
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<JobId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<JobId>("\"nope\"").is_err());
+    }
+}
