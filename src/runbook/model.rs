@@ -151,61 +151,9 @@ impl Retries {
     }
 }
 
-/// What to do when an occurrence is due while the previous job of the runbook still runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Overlap {
-    /// Record the new occurrence as Skipped.
-    #[default]
-    Skip,
-    /// Start it when the running job ends.
-    Queue,
-    /// Cancel the running job and start the new one.
-    Replace,
-}
-
-impl Overlap {
-    pub const VARIANTS: &'static [(&'static str, Overlap)] = &[
-        ("skip", Overlap::Skip),
-        ("queue", Overlap::Queue),
-        ("replace", Overlap::Replace),
-    ];
-}
-
-/// What to do about occurrences that passed while no worker ran.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Missed {
-    /// Forget them; wait for the next occurrence.
-    #[default]
-    Skip,
-    /// Run one catch-up job, flagged as past due, however many were missed.
-    RunOnce,
-}
-
-impl Missed {
-    pub const VARIANTS: &'static [(&'static str, Missed)] =
-        &[("skip", Missed::Skip), ("run-once", Missed::RunOnce)];
-}
-
-/// What to do with a job whose worker died mid-run (status Interrupted).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnInterrupt {
-    /// Record it and wait for the next occurrence: a half-done mailbox job is not repeated
-    /// blindly.
-    #[default]
-    Ignore,
-    /// Run the occurrence again from the first step.
-    Rerun,
-}
-
-impl OnInterrupt {
-    pub const VARIANTS: &'static [(&'static str, OnInterrupt)] = &[
-        ("ignore", OnInterrupt::Ignore),
-        ("rerun", OnInterrupt::Rerun),
-    ];
-}
+// The scheduling policies are the scheduler's types: one definition for the file format, the
+// schema and the decisions.
+pub use crate::scheduler::policy::{MissedPolicy as Missed, OnInterrupt, OverlapPolicy as Overlap};
 
 /// The type of a declared runbook parameter; overrides are checked against it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -359,8 +359,14 @@ mod tests {
     #[test]
     fn the_schema_and_the_validator_know_the_same_choices() {
         let schema: serde_json::Value = serde_json::from_str(&json_schema()).unwrap();
-        assert_eq!(enum_values(&schema, "Overlap"), names(Overlap::VARIANTS));
-        assert_eq!(enum_values(&schema, "Missed"), names(Missed::VARIANTS));
+        assert_eq!(
+            enum_values(&schema, "OverlapPolicy"),
+            names(Overlap::VARIANTS)
+        );
+        assert_eq!(
+            enum_values(&schema, "MissedPolicy"),
+            names(Missed::VARIANTS)
+        );
         assert_eq!(
             enum_values(&schema, "OnInterrupt"),
             names(OnInterrupt::VARIANTS)

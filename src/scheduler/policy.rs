@@ -59,6 +59,29 @@ pub enum OnInterrupt {
     Rerun,
 }
 
+impl OverlapPolicy {
+    /// The spellings runbook files use, for validation messages.
+    pub const VARIANTS: &'static [(&'static str, OverlapPolicy)] = &[
+        ("skip", OverlapPolicy::Skip),
+        ("queue", OverlapPolicy::Queue),
+        ("replace", OverlapPolicy::Replace),
+    ];
+}
+
+impl MissedPolicy {
+    pub const VARIANTS: &'static [(&'static str, MissedPolicy)] = &[
+        ("skip", MissedPolicy::Skip),
+        ("run-once", MissedPolicy::RunOnce),
+    ];
+}
+
+impl OnInterrupt {
+    pub const VARIANTS: &'static [(&'static str, OnInterrupt)] = &[
+        ("ignore", OnInterrupt::Ignore),
+        ("rerun", OnInterrupt::Rerun),
+    ];
+}
+
 /// A catch-up job to start now for an occurrence missed during downtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct CatchUp {

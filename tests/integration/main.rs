@@ -5,6 +5,6 @@ mod support;
 
 mod cli;
 mod deploy;
+mod history;
 mod http;
 mod runbook;
-mod history;

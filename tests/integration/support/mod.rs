@@ -4,9 +4,9 @@
 #![allow(dead_code)]
 
 pub mod deploy;
+pub mod history;
 pub mod http;
 pub mod runbook;
-pub mod history;
 
 use std::path::Path;
 use std::process::{Command, Output};
