@@ -5,7 +5,9 @@
 # Azurite (the Azure Storage emulator, pinned in tools/azurite/package-lock.json) backs the
 # coordination tests. It is installed with `npm ci` when missing or when the lockfile changed,
 # started on 127.0.0.1 with a port the kernel picks, and stopped by the EXIT trap whatever
-# happens. Arguments are passed to `cargo test` (e.g. `./scripts/test.sh coordination`).
+# happens. Arguments are passed to `cargo test` (e.g. `./scripts/test.sh coordination`);
+# `--exec CMD…` runs CMD with Azurite instead of the tests
+# (e.g. `./scripts/test.sh --exec cargo bench --bench coordination`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,4 +73,9 @@ export AZURITE_BLOB_ENDPOINT="http://127.0.0.1:$port/devstoreaccount1"
 echo "scripts/test.sh: Azurite blob service at $AZURITE_BLOB_ENDPOINT (pid $azurite_pid)" >&2
 
 # Not `exec`: the EXIT trap must still run to stop Azurite.
-cargo test --locked --all-features "$@"
+if [[ "${1:-}" == "--exec" ]]; then
+    shift
+    "$@"
+else
+    cargo test --locked --all-features "$@"
+fi

@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::HeaderName;
-use azure_core::http::{
-    ClientOptions, ExponentialRetryOptions, RequestContent, RetryOptions, Url,
-};
+use azure_core::http::{ClientOptions, ExponentialRetryOptions, RequestContent, RetryOptions, Url};
 use azure_storage_blob::models::{
     BlobClientAcquireLeaseOptions, BlobClientGetPropertiesResultHeaders, BlobClientUploadOptions,
     BlobContainerClientListBlobsOptions, LeaseState, ListBlobsIncludeItem,
@@ -41,9 +39,7 @@ use super::record::{
     ScheduleStatus, Version, Versioned,
 };
 use super::redact::{redact_text, redact_url};
-use super::{
-    Claim, CoordinationError, CoordinationSettings, Held, OccurrenceGuard, StorageHealth,
-};
+use super::{Claim, CoordinationError, CoordinationSettings, Held, OccurrenceGuard, StorageHealth};
 use crate::clock::SharedClock;
 use crate::duration::HumanDuration;
 
@@ -287,14 +283,13 @@ impl AzureBlobCoordinator {
                 container_url,
                 credential,
             } => {
-                let url =
-                    Url::parse(&container_url).map_err(|_| CoordinationError::Settings {
-                        key: "coordination.container_url".to_string(),
-                        message: format!(
-                            "expected https://<account>.blob.core.windows.net/<container>, got {}",
-                            redact_url(&container_url)
-                        ),
-                    })?;
+                let url = Url::parse(&container_url).map_err(|_| CoordinationError::Settings {
+                    key: "coordination.container_url".to_string(),
+                    message: format!(
+                        "expected https://<account>.blob.core.windows.net/<container>, got {}",
+                        redact_url(&container_url)
+                    ),
+                })?;
                 if url.scheme() != "https" {
                     return Err(CoordinationError::Settings {
                         key: "coordination.container_url".to_string(),
@@ -445,7 +440,9 @@ impl AzureBlobCoordinator {
         self.call(self.inner.container.get_properties(None))
             .await
             .map(|_| ())
-            .map_err(|fault| fault.into_error("read the properties of the container", &self.inner.display))
+            .map_err(|fault| {
+                fault.into_error("read the properties of the container", &self.inner.display)
+            })
     }
 
     async fn read_json<T: DeserializeOwned>(
@@ -466,10 +463,11 @@ impl AzureBlobCoordinator {
             Err(fault) if fault.status() == Some(404) => return Ok(None),
             Err(fault) => return Err(fault.into_error("read", name)),
         };
-        let value = serde_json::from_slice(&body).map_err(|e| CoordinationError::InvalidRecord {
-            blob: name.to_string(),
-            message: e.to_string(),
-        })?;
+        let value =
+            serde_json::from_slice(&body).map_err(|e| CoordinationError::InvalidRecord {
+                blob: name.to_string(),
+                message: e.to_string(),
+            })?;
         let etag = etag.ok_or_else(|| CoordinationError::InvalidRecord {
             blob: name.to_string(),
             message: "the service returned no ETag".to_string(),
@@ -495,9 +493,8 @@ impl AzureBlobCoordinator {
         })?;
         let mut options = BlobClientUploadOptions {
             blob_content_type: Some("application/json".to_string()),
-            metadata: state.map(|s| {
-                HashMap::from([(STATE_METADATA.to_string(), s.as_str().to_string())])
-            }),
+            metadata: state
+                .map(|s| HashMap::from([(STATE_METADATA.to_string(), s.as_str().to_string())])),
             ..Default::default()
         };
         match precondition {
@@ -562,21 +559,25 @@ impl AzureBlobCoordinator {
     }
 
     async fn release(&self, lock_name: &str, lease_id: &str) -> Result<(), Fault> {
-        self.call(self.blob(lock_name).release_lease(lease_id.to_string(), None))
-            .await
-            .map(|_| ())
+        self.call(
+            self.blob(lock_name)
+                .release_lease(lease_id.to_string(), None),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Whether somebody holds the lease on `locks/<runbook>` now.
     async fn lock_held(&self, lock_name: &str) -> Result<bool, CoordinationError> {
         match self.call(self.blob(lock_name).get_properties(None)).await {
             Ok(response) => {
-                let state = response.lease_state().map_err(|e| {
-                    CoordinationError::InvalidRecord {
-                        blob: lock_name.to_string(),
-                        message: redact_text(&e.to_string()),
-                    }
-                })?;
+                let state =
+                    response
+                        .lease_state()
+                        .map_err(|e| CoordinationError::InvalidRecord {
+                            blob: lock_name.to_string(),
+                            message: redact_text(&e.to_string()),
+                        })?;
                 Ok(matches!(
                     state,
                     Some(LeaseState::Leased | LeaseState::Breaking)
@@ -595,7 +596,8 @@ impl AzureBlobCoordinator {
     ) -> Result<Claim, CoordinationError> {
         self.ensure_container().await?;
         let name = record::occurrence_blob(runbook, instant);
-        let claimed = OccurrenceRecord::claimed(runbook, instant, replica_id, self.inner.clock.now());
+        let claimed =
+            OccurrenceRecord::claimed(runbook, instant, replica_id, self.inner.clock.now());
         match self
             .write_record(&name, &claimed, Precondition::Absent)
             .await
@@ -853,11 +855,15 @@ impl AzureBlobCoordinator {
             return Ok(Vec::new());
         }
         self.ensure_container().await?;
-        let names = self.list(&record::occurrences_prefix(runbook), false).await?;
+        let names = self
+            .list(&record::occurrences_prefix(runbook), false)
+            .await?;
         let newest = names.len().saturating_sub(limit);
-        let reads = futures::stream::iter(names[newest..].iter().map(|(name, _)| async move {
-            self.read_json::<OccurrenceRecord>(name).await
-        }))
+        let reads = futures::stream::iter(
+            names[newest..]
+                .iter()
+                .map(|(name, _)| async move { self.read_json::<OccurrenceRecord>(name).await }),
+        )
         .buffer_unordered(LIST_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await?;
@@ -996,7 +1002,9 @@ impl Renewer {
             if started >= trusted_until {
                 // The process did not run for a while (paused, starved): the service may
                 // have handed the lock to someone else, so do not renew it back to life.
-                self.give_up("the lease lapsed before it could be renewed (was the process paused?)");
+                self.give_up(
+                    "the lease lapsed before it could be renewed (was the process paused?)",
+                );
                 return;
             }
             let renewed = self

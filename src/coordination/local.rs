@@ -22,7 +22,7 @@ use super::{Claim, CoordinationError, Held, OccurrenceGuard, StorageHealth};
 use crate::clock::SharedClock;
 
 /// In-process coordination; clones share the same state (one per process).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LocalCoordinator {
     state: Arc<Mutex<LocalState>>,
     clock: SharedClock,
@@ -36,6 +36,12 @@ struct LocalState {
     locks: HashMap<String, u64>,
     statuses: HashMap<String, (ScheduleStatus, u64)>,
     next: u64,
+}
+
+impl std::fmt::Debug for LocalCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCoordinator").finish_non_exhaustive()
+    }
 }
 
 impl LocalState {
@@ -251,7 +257,8 @@ impl LocalHold {
             let mut shared = coordinator.lock();
             release_lock(&mut shared, &self.lock, self.token);
             // Fencing, as with ETags: a sweeper may have marked the record in the meantime.
-            let unchanged = matches!(shared.records.get(&self.name), Some((_, v)) if *v == self.version);
+            let unchanged =
+                matches!(shared.records.get(&self.name), Some((_, v)) if *v == self.version);
             if !unchanged {
                 return Err(CoordinationError::LeaseLost {
                     runbook: record.runbook.clone(),
@@ -267,7 +274,6 @@ impl LocalHold {
         }
         Ok(ended)
     }
-
 }
 
 fn release_lock(shared: &mut LocalState, lock: &str, token: u64) {

@@ -242,7 +242,8 @@ pub struct InterruptedOccurrence {
 pub fn name_segment(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for (i, byte) in name.bytes().enumerate() {
-        let keep = byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' || (byte == b'.' && i > 0);
+        let keep =
+            byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' || (byte == b'.' && i > 0);
         if keep {
             out.push(char::from(byte));
         } else {
@@ -338,7 +339,10 @@ mod tests {
     fn blob_names_table() {
         let instant = at(10, 15, 0);
         let cases = [
-            (occurrence_blob("archive", instant), "occurrences/archive/2026-03-29T10-15-00Z.json"),
+            (
+                occurrence_blob("archive", instant),
+                "occurrences/archive/2026-03-29T10-15-00Z.json",
+            ),
             (lock_blob("archive"), "locks/archive"),
             (status_blob("archive"), "status/archive.json"),
             (lock_blob("forward clean/up"), "locks/forward~20clean~2Fup"),
@@ -414,11 +418,21 @@ mod tests {
         let long_ago = now.checked_sub(Duration::from_secs(20));
         let just_now = now.checked_sub(Duration::from_secs(1));
         let cases = [
-            (Running, false, None, OrphanDecision::Interrupt { started: true }),
+            (
+                Running,
+                false,
+                None,
+                OrphanDecision::Interrupt { started: true },
+            ),
             (Running, true, None, OrphanDecision::Leave),
             (Claimed, false, None, OrphanDecision::Watch),
             (Claimed, false, just_now, OrphanDecision::Watch),
-            (Claimed, false, long_ago, OrphanDecision::Interrupt { started: false }),
+            (
+                Claimed,
+                false,
+                long_ago,
+                OrphanDecision::Interrupt { started: false },
+            ),
             (Claimed, true, long_ago, OrphanDecision::Leave),
             (Completed, false, long_ago, OrphanDecision::Leave),
             (Skipped, false, None, OrphanDecision::Leave),

@@ -41,7 +41,9 @@ pub struct AccountSas {
 /// A problem with the account key.
 #[derive(Debug, thiserror::Error)]
 pub enum SasError {
-    #[error("the storage account key is not valid base64 (check the key, not the connection string)")]
+    #[error(
+        "the storage account key is not valid base64 (check the key, not the connection string)"
+    )]
     KeyNotBase64,
 }
 
@@ -130,7 +132,10 @@ mod tests {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.as_str())
         };
-        assert_eq!(get("sig"), Some("sr08n6QmkcZNGCDRB7MHVrnFF3XaNIc7bQBOlAOQdjA="));
+        assert_eq!(
+            get("sig"),
+            Some("sr08n6QmkcZNGCDRB7MHVrnFF3XaNIc7bQBOlAOQdjA=")
+        );
         assert_eq!(get("se"), Some("2030-01-01T00:00:00Z"));
         assert_eq!(get("spr"), Some("https,http"));
         assert_eq!(get("sv"), Some("2025-11-05"));
