@@ -8,3 +8,4 @@ mod deploy;
 mod history;
 mod http;
 mod runbook;
+mod coordination;

@@ -1,0 +1,291 @@
+//! The in-process implementation (`kind = "local"`): one replica, the same semantics as the
+//! Azure one.
+//!
+//! Records, locks and statuses live in a map behind a std mutex that is never held across an
+//! `.await` (every operation here is synchronous). The keys are the same blob names as in the
+//! container so listing by prefix behaves the same. A lock is a token per runbook; the guard
+//! releases it when completed or dropped, so a dropped guard leaves a Running record whose
+//! lock is free, which the sweep marks Interrupted, as a dead replica's would be.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::record::{
+    self, FinalState, InterruptedOccurrence, OccurrenceRecord, OccurrenceState, ScheduleStatus,
+    Version, Versioned,
+};
+use super::{Claim, CoordinationError, Held, OccurrenceGuard, StorageHealth};
+use crate::clock::SharedClock;
+
+/// In-process coordination; clones share the same state (one per process).
+#[derive(Clone)]
+pub struct LocalCoordinator {
+    state: Arc<Mutex<LocalState>>,
+    clock: SharedClock,
+    health: Arc<watch::Sender<StorageHealth>>,
+}
+
+#[derive(Debug, Default)]
+struct LocalState {
+    records: BTreeMap<String, (OccurrenceRecord, u64)>,
+    /// Runbook lock blob name → the token of the guard holding it.
+    locks: HashMap<String, u64>,
+    statuses: HashMap<String, (ScheduleStatus, u64)>,
+    next: u64,
+}
+
+impl std::fmt::Debug for LocalCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCoordinator").finish_non_exhaustive()
+    }
+}
+
+impl LocalState {
+    fn next_version(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+}
+
+fn version(n: u64) -> Version {
+    Version(n.to_string())
+}
+
+impl LocalCoordinator {
+    pub fn new(clock: SharedClock) -> Self {
+        let (health, _) = watch::channel(StorageHealth::Ok);
+        Self {
+            state: Arc::new(Mutex::new(LocalState::default())),
+            clock,
+            health: Arc::new(health),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LocalState> {
+        // A panic while holding this mutex cannot leave a half-written entry (each operation
+        // writes whole values), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn claim(&self, runbook: &str, instant: DateTime<Utc>, replica_id: &str) -> Claim {
+        let now = self.clock.now();
+        let name = record::occurrence_blob(runbook, instant);
+        let mut state = self.lock();
+        if state.records.contains_key(&name) {
+            return Claim::AlreadyClaimed;
+        }
+        let claimed = OccurrenceRecord::claimed(runbook, instant, replica_id, now);
+        self.take_lock_and_start(&mut state, name, claimed, now)
+    }
+
+    pub fn claim_rerun(&self, interrupted: &InterruptedOccurrence, replica_id: &str) -> Claim {
+        let now = self.clock.now();
+        let runbook = &interrupted.record.runbook;
+        let name = record::occurrence_blob(runbook, interrupted.record.scheduled_for);
+        let mut state = self.lock();
+        match state.records.get(&name) {
+            Some((_, v)) if version(*v) == interrupted.version => {}
+            _ => return Claim::AlreadyClaimed,
+        }
+        let claimed = interrupted.record.reclaimed(replica_id, now);
+        self.take_lock_and_start(&mut state, name, claimed, now)
+    }
+
+    fn take_lock_and_start(
+        &self,
+        state: &mut LocalState,
+        name: String,
+        claimed: OccurrenceRecord,
+        now: DateTime<Utc>,
+    ) -> Claim {
+        let lock = record::lock_blob(&claimed.runbook);
+        let v = state.next_version();
+        if state.locks.contains_key(&lock) {
+            state.records.insert(name, (claimed.skipped(now), v));
+            return Claim::Busy;
+        }
+        let token = state.next_version();
+        state.locks.insert(lock.clone(), token);
+        let running = claimed.started(now);
+        state.records.insert(name.clone(), (running.clone(), v));
+        Claim::Acquired(OccurrenceGuard {
+            record: running,
+            lost: CancellationToken::new(),
+            held: Held::Local(LocalHold {
+                coordinator: self.clone(),
+                name,
+                lock,
+                token,
+                version: v,
+                released: false,
+            }),
+        })
+    }
+
+    pub fn sweep_interrupted(&self, runbook: &str) -> Vec<InterruptedOccurrence> {
+        let now = self.clock.now();
+        let prefix = record::occurrences_prefix(runbook);
+        let mut state = self.lock();
+        let lock_held = state.locks.contains_key(&record::lock_blob(runbook));
+        let orphans: Vec<(String, OccurrenceRecord)> = state
+            .records
+            .range(prefix.clone()..)
+            .take_while(|(name, _)| name.starts_with(&prefix))
+            .filter(|(_, (r, _))| !r.state.is_final() && !lock_held)
+            .map(|(name, (r, _))| (name.clone(), r.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (name, found) in orphans {
+            let v = state.next_version();
+            let marked = found.orphaned(now);
+            state.records.insert(name, (marked.clone(), v));
+            out.push(InterruptedOccurrence {
+                record: marked,
+                started: found.state == OccurrenceState::Running,
+                version: version(v),
+            });
+        }
+        out
+    }
+
+    pub fn list_occurrences(&self, runbook: &str, limit: usize) -> Vec<OccurrenceRecord> {
+        let prefix = record::occurrences_prefix(runbook);
+        let state = self.lock();
+        let mut all: Vec<OccurrenceRecord> = state
+            .records
+            .range(prefix.clone()..)
+            .take_while(|(name, _)| name.starts_with(&prefix))
+            .map(|(_, (r, _))| r.clone())
+            .collect();
+        all.sort_by_key(|r| std::cmp::Reverse(r.scheduled_for));
+        all.truncate(limit);
+        all
+    }
+
+    pub fn occurrence(
+        &self,
+        runbook: &str,
+        instant: DateTime<Utc>,
+    ) -> Option<Versioned<OccurrenceRecord>> {
+        let state = self.lock();
+        state
+            .records
+            .get(&record::occurrence_blob(runbook, instant))
+            .map(|(r, v)| Versioned {
+                value: r.clone(),
+                version: version(*v),
+            })
+    }
+
+    pub fn schedule_status(&self, runbook: &str) -> Option<Versioned<ScheduleStatus>> {
+        let state = self.lock();
+        state
+            .statuses
+            .get(&record::status_blob(runbook))
+            .map(|(s, v)| Versioned {
+                value: s.clone(),
+                version: version(*v),
+            })
+    }
+
+    pub fn write_schedule_status(
+        &self,
+        status: &ScheduleStatus,
+        expected: Option<&Version>,
+    ) -> Result<Version, CoordinationError> {
+        let name = record::status_blob(&status.runbook);
+        let mut state = self.lock();
+        let current = state.statuses.get(&name).map(|(_, v)| version(*v));
+        if current.as_ref() != expected {
+            return Err(CoordinationError::Conflict { blob: name });
+        }
+        let v = state.next_version();
+        state.statuses.insert(name, (status.clone(), v));
+        Ok(version(v))
+    }
+
+    pub fn update_status(
+        &self,
+        runbook: &str,
+        change: impl Fn(&ScheduleStatus) -> ScheduleStatus,
+    ) -> Result<ScheduleStatus, CoordinationError> {
+        let name = record::status_blob(runbook);
+        let mut state = self.lock();
+        let current = state
+            .statuses
+            .get(&name)
+            .map(|(s, _)| s.clone())
+            .unwrap_or_else(|| ScheduleStatus::new(runbook));
+        let updated = change(&current);
+        let v = state.next_version();
+        state.statuses.insert(name, (updated.clone(), v));
+        Ok(updated)
+    }
+
+    pub fn health(&self) -> watch::Receiver<StorageHealth> {
+        self.health.subscribe()
+    }
+}
+
+/// A held local lock.
+#[derive(Debug)]
+pub(crate) struct LocalHold {
+    coordinator: LocalCoordinator,
+    name: String,
+    lock: String,
+    token: u64,
+    version: u64,
+    released: bool,
+}
+
+impl LocalHold {
+    pub(crate) fn complete(
+        mut self,
+        record: &OccurrenceRecord,
+        state: FinalState,
+        job_id: Option<String>,
+    ) -> Result<OccurrenceRecord, CoordinationError> {
+        let now = self.coordinator.clock.now();
+        let ended = record.ended(state, job_id, now);
+        self.released = true;
+        {
+            let coordinator = self.coordinator.clone();
+            let mut shared = coordinator.lock();
+            release_lock(&mut shared, &self.lock, self.token);
+            // Fencing, as with ETags: a sweeper may have marked the record in the meantime.
+            let unchanged =
+                matches!(shared.records.get(&self.name), Some((_, v)) if *v == self.version);
+            if !unchanged {
+                return Err(CoordinationError::LeaseLost {
+                    runbook: record.runbook.clone(),
+                    scheduled_for: record.scheduled_for,
+                });
+            }
+            let v = shared.next_version();
+            shared.records.insert(self.name.clone(), (ended.clone(), v));
+        }
+        if state == FinalState::Completed {
+            self.coordinator
+                .update_status(&record.runbook, |s| s.with_completed(record.scheduled_for))?;
+        }
+        Ok(ended)
+    }
+}
+
+fn release_lock(shared: &mut LocalState, lock: &str, token: u64) {
+    if shared.locks.get(lock) == Some(&token) {
+        shared.locks.remove(lock);
+    }
+}
+
+impl Drop for LocalHold {
+    fn drop(&mut self) {
+        if !self.released {
+            release_lock(&mut self.coordinator.lock(), &self.lock, self.token);
+        }
+    }
+}
