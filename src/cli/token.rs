@@ -167,7 +167,10 @@ impl<'a> Report<'a> {
         }
         for (i, role) in self.directory_roles.iter().enumerate() {
             let name = role.name.unwrap_or("(not an Exchange-relevant role)");
-            lines.push((if i == 0 { "wids" } else { "" }, format!("{} {name}", role.id)));
+            lines.push((
+                if i == 0 { "wids" } else { "" },
+                format!("{} {name}", role.id),
+            ));
         }
         for hint in &self.hints {
             lines.push(("hint", hint.clone()));

@@ -225,8 +225,12 @@ pub enum EndpointFault {
         error: Option<String>,
         description: Option<String>,
     },
+    /// Nothing accepted the connection (refused, no route, connect timeout).
     #[error("cannot connect to {endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
+    /// The connection was made but broke before a whole answer arrived.
+    #[error("the connection to {endpoint} broke: {reason}")]
+    Broken { endpoint: String, reason: String },
     #[error("no answer from {endpoint} within {timeout:?}")]
     Timeout { endpoint: String, timeout: Duration },
 }

@@ -58,8 +58,8 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
 /// What to do about a failed token request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultClass {
-    /// Retry with backoff (404, 408, 410, 429, 5xx, a timeout, or a connection failure at
-    /// an endpoint that has answered before).
+    /// Retry with backoff (404, 408, 410, 429, 5xx, a timeout, a connection that broke, or
+    /// a refused connection at an endpoint that has answered before).
     Transient,
     /// 400: the identity is not assigned, or several are and none was named. Never retried.
     NotAssigned,
@@ -79,7 +79,7 @@ pub fn classify(fault: &EndpointFault, reached_before: bool) -> FaultClass {
             404 | 408 | 410 | 429 | 500..=599 => FaultClass::Transient,
             _ => FaultClass::Rejected,
         },
-        EndpointFault::Timeout { .. } => FaultClass::Transient,
+        EndpointFault::Timeout { .. } | EndpointFault::Broken { .. } => FaultClass::Transient,
         EndpointFault::Unreachable { .. } if reached_before => FaultClass::Transient,
         EndpointFault::Unreachable { .. } => FaultClass::NoEndpoint,
     }
@@ -289,6 +289,14 @@ mod tests {
             (status(503), false, FaultClass::Transient),
             (status(599), true, FaultClass::Transient),
             (timeout.clone(), false, FaultClass::Transient),
+            (
+                EndpointFault::Broken {
+                    endpoint: "http://169.254.169.254".into(),
+                    reason: "connection reset".into(),
+                },
+                false,
+                FaultClass::Transient,
+            ),
             (unreachable.clone(), false, FaultClass::NoEndpoint),
             (unreachable, true, FaultClass::Transient),
         ];

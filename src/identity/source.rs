@@ -426,6 +426,8 @@ mod tests {
         (AZURE_TENANT_ID, "tenant-1"),
     ];
 
+    type Vars<'a> = &'a [(&'a str, &'a str)];
+
     fn settings(source: SourceKind) -> IdentitySettings {
         IdentitySettings {
             source,
@@ -436,7 +438,7 @@ mod tests {
     #[test]
     fn detection_follows_the_sdk_order() {
         let both: Vec<_> = APP_SERVICE.iter().chain(WORKLOAD).copied().collect();
-        let cases: &[(&[(&str, &str)], SourceKind, SourceKind)] = &[
+        let cases: &[(Vars, SourceKind, SourceKind)] = &[
             (&[], SourceKind::Auto, SourceKind::Imds),
             (APP_SERVICE, SourceKind::Auto, SourceKind::AppService),
             (WORKLOAD, SourceKind::Auto, SourceKind::Workload),
@@ -471,7 +473,7 @@ mod tests {
         let runbook = IdentitySelector::ObjectId("runbook-oid".into());
         let cases: &[(
             IdentitySettings,
-            &[(&str, &str)],
+            Vars,
             Option<&IdentitySelector>,
             IdentitySelector,
         )] = &[
@@ -554,7 +556,7 @@ mod tests {
 
     #[test]
     fn impossible_combinations_name_the_key_to_fix() {
-        let cases: Vec<(IdentitySettings, &[(&str, &str)], &str)> = vec![
+        let cases: Vec<(IdentitySettings, Vars, &str)> = vec![
             (settings(SourceKind::AppService), &[], "identity.source"),
             (
                 IdentitySettings {

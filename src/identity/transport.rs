@@ -119,7 +119,7 @@ impl EndpointTransport {
         }
     }
 
-    async fn send(&self, request: &Request) -> Result<AsyncRawResponse, EndpointFault> {
+    async fn send(&self, request: &Request) -> Result<AsyncRawResponse, Failure> {
         let url = self.route_url(request.url());
         let endpoint = origin(&url);
         let mut headers = request.headers().clone();
@@ -133,22 +133,18 @@ impl EndpointTransport {
             Body::Bytes(bytes) => builder.body(bytes.clone()),
             // Token requests have small in-memory bodies; a stream would be a change in the
             // SDK we want to hear about rather than half-support.
-            #[allow(unreachable_patterns)]
-            _ => {
-                return Err(EndpointFault::Unreachable {
-                    endpoint,
-                    reason: "the SDK sent a streamed body, which token requests never use".into(),
-                });
-            }
+            Body::SeekableStream(_) => return Err(Failure::Unsupported),
         };
 
-        let response = builder
-            .send()
-            .await
-            .map_err(|e| EndpointFault::Unreachable {
-                endpoint: endpoint.clone(),
-                reason: innermost_message(&e),
-            })?;
+        let response = builder.send().await.map_err(|e| {
+            let reason = innermost_message(&e);
+            let endpoint = endpoint.clone();
+            if e.is_connect() {
+                EndpointFault::Unreachable { endpoint, reason }
+            } else {
+                EndpointFault::Broken { endpoint, reason }
+            }
+        })?;
         let status = response.status().as_u16();
         let mut response_headers = Headers::new();
         for (name, value) in response.headers() {
@@ -161,13 +157,10 @@ impl EndpointTransport {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| EndpointFault::Unreachable {
-                endpoint: endpoint.clone(),
-                reason: format!("the answer broke off: {}", innermost_message(&e)),
-            })?;
+        let body = response.bytes().await.map_err(|e| EndpointFault::Broken {
+            endpoint: endpoint.clone(),
+            reason: innermost_message(&e),
+        })?;
 
         if (200..300).contains(&status) {
             return Ok(AsyncRawResponse::from_bytes(
@@ -181,12 +174,25 @@ impl EndpointTransport {
         } else {
             ErrorBody::default()
         };
-        Err(EndpointFault::Status {
+        Err(Failure::Fault(EndpointFault::Status {
             status,
             retry_after,
             error: parsed.error.filter(|e| !e.is_empty()),
             description: parsed.error_description.filter(|d| !d.is_empty()),
-        })
+        }))
+    }
+}
+
+/// Why `send` did not return a response.
+enum Failure {
+    Fault(EndpointFault),
+    /// A request this transport does not support (a bug, not an endpoint problem).
+    Unsupported,
+}
+
+impl From<EndpointFault> for Failure {
+    fn from(fault: EndpointFault) -> Self {
+        Self::Fault(fault)
     }
 }
 
@@ -195,9 +201,13 @@ impl HttpClient for EndpointTransport {
     async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
         // `ErrorKind::Other` is deliberate: the SDK's retry policy retries only `Io` and
         // `Connection` errors, so this hands every failure straight back to our retry loop.
-        self.send(request)
-            .await
-            .map_err(|fault| CoreError::new(ErrorKind::Other, fault))
+        self.send(request).await.map_err(|failure| match failure {
+            Failure::Fault(fault) => CoreError::new(ErrorKind::Other, fault),
+            Failure::Unsupported => CoreError::with_message(
+                ErrorKind::Other,
+                "the SDK sent a streamed request body, which token requests never use",
+            ),
+        })
     }
 }
 

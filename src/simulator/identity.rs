@@ -578,16 +578,26 @@ fn answer(
         SimulatedEndpoint::EntraId => entra_id(state, method, headers, path, form),
         SimulatedEndpoint::Unknown => Err(error(404, "not_found", "no such endpoint")),
     };
-    result.unwrap_or_else(|e| e)
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn error(status: u16, code: &str, description: &str) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        axum::Json(json!({"error": code, "error_description": description})),
-    )
-        .into_response()
+/// An error answer: a status and a JSON body.
+struct Refusal {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+fn error(status: u16, code: &str, description: &str) -> Refusal {
+    Refusal {
+        status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body: json!({"error": code, "error_description": description}),
+    }
 }
 
 fn scripted_error(status: u16, retry_after: Option<u64>) -> Response {
@@ -602,7 +612,7 @@ fn scripted_error(status: u16, retry_after: Option<u64>) -> Response {
         500..=599 => ("internal_error", "The server had an internal error"),
         _ => ("error", "Scripted failure"),
     };
-    let mut response = error(status, code, description);
+    let mut response = error(status, code, description).into_response();
     if let Some(seconds) = retry_after
         && let Ok(value) = header::HeaderValue::from_str(&seconds.to_string())
     {
@@ -632,7 +642,7 @@ fn imds(
     method: &Method,
     query: &[(String, String)],
     headers: &HeaderMap,
-) -> Result<Response, Response> {
+) -> Result<Response, Refusal> {
     if method != Method::GET {
         return Err(error(405, "method_not_allowed", "Use GET"));
     }
@@ -703,7 +713,7 @@ fn app_service(
     method: &Method,
     query: &[(String, String)],
     headers: &HeaderMap,
-) -> Result<Response, Response> {
+) -> Result<Response, Refusal> {
     if method != Method::GET {
         return Err(error(405, "method_not_allowed", "Use GET"));
     }
@@ -760,7 +770,7 @@ fn app_service(
 fn choose_identity<'a>(
     state: &'a SimState,
     chosen: &[(&str, &str)],
-) -> Result<&'a SimulatedIdentity, Response> {
+) -> Result<&'a SimulatedIdentity, Refusal> {
     match chosen {
         [] => {
             if let Some(system) = &state.config.system_assigned {
@@ -800,18 +810,14 @@ fn entra_id(
     headers: &HeaderMap,
     path: &str,
     form: &[(String, String)],
-) -> Result<Response, Response> {
-    let entra_error = |status: u16, code: &str, aadsts: u32, description: &str| {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-        (
-            status,
-            axum::Json(json!({
-                "error": code,
-                "error_description": format!("AADSTS{aadsts}: {description}"),
-                "error_codes": [aadsts],
-            })),
-        )
-            .into_response()
+) -> Result<Response, Refusal> {
+    let entra_error = |status: u16, code: &str, aadsts: u32, description: &str| Refusal {
+        status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        body: json!({
+            "error": code,
+            "error_description": format!("AADSTS{aadsts}: {description}"),
+            "error_codes": [aadsts],
+        }),
     };
     if method != Method::POST {
         return Err(error(405, "method_not_allowed", "Use POST"));

@@ -32,7 +32,10 @@ const STORAGE: &str = "https://storage.azure.com";
 const PATIENCE: Duration = Duration::from_secs(10);
 
 fn system_identity(sim: &IdentitySimulator) -> SimulatedIdentity {
-    sim.config().system_assigned.clone().expect("system identity")
+    sim.config()
+        .system_assigned
+        .clone()
+        .expect("system identity")
 }
 
 fn claims(token: &AccessToken) -> runbook_worker::identity::TokenClaims {
@@ -78,7 +81,8 @@ async fn a_system_assigned_token_carries_the_claims_the_test_chose_and_the_reque
 #[tokio::test]
 async fn each_user_assigned_selector_reaches_imds_as_its_own_parameter() {
     let reports = SimulatedIdentity::new("reports").with_roles(&["Reports.Read"]);
-    let sim = simulator(IdentitySimulatorConfig::default().with_user_assigned(reports.clone())).await;
+    let sim =
+        simulator(IdentitySimulatorConfig::default().with_user_assigned(reports.clone())).await;
     let cases = [
         (
             IdentitySettings {
@@ -108,10 +112,17 @@ async fn each_user_assigned_selector_reaches_imds_as_its_own_parameter() {
     for (settings, parameter, value) in cases {
         let provider = imds_provider(&sim, settings);
         let token = provider.token(EXCHANGE).await.unwrap();
-        assert_eq!(claims(&token).oid.as_deref(), Some(reports.object_id.as_str()));
+        assert_eq!(
+            claims(&token).oid.as_deref(),
+            Some(reports.object_id.as_str())
+        );
         assert!(claims(&token).has_role("Reports.Read"));
         let request = sim.requests().pop().unwrap();
-        assert_eq!(request.query_value(parameter), Some(value.as_str()), "{parameter}");
+        assert_eq!(
+            request.query_value(parameter),
+            Some(value.as_str()),
+            "{parameter}"
+        );
         assert!(provider.describe().identity.contains("from settings"));
     }
 }
@@ -119,7 +130,8 @@ async fn each_user_assigned_selector_reaches_imds_as_its_own_parameter() {
 #[tokio::test]
 async fn azure_client_id_selects_the_user_assigned_identity_when_no_key_is_set() {
     let reports = SimulatedIdentity::new("reports");
-    let sim = simulator(IdentitySimulatorConfig::default().with_user_assigned(reports.clone())).await;
+    let sim =
+        simulator(IdentitySimulatorConfig::default().with_user_assigned(reports.clone())).await;
     let provider = TokenProvider::with_options(
         &imds_settings(&sim),
         &env(&[("AZURE_CLIENT_ID", &reports.client_id)]),
@@ -130,7 +142,10 @@ async fn azure_client_id_selects_the_user_assigned_identity_when_no_key_is_set()
 
     let token = provider.token(EXCHANGE).await.unwrap();
 
-    assert_eq!(claims(&token).oid.as_deref(), Some(reports.object_id.as_str()));
+    assert_eq!(
+        claims(&token).oid.as_deref(),
+        Some(reports.object_id.as_str())
+    );
     assert_eq!(
         sim.requests()[0].query_value("client_id"),
         Some(reports.client_id.as_str())
@@ -151,7 +166,10 @@ async fn an_unknown_client_id_fails_at_once_saying_what_to_configure() {
 
     let error = provider.token(EXCHANGE).await.unwrap_err();
 
-    assert!(matches!(error, IdentityError::NotAssigned { .. }), "{error:?}");
+    assert!(
+        matches!(error, IdentityError::NotAssigned { .. }),
+        "{error:?}"
+    );
     let message = error.to_string();
     assert!(message.contains("HTTP 400"), "{message}");
     assert!(message.contains("Identity not found"), "{message}");
@@ -172,7 +190,10 @@ async fn several_user_assigned_identities_and_none_named_is_explained() {
 
     let error = provider.token(EXCHANGE).await.unwrap_err().to_string();
 
-    assert!(error.contains("Multiple user assigned identities"), "{error}");
+    assert!(
+        error.contains("Multiple user assigned identities"),
+        "{error}"
+    );
     assert!(error.contains("set identity.client_id"), "{error}");
     assert_eq!(sim.token_requests(), 1);
 }
@@ -186,8 +207,7 @@ async fn five_hundred_concurrent_first_callers_cause_one_request() {
     sim.script([Step::slow(Duration::from_millis(200))]);
     let provider = imds_provider(&sim, imds_settings(&sim));
 
-    let tokens =
-        futures::future::join_all((0..500).map(|_| provider.token(EXCHANGE))).await;
+    let tokens = futures::future::join_all((0..500).map(|_| provider.token(EXCHANGE))).await;
 
     assert_eq!(sim.token_requests(), 1);
     let first = tokens[0].as_ref().unwrap().expose().to_string();
@@ -207,7 +227,9 @@ async fn cached_gets_never_reach_the_endpoint_and_resources_are_cached_apart() {
     assert_eq!(sim.token_requests(), 2);
     assert_eq!(claims(&storage).aud.as_deref(), Some(STORAGE));
     assert_eq!(
-        claims(&provider.token(EXCHANGE).await.unwrap()).aud.as_deref(),
+        claims(&provider.token(EXCHANGE).await.unwrap())
+            .aud
+            .as_deref(),
         Some(EXCHANGE)
     );
 }
@@ -215,7 +237,8 @@ async fn cached_gets_never_reach_the_endpoint_and_resources_are_cached_apart() {
 #[tokio::test]
 async fn concurrent_forced_refreshes_share_one_fetch_and_a_recent_token_is_not_refetched() {
     let clock = manual_clock();
-    let sim = simulator(IdentitySimulatorConfig::default().with_clock(Arc::new(clock.clone()))).await;
+    let sim =
+        simulator(IdentitySimulatorConfig::default().with_clock(Arc::new(clock.clone()))).await;
     let provider = TokenProvider::with_options(
         &imds_settings(&sim),
         &IdentityEnvironment::default(),
@@ -276,10 +299,16 @@ async fn a_long_lived_token_is_refreshed_in_the_background_at_half_life() {
     .unwrap();
     let first = provider.token(EXCHANGE).await.unwrap();
     let status = provider.cache_status(EXCHANGE).unwrap();
-    assert_eq!(status.refresh_at - status.fetched_at, chrono::Duration::minutes(90));
+    assert_eq!(
+        status.refresh_at - status.fetched_at,
+        chrono::Duration::minutes(90)
+    );
 
     clock.advance(Duration::from_secs(3600));
-    assert_eq!(provider.token(EXCHANGE).await.unwrap().expose(), first.expose());
+    assert_eq!(
+        provider.token(EXCHANGE).await.unwrap().expose(),
+        first.expose()
+    );
     assert_eq!(sim.token_requests(), 1, "not due yet");
 
     // The refresh answers slowly, so it is still in flight while callers ask.
@@ -293,7 +322,11 @@ async fn a_long_lived_token_is_refreshed_in_the_background_at_half_life() {
         None,
         "the refresh was still in flight when the caller got its token"
     );
-    assert_eq!(during.expose(), first.expose(), "callers do not wait for a refresh");
+    assert_eq!(
+        during.expose(),
+        first.expose(),
+        "callers do not wait for a refresh"
+    );
 
     let (provider_ref, first_ref) = (&provider, &first);
     assert!(
@@ -326,7 +359,11 @@ async fn a_short_lived_token_is_refreshed_before_it_expires_not_on_every_call() 
     for _ in 0..10 {
         provider.token(EXCHANGE).await.unwrap();
     }
-    assert_eq!(sim.token_requests(), 1, "a token under 5 minutes is still cached");
+    assert_eq!(
+        sim.token_requests(),
+        1,
+        "a token under 5 minutes is still cached"
+    );
 
     clock.advance(Duration::from_secs(31));
 
@@ -374,10 +411,14 @@ async fn a_failed_refresh_keeps_serving_the_valid_token_retries_and_logs_once() 
         })
         .await
     );
-    assert_eq!(provider.token(EXCHANGE).await.unwrap().expose(), first.expose());
+    assert_eq!(
+        provider.token(EXCHANGE).await.unwrap().expose(),
+        first.expose()
+    );
     let text = logs.text();
     assert_eq!(
-        text.matches("token refresh failed; serving the cached token").count(),
+        text.matches("token refresh failed; serving the cached token")
+            .count(),
         1,
         "{text}"
     );
@@ -433,7 +474,10 @@ async fn gone_is_retried_for_the_whole_window_before_giving_up() {
         panic!("expected Exhausted, got {error:?}");
     };
     assert_eq!(attempts as usize, sim.token_requests());
-    assert!(attempts > fast_retry().max_retries + 1, "410 outlasts the retry count: {attempts}");
+    assert!(
+        attempts > fast_retry().max_retries + 1,
+        "410 outlasts the retry count: {attempts}"
+    );
 }
 
 #[tokio::test]
@@ -469,7 +513,11 @@ async fn not_found_and_server_errors_are_retried_then_succeed() {
         let token = provider.token(EXCHANGE).await;
 
         assert!(token.is_ok(), "{script:?}: {token:?}");
-        assert_eq!(sim.token_requests() - before, expected_requests, "{script:?}");
+        assert_eq!(
+            sim.token_requests() - before,
+            expected_requests,
+            "{script:?}"
+        );
     }
 }
 
@@ -523,7 +571,10 @@ async fn a_refused_connection_means_no_managed_identity_endpoint() {
 
     let error = provider.token(EXCHANGE).await.unwrap_err();
 
-    assert!(matches!(error, IdentityError::NoEndpoint { .. }), "{error:?}");
+    assert!(
+        matches!(error, IdentityError::NoEndpoint { .. }),
+        "{error:?}"
+    );
     assert!(
         error
             .to_string()
@@ -588,7 +639,10 @@ async fn workload_identity_exchanges_the_federated_token_with_entra_id() {
 
     let token = provider.token(EXCHANGE).await.unwrap();
 
-    assert_eq!(claims(&token).client_id(), Some(identity.client_id.as_str()));
+    assert_eq!(
+        claims(&token).client_id(),
+        Some(identity.client_id.as_str())
+    );
     assert_eq!(claims(&token).aud.as_deref(), Some(EXCHANGE));
     let request = &sim.requests()[0];
     assert_eq!(request.endpoint, SimulatedEndpoint::EntraId);
@@ -617,7 +671,10 @@ async fn a_federated_token_entra_id_does_not_accept_is_explained_and_not_retried
     let error = provider.token(EXCHANGE).await.unwrap_err();
 
     let message = error.to_string();
-    assert!(matches!(error, IdentityError::Rejected { status: 401, .. }), "{error:?}");
+    assert!(
+        matches!(error, IdentityError::Rejected { status: 401, .. }),
+        "{error:?}"
+    );
     assert!(message.contains("AADSTS700213"), "{message}");
     assert_eq!(sim.token_requests(), 1);
 }
@@ -627,7 +684,8 @@ async fn a_federated_token_entra_id_does_not_accept_is_explained_and_not_retried
 #[tokio::test]
 async fn each_runbook_identity_gets_one_shared_provider() {
     let reports = SimulatedIdentity::new("reports");
-    let sim = simulator(IdentitySimulatorConfig::default().with_user_assigned(reports.clone())).await;
+    let sim =
+        simulator(IdentitySimulatorConfig::default().with_user_assigned(reports.clone())).await;
     let providers = TokenProviders::new(
         &imds_settings(&sim),
         &IdentityEnvironment::default(),
@@ -681,7 +739,10 @@ async fn the_azure_core_credential_serves_storage_tokens_from_the_same_cache() {
     assert_eq!(sim.requests()[0].query_value("resource"), Some(STORAGE));
     assert_eq!(first.token.secret(), second.token.secret());
     assert_eq!(first.token.secret(), direct.expose());
-    assert_eq!(first.expires_on.unix_timestamp(), direct.expires_on.timestamp());
+    assert_eq!(
+        first.expires_on.unix_timestamp(),
+        direct.expires_on.timestamp()
+    );
     assert!(
         credential
             .get_token(&["a/.default", "b/.default"], None)
@@ -823,7 +884,10 @@ async fn token_prints_what_an_operator_needs_to_debug_permissions() {
     let system = system_identity(&sim);
     for expected in [
         "source     imds",
-        &format!("endpoint   {}/metadata/identity/oauth2/token", sim.base_url()),
+        &format!(
+            "endpoint   {}/metadata/identity/oauth2/token",
+            sim.base_url()
+        ),
         "identity   the system-assigned identity",
         &format!("tenant     {SIMULATED_TENANT_ID}"),
         "audience   https://outlook.office365.com",
@@ -833,7 +897,10 @@ async fn token_prints_what_an_operator_needs_to_debug_permissions() {
         &format!("wids       {EXCHANGE_ADMINISTRATOR_WID} Exchange Administrator"),
         "expires",
     ] {
-        assert!(printed.contains(expected), "missing {expected:?} in\n{printed}");
+        assert!(
+            printed.contains(expected),
+            "missing {expected:?} in\n{printed}"
+        );
     }
     assert!(!printed.contains("hint"), "{printed}");
     assert!(!printed.contains("token "), "{printed}");
@@ -842,8 +909,11 @@ async fn token_prints_what_an_operator_needs_to_debug_permissions() {
 #[tokio::test]
 async fn token_hints_at_missing_exchange_permissions() {
     let sim = simulator(
-        IdentitySimulatorConfig::default()
-            .with_system_assigned(Some(SimulatedIdentity::new("bare").with_roles(&[]).with_wids(&[]))),
+        IdentitySimulatorConfig::default().with_system_assigned(Some(
+            SimulatedIdentity::new("bare")
+                .with_roles(&[])
+                .with_wids(&[]),
+        )),
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -858,8 +928,14 @@ async fn token_hints_at_missing_exchange_permissions() {
     let printed = stdout(&out);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(printed.contains("roles      (none)"), "{printed}");
-    assert!(printed.contains("no Exchange.ManageAsApp app role"), "{printed}");
-    assert!(printed.contains("no Exchange-relevant Entra role"), "{printed}");
+    assert!(
+        printed.contains("no Exchange.ManageAsApp app role"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("no Exchange-relevant Entra role"),
+        "{printed}"
+    );
 }
 
 #[tokio::test]
@@ -912,7 +988,8 @@ async fn token_fails_fast_and_clearly_off_azure() {
 #[tokio::test]
 async fn the_app_service_source_is_used_when_its_variables_are_set() {
     let reports = SimulatedIdentity::new("reports");
-    let sim = simulator(IdentitySimulatorConfig::default().with_user_assigned(reports.clone())).await;
+    let sim =
+        simulator(IdentitySimulatorConfig::default().with_user_assigned(reports.clone())).await;
     let dir = tempfile::tempdir().unwrap();
     let endpoint = sim.app_service_endpoint();
     let app_service = [
@@ -924,7 +1001,10 @@ async fn the_app_service_source_is_used_when_its_variables_are_set() {
     let with_client: Vec<_> = app_service
         .iter()
         .copied()
-        .chain([("RUNBOOK_WORKER__IDENTITY__CLIENT_ID", reports.client_id.as_str())])
+        .chain([(
+            "RUNBOOK_WORKER__IDENTITY__CLIENT_ID",
+            reports.client_id.as_str(),
+        )])
         .collect();
     let user = run_binary(dir.path(), &["token", "--output", "json"], &with_client).await;
 
@@ -962,7 +1042,10 @@ async fn the_app_service_source_refuses_a_resource_id_and_a_wrong_secret() {
         &[
             ("IDENTITY_ENDPOINT", &endpoint),
             ("IDENTITY_HEADER", sim.app_service_secret()),
-            ("RUNBOOK_WORKER__IDENTITY__RESOURCE_ID", "/subscriptions/x/id"),
+            (
+                "RUNBOOK_WORKER__IDENTITY__RESOURCE_ID",
+                "/subscriptions/x/id",
+            ),
         ],
     )
     .await;
@@ -977,12 +1060,20 @@ async fn the_app_service_source_refuses_a_resource_id_and_a_wrong_secret() {
     .await;
 
     assert!(!resource_id.status.success());
-    assert!(stderr(&resource_id).contains("identity.resource_id"), "{}", stderr(&resource_id));
+    assert!(
+        stderr(&resource_id).contains("identity.resource_id"),
+        "{}",
+        stderr(&resource_id)
+    );
     assert!(!wrong_secret.status.success());
     let err = stderr(&wrong_secret);
     assert!(err.contains("HTTP 401"), "{err}");
     assert!(!err.contains("not-the-secret"), "{err}");
-    assert_eq!(sim.token_requests(), 1, "the resource id never left the process");
+    assert_eq!(
+        sim.token_requests(),
+        1,
+        "the resource id never left the process"
+    );
 }
 
 #[tokio::test]
