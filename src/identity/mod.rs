@@ -207,9 +207,10 @@ pub enum IdentityError {
 }
 
 impl IdentityError {
-    /// Whether asking again later may succeed without changing any configuration.
+    /// Whether asking again later may succeed without changing any configuration: the
+    /// endpoint was failing transiently (404, 410, 429, 5xx, timeouts) beyond the retries.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Exhausted { .. } | Self::Credential { .. })
+        matches!(self, Self::Exhausted { .. })
     }
 }
 

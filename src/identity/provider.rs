@@ -258,9 +258,17 @@ impl Inner {
                     let task = self
                         .tracker
                         .spawn(self.clone().fetch_and_store(entry.clone()));
+                    // Weak: the future lives in the entry's own `inflight`.
+                    let owner = Arc::downgrade(entry);
                     let fetch = task
-                        .map(|joined| {
+                        .map(move |joined| {
                             joined.unwrap_or_else(|e| {
+                                // The task died before clearing `inflight`; clear it here so
+                                // the next caller starts a new fetch instead of this error.
+                                if let Some(owner) = owner.upgrade() {
+                                    *owner.inflight.lock().unwrap_or_else(|p| p.into_inner()) =
+                                        None;
+                                }
                                 Err(IdentityError::Unavailable {
                                     message: format!("the token fetch task failed: {e}"),
                                 })
