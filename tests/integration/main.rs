@@ -9,3 +9,4 @@ mod history;
 mod http;
 mod runbook;
 mod coordination;
+mod identity;

@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod history;
 pub mod http;
 pub mod runbook;
+pub mod identity;
 
 use std::path::Path;
 use std::process::{Command, Output};
