@@ -196,6 +196,8 @@ struct Knobs {
     max_concurrent: Option<usize>,
     throttle_retry_after: Duration,
     next_link_ttl: Duration,
+    /// Where next links point instead of the listener's own origin.
+    next_link_base: Option<String>,
 }
 
 struct PageState {
@@ -288,6 +290,7 @@ impl ExchangeSimulator {
                 max_concurrent: config.max_concurrent,
                 throttle_retry_after: config.throttle_retry_after,
                 next_link_ttl: config.next_link_ttl,
+                next_link_base: None,
             }),
             pages: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashSet::new()),
@@ -408,6 +411,12 @@ impl ExchangeSimulator {
 
     pub fn set_throttle_retry_after(&self, after: Duration) {
         lock(&self.shared.knobs).throttle_retry_after = after;
+    }
+
+    /// Makes next links point at `base` (another origin) instead of the listener's own,
+    /// as a misbehaving proxy might.
+    pub fn set_next_link_base(&self, base: Option<String>) {
+        lock(&self.shared.knobs).next_link_base = base;
     }
 
     /// Every next link handed out so far stops working.
@@ -821,7 +830,9 @@ impl Shared {
 
     fn register_page(&self, input: &Value, query: &Query, position: usize, served: usize, base: &str, tenant: &str) -> String {
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let ttl = self.knobs().next_link_ttl;
+        let knobs = self.knobs();
+        let ttl = knobs.next_link_ttl;
+        let base = knobs.next_link_base.as_deref().unwrap_or(base);
         let mut pages = lock(&self.pages);
         // Forget links long dead so a long run does not accumulate them.
         pages.retain(|_, s| s.created.elapsed() < ttl.saturating_mul(2).max(Duration::from_secs(60)));

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod exchange;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
