@@ -168,9 +168,10 @@ impl ExchangeClient {
                     key: "endpoint",
                     message: format!("{e}: expected a base URL such as https://outlook.office365.com, got {endpoint:?}"),
                 })?;
-                let host = url.host_str().map(str::to_string).filter(|_| {
-                    matches!(url.scheme(), "http" | "https")
-                });
+                let host = url
+                    .host_str()
+                    .map(str::to_string)
+                    .filter(|_| matches!(url.scheme(), "http" | "https"));
                 let Some(host) = host else {
                     return Err(ExchangeError::Configuration {
                         key: "endpoint",
@@ -262,7 +263,7 @@ impl ExchangeClient {
         );
         let paging = Paging {
             inner: Arc::clone(&self.inner),
-            call: call.clone(),
+            call: Box::new(call.clone()),
             body,
             replay_safe: cmdlet::is_read(cmdlet) || options.idempotent,
             client_request_id,
@@ -356,7 +357,7 @@ impl Invocation {
 /// Where a call is in its paging.
 struct Paging {
     inner: Arc<Inner>,
-    call: Call,
+    call: Box<Call>,
     /// The encoded envelope: the same bytes for every attempt and page.
     body: Bytes,
     replay_safe: bool,
@@ -508,7 +509,10 @@ impl Paging {
 
     async fn fetch_page(&mut self) -> Result<Page, ExchangeError> {
         let page_size = u64::from(self.inner.page_size);
-        let prefer = self.remaining.map_or(page_size, |r| r.min(page_size)).max(1);
+        let prefer = self
+            .remaining
+            .map_or(page_size, |r| r.min(page_size))
+            .max(1);
         let (parsed, url) = self.exchange(prefer).await?;
         let ParsedPage {
             mut records,
@@ -668,13 +672,15 @@ impl Paging {
             attempt += 1;
             let token = match refreshed_token.take() {
                 Some(token) => token,
-                None => inner.tokens.token(&inner.resource).await.map_err(|source| {
-                    ExchangeError::Token {
+                None => inner
+                    .tokens
+                    .token(&inner.resource)
+                    .await
+                    .map_err(|source| ExchangeError::Token {
                         call: self.call.clone(),
                         resource: inner.resource.clone(),
                         source,
-                    }
-                })?,
+                    })?,
             };
             let claims = token.claims();
             let tenant = self.tenant(claims.as_ref())?;
@@ -887,12 +893,16 @@ impl Inner {
                 Ok(response) => response,
                 Err(e) if e.is_timeout() => return Err(Problem::TimedOut),
                 Err(e) if e.is_connect() => return Err(Problem::NotSent(e)),
-                Err(e) => return Err(Problem::Lost(format!("connection lost: {}", error_chain(&e)))),
+                Err(e) => {
+                    return Err(Problem::Lost(format!(
+                        "connection lost: {}",
+                        error_chain(&e)
+                    )));
+                }
             };
             let status = response.status();
             if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
-                let next = redirect_target(&url, response.headers())
-                    .map_err(Problem::Refused)?;
+                let next = redirect_target(&url, response.headers()).map_err(Problem::Refused)?;
                 if !self.hosts.allows(&next) {
                     return Err(Problem::Refused(format!(
                         "refused a redirect (HTTP {}) to {}: not an Exchange Online host of the configured cloud",
@@ -1146,7 +1156,11 @@ mod tests {
             (&cloud, "https://eur03.outlook.office365.com/adminapi", true),
             (&cloud, "https://OUTLOOK.office365.com/x", true),
             (&cloud, "http://outlook.office365.com/x", false),
-            (&cloud, "https://evil-outlook.office365.com.example/x", false),
+            (
+                &cloud,
+                "https://evil-outlook.office365.com.example/x",
+                false,
+            ),
             (&cloud, "https://notoutlook.office365.com/x", false),
             (&cloud, "https://outlook.office365.us/x", false),
             (&endpoint, "http://127.0.0.1:4000/x", true),
@@ -1161,10 +1175,17 @@ mod tests {
 
     #[test]
     fn redirect_targets_resolve_relative_locations_and_rewrite_port_446() {
-        let from = Url::parse("https://outlook.office365.com/adminapi/beta/t/InvokeCommand").unwrap();
+        let from =
+            Url::parse("https://outlook.office365.com/adminapi/beta/t/InvokeCommand").unwrap();
         let table = [
-            ("https://eur.outlook.office365.com:446/a", "https://eur.outlook.office365.com/a"),
-            ("/other/path?x=1", "https://outlook.office365.com/other/path?x=1"),
+            (
+                "https://eur.outlook.office365.com:446/a",
+                "https://eur.outlook.office365.com/a",
+            ),
+            (
+                "/other/path?x=1",
+                "https://outlook.office365.com/other/path?x=1",
+            ),
             ("http://127.0.0.1:446/a", "http://127.0.0.1:446/a"),
         ];
         for (location, expected) in table {
@@ -1259,32 +1280,67 @@ mod tests {
                 },
             ),
             (
-                answer(429, &[], r#"{"error":{"message":"Try again in 3 seconds."}}"#),
+                answer(
+                    429,
+                    &[],
+                    r#"{"error":{"message":"Try again in 3 seconds."}}"#,
+                ),
                 Failure::Throttled {
                     retry_after: Some(Duration::from_secs(3)),
                 },
             ),
             (answer(503, &[], ""), Failure::ServerError),
-            (answer(502, &[], "<html>Bad Gateway</html>"), Failure::ServerError),
             (
-                answer(500, &[], &pipe("Microsoft.Exchange.Data.Directory.DCOverloadedException")),
+                answer(502, &[], "<html>Bad Gateway</html>"),
                 Failure::ServerError,
             ),
             (
-                answer(500, &[], &pipe("Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException")),
+                answer(
+                    500,
+                    &[],
+                    &pipe("Microsoft.Exchange.Data.Directory.DCOverloadedException"),
+                ),
+                Failure::ServerError,
+            ),
+            (
+                answer(
+                    500,
+                    &[],
+                    &pipe(
+                        "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException",
+                    ),
+                ),
                 Failure::Final,
             ),
             (
-                answer(500, &[], &pipe("Microsoft.Exchange.Management.Tasks.RecipientTaskException")),
+                answer(
+                    500,
+                    &[],
+                    &pipe("Microsoft.Exchange.Management.Tasks.RecipientTaskException"),
+                ),
                 Failure::Final,
             ),
             (answer(401, &[], ""), Failure::Unauthorized { rbac: false }),
             (
-                answer(401, &[], r#"{"error":{"message":"User is not allowed to call Get-Mailbox"}}"#),
+                answer(
+                    401,
+                    &[],
+                    r#"{"error":{"message":"User is not allowed to call Get-Mailbox"}}"#,
+                ),
                 Failure::Unauthorized { rbac: true },
             ),
-            (answer(403, &[("x-ms-diagnostics", "2000008")], ""), Failure::Final),
-            (answer(400, &[], &pipe("System.Management.Automation.ParameterBindingException")), Failure::Final),
+            (
+                answer(403, &[("x-ms-diagnostics", "2000008")], ""),
+                Failure::Final,
+            ),
+            (
+                answer(
+                    400,
+                    &[],
+                    &pipe("System.Management.Automation.ParameterBindingException"),
+                ),
+                Failure::Final,
+            ),
         ];
         for (answer, expected) in table {
             let status = answer.status;

@@ -94,7 +94,10 @@ mod tests {
     #[test]
     fn the_target_is_the_identity_parameter_in_any_case() {
         let table: Vec<(Parameters, Option<&str>)> = vec![
-            (parameters([("Identity", "a@contoso.com".into())]), Some("a@contoso.com")),
+            (
+                parameters([("Identity", "a@contoso.com".into())]),
+                Some("a@contoso.com"),
+            ),
             (parameters([("identity", "b".into())]), Some("b")),
             (
                 parameters([("Identity", vec!["a", "b"].into())]),

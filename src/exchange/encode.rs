@@ -48,7 +48,9 @@ pub fn encode_parameters(cmdlet: &str, parameters: &Parameters) -> Map<String, V
             continue;
         }
         if let ParamValue::String(text) = value
-            && FILTER_PARAMETERS.iter().any(|p| p.eq_ignore_ascii_case(name))
+            && FILTER_PARAMETERS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(name))
         {
             out.insert(name.clone(), Value::String(rewrite_filter_booleans(text)));
             continue;
@@ -176,11 +178,7 @@ mod tests {
                 ParamValue::DateTime(when),
                 json!("2024-05-22T16:52:10"),
             ),
-            (
-                "string array",
-                vec!["a", "b"].into(),
-                json!(["a", "b"]),
-            ),
+            ("string array", vec!["a", "b"].into(), json!(["a", "b"])),
             (
                 "hashtable",
                 hashtable(&[
@@ -198,7 +196,10 @@ mod tests {
             ),
             (
                 "array of hashtables inside a hashtable",
-                hashtable(&[("Rows", ParamValue::Array(vec![hashtable(&[("K", 1.into())])]))]),
+                hashtable(&[(
+                    "Rows",
+                    ParamValue::Array(vec![hashtable(&[("K", 1.into())])]),
+                )]),
                 json!({"@odata.type": "#Exchange.GenericHashTable",
                        "Rows@odata.type": "#Collection(Exchange.GenericHashTable)",
                        "Rows": [{"@odata.type": "#Exchange.GenericHashTable", "K": 1}]}),
@@ -237,7 +238,11 @@ mod tests {
             ("Get-Mailbox", Parameters::new(), None),
             ("Test-OAuthConnectivity", Parameters::new(), None),
             ("Set-Mailbox", Parameters::new(), Some(json!(false))),
-            ("Remove-MailboxPermission", Parameters::new(), Some(json!(false))),
+            (
+                "Remove-MailboxPermission",
+                Parameters::new(),
+                Some(json!(false)),
+            ),
             (
                 "Remove-MailboxPermission",
                 parameters([("confirm", true.into())]),
@@ -277,8 +282,14 @@ mod tests {
             ("A -eq $FALSE", "A -eq 'False'"),
             ("A -eq $trueish", "A -eq $trueish"),
             ("A -eq \"$true\"", "A -eq \"$true\""),
-            ("(A -eq $true)-or(B -eq $false)", "(A -eq 'True')-or(B -eq 'False')"),
-            ("Name -like 'é*' -and X -eq $true", "Name -like 'é*' -and X -eq 'True'"),
+            (
+                "(A -eq $true)-or(B -eq $false)",
+                "(A -eq 'True')-or(B -eq 'False')",
+            ),
+            (
+                "Name -like 'é*' -and X -eq $true",
+                "Name -like 'é*' -and X -eq 'True'",
+            ),
             ("$", "$"),
         ];
         for (input, expected) in table {

@@ -43,6 +43,7 @@ fn show_wait(d: &Option<Duration>) -> String {
         .unwrap_or_default()
 }
 
+/// The call is boxed in every variant to keep `Result<_, ExchangeError>` small.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
     /// The `[exchange]` settings cannot work.
@@ -52,7 +53,7 @@ pub enum ExchangeError {
     /// No token could be had from the identity.
     #[error("{call}: cannot get a token for {resource}: {source}")]
     Token {
-        call: Call,
+        call: Box<Call>,
         resource: String,
         #[source]
         source: IdentityError,
@@ -61,10 +62,11 @@ pub enum ExchangeError {
     /// Still throttled (429) after every retry the policy allows.
     #[error(
         "{call}: throttled by Exchange Online after {attempts} attempts{}{}: lower exchange.max_concurrency or run the job at a quieter time",
-        show_wait(retry_after), show_request_id(request_id)
+        show_wait(retry_after),
+        show_request_id(request_id)
     )]
     Throttled {
-        call: Call,
+        call: Box<Call>,
         retry_after: Option<Duration>,
         attempts: u32,
         message: Option<String>,
@@ -74,10 +76,11 @@ pub enum ExchangeError {
     /// 401: the token was refused, or the identity may not run this cmdlet.
     #[error(
         "{call}: unauthorized (401{}): {reason}{}: give the identity an Entra role Exchange accepts (Exchange Administrator or Exchange Recipient Administrator) and the Exchange.ManageAsApp permission; {PERMISSIONS_HELP}",
-        show_request_id(request_id), show_hint(hint)
+        show_request_id(request_id),
+        show_hint(hint)
     )]
     Unauthorized {
-        call: Call,
+        call: Box<Call>,
         reason: String,
         /// What the token's own claims suggest is missing.
         hint: Option<String>,
@@ -90,7 +93,7 @@ pub enum ExchangeError {
         show_request_id(request_id), diagnostics.as_deref().unwrap_or("absent"), show_hint(hint)
     )]
     Forbidden {
-        call: Call,
+        call: Box<Call>,
         diagnostics: Option<String>,
         request_id: Option<String>,
         hint: Option<String>,
@@ -104,7 +107,7 @@ pub enum ExchangeError {
         cmdlet_advice(class.as_deref(), *status)
     )]
     CmdletFailed {
-        call: Call,
+        call: Box<Call>,
         status: u16,
         /// The .NET exception class, when the service named it.
         class: Option<String>,
@@ -119,7 +122,7 @@ pub enum ExchangeError {
         show_request_id(request_id)
     )]
     NotFound {
-        call: Call,
+        call: Box<Call>,
         message: String,
         request_id: Option<String>,
     },
@@ -128,19 +131,19 @@ pub enum ExchangeError {
     #[error(
         "{call}: the service asked for confirmation and did nothing: {message}: do not pass Confirm=true to a non-interactive call"
     )]
-    ConfirmationRequired { call: Call, message: String },
+    ConfirmationRequired { call: Box<Call>, message: String },
 
     /// A read got no answer within `exchange.timeout`.
     #[error(
         "{call}: no answer within {}: the service stops cmdlets after 15 minutes; split the work into smaller calls",
         humantime::format_duration(*after)
     )]
-    Timeout { call: Call, after: Duration },
+    Timeout { call: Box<Call>, after: Duration },
 
     /// The service could not be reached (before anything was sent).
     #[error("{call}: cannot reach Exchange Online: {source}: check DNS, proxy and outbound HTTPS")]
     Transport {
-        call: Call,
+        call: Box<Call>,
         #[source]
         source: reqwest::Error,
     },
@@ -151,7 +154,7 @@ pub enum ExchangeError {
         show_request_id(request_id)
     )]
     Unavailable {
-        call: Call,
+        call: Box<Call>,
         status: Option<u16>,
         message: String,
         attempts: u32,
@@ -165,7 +168,7 @@ pub enum ExchangeError {
         show_request_id(request_id)
     )]
     OutcomeUnknown {
-        call: Call,
+        call: Box<Call>,
         cause: String,
         request_id: Option<String>,
     },
@@ -175,7 +178,7 @@ pub enum ExchangeError {
         "{call}: results incomplete after {pages} pages ({records} records): {source}: run the call again"
     )]
     IncompleteResults {
-        call: Call,
+        call: Box<Call>,
         pages: usize,
         records: u64,
         #[source]
@@ -184,11 +187,11 @@ pub enum ExchangeError {
 
     /// The service answered something this client will not follow or cannot read.
     #[error("{call}: {message}")]
-    Protocol { call: Call, message: String },
+    Protocol { call: Box<Call>, message: String },
 
     /// The caller cancelled the call.
     #[error("{call}: cancelled before it finished; a write may or may not have been applied")]
-    Cancelled { call: Call },
+    Cancelled { call: Box<Call> },
 }
 
 fn cmdlet_advice(class: Option<&str>, status: u16) -> &'static str {
@@ -224,7 +227,7 @@ impl ExchangeError {
             | ExchangeError::OutcomeUnknown { call, .. }
             | ExchangeError::IncompleteResults { call, .. }
             | ExchangeError::Protocol { call, .. }
-            | ExchangeError::Cancelled { call } => Some(call),
+            | ExchangeError::Cancelled { call } => Some(call.as_ref()),
         }
     }
 
@@ -268,35 +271,49 @@ mod tests {
         let table: Vec<(ExchangeError, &[&str])> = vec![
             (
                 ExchangeError::Forbidden {
-                    call: call(),
+                    call: Box::new(call()),
                     diagnostics: Some("2000008;reason=\"no roles\"".into()),
                     request_id: Some("r-1".into()),
                     hint: Some("the token has no Exchange.ManageAsApp role".into()),
                 },
-                &["Set-Mailbox on 'a@contoso.com'", "2000008", "r-1", "Exchange.ManageAsApp", "deploy/permissions"],
+                &[
+                    "Set-Mailbox on 'a@contoso.com'",
+                    "2000008",
+                    "r-1",
+                    "Exchange.ManageAsApp",
+                    "deploy/permissions",
+                ],
             ),
             (
                 ExchangeError::CmdletFailed {
-                    call: call(),
+                    call: Box::new(call()),
                     status: 400,
                     class: Some("System.Management.Automation.ParameterBindingException".into()),
-                    message: "A parameter cannot be found that matches parameter name 'Foo'.".into(),
+                    message: "A parameter cannot be found that matches parameter name 'Foo'."
+                        .into(),
                     error_id: None,
                     request_id: None,
                 },
-                &["ParameterBindingException: A parameter cannot be found", "check the parameter names"],
+                &[
+                    "ParameterBindingException: A parameter cannot be found",
+                    "check the parameter names",
+                ],
             ),
             (
                 ExchangeError::OutcomeUnknown {
-                    call: call(),
+                    call: Box::new(call()),
                     cause: "HTTP 502".into(),
                     request_id: None,
                 },
-                &["may or may not have been applied", "not retried", "check the object's current state"],
+                &[
+                    "may or may not have been applied",
+                    "not retried",
+                    "check the object's current state",
+                ],
             ),
             (
                 ExchangeError::Throttled {
-                    call: call(),
+                    call: Box::new(call()),
                     retry_after: Some(Duration::from_millis(1500)),
                     attempts: 6,
                     message: None,
@@ -305,7 +322,10 @@ mod tests {
                 &["after 6 attempts", "wait 1.5s", "exchange.max_concurrency"],
             ),
             (
-                ExchangeError::Timeout { call: call(), after: Duration::from_secs(960) },
+                ExchangeError::Timeout {
+                    call: Box::new(call()),
+                    after: Duration::from_secs(960),
+                },
                 &["16m", "split the work"],
             ),
         ];

@@ -23,7 +23,7 @@ pub mod retry;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
-pub use client::{ExchangeClient, InvokeOptions, Invocation, Output, Page};
+pub use client::{ExchangeClient, Invocation, InvokeOptions, Output, Page};
 pub use error::ExchangeError;
 pub use limiter::TenantLimiter;
 pub use params::{ParamValue, Parameters};

@@ -391,7 +391,12 @@ mod tests {
                 "text with | a pipe",
             ),
             ("a | b | c", None, None, "a | b | c"),
-            ("Error executing cmdlet", None, None, "Error executing cmdlet"),
+            (
+                "Error executing cmdlet",
+                None,
+                None,
+                "Error executing cmdlet",
+            ),
         ];
         for (text, id, class, message) in table {
             let issue = parse_issue(text);
@@ -444,7 +449,10 @@ mod tests {
     #[test]
     fn a_gateway_page_is_kept_as_a_short_message() {
         let body = parse_error_body(b"<html>502 Bad Gateway</html>").unwrap();
-        assert_eq!(body.best_message().as_deref(), Some("<html>502 Bad Gateway</html>"));
+        assert_eq!(
+            body.best_message().as_deref(),
+            Some("<html>502 Bad Gateway</html>")
+        );
     }
 
     #[test]
@@ -502,7 +510,10 @@ mod tests {
             assert_eq!(parse_retry_after(text), expected, "{text}");
         }
         let messages = [
-            ("Too many requests. Try again in 12 seconds.", Some(Duration::from_secs(12))),
+            (
+                "Too many requests. Try again in 12 seconds.",
+                Some(Duration::from_secs(12)),
+            ),
             ("wait 0.25 second", Some(Duration::from_millis(250))),
             ("Please wait and try again", None),
         ];

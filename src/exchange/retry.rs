@@ -116,7 +116,9 @@ pub enum Failure {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Retry { after: Duration },
+    Retry {
+        after: Duration,
+    },
     /// Fetch a new token (passing the claims challenge) and try again at once.
     RefreshToken,
     /// Report the failure.

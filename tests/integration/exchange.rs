@@ -56,7 +56,10 @@ async fn every_parameter_kind_reaches_the_wire_as_the_module_encodes_it() {
         (
             "EmailAddresses",
             hashtable(&[
-                ("Add", vec!["smtp:av@contoso.com", "smtp:adele@contoso.com"].into()),
+                (
+                    "Add",
+                    vec!["smtp:av@contoso.com", "smtp:adele@contoso.com"].into(),
+                ),
                 ("Remove", "smtp:adele.vance@contoso.onmicrosoft.com".into()),
             ]),
         ),
@@ -145,7 +148,10 @@ async fn every_request_carries_the_documented_headers_and_ids() {
     let t = tenant_with(small(), |s| s.page_size = 10).await;
     let output = t
         .client
-        .invoke_all("Get-Mailbox", parameters([("ResultSize", "Unlimited".into())]))
+        .invoke_all(
+            "Get-Mailbox",
+            parameters([("ResultSize", "Unlimited".into())]),
+        )
         .await
         .unwrap();
     assert_eq!(output.records.len(), 25);
@@ -167,10 +173,17 @@ async fn every_request_carries_the_documented_headers_and_ids() {
         assert_eq!(call.header("accept"), Some("application/json"));
         assert_eq!(call.header("x-responseformat"), Some("json"));
         assert_eq!(call.header("x-anchormailbox"), Some(anchor.as_str()));
-        assert_eq!(call.header("x-clientapplication"), Some("ExoManagementModule"));
+        assert_eq!(
+            call.header("x-clientapplication"),
+            Some("ExoManagementModule")
+        );
         assert_eq!(call.header("x-serializationlevel"), Some("Partial"));
         assert_eq!(call.header("prefer"), Some("odata.maxpagesize=10"));
-        assert!(call.header("accept-encoding").unwrap_or("").contains("gzip"));
+        assert!(
+            call.header("accept-encoding")
+                .unwrap_or("")
+                .contains("gzip")
+        );
         assert_eq!(call.header("x-cmdletname"), call.cmdlet());
         let id = call.header("client-request-id").unwrap();
         assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
@@ -179,7 +192,10 @@ async fn every_request_carries_the_documented_headers_and_ids() {
         .iter()
         .map(|c| c.header("client-request-id").unwrap())
         .collect();
-    assert!(request_ids[..3].iter().all(|id| *id == request_ids[0]), "one id per logical call, reused by its pages");
+    assert!(
+        request_ids[..3].iter().all(|id| *id == request_ids[0]),
+        "one id per logical call, reused by its pages"
+    );
     assert_ne!(request_ids[3], request_ids[0], "a new call gets a new id");
     let connection_ids: HashSet<&str> = calls
         .iter()
@@ -187,7 +203,10 @@ async fn every_request_carries_the_documented_headers_and_ids() {
         .collect();
     assert_eq!(connection_ids.len(), 1, "one connection id per client");
     assert!(
-        calls[0].path.ends_with(&format!("/adminapi/beta/{}/InvokeCommand", t.sim.tenant_id())),
+        calls[0].path.ends_with(&format!(
+            "/adminapi/beta/{}/InvokeCommand",
+            t.sim.tenant_id()
+        )),
         "the tenant segment defaults to the token's tid: {}",
         calls[0].path
     );
@@ -205,9 +224,11 @@ async fn the_initial_domain_can_be_configured_as_the_organization() {
         .await
         .unwrap();
     assert_eq!(output.records.len(), 2);
-    assert!(t.calls()[0]
-        .path
-        .contains("/adminapi/beta/contoso.onmicrosoft.com/InvokeCommand"));
+    assert!(
+        t.calls()[0]
+            .path
+            .contains("/adminapi/beta/contoso.onmicrosoft.com/InvokeCommand")
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -216,16 +237,24 @@ async fn the_initial_domain_can_be_configured_as_the_organization() {
 #[tokio::test]
 async fn unlimited_reads_post_the_same_body_to_each_next_link() {
     let t = tenant_with(small(), |s| s.page_size = 10).await;
-    let mut invocation = t
-        .client
-        .invoke("Get-Mailbox", parameters([("ResultSize", "Unlimited".into())]));
+    let mut invocation = t.client.invoke(
+        "Get-Mailbox",
+        parameters([("ResultSize", "Unlimited".into())]),
+    );
     let mut sizes = Vec::new();
     let mut names = HashSet::new();
     while let Some(page) = invocation.next().await {
         let page = page.unwrap();
-        assert!(page.warnings.is_empty(), "the paging notice is not a cmdlet warning: {:?}", page.warnings);
+        assert!(
+            page.warnings.is_empty(),
+            "the paging notice is not a cmdlet warning: {:?}",
+            page.warnings
+        );
         for record in &page.records {
-            assert!(record.keys().all(|k| !k.contains('@')), "annotations stripped: {record:?}");
+            assert!(
+                record.keys().all(|k| !k.contains('@')),
+                "annotations stripped: {record:?}"
+            );
             names.insert(record["Name"].as_str().unwrap().to_string());
         }
         sizes.push(page.records.len());
@@ -259,7 +288,10 @@ async fn a_numeric_result_size_stops_early_and_shrinks_the_page() {
         .collect();
     assert_eq!(prefers, vec!["odata.maxpagesize=10", "odata.maxpagesize=5"]);
     assert!(
-        output.warnings.iter().any(|w| w.starts_with("There are more results available")),
+        output
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("There are more results available")),
         "the service's truncation warning on the last page is kept: {:?}",
         output.warnings
     );
@@ -282,20 +314,32 @@ async fn a_result_size_within_one_page_sends_one_request() {
 
 #[tokio::test]
 async fn a_consumer_that_reads_one_page_causes_exactly_one_request() {
-    let t = tenant_with(SimulatorConfig::default().with_mailboxes(100), |s| s.page_size = 10).await;
-    let mut invocation = t
-        .client
-        .invoke("Get-Mailbox", parameters([("ResultSize", "Unlimited".into())]));
+    let t = tenant_with(SimulatorConfig::default().with_mailboxes(100), |s| {
+        s.page_size = 10
+    })
+    .await;
+    let mut invocation = t.client.invoke(
+        "Get-Mailbox",
+        parameters([("ResultSize", "Unlimited".into())]),
+    );
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
-    assert_eq!(t.calls().len(), 0, "nothing is sent before the stream is polled");
+    assert_eq!(
+        t.calls().len(),
+        0,
+        "nothing is sent before the stream is polled"
+    );
     let first = invocation.next().await.unwrap().unwrap();
     assert_eq!(first.records.len(), 10);
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
-    assert_eq!(t.calls().len(), 1, "no page is fetched ahead of the consumer");
+    assert_eq!(
+        t.calls().len(),
+        1,
+        "no page is fetched ahead of the consumer"
+    );
     drop(invocation);
     assert_eq!(t.calls().len(), 1);
 }
@@ -303,30 +347,46 @@ async fn a_consumer_that_reads_one_page_causes_exactly_one_request() {
 #[tokio::test]
 async fn an_expired_next_link_fails_the_whole_read() {
     let t = tenant_with(small(), |s| s.page_size = 10).await;
-    let mut invocation = t
-        .client
-        .invoke("Get-Mailbox", parameters([("ResultSize", "Unlimited".into())]));
+    let mut invocation = t.client.invoke(
+        "Get-Mailbox",
+        parameters([("ResultSize", "Unlimited".into())]),
+    );
     invocation.next().await.unwrap().unwrap();
     t.sim.expire_next_links();
     let error = invocation.next().await.unwrap().unwrap_err();
     match &error {
-        ExchangeError::IncompleteResults { pages, records, source, .. } => {
+        ExchangeError::IncompleteResults {
+            pages,
+            records,
+            source,
+            ..
+        } => {
             assert_eq!((*pages, *records), (1, 10));
-            assert!(source.to_string().contains("continuation token"), "{source}");
+            assert!(
+                source.to_string().contains("continuation token"),
+                "{source}"
+            );
         }
         other => panic!("expected IncompleteResults, got {other:?}"),
     }
-    assert!(invocation.next().await.is_none(), "the stream ends after an error");
+    assert!(
+        invocation.next().await.is_none(),
+        "the stream ends after an error"
+    );
     assert!(error.to_string().contains("results incomplete"), "{error}");
 
     // Collecting never returns a partial list.
-    let mut invocation = t
-        .client
-        .invoke("Get-Mailbox", parameters([("ResultSize", "Unlimited".into())]));
+    let mut invocation = t.client.invoke(
+        "Get-Mailbox",
+        parameters([("ResultSize", "Unlimited".into())]),
+    );
     invocation.next().await.unwrap().unwrap();
     t.sim.expire_next_links();
     let rest = invocation.output().await;
-    assert!(matches!(rest, Err(ExchangeError::IncompleteResults { .. })), "{rest:?}");
+    assert!(
+        matches!(rest, Err(ExchangeError::IncompleteResults { .. })),
+        "{rest:?}"
+    );
 }
 
 #[tokio::test]
@@ -337,11 +397,17 @@ async fn a_next_link_to_another_origin_is_refused_without_following_it() {
         .set_next_link_base(Some(format!("http://localhost:{port}")));
     let error = t
         .client
-        .invoke_all("Get-Mailbox", parameters([("ResultSize", "Unlimited".into())]))
+        .invoke_all(
+            "Get-Mailbox",
+            parameters([("ResultSize", "Unlimited".into())]),
+        )
         .await
         .unwrap_err();
     assert!(matches!(error, ExchangeError::Protocol { .. }), "{error:?}");
-    assert!(error.to_string().contains("refused a next-page link"), "{error}");
+    assert!(
+        error.to_string().contains("refused a next-page link"),
+        "{error}"
+    );
     assert_eq!(t.calls().len(), 1);
 }
 
@@ -363,7 +429,11 @@ async fn a_redirect_is_followed_by_re_posting_body_and_headers_to_the_regional_h
         t.client
             .invoke_all(
                 "Set-Mailbox",
-                with(identity("adele.vance"), "HiddenFromAddressListsEnabled", true.into()),
+                with(
+                    identity("adele.vance"),
+                    "HiddenFromAddressListsEnabled",
+                    true.into(),
+                ),
             )
             .await
             .unwrap();
@@ -371,12 +441,27 @@ async fn a_redirect_is_followed_by_re_posting_body_and_headers_to_the_regional_h
         assert_eq!(calls.len(), 2, "HTTP {status}");
         assert_eq!(calls[0].listener, Listener::Primary);
         assert_eq!(calls[1].listener, Listener::Regional);
-        assert_eq!(calls[1].method, "POST", "HTTP {status} must not become a GET");
+        assert_eq!(
+            calls[1].method, "POST",
+            "HTTP {status} must not become a GET"
+        );
         assert_eq!(calls[1].body, calls[0].body);
         assert_eq!(calls[1].header("authorization"), Some("Bearer [redacted]"));
-        assert_eq!(calls[1].header("client-request-id"), calls[0].header("client-request-id"));
-        assert_eq!(calls[1].header("cookie"), Some("exo-affinity=0"), "affinity cookie kept");
-        assert!(t.sim.mailbox("adele.vance").unwrap().hidden_from_address_lists_enabled);
+        assert_eq!(
+            calls[1].header("client-request-id"),
+            calls[0].header("client-request-id")
+        );
+        assert_eq!(
+            calls[1].header("cookie"),
+            Some("exo-affinity=0"),
+            "affinity cookie kept"
+        );
+        assert!(
+            t.sim
+                .mailbox("adele.vance")
+                .unwrap()
+                .hidden_from_address_lists_enabled
+        );
     }
 }
 
@@ -415,7 +500,10 @@ async fn a_redirect_to_a_foreign_host_is_refused() {
     );
     let error = t
         .client
-        .invoke_all("Set-Mailbox", with(identity("adele.vance"), "AuditEnabled", false.into()))
+        .invoke_all(
+            "Set-Mailbox",
+            with(identity("adele.vance"), "AuditEnabled", false.into()),
+        )
         .await
         .unwrap_err();
     assert!(matches!(error, ExchangeError::Protocol { .. }), "{error:?}");
@@ -457,10 +545,17 @@ async fn throttling_waits_and_retries_and_halves_the_tenant_limit() {
         2,
     );
     t.client
-        .invoke_all("Set-Mailbox", with(identity("adele.vance"), "AuditEnabled", false.into()))
+        .invoke_all(
+            "Set-Mailbox",
+            with(identity("adele.vance"), "AuditEnabled", false.into()),
+        )
         .await
         .unwrap();
-    assert_eq!(t.calls().len(), 3, "a throttled write is not executed, so it is retried");
+    assert_eq!(
+        t.calls().len(),
+        3,
+        "a throttled write is not executed, so it is retried"
+    );
     assert_eq!(t.limiter.throttles(), 2);
     assert!(t.limiter.limit() < 8.0, "{}", t.limiter.limit());
     assert!(!t.sim.mailbox("adele.vance").unwrap().audit_enabled);
@@ -469,16 +564,24 @@ async fn throttling_waits_and_retries_and_halves_the_tenant_limit() {
 #[tokio::test]
 async fn persistent_throttling_gives_up_after_the_allowed_attempts() {
     let t = tenant_with(small(), |s| s.max_retries = 2).await;
-    t.sim.inject(None, Fault::Throttle { retry_after: None }, 10);
+    t.sim
+        .inject(None, Fault::Throttle { retry_after: None }, 10);
     let error = t
         .client
         .invoke_all("Get-Mailbox", identity("sales"))
         .await
         .unwrap_err();
     match &error {
-        ExchangeError::Throttled { attempts, message, .. } => {
+        ExchangeError::Throttled {
+            attempts, message, ..
+        } => {
             assert_eq!(*attempts, 3);
-            assert!(message.as_deref().unwrap_or("").contains("maximum number of concurrent requests"));
+            assert!(
+                message
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("maximum number of concurrent requests")
+            );
         }
         other => panic!("expected Throttled, got {other:?}"),
     }
@@ -504,18 +607,39 @@ async fn a_wait_longer_than_the_deadline_is_not_started() {
         .invoke_all("Get-Mailbox", identity("sales"))
         .await
         .unwrap_err();
-    assert!(matches!(error, ExchangeError::Throttled { attempts: 1, .. }), "{error:?}");
+    assert!(
+        matches!(error, ExchangeError::Throttled { attempts: 1, .. }),
+        "{error:?}"
+    );
     assert_eq!(t.calls().len(), 1);
 }
 
 #[tokio::test]
 async fn reads_are_retried_after_server_errors_and_transient_exceptions() {
     let faults = [
-        Fault::ServerError { status: 503, exception: None, after_executing: false },
-        Fault::ServerError { status: 504, exception: None, after_executing: false },
-        Fault::ServerError { status: 502, exception: None, after_executing: false },
-        Fault::ServerError { status: 500, exception: Some("DCOverloadedException".into()), after_executing: false },
-        Fault::ConnectionReset { after_executing: true },
+        Fault::ServerError {
+            status: 503,
+            exception: None,
+            after_executing: false,
+        },
+        Fault::ServerError {
+            status: 504,
+            exception: None,
+            after_executing: false,
+        },
+        Fault::ServerError {
+            status: 502,
+            exception: None,
+            after_executing: false,
+        },
+        Fault::ServerError {
+            status: 500,
+            exception: Some("DCOverloadedException".into()),
+            after_executing: false,
+        },
+        Fault::ConnectionReset {
+            after_executing: true,
+        },
     ];
     for fault in faults {
         let t = tenant(small()).await;
@@ -546,18 +670,29 @@ async fn a_write_is_not_replayed_after_a_500_that_may_have_applied_it() {
         .client
         .invoke_all(
             "Set-Mailbox",
-            with(identity("adele.vance"), "ForwardingSmtpAddress", "boss@fabrikam.example".into()),
+            with(
+                identity("adele.vance"),
+                "ForwardingSmtpAddress",
+                "boss@fabrikam.example".into(),
+            ),
         )
         .await
         .unwrap_err();
-    assert!(matches!(error, ExchangeError::OutcomeUnknown { .. }), "{error:?}");
+    assert!(
+        matches!(error, ExchangeError::OutcomeUnknown { .. }),
+        "{error:?}"
+    );
     assert!(error.may_have_applied());
     let text = error.to_string();
     assert!(text.contains("Set-Mailbox on 'adele.vance'"), "{text}");
     assert!(text.contains("not retried"), "{text}");
     assert_eq!(t.calls().len(), 1, "never replayed");
     assert_eq!(
-        t.sim.mailbox("adele.vance").unwrap().forwarding_smtp_address.as_deref(),
+        t.sim
+            .mailbox("adele.vance")
+            .unwrap()
+            .forwarding_smtp_address
+            .as_deref(),
         Some("smtp:boss@fabrikam.example"),
         "the service did apply it"
     );
@@ -566,14 +701,29 @@ async fn a_write_is_not_replayed_after_a_500_that_may_have_applied_it() {
 #[tokio::test]
 async fn a_write_is_not_replayed_after_a_dropped_connection_or_a_gateway_error() {
     let faults = [
-        Fault::ConnectionReset { after_executing: true },
-        Fault::ServerError { status: 502, exception: None, after_executing: true },
-        Fault::ServerError { status: 503, exception: None, after_executing: false },
-        Fault::ServerError { status: 500, exception: Some("StorageTransientException".into()), after_executing: false },
+        Fault::ConnectionReset {
+            after_executing: true,
+        },
+        Fault::ServerError {
+            status: 502,
+            exception: None,
+            after_executing: true,
+        },
+        Fault::ServerError {
+            status: 503,
+            exception: None,
+            after_executing: false,
+        },
+        Fault::ServerError {
+            status: 500,
+            exception: Some("StorageTransientException".into()),
+            after_executing: false,
+        },
     ];
     for fault in faults {
         let t = tenant(small()).await;
-        t.sim.inject(Some("Add-MailboxPermission"), fault.clone(), 1);
+        t.sim
+            .inject(Some("Add-MailboxPermission"), fault.clone(), 1);
         let error = t
             .client
             .invoke_all(
@@ -586,7 +736,10 @@ async fn a_write_is_not_replayed_after_a_dropped_connection_or_a_gateway_error()
             )
             .await
             .unwrap_err();
-        assert!(matches!(error, ExchangeError::OutcomeUnknown { .. }), "{fault:?}: {error:?}");
+        assert!(
+            matches!(error, ExchangeError::OutcomeUnknown { .. }),
+            "{fault:?}: {error:?}"
+        );
         assert_eq!(t.calls().len(), 1, "{fault:?}");
     }
 }
@@ -596,7 +749,11 @@ async fn a_write_declared_idempotent_is_replayed_after_a_server_error() {
     let t = tenant(small()).await;
     t.sim.inject(
         Some("Set-CASMailbox"),
-        Fault::ServerError { status: 503, exception: None, after_executing: false },
+        Fault::ServerError {
+            status: 503,
+            exception: None,
+            after_executing: false,
+        },
         1,
     );
     let options = InvokeOptions {
@@ -631,10 +788,16 @@ async fn no_answer_in_time_is_a_timeout_for_a_read_and_unknown_for_a_write() {
     assert!(matches!(read, ExchangeError::Timeout { .. }), "{read:?}");
     let write = t
         .client
-        .invoke_all("Set-Mailbox", with(identity("sales"), "AuditEnabled", false.into()))
+        .invoke_all(
+            "Set-Mailbox",
+            with(identity("sales"), "AuditEnabled", false.into()),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(write, ExchangeError::OutcomeUnknown { .. }), "{write:?}");
+    assert!(
+        matches!(write, ExchangeError::OutcomeUnknown { .. }),
+        "{write:?}"
+    );
     assert!(write.to_string().contains("no answer within"), "{write}");
 }
 
@@ -669,7 +832,10 @@ async fn a_401_that_persists_after_one_refresh_is_unauthorized_with_the_reason()
         .unwrap_err();
     match &error {
         ExchangeError::Unauthorized { reason, .. } => {
-            assert!(reason.contains("neither the token's tenant id nor its initial domain"), "{reason}");
+            assert!(
+                reason.contains("neither the token's tenant id nor its initial domain"),
+                "{reason}"
+            );
         }
         other => panic!("expected Unauthorized, got {other:?}"),
     }
@@ -680,13 +846,17 @@ async fn a_401_that_persists_after_one_refresh_is_unauthorized_with_the_reason()
 #[tokio::test]
 async fn an_unsupported_directory_role_is_not_retried_and_says_what_to_assign() {
     let t = tenant(small()).await;
-    t.tokens.set_claim("wids", json!(["0997a1d0-0d1d-4acb-b408-d5ca73121e90"]));
+    t.tokens
+        .set_claim("wids", json!(["0997a1d0-0d1d-4acb-b408-d5ca73121e90"]));
     let error = t
         .client
         .invoke_all("Get-Mailbox", identity("sales"))
         .await
         .unwrap_err();
-    assert!(matches!(error, ExchangeError::Unauthorized { .. }), "{error:?}");
+    assert!(
+        matches!(error, ExchangeError::Unauthorized { .. }),
+        "{error:?}"
+    );
     let text = error.to_string();
     assert!(text.contains("isn't supported in this scenario"), "{text}");
     assert!(text.contains("Exchange Administrator"), "{text}");
@@ -698,23 +868,33 @@ async fn an_unsupported_directory_role_is_not_retried_and_says_what_to_assign() 
 #[tokio::test]
 async fn a_reader_role_may_read_but_not_write() {
     let t = tenant(small()).await;
-    t.tokens.set_claim("wids", json!(["f2ef992c-3afb-46b9-b7cf-a126ee74c451"]));
+    t.tokens
+        .set_claim("wids", json!(["f2ef992c-3afb-46b9-b7cf-a126ee74c451"]));
     t.client
         .invoke_all("Get-Mailbox", identity("sales"))
         .await
         .unwrap();
     let error = t
         .client
-        .invoke_all("Set-Mailbox", with(identity("sales"), "AuditEnabled", false.into()))
+        .invoke_all(
+            "Set-Mailbox",
+            with(identity("sales"), "AuditEnabled", false.into()),
+        )
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("User is not allowed to call Set-Mailbox"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("User is not allowed to call Set-Mailbox"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
 async fn a_token_without_the_app_role_is_forbidden_with_diagnostics_and_never_shown() {
     let t = tenant(small()).await;
-    t.tokens.set_claim("roles", json!(["Exchange.ManageAsAppV2"]));
+    t.tokens
+        .set_claim("roles", json!(["Exchange.ManageAsAppV2"]));
     let token = runbook_worker::identity::TokenSource::token(&*t.tokens, "x")
         .await
         .unwrap();
@@ -724,10 +904,23 @@ async fn a_token_without_the_app_role_is_forbidden_with_diagnostics_and_never_sh
         .await
         .unwrap_err();
     match &error {
-        ExchangeError::Forbidden { diagnostics, request_id, hint, .. } => {
-            assert!(diagnostics.as_deref().unwrap_or("").starts_with("2000008"), "{diagnostics:?}");
+        ExchangeError::Forbidden {
+            diagnostics,
+            request_id,
+            hint,
+            ..
+        } => {
+            assert!(
+                diagnostics.as_deref().unwrap_or("").starts_with("2000008"),
+                "{diagnostics:?}"
+            );
             assert!(request_id.is_some());
-            assert!(hint.as_deref().unwrap_or("").contains("no Exchange.ManageAsApp app role"), "{hint:?}");
+            assert!(
+                hint.as_deref()
+                    .unwrap_or("")
+                    .contains("no Exchange.ManageAsApp app role"),
+                "{hint:?}"
+            );
         }
         other => panic!("expected Forbidden, got {other:?}"),
     }
@@ -742,14 +935,23 @@ async fn a_token_without_the_app_role_is_forbidden_with_diagnostics_and_never_sh
 #[tokio::test]
 async fn a_token_for_another_resource_is_forbidden_and_the_hint_names_the_audience() {
     let t = tenant(small()).await;
-    t.tokens.set_claim("aud", json!("https://graph.microsoft.com"));
+    t.tokens
+        .set_claim("aud", json!("https://graph.microsoft.com"));
     let error = t
         .client
         .invoke_all("Get-OrganizationConfig", Parameters::new())
         .await
         .unwrap_err();
-    assert!(matches!(error, ExchangeError::Forbidden { .. }), "{error:?}");
-    assert!(error.to_string().contains("audience is https://graph.microsoft.com"), "{error}");
+    assert!(
+        matches!(error, ExchangeError::Forbidden { .. }),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("audience is https://graph.microsoft.com"),
+        "{error}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -764,13 +966,25 @@ async fn an_unknown_object_is_not_found_with_the_service_message() {
         .await
         .unwrap_err();
     match &error {
-        ExchangeError::NotFound { message, request_id, .. } => {
-            assert!(message.contains("'nobody@contoso.com' couldn't be found"), "{message}");
+        ExchangeError::NotFound {
+            message,
+            request_id,
+            ..
+        } => {
+            assert!(
+                message.contains("'nobody@contoso.com' couldn't be found"),
+                "{message}"
+            );
             assert!(request_id.is_some());
         }
         other => panic!("expected NotFound, got {other:?}"),
     }
-    assert!(error.to_string().starts_with("Get-Mailbox on 'nobody@contoso.com': not found"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("Get-Mailbox on 'nobody@contoso.com': not found"),
+        "{error}"
+    );
     assert_eq!(t.calls().len(), 1);
 }
 
@@ -780,14 +994,28 @@ async fn cmdlet_errors_are_parsed_from_both_detail_forms() {
     // The pipe form: an unknown parameter.
     let error = t
         .client
-        .invoke_all("Set-Mailbox", with(identity("sales"), "Colour", "blue".into()))
+        .invoke_all(
+            "Set-Mailbox",
+            with(identity("sales"), "Colour", "blue".into()),
+        )
         .await
         .unwrap_err();
     match &error {
-        ExchangeError::CmdletFailed { status, class, message, .. } => {
+        ExchangeError::CmdletFailed {
+            status,
+            class,
+            message,
+            ..
+        } => {
             assert_eq!(*status, 400);
-            assert_eq!(class.as_deref(), Some("System.Management.Automation.ParameterBindingException"));
-            assert_eq!(message, "A parameter cannot be found that matches parameter name 'Colour'.");
+            assert_eq!(
+                class.as_deref(),
+                Some("System.Management.Automation.ParameterBindingException")
+            );
+            assert_eq!(
+                message,
+                "A parameter cannot be found that matches parameter name 'Colour'."
+            );
         }
         other => panic!("expected CmdletFailed, got {other:?}"),
     }
@@ -805,8 +1033,16 @@ async fn cmdlet_errors_are_parsed_from_both_detail_forms() {
         .await
         .unwrap_err();
     match &error {
-        ExchangeError::CmdletFailed { class, message, error_id, .. } => {
-            assert_eq!(class.as_deref(), Some("Microsoft.Exchange.Data.Directory.ADObjectAlreadyExistsException"));
+        ExchangeError::CmdletFailed {
+            class,
+            message,
+            error_id,
+            ..
+        } => {
+            assert_eq!(
+                class.as_deref(),
+                Some("Microsoft.Exchange.Data.Directory.ADObjectAlreadyExistsException")
+            );
             assert!(message.contains("is already being used"), "{message}");
             assert_eq!(error_id.as_deref(), Some("ErrorProxyAddressAlreadyExists"));
         }
@@ -818,8 +1054,14 @@ async fn cmdlet_errors_are_parsed_from_both_detail_forms() {
         .invoke_all("Get-Mailboxes", Parameters::new())
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("CommandNotFoundException"), "{error}");
-    assert!(error.to_string().contains("check the cmdlet name"), "{error}");
+    assert!(
+        error.to_string().contains("CommandNotFoundException"),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("check the cmdlet name"),
+        "{error}"
+    );
     assert_eq!(t.calls().len(), 3, "definite answers are not retried");
 }
 
@@ -828,7 +1070,14 @@ async fn warnings_and_non_terminating_errors_reach_the_caller() {
     let t = tenant(small()).await;
     let output = t
         .client
-        .invoke_all("Set-Mailbox", with(identity("sales"), "HiddenFromAddressListsEnabled", true.into()))
+        .invoke_all(
+            "Set-Mailbox",
+            with(
+                identity("sales"),
+                "HiddenFromAddressListsEnabled",
+                true.into(),
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -858,13 +1107,28 @@ async fn high_impact_cmdlets_act_because_confirm_false_is_sent() {
         ("User", "adele.vance".into()),
         ("AccessRights", vec!["FullAccess"].into()),
     ]);
-    let added = t.client.invoke_all("Add-MailboxPermission", grant.clone()).await.unwrap();
+    let added = t
+        .client
+        .invoke_all("Add-MailboxPermission", grant.clone())
+        .await
+        .unwrap();
     assert_eq!(added.records[0]["User"], json!("adele.vance@contoso.com"));
-    let before = t.client.invoke_all("Get-MailboxPermission", identity("sales")).await.unwrap();
+    let before = t
+        .client
+        .invoke_all("Get-MailboxPermission", identity("sales"))
+        .await
+        .unwrap();
     assert_eq!(before.records.len(), 2, "SELF and Adele");
 
-    t.client.invoke_all("Remove-MailboxPermission", grant.clone()).await.unwrap();
-    let after = t.client.invoke_all("Get-MailboxPermission", identity("sales")).await.unwrap();
+    t.client
+        .invoke_all("Remove-MailboxPermission", grant.clone())
+        .await
+        .unwrap();
+    let after = t
+        .client
+        .invoke_all("Get-MailboxPermission", identity("sales"))
+        .await
+        .unwrap();
     assert_eq!(after.records.len(), 1);
     let remove = t
         .calls()
@@ -874,13 +1138,22 @@ async fn high_impact_cmdlets_act_because_confirm_false_is_sent() {
     assert_eq!(remove.parameters().unwrap()["Confirm"], json!(false));
 
     // A caller who insists on confirmation gets told nothing happened.
-    t.client.invoke_all("Add-MailboxPermission", grant.clone()).await.unwrap();
+    t.client
+        .invoke_all("Add-MailboxPermission", grant.clone())
+        .await
+        .unwrap();
     let error = t
         .client
-        .invoke_all("Remove-MailboxPermission", with(grant, "Confirm", true.into()))
+        .invoke_all(
+            "Remove-MailboxPermission",
+            with(grant, "Confirm", true.into()),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(error, ExchangeError::ConfirmationRequired { .. }), "{error:?}");
+    assert!(
+        matches!(error, ExchangeError::ConfirmationRequired { .. }),
+        "{error:?}"
+    );
     assert_eq!(t.sim.with_org(|o| o.mailbox_permissions[&2].len()), 1);
 }
 
@@ -890,25 +1163,46 @@ async fn the_runbook_cmdlets_work_end_to_end() {
     let c = &t.client;
     // Archives.
     let enabled = c
-        .invoke_all("Enable-Mailbox", with(identity("adele.vance"), "Archive", true.into()))
+        .invoke_all(
+            "Enable-Mailbox",
+            with(identity("adele.vance"), "Archive", true.into()),
+        )
         .await
         .unwrap();
     assert_eq!(enabled.records[0]["ArchiveStatus"], json!("Active"));
     let again = c
-        .invoke_all("Enable-Mailbox", with(identity("adele.vance"), "Archive", true.into()))
+        .invoke_all(
+            "Enable-Mailbox",
+            with(identity("adele.vance"), "Archive", true.into()),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(again, ExchangeError::CmdletFailed { status: 500, .. }), "{again:?}");
+    assert!(
+        matches!(again, ExchangeError::CmdletFailed { status: 500, .. }),
+        "{again:?}"
+    );
     let stats = c
-        .invoke_all("Get-MailboxStatistics", with(identity("alex.wilber"), "Archive", true.into()))
+        .invoke_all(
+            "Get-MailboxStatistics",
+            with(identity("alex.wilber"), "Archive", true.into()),
+        )
         .await
         .unwrap();
-    assert_eq!(stats.records[0]["TotalItemSize"], json!("3 GB (3,221,225,472 bytes)"));
+    assert_eq!(
+        stats.records[0]["TotalItemSize"],
+        json!("3 GB (3,221,225,472 bytes)")
+    );
     // Client access.
-    c.invoke_all("Set-CASMailbox", with(identity("alex.wilber"), "ImapEnabled", false.into()))
+    c.invoke_all(
+        "Set-CASMailbox",
+        with(identity("alex.wilber"), "ImapEnabled", false.into()),
+    )
+    .await
+    .unwrap();
+    let cas = c
+        .invoke_all("Get-CASMailbox", identity("alex.wilber"))
         .await
         .unwrap();
-    let cas = c.invoke_all("Get-CASMailbox", identity("alex.wilber")).await.unwrap();
     assert_eq!(cas.records[0]["ImapEnabled"], json!(false));
     // Shared mailboxes by type, and the EXO variant's small default property set.
     let shared = c
@@ -954,13 +1248,21 @@ async fn the_runbook_cmdlets_work_end_to_end() {
     .await
     .unwrap();
     let perms = c
-        .invoke_all("Get-MailboxFolderPermission", parameters([("Identity", folder.into())]))
+        .invoke_all(
+            "Get-MailboxFolderPermission",
+            parameters([("Identity", folder.into())]),
+        )
         .await
         .unwrap();
     let rows: Vec<(String, Value)> = perms
         .records
         .iter()
-        .map(|r| (r["User"].as_str().unwrap().to_string(), r["AccessRights"].clone()))
+        .map(|r| {
+            (
+                r["User"].as_str().unwrap().to_string(),
+                r["AccessRights"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         rows,
@@ -971,7 +1273,10 @@ async fn the_runbook_cmdlets_work_end_to_end() {
         ]
     );
     // Organisation-wide reads.
-    let config = c.invoke_all("Get-OrganizationConfig", Parameters::new()).await.unwrap();
+    let config = c
+        .invoke_all("Get-OrganizationConfig", Parameters::new())
+        .await
+        .unwrap();
     assert_eq!(config.records[0]["Name"], json!("contoso.onmicrosoft.com"));
 }
 
@@ -1008,7 +1313,10 @@ async fn the_tenant_concurrency_cap_is_met_by_backing_off_and_lowering_the_limit
         let client = client.clone();
         async move {
             client
-                .invoke_all("Set-Mailbox", with(identity("sales"), "AuditEnabled", false.into()))
+                .invoke_all(
+                    "Set-Mailbox",
+                    with(identity("sales"), "AuditEnabled", false.into()),
+                )
                 .await
         }
     });
@@ -1017,8 +1325,15 @@ async fn the_tenant_concurrency_cap_is_met_by_backing_off_and_lowering_the_limit
         assert!(result.is_ok(), "{result:?}");
     }
     let stats = t.sim.stats();
-    assert!(stats.throttled > 0, "eight callers against a cap of two meet 429s");
-    assert_eq!(t.limiter.throttles(), stats.throttled, "every 429 reached the limiter");
+    assert!(
+        stats.throttled > 0,
+        "eight callers against a cap of two meet 429s"
+    );
+    assert_eq!(
+        t.limiter.throttles(),
+        stats.throttled,
+        "every 429 reached the limiter"
+    );
     assert!(stats.peak_in_flight <= 2);
 }
 
@@ -1040,14 +1355,21 @@ async fn a_cancelled_call_sends_nothing_and_says_so() {
         .output()
         .await
         .unwrap_err();
-    assert!(matches!(error, ExchangeError::Cancelled { .. }), "{error:?}");
+    assert!(
+        matches!(error, ExchangeError::Cancelled { .. }),
+        "{error:?}"
+    );
     assert_eq!(t.calls().len(), 0);
 }
 
 #[tokio::test]
 async fn the_simulator_refuses_a_get_on_invoke_command() {
     let t = tenant(small()).await;
-    let url = format!("{}/adminapi/beta/{}/InvokeCommand", t.sim.base_url(), t.sim.tenant_id());
+    let url = format!(
+        "{}/adminapi/beta/{}/InvokeCommand",
+        t.sim.base_url(),
+        t.sim.tenant_id()
+    );
     let response = reqwest::Client::new().get(url).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 405);
     assert_eq!(response.headers()["allow"], "POST");
@@ -1058,7 +1380,10 @@ async fn records_can_be_consumed_one_by_one_across_pages() {
     let t = tenant_with(small(), |s| s.page_size = 4).await;
     let aliases: Vec<String> = t
         .client
-        .invoke("Get-Mailbox", parameters([("ResultSize", "Unlimited".into())]))
+        .invoke(
+            "Get-Mailbox",
+            parameters([("ResultSize", "Unlimited".into())]),
+        )
         .records()
         .map(|r| r.unwrap()["Alias"].as_str().unwrap().to_string())
         .collect()
@@ -1097,6 +1422,7 @@ async fn a_page_size_out_of_range_is_refused_when_the_client_is_built() {
         ..ExchangeSettings::default()
     };
     let tokens = Arc::new(SimulatedTokens::with_claims(json!({})));
-    let error = ExchangeClient::new(&settings, tokens, Arc::new(TenantLimiter::new(1))).unwrap_err();
+    let error =
+        ExchangeClient::new(&settings, tokens, Arc::new(TenantLimiter::new(1))).unwrap_err();
     assert!(error.to_string().contains("exchange.page_size"), "{error}");
 }

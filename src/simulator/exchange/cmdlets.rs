@@ -49,9 +49,9 @@ pub struct Failure {
 }
 
 fn error_id(class: &str) -> String {
-    let hash = class
-        .bytes()
-        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let hash = class.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     format!("Ex{:06X}", hash & 0xFF_FFFF)
 }
 
@@ -124,7 +124,9 @@ pub fn unknown_cmdlet(name: &str) -> Failure {
 fn conversion(name: &str, value: &Value, to: &str) -> Failure {
     let shown = match value {
         Value::String(s) => s.clone(),
-        Value::Object(_) => "System.Collections.Generic.Dictionary`2[System.String,System.Object]".to_string(),
+        Value::Object(_) => {
+            "System.Collections.Generic.Dictionary`2[System.String,System.Object]".to_string()
+        }
         other => other.to_string(),
     };
     pipe(
@@ -140,7 +142,9 @@ fn missing(name: &str) -> Failure {
     pipe(
         400,
         BINDING,
-        format!("Cannot process command because of one or more missing mandatory parameters: {name}."),
+        format!(
+            "Cannot process command because of one or more missing mandatory parameters: {name}."
+        ),
     )
 }
 
@@ -154,7 +158,9 @@ fn resolve(org: &Organisation, identity: &str) -> Result<usize, Failure> {
         ResolveError::Ambiguous => pipe(
             400,
             AMBIGUOUS,
-            format!("The operation couldn't be performed because '{identity}' matches multiple entries."),
+            format!(
+                "The operation couldn't be performed because '{identity}' matches multiple entries."
+            ),
         ),
     })
 }
@@ -215,7 +221,10 @@ impl Limit {
 pub enum View {
     Mailbox,
     /// `Get-EXOMailbox`: the minimum property set plus `-Properties`, or everything.
-    ExoMailbox { extra: Vec<String>, all: bool },
+    ExoMailbox {
+        extra: Vec<String>,
+        all: bool,
+    },
     CasMailbox,
 }
 
@@ -303,7 +312,10 @@ impl<'a> Args<'a> {
             if key.contains('@') {
                 continue;
             }
-            let known = allowed.iter().chain(COMMON).any(|p| p.eq_ignore_ascii_case(key))
+            let known = allowed
+                .iter()
+                .chain(COMMON)
+                .any(|p| p.eq_ignore_ascii_case(key))
                 || (should_process && SHOULD_PROCESS.iter().any(|p| p.eq_ignore_ascii_case(key)));
             if !known {
                 return Err(unknown_parameter(key));
@@ -346,7 +358,10 @@ impl<'a> Args<'a> {
                 BINDING,
                 format!(
                     "Cannot process argument transformation on parameter '{name}'. Cannot convert value \"{}\" to type \"System.Boolean\". Boolean parameters accept only Boolean values and numbers, such as $True, $False, 1 or 0.",
-                    match other { Value::String(s) => s.clone(), o => o.to_string() }
+                    match other {
+                        Value::String(s) => s.clone(),
+                        o => o.to_string(),
+                    }
                 ),
             )),
         }
@@ -418,7 +433,11 @@ fn result_size(args: &Args<'_>) -> Result<Limit, Failure> {
 }
 
 /// Runs one cmdlet against the organisation.
-pub fn run(org: &mut Organisation, cmdlet: &str, parameters: &Map<String, Value>) -> Result<Outcome, Failure> {
+pub fn run(
+    org: &mut Organisation,
+    cmdlet: &str,
+    parameters: &Map<String, Value>,
+) -> Result<Outcome, Failure> {
     let args = Args { map: parameters };
     match cmdlet.to_ascii_lowercase().as_str() {
         "get-mailbox" => get_mailbox(org, &args, false),
@@ -515,7 +534,18 @@ fn read_query(org: &Organisation, args: &Args<'_>, view: View) -> Result<Query, 
 fn get_mailbox(org: &Organisation, args: &Args<'_>, exo: bool) -> Result<Outcome, Failure> {
     let view = if exo {
         args.check(
-            &["Identity", "ResultSize", "RecipientTypeDetails", "Filter", "Properties", "PropertySets", "Archive", "UserPrincipalName", "PrimarySmtpAddress", "ExternalDirectoryObjectId"],
+            &[
+                "Identity",
+                "ResultSize",
+                "RecipientTypeDetails",
+                "Filter",
+                "Properties",
+                "PropertySets",
+                "Archive",
+                "UserPrincipalName",
+                "PrimarySmtpAddress",
+                "ExternalDirectoryObjectId",
+            ],
             false,
         )?;
         let extra: Vec<String> = args
@@ -533,7 +563,13 @@ fn get_mailbox(org: &Organisation, args: &Args<'_>, exo: bool) -> Result<Outcome
         View::ExoMailbox { extra, all }
     } else {
         args.check(
-            &["Identity", "ResultSize", "RecipientTypeDetails", "Filter", "Archive"],
+            &[
+                "Identity",
+                "ResultSize",
+                "RecipientTypeDetails",
+                "Filter",
+                "Archive",
+            ],
             false,
         )?;
         View::Mailbox
@@ -541,14 +577,20 @@ fn get_mailbox(org: &Organisation, args: &Args<'_>, exo: bool) -> Result<Outcome
     let query = read_query(org, args, view)?;
     let identity = match args.text("Identity")? {
         Some(identity) => Some(identity),
-        None if exo => ["UserPrincipalName", "PrimarySmtpAddress", "ExternalDirectoryObjectId"]
-            .iter()
-            .find_map(|p| args.text(p).ok().flatten()),
+        None if exo => [
+            "UserPrincipalName",
+            "PrimarySmtpAddress",
+            "ExternalDirectoryObjectId",
+        ]
+        .iter()
+        .find_map(|p| args.text(p).ok().flatten()),
         None => None,
     };
     if let Some(identity) = identity {
         let position = resolve(org, &identity)?;
-        let record = query.record_at(org, position).ok_or_else(|| not_found(&identity))?;
+        let record = query
+            .record_at(org, position)
+            .ok_or_else(|| not_found(&identity))?;
         return Ok(Outcome::records(vec![record]));
     }
     Ok(Outcome::Query {
@@ -558,11 +600,16 @@ fn get_mailbox(org: &Organisation, args: &Args<'_>, exo: bool) -> Result<Outcome
 }
 
 fn get_cas_mailbox(org: &Organisation, args: &Args<'_>) -> Result<Outcome, Failure> {
-    args.check(&["Identity", "ResultSize", "Filter", "RecipientTypeDetails"], false)?;
+    args.check(
+        &["Identity", "ResultSize", "Filter", "RecipientTypeDetails"],
+        false,
+    )?;
     let query = read_query(org, args, View::CasMailbox)?;
     if let Some(identity) = args.text("Identity")? {
         let position = resolve(org, &identity)?;
-        let record = query.record_at(org, position).ok_or_else(|| not_found(&identity))?;
+        let record = query
+            .record_at(org, position)
+            .ok_or_else(|| not_found(&identity))?;
         return Ok(Outcome::records(vec![record]));
     }
     Ok(Outcome::Query {
@@ -586,7 +633,9 @@ fn valid_address(address: &str) -> bool {
                 && domain.contains('.')
                 && !domain.starts_with('.')
                 && !domain.ends_with('.')
-                && !address.chars().any(|c| c.is_whitespace() || c == ',' || c == ';')
+                && !address
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == ',' || c == ';')
         }
         _ => false,
     }
@@ -604,7 +653,7 @@ fn bad_address(address: &str) -> Failure {
 /// A proxy address as Exchange stores it: `SMTP:` primary, `smtp:` secondary.
 fn proxy_address(text: &str) -> Result<(bool, String), Failure> {
     let (primary, address) = match text.split_once(':') {
-        Some((prefix, address)) if prefix == "SMTP" => (true, address),
+        Some(("SMTP", address)) => (true, address),
         Some((prefix, address)) if prefix.eq_ignore_ascii_case("smtp") => (false, address),
         Some(_) => return Err(bad_address(text)),
         None => (false, text),
@@ -616,16 +665,33 @@ fn proxy_address(text: &str) -> Result<(bool, String), Failure> {
     Ok((primary, address.to_string()))
 }
 
-fn set_addresses(org: &Organisation, position: usize, m: &mut Mailbox, value: &Value) -> Result<(), Failure> {
+fn set_addresses(
+    org: &Organisation,
+    position: usize,
+    m: &mut Mailbox,
+    value: &Value,
+) -> Result<(), Failure> {
     let as_list = |v: Option<&Value>| -> Result<Vec<String>, Failure> {
         match v {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::String(s)) => Ok(vec![s.clone()]),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|i| i.as_str().map(str::to_string).ok_or_else(|| conversion("EmailAddresses", i, "Microsoft.Exchange.Data.ProxyAddressCollection")))
+                .map(|i| {
+                    i.as_str().map(str::to_string).ok_or_else(|| {
+                        conversion(
+                            "EmailAddresses",
+                            i,
+                            "Microsoft.Exchange.Data.ProxyAddressCollection",
+                        )
+                    })
+                })
                 .collect(),
-            Some(other) => Err(conversion("EmailAddresses", other, "Microsoft.Exchange.Data.ProxyAddressCollection")),
+            Some(other) => Err(conversion(
+                "EmailAddresses",
+                other,
+                "Microsoft.Exchange.Data.ProxyAddressCollection",
+            )),
         }
     };
     let mut addresses = m.email_addresses.clone();
@@ -645,11 +711,13 @@ fn set_addresses(org: &Organisation, position: usize, m: &mut Mailbox, value: &V
                         format!("The primary SMTP address \"{address}\" can't be removed."),
                     ));
                 }
-                addresses.retain(|a| !smtp_address(a).is_some_and(|x| x.eq_ignore_ascii_case(&address)));
+                addresses
+                    .retain(|a| !smtp_address(a).is_some_and(|x| x.eq_ignore_ascii_case(&address)));
             }
             for text in as_list(entry("Add"))? {
                 let (primary, address) = proxy_address(&text)?;
-                addresses.retain(|a| !smtp_address(a).is_some_and(|x| x.eq_ignore_ascii_case(&address)));
+                addresses
+                    .retain(|a| !smtp_address(a).is_some_and(|x| x.eq_ignore_ascii_case(&address)));
                 if primary {
                     for a in &mut addresses {
                         if let Some(rest) = a.strip_prefix("SMTP:") {
@@ -666,11 +734,17 @@ fn set_addresses(org: &Organisation, position: usize, m: &mut Mailbox, value: &V
             addresses.clear();
             for text in as_list(Some(other))? {
                 let (primary, address) = proxy_address(&text)?;
-                addresses.push(format!("{}:{address}", if primary { "SMTP" } else { "smtp" }));
+                addresses.push(format!(
+                    "{}:{address}",
+                    if primary { "SMTP" } else { "smtp" }
+                ));
             }
         }
     }
-    let primaries: Vec<&String> = addresses.iter().filter(|a| a.starts_with("SMTP:")).collect();
+    let primaries: Vec<&String> = addresses
+        .iter()
+        .filter(|a| a.starts_with("SMTP:"))
+        .collect();
     if primaries.len() != 1 {
         return Err(validation(
             "ErrorOnePrimarySmtpAddress",
@@ -678,18 +752,25 @@ fn set_addresses(org: &Organisation, position: usize, m: &mut Mailbox, value: &V
         ));
     }
     for proxy in &addresses {
-        let Some(address) = smtp_address(proxy) else { continue };
+        let Some(address) = smtp_address(proxy) else {
+            continue;
+        };
         let domain = address.rsplit('@').next().unwrap_or("");
         if !org.is_accepted_domain(domain) {
             return Err(validation(
                 "ErrorNotAcceptedDomain",
-                format!("The domain name in the email address \"{address}\" isn't an accepted domain for your organization."),
+                format!(
+                    "The domain name in the email address \"{address}\" isn't an accepted domain for your organization."
+                ),
             ));
         }
         if let Some(owner) = org.address_owner(address)
             && owner != position
         {
-            let other = org.mailbox_at(owner).map(|o| o.name.clone()).unwrap_or_default();
+            let other = org
+                .mailbox_at(owner)
+                .map(|o| o.name.clone())
+                .unwrap_or_default();
             return Err(json_form(
                 400,
                 "Microsoft.Exchange.Data.Directory.ADObjectAlreadyExistsException",
@@ -708,19 +789,32 @@ fn set_addresses(org: &Organisation, position: usize, m: &mut Mailbox, value: &V
 fn quota(args: &Args<'_>, name: &str) -> Result<Option<Quota>, Failure> {
     match args.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(|b| Some(Quota::Bytes(b)))
-            .ok_or_else(|| conversion(name, &Value::Number(n.clone()), "Microsoft.Exchange.Data.Unlimited`1[Microsoft.Exchange.Data.ByteQuantifiedSize]")),
-        Some(Value::String(s)) => Quota::parse(s).map(Some).ok_or_else(|| {
-            conversion(name, &Value::String(s.clone()), "Microsoft.Exchange.Data.Unlimited`1[Microsoft.Exchange.Data.ByteQuantifiedSize]")
+        Some(Value::Number(n)) => n.as_u64().map(|b| Some(Quota::Bytes(b))).ok_or_else(|| {
+            conversion(
+                name,
+                &Value::Number(n.clone()),
+                "Microsoft.Exchange.Data.Unlimited`1[Microsoft.Exchange.Data.ByteQuantifiedSize]",
+            )
         }),
-        Some(other) => Err(conversion(name, other, "Microsoft.Exchange.Data.Unlimited`1[Microsoft.Exchange.Data.ByteQuantifiedSize]")),
+        Some(Value::String(s)) => Quota::parse(s).map(Some).ok_or_else(|| {
+            conversion(
+                name,
+                &Value::String(s.clone()),
+                "Microsoft.Exchange.Data.Unlimited`1[Microsoft.Exchange.Data.ByteQuantifiedSize]",
+            )
+        }),
+        Some(other) => Err(conversion(
+            name,
+            other,
+            "Microsoft.Exchange.Data.Unlimited`1[Microsoft.Exchange.Data.ByteQuantifiedSize]",
+        )),
     }
 }
 
 fn parse_date(name: &str, value: &Value) -> Result<NaiveDateTime, Failure> {
-    let text = value.as_str().ok_or_else(|| conversion(name, value, "System.DateTime"))?;
+    let text = value
+        .as_str()
+        .ok_or_else(|| conversion(name, value, "System.DateTime"))?;
     let trimmed = text.trim().trim_end_matches('Z');
     NaiveDateTime::parse_from_str(trimmed, "%Y-%m-%dT%H:%M:%S%.f")
         .or_else(|_| NaiveDateTime::parse_from_str(trimmed, "%Y-%m-%dT%H:%M:%S"))
@@ -730,17 +824,33 @@ fn parse_date(name: &str, value: &Value) -> Result<NaiveDateTime, Failure> {
 fn set_mailbox(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, Failure> {
     args.check(
         &[
-            "Identity", "EmailAddresses", "ForwardingSmtpAddress", "ForwardingAddress",
-            "DeliverToMailboxAndForward", "ProhibitSendQuota", "ProhibitSendReceiveQuota",
-            "IssueWarningQuota", "UseDatabaseQuotaDefaults", "HiddenFromAddressListsEnabled",
-            "LitigationHoldEnabled", "EndDateForRetentionHold", "DisplayName", "CustomAttribute1",
-            "Type", "GrantSendOnBehalfTo", "AuditEnabled", "Force",
+            "Identity",
+            "EmailAddresses",
+            "ForwardingSmtpAddress",
+            "ForwardingAddress",
+            "DeliverToMailboxAndForward",
+            "ProhibitSendQuota",
+            "ProhibitSendReceiveQuota",
+            "IssueWarningQuota",
+            "UseDatabaseQuotaDefaults",
+            "HiddenFromAddressListsEnabled",
+            "LitigationHoldEnabled",
+            "EndDateForRetentionHold",
+            "DisplayName",
+            "CustomAttribute1",
+            "Type",
+            "GrantSendOnBehalfTo",
+            "AuditEnabled",
+            "Force",
         ],
         true,
     )?;
     let identity = args.required_text("Identity")?;
     let position = resolve(org, &identity)?;
-    let original = org.mailbox_at(position).cloned().ok_or_else(|| not_found(&identity))?;
+    let original = org
+        .mailbox_at(position)
+        .cloned()
+        .ok_or_else(|| not_found(&identity))?;
     let mut m = original.clone();
 
     if let Some(value) = args.get("EmailAddresses") {
@@ -783,7 +893,9 @@ fn set_mailbox(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, Failu
     if let Some(b) = args.flag("UseDatabaseQuotaDefaults")? {
         m.use_database_quota_defaults = b;
     }
-    if m.issue_warning_quota > m.prohibit_send_quota || m.prohibit_send_quota > m.prohibit_send_receive_quota {
+    if m.issue_warning_quota > m.prohibit_send_quota
+        || m.prohibit_send_quota > m.prohibit_send_receive_quota
+    {
         return Err(validation(
             "ErrorQuotaOrder",
             format!(
@@ -813,8 +925,14 @@ fn set_mailbox(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, Failu
         m.custom_attribute1 = args.text("CustomAttribute1")?.filter(|s| !s.is_empty());
     }
     if let Some(kind) = args.text("Type")? {
-        m.recipient_type_details = RecipientTypeDetails::from_conversion_type(&kind)
-            .ok_or_else(|| conversion("Type", &Value::String(kind.clone()), "Microsoft.Exchange.Management.RecipientTasks.ConvertibleMailboxSubType"))?;
+        m.recipient_type_details =
+            RecipientTypeDetails::from_conversion_type(&kind).ok_or_else(|| {
+                conversion(
+                    "Type",
+                    &Value::String(kind.clone()),
+                    "Microsoft.Exchange.Management.RecipientTasks.ConvertibleMailboxSubType",
+                )
+            })?;
         m.account_disabled = m.recipient_type_details != RecipientTypeDetails::UserMailbox;
     }
     if let Some(value) = args.get("GrantSendOnBehalfTo") {
@@ -822,16 +940,37 @@ fn set_mailbox(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, Failu
             let list: Vec<String> = match v {
                 None | Some(Value::Null) => Vec::new(),
                 Some(Value::String(s)) => vec![s.clone()],
-                Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
-                Some(other) => return Err(conversion("GrantSendOnBehalfTo", other, "Microsoft.Exchange.Configuration.Tasks.RecipientWithAdUserGroupIdParameter")),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+                Some(other) => {
+                    return Err(conversion(
+                        "GrantSendOnBehalfTo",
+                        other,
+                        "Microsoft.Exchange.Configuration.Tasks.RecipientWithAdUserGroupIdParameter",
+                    ));
+                }
             };
             list.iter()
-                .map(|id| resolve(org, id).map(|p| org.mailbox_at(p).map(|t| t.name.clone()).unwrap_or_default()))
+                .map(|id| {
+                    resolve(org, id).map(|p| {
+                        org.mailbox_at(p)
+                            .map(|t| t.name.clone())
+                            .unwrap_or_default()
+                    })
+                })
                 .collect()
         };
         match value {
             Value::Object(table) => {
-                let entry = |n: &str| table.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v);
+                let entry = |n: &str| {
+                    table
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                        .map(|(_, v)| v)
+                };
                 for name in names(entry("Remove"))? {
                     m.grant_send_on_behalf_to.retain(|x| x != &name);
                 }
@@ -867,7 +1006,10 @@ fn enable_mailbox(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, Fa
         ));
     }
     let position = resolve(org, &identity)?;
-    let mut m = org.mailbox_at(position).cloned().ok_or_else(|| not_found(&identity))?;
+    let mut m = org
+        .mailbox_at(position)
+        .cloned()
+        .ok_or_else(|| not_found(&identity))?;
     if archive {
         if m.archive.is_some() {
             return Err(pipe(
@@ -892,7 +1034,10 @@ fn enable_mailbox(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, Fa
             return Err(pipe(
                 500,
                 RECIPIENT_TASK,
-                format!("Auto-expanding archiving can't be enabled for {} because it has no archive.", m.name),
+                format!(
+                    "Auto-expanding archiving can't be enabled for {} because it has no archive.",
+                    m.name
+                ),
             ));
         }
         m.auto_expanding_archive = true;
@@ -932,16 +1077,25 @@ fn statistics_record(org: &Organisation, m: &Mailbox, archive: bool) -> Option<V
 }
 
 fn mailbox_statistics(org: &Organisation, args: &Args<'_>) -> Result<Outcome, Failure> {
-    args.check(&["Identity", "Archive", "IncludeSoftDeletedRecipients"], false)?;
+    args.check(
+        &["Identity", "Archive", "IncludeSoftDeletedRecipients"],
+        false,
+    )?;
     let identities = args.texts("Identity")?.ok_or_else(|| missing("Identity"))?;
     let archive = args.flag("Archive")?.unwrap_or(false);
     // One identity: a terminating error. Several (pipeline input): each failure is a
     // non-terminating error and the others are still returned.
     if let [identity] = identities.as_slice() {
         let position = resolve(org, identity)?;
-        let m = org.mailbox_at(position).ok_or_else(|| not_found(identity))?;
+        let m = org
+            .mailbox_at(position)
+            .ok_or_else(|| not_found(identity))?;
         let record = statistics_record(org, m, archive).ok_or_else(|| {
-            pipe(404, NOT_FOUND, format!("The archive of mailbox '{identity}' couldn't be found."))
+            pipe(
+                404,
+                NOT_FOUND,
+                format!("The archive of mailbox '{identity}' couldn't be found."),
+            )
         })?;
         return Ok(Outcome::records(vec![record]));
     }
@@ -1015,7 +1169,9 @@ fn get_mailbox_permission(org: &Organisation, args: &Args<'_>) -> Result<Outcome
     args.check(&["Identity", "User", "Owner", "ResultSize"], false)?;
     let identity = args.required_text("Identity")?;
     let position = resolve(org, &identity)?;
-    let m = org.mailbox_at(position).ok_or_else(|| not_found(&identity))?;
+    let m = org
+        .mailbox_at(position)
+        .ok_or_else(|| not_found(&identity))?;
     let user = match args.text("User")? {
         Some(user) => Some(trustee(org, &user)?),
         None => None,
@@ -1025,7 +1181,12 @@ fn get_mailbox_permission(org: &Organisation, args: &Args<'_>) -> Result<Outcome
         access_rights: vec!["FullAccess".into(), "ReadPermission".into()],
         inheritance_type: "All".into(),
     }];
-    entries.extend(org.mailbox_permissions.get(&position).cloned().unwrap_or_default());
+    entries.extend(
+        org.mailbox_permissions
+            .get(&position)
+            .cloned()
+            .unwrap_or_default(),
+    );
     let records = entries
         .iter()
         .filter(|p| user.as_ref().is_none_or(|u| p.user.eq_ignore_ascii_case(u)))
@@ -1037,19 +1198,37 @@ fn get_mailbox_permission(org: &Organisation, args: &Args<'_>) -> Result<Outcome
 /// A trustee for mailbox permissions: a mailbox, shown by its UPN.
 fn trustee(org: &Organisation, user: &str) -> Result<String, Failure> {
     let at = resolve(org, user)?;
-    Ok(org.mailbox_at(at).map(|t| t.user_principal_name.clone()).unwrap_or_default())
+    Ok(org
+        .mailbox_at(at)
+        .map(|t| t.user_principal_name.clone())
+        .unwrap_or_default())
 }
 
 fn add_mailbox_permission(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, Failure> {
-    args.check(&["Identity", "User", "AccessRights", "InheritanceType", "AutoMapping", "Deny"], true)?;
+    args.check(
+        &[
+            "Identity",
+            "User",
+            "AccessRights",
+            "InheritanceType",
+            "AutoMapping",
+            "Deny",
+        ],
+        true,
+    )?;
     let identity = args.required_text("Identity")?;
     let position = resolve(org, &identity)?;
     let user = trustee(org, &args.required_text("User")?)?;
     let rights = rights(args, "AccessRights", MAILBOX_RIGHTS)?;
-    let inheritance = args.text("InheritanceType")?.unwrap_or_else(|| "All".into());
+    let inheritance = args
+        .text("InheritanceType")?
+        .unwrap_or_else(|| "All".into());
     args.flag("AutoMapping")?;
     let entries = org.mailbox_permissions.entry(position).or_default();
-    let entry = match entries.iter_mut().find(|p| p.user.eq_ignore_ascii_case(&user)) {
+    let entry = match entries
+        .iter_mut()
+        .find(|p| p.user.eq_ignore_ascii_case(&user))
+    {
         Some(entry) => entry,
         None => {
             entries.push(MailboxPermission {
@@ -1070,7 +1249,9 @@ fn add_mailbox_permission(org: &mut Organisation, args: &Args<'_>) -> Result<Out
         access_rights: rights,
         inheritance_type: entry.inheritance_type.clone(),
     };
-    let m = org.mailbox_at(position).ok_or_else(|| not_found(&identity))?;
+    let m = org
+        .mailbox_at(position)
+        .ok_or_else(|| not_found(&identity))?;
     Ok(Outcome::records(vec![permission_record(m, &added)]))
 }
 
@@ -1079,7 +1260,17 @@ fn confirmed(args: &Args<'_>) -> Result<bool, Failure> {
 }
 
 fn remove_mailbox_permission(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, Failure> {
-    args.check(&["Identity", "User", "AccessRights", "InheritanceType", "Deny", "BypassMasterAccountSid"], true)?;
+    args.check(
+        &[
+            "Identity",
+            "User",
+            "AccessRights",
+            "InheritanceType",
+            "Deny",
+            "BypassMasterAccountSid",
+        ],
+        true,
+    )?;
     let identity = args.required_text("Identity")?;
     let position = resolve(org, &identity)?;
     let user = trustee(org, &args.required_text("User")?)?;
@@ -1090,9 +1281,15 @@ fn remove_mailbox_permission(org: &mut Organisation, args: &Args<'_>) -> Result<
             rights.join("', '")
         )));
     }
-    let name = org.mailbox_at(position).map(|m| m.name.clone()).unwrap_or_default();
+    let name = org
+        .mailbox_at(position)
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
     let entries = org.mailbox_permissions.entry(position).or_default();
-    let Some(entry) = entries.iter_mut().find(|p| p.user.eq_ignore_ascii_case(&user)) else {
+    let Some(entry) = entries
+        .iter_mut()
+        .find(|p| p.user.eq_ignore_ascii_case(&user))
+    else {
         return Ok(Outcome::nothing(vec![format!(
             "Can't remove the access control entry on the object \"{name}\" for account \"{user}\" because the ACE doesn't exist on the object."
         )]));
@@ -1104,12 +1301,24 @@ fn remove_mailbox_permission(org: &mut Organisation, args: &Args<'_>) -> Result<
 
 fn set_cas_mailbox(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, Failure> {
     args.check(
-        &["Identity", "OWAEnabled", "ActiveSyncEnabled", "PopEnabled", "ImapEnabled", "MAPIEnabled", "EwsEnabled", "SmtpClientAuthenticationDisabled"],
+        &[
+            "Identity",
+            "OWAEnabled",
+            "ActiveSyncEnabled",
+            "PopEnabled",
+            "ImapEnabled",
+            "MAPIEnabled",
+            "EwsEnabled",
+            "SmtpClientAuthenticationDisabled",
+        ],
         true,
     )?;
     let identity = args.required_text("Identity")?;
     let position = resolve(org, &identity)?;
-    let original = org.mailbox_at(position).cloned().ok_or_else(|| not_found(&identity))?;
+    let original = org
+        .mailbox_at(position)
+        .cloned()
+        .ok_or_else(|| not_found(&identity))?;
     let mut m = original.clone();
     let c = &mut m.cas;
     for (name, slot) in [
@@ -1140,7 +1349,11 @@ fn get_accepted_domain(org: &Organisation, args: &Args<'_>) -> Result<Outcome, F
     let records: Vec<Value> = org
         .accepted_domains
         .iter()
-        .filter(|d| wanted.as_ref().is_none_or(|w| d.domain_name.eq_ignore_ascii_case(w)))
+        .filter(|d| {
+            wanted
+                .as_ref()
+                .is_none_or(|w| d.domain_name.eq_ignore_ascii_case(w))
+        })
         .map(|d| {
             json!({
                 "Identity": d.domain_name,
@@ -1163,10 +1376,27 @@ fn get_accepted_domain(org: &Organisation, args: &Args<'_>) -> Result<Outcome, F
 
 const FOLDERS: &[&str] = &["Calendar", "Inbox", "Contacts", "Tasks"];
 const FOLDER_ROLES: &[&str] = &[
-    "None", "Owner", "PublishingEditor", "Editor", "PublishingAuthor", "Author",
-    "NonEditingAuthor", "Reviewer", "Contributor", "AvailabilityOnly", "LimitedDetails",
-    "CreateItems", "CreateSubfolders", "DeleteAllItems", "DeleteOwnedItems", "EditAllItems",
-    "EditOwnedItems", "FolderContact", "FolderOwner", "FolderVisible", "ReadItems",
+    "None",
+    "Owner",
+    "PublishingEditor",
+    "Editor",
+    "PublishingAuthor",
+    "Author",
+    "NonEditingAuthor",
+    "Reviewer",
+    "Contributor",
+    "AvailabilityOnly",
+    "LimitedDetails",
+    "CreateItems",
+    "CreateSubfolders",
+    "DeleteAllItems",
+    "DeleteOwnedItems",
+    "EditAllItems",
+    "EditOwnedItems",
+    "FolderContact",
+    "FolderOwner",
+    "FolderVisible",
+    "ReadItems",
 ];
 
 /// `mailbox:\Folder` → (mailbox position, canonical folder name).
@@ -1180,14 +1410,20 @@ fn folder(org: &Organisation, identity: &str) -> Result<(usize, &'static str), F
             pipe(
                 404,
                 NOT_FOUND,
-                format!("The operation couldn't be performed because '{identity}' couldn't be found."),
+                format!(
+                    "The operation couldn't be performed because '{identity}' couldn't be found."
+                ),
             )
         })?;
     Ok((position, name))
 }
 
 fn default_folder_permissions(folder: &str) -> Vec<FolderPermission> {
-    let default_rights = if folder == "Calendar" { "AvailabilityOnly" } else { "None" };
+    let default_rights = if folder == "Calendar" {
+        "AvailabilityOnly"
+    } else {
+        "None"
+    };
     vec![
         FolderPermission {
             user: "Default".into(),
@@ -1216,7 +1452,10 @@ fn folder_record(m: &Mailbox, folder: &str, p: &FolderPermission) -> Value {
 
 /// A folder trustee: `Default`, `Anonymous`, or a mailbox shown by display name.
 fn folder_trustee(org: &Organisation, user: &str) -> Result<String, Failure> {
-    if ["Default", "Anonymous"].iter().any(|s| s.eq_ignore_ascii_case(user)) {
+    if ["Default", "Anonymous"]
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(user))
+    {
         let mut chars = user.chars();
         return Ok(chars
             .next()
@@ -1224,7 +1463,10 @@ fn folder_trustee(org: &Organisation, user: &str) -> Result<String, Failure> {
             .unwrap_or_default());
     }
     let at = resolve(org, user)?;
-    Ok(org.mailbox_at(at).map(|m| m.display_name.clone()).unwrap_or_default())
+    Ok(org
+        .mailbox_at(at)
+        .map(|m| m.display_name.clone())
+        .unwrap_or_default())
 }
 
 fn get_folder_permission(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, Failure> {
@@ -1240,7 +1482,9 @@ fn get_folder_permission(org: &mut Organisation, args: &Args<'_>) -> Result<Outc
         .get(&(position, name.to_ascii_lowercase()))
         .cloned()
         .unwrap_or_else(|| default_folder_permissions(name));
-    let m = org.mailbox_at(position).ok_or_else(|| not_found(&identity))?;
+    let m = org
+        .mailbox_at(position)
+        .ok_or_else(|| not_found(&identity))?;
     let records: Vec<Value> = entries
         .iter()
         .filter(|p| user.as_ref().is_none_or(|u| p.user.eq_ignore_ascii_case(u)))
@@ -1265,10 +1509,20 @@ enum Change {
     Remove,
 }
 
-fn change_folder_permission(org: &mut Organisation, args: &Args<'_>, change: Change) -> Result<Outcome, Failure> {
+fn change_folder_permission(
+    org: &mut Organisation,
+    args: &Args<'_>,
+    change: Change,
+) -> Result<Outcome, Failure> {
     let allowed: &[&str] = match change {
         Change::Remove => &["Identity", "User", "SendNotificationToUser"],
-        _ => &["Identity", "User", "AccessRights", "SharingPermissionFlags", "SendNotificationToUser"],
+        _ => &[
+            "Identity",
+            "User",
+            "AccessRights",
+            "SharingPermissionFlags",
+            "SendNotificationToUser",
+        ],
     };
     args.check(allowed, true)?;
     let identity = args.required_text("Identity")?;
@@ -1279,10 +1533,17 @@ fn change_folder_permission(org: &mut Organisation, args: &Args<'_>, change: Cha
         (Vec::new(), None)
     } else {
         let rights = rights(args, "AccessRights", FOLDER_ROLES)?;
-        if name != "Calendar" && rights.iter().any(|r| r == "AvailabilityOnly" || r == "LimitedDetails") {
+        if name != "Calendar"
+            && rights
+                .iter()
+                .any(|r| r == "AvailabilityOnly" || r == "LimitedDetails")
+        {
             return Err(validation(
                 "ErrorCalendarOnlyRights",
-                format!("The access rights {} are valid only for calendar folders.", rights.join(", ")),
+                format!(
+                    "The access rights {} are valid only for calendar folders.",
+                    rights.join(", ")
+                ),
             ));
         }
         let flags = args.text("SharingPermissionFlags")?;
@@ -1291,7 +1552,9 @@ fn change_folder_permission(org: &mut Organisation, args: &Args<'_>, change: Cha
         {
             return Err(validation(
                 "ErrorSharingPermissionFlagsRequireEditor",
-                format!("SharingPermissionFlags {f} can be set only on a calendar folder with Editor access rights."),
+                format!(
+                    "SharingPermissionFlags {f} can be set only on a calendar folder with Editor access rights."
+                ),
             ));
         }
         (rights, flags)
@@ -1301,12 +1564,17 @@ fn change_folder_permission(org: &mut Organisation, args: &Args<'_>, change: Cha
             "Are you sure you want to perform this action?\nRemoving mailbox folder permission on Identity:\"{identity}\" for user \"{user}\"."
         )));
     }
-    let m = org.mailbox_at(position).cloned().ok_or_else(|| not_found(&identity))?;
+    let m = org
+        .mailbox_at(position)
+        .cloned()
+        .ok_or_else(|| not_found(&identity))?;
     let entries = org
         .folder_permissions
         .entry((position, name.to_ascii_lowercase()))
         .or_insert_with(|| default_folder_permissions(name));
-    let existing = entries.iter().position(|p| p.user.eq_ignore_ascii_case(&user));
+    let existing = entries
+        .iter()
+        .position(|p| p.user.eq_ignore_ascii_case(&user));
     let not_present = || {
         pipe(
             404,
@@ -1359,25 +1627,50 @@ mod tests {
     }
 
     fn detail(failure: &Failure) -> String {
-        failure.body["error"]["details"][0]["message"].as_str().unwrap_or("").to_string()
+        failure.body["error"]["details"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     #[test]
     fn binding_refuses_what_powershell_refuses() {
         let mut org = org();
         let table = [
-            (json!({"Identity": "adele.vance", "Bogus": 1}), "matches parameter name 'Bogus'"),
-            (json!({"Identity": "adele.vance", "HiddenFromAddressListsEnabled": "true"}), "System.Boolean"),
-            (json!({"Identity": "adele.vance", "EmailAddresses": {"Add": "smtp:x@contoso.com"}}), "System.Collections.Hashtable"),
-            (json!({"HiddenFromAddressListsEnabled": true}), "missing mandatory parameters: Identity"),
-            (json!({"Identity": "nobody"}), "ManagementObjectNotFoundException"),
+            (
+                json!({"Identity": "adele.vance", "Bogus": 1}),
+                "matches parameter name 'Bogus'",
+            ),
+            (
+                json!({"Identity": "adele.vance", "HiddenFromAddressListsEnabled": "true"}),
+                "System.Boolean",
+            ),
+            (
+                json!({"Identity": "adele.vance", "EmailAddresses": {"Add": "smtp:x@contoso.com"}}),
+                "System.Collections.Hashtable",
+            ),
+            (
+                json!({"HiddenFromAddressListsEnabled": true}),
+                "missing mandatory parameters: Identity",
+            ),
+            (
+                json!({"Identity": "nobody"}),
+                "ManagementObjectNotFoundException",
+            ),
         ];
         for (p, needle) in table {
             let failure = run(&mut org, "Set-Mailbox", &params(p.clone())).unwrap_err();
-            assert!(detail(&failure).contains(needle), "{p}: {}", detail(&failure));
+            assert!(
+                detail(&failure).contains(needle),
+                "{p}: {}",
+                detail(&failure)
+            );
         }
         let failure = run(&mut org, "Get-Mailbox", &params(json!({"Confirm": false}))).unwrap_err();
-        assert!(detail(&failure).contains("'Confirm'"), "reads have no -Confirm");
+        assert!(
+            detail(&failure).contains("'Confirm'"),
+            "reads have no -Confirm"
+        );
         let failure = run(&mut org, "Get-Nothing", &Map::new()).unwrap_err();
         assert!(detail(&failure).contains("CommandNotFoundException"));
     }
@@ -1385,18 +1678,26 @@ mod tests {
     #[test]
     fn email_addresses_add_and_remove_through_a_hashtable() {
         let mut org = org();
-        let p = params(json!({"Identity": "adele.vance", "Confirm": false, "EmailAddresses": {
+        let p = params(
+            json!({"Identity": "adele.vance", "Confirm": false, "EmailAddresses": {
             "@odata.type": HASHTABLE,
             "Add": ["smtp:av@contoso.com", "SMTP:adele@contoso.com"],
-            "Remove": "smtp:adele.vance@contoso.onmicrosoft.com"}}));
+            "Remove": "smtp:adele.vance@contoso.onmicrosoft.com"}}),
+        );
         run(&mut org, "Set-Mailbox", &p).unwrap();
         let m = &org.mailboxes()[0];
         assert_eq!(m.primary_smtp_address, "adele@contoso.com");
         assert_eq!(
             m.email_addresses,
-            vec!["SMTP:adele@contoso.com", "smtp:adele.vance@contoso.com", "smtp:av@contoso.com"]
+            vec![
+                "SMTP:adele@contoso.com",
+                "smtp:adele.vance@contoso.com",
+                "smtp:av@contoso.com"
+            ]
         );
-        let taken = params(json!({"Identity": "alex.wilber", "EmailAddresses": {"@odata.type": HASHTABLE, "Add": "av@contoso.com"}}));
+        let taken = params(
+            json!({"Identity": "alex.wilber", "EmailAddresses": {"@odata.type": HASHTABLE, "Add": "av@contoso.com"}}),
+        );
         let failure = run(&mut org, "Set-Mailbox", &taken).unwrap_err();
         assert!(detail(&failure).starts_with('{'), "the JSON details form");
         assert!(detail(&failure).contains("already being used"));
@@ -1415,10 +1716,17 @@ mod tests {
     #[test]
     fn high_impact_removals_only_ask_without_confirm_false() {
         let mut org = org();
-        let add = params(json!({"Identity": "sales", "User": "adele.vance", "AccessRights": ["FullAccess"]}));
+        let add = params(
+            json!({"Identity": "sales", "User": "adele.vance", "AccessRights": ["FullAccess"]}),
+        );
         run(&mut org, "Add-MailboxPermission", &add).unwrap();
-        let remove = params(json!({"Identity": "sales", "User": "adele.vance", "AccessRights": "FullAccess"}));
-        assert!(matches!(run(&mut org, "Remove-MailboxPermission", &remove).unwrap(), Outcome::Confirmation(_)));
+        let remove = params(
+            json!({"Identity": "sales", "User": "adele.vance", "AccessRights": "FullAccess"}),
+        );
+        assert!(matches!(
+            run(&mut org, "Remove-MailboxPermission", &remove).unwrap(),
+            Outcome::Confirmation(_)
+        ));
         assert_eq!(org.mailbox_permissions[&2].len(), 1, "nothing removed");
         let mut confirmed = remove.clone();
         confirmed.insert("Confirm".into(), json!(false));

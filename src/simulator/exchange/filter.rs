@@ -94,7 +94,8 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, FilterError> {
             }
             _ => {
                 let start = i;
-                while i < chars.len() && !chars[i].is_whitespace() && !matches!(chars[i], '(' | ')') {
+                while i < chars.len() && !chars[i].is_whitespace() && !matches!(chars[i], '(' | ')')
+                {
                     i += 1;
                 }
                 let word: String = chars[start..i].iter().collect();
@@ -358,8 +359,14 @@ mod tests {
             ("ForwardingSmtpAddress -eq $null", true),
             ("ForwardingSmtpAddress -ne $null", false),
             ("EmailAddresses -like 'smtp:av@*'", true),
-            ("RecipientTypeDetails -eq 'SharedMailbox' -or Alias -eq 'adele.vance'", true),
-            ("RecipientTypeDetails -eq 'UserMailbox' -and (Alias -eq 'x' -or Alias -like 'a?ele*')", true),
+            (
+                "RecipientTypeDetails -eq 'SharedMailbox' -or Alias -eq 'adele.vance'",
+                true,
+            ),
+            (
+                "RecipientTypeDetails -eq 'UserMailbox' -and (Alias -eq 'x' -or Alias -like 'a?ele*')",
+                true,
+            ),
             ("-not (Alias -eq 'adele.vance')", false),
             ("{ Alias -eq \"adele.vance\" }", true),
             ("Alias -eq 'it''s'", false),

@@ -48,8 +48,7 @@ pub use tokens::{EXCHANGE_ADMINISTRATOR, SimulatedTokens};
 /// The simulated tenant's id unless configured otherwise.
 pub const DEFAULT_TENANT_ID: &str = "8f0c2b7e-5d1a-4c3b-9e6f-1a2b3c4d5e6f";
 /// The 429 text for the per-tenant concurrency limit.
-pub const CONCURRENCY_MESSAGE: &str =
-    "You have reached the maximum number of concurrent requests per tenant. Please wait and try again.";
+pub const CONCURRENCY_MESSAGE: &str = "You have reached the maximum number of concurrent requests per tenant. Please wait and try again.";
 /// The warning on pages that have a next link, and on reads cut short by `-ResultSize`.
 pub const PAGING_WARNING: &str = "There are more results available than are currently displayed. To view them, increase the value for the ResultSize parameter.";
 /// The warning of a read without `-ResultSize` that had more than 1000 results.
@@ -142,7 +141,10 @@ impl RecordedRequest {
     }
 
     pub fn cmdlet(&self) -> Option<&str> {
-        self.body.as_ref()?.pointer("/CmdletInput/CmdletName")?.as_str()
+        self.body
+            .as_ref()?
+            .pointer("/CmdletInput/CmdletName")?
+            .as_str()
     }
 
     pub fn parameters(&self) -> Option<&Map<String, Value>> {
@@ -274,9 +276,10 @@ impl ExchangeSimulator {
             config.seed,
         );
         // Seeding 100,000 mailboxes takes a moment: keep it off the async workers.
-        let org = tokio::task::spawn_blocking(move || Organisation::seeded(&name, &tenant, count, seed))
-            .await
-            .map_err(io::Error::other)?;
+        let org =
+            tokio::task::spawn_blocking(move || Organisation::seeded(&name, &tenant, count, seed))
+                .await
+                .map_err(io::Error::other)?;
         let shared = Arc::new(Shared {
             tenant_id: config.tenant_id.clone(),
             initial_domain: org.initial_domain.clone(),
@@ -353,7 +356,11 @@ impl ExchangeSimulator {
 
     /// A token source whose tokens this tenant accepts.
     pub fn token_source(&self) -> SimulatedTokens {
-        SimulatedTokens::for_tenant(&self.shared.tenant_id, &self.shared.resource, chrono::Utc::now())
+        SimulatedTokens::for_tenant(
+            &self.shared.tenant_id,
+            &self.shared.resource,
+            chrono::Utc::now(),
+        )
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
@@ -379,7 +386,9 @@ impl ExchangeSimulator {
 
     pub fn mailbox(&self, identity: &str) -> Option<Mailbox> {
         let org = lock(&self.shared.org);
-        org.resolve(identity).ok().and_then(|p| org.mailbox_at(p).cloned())
+        org.resolve(identity)
+            .ok()
+            .and_then(|p| org.mailbox_at(p).cloned())
     }
 
     /// Reads or changes the organisation directly.
@@ -532,7 +541,10 @@ fn claims_challenge() -> Response {
     let value = format!(
         "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", error=\"insufficient_claims\", claims=\"{encoded}\""
     );
-    let mut response = empty_with_diagnostics(401, "2000001;reason=\"The token was revoked by continuous access evaluation.\";error_category=\"insufficient_claims\"");
+    let mut response = empty_with_diagnostics(
+        401,
+        "2000001;reason=\"The token was revoked by continuous access evaluation.\";error_category=\"insufficient_claims\"",
+    );
     if let Ok(v) = HeaderValue::from_str(&value) {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
@@ -588,6 +600,13 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// What running a request gave: a page to serialise, or a finished answer (an error, a
+/// confirmation prompt).
+enum Executed {
+    Page(PageOut),
+    Answer(Response),
+}
+
 /// A page of output and what comes after it.
 struct PageOut {
     records: Vec<Value>,
@@ -609,7 +628,14 @@ impl Shared {
         }
     }
 
-    fn record(&self, method: &Method, uri: &Uri, listener: Listener, headers: &HeaderMap, body: Option<&Value>) {
+    fn record(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        listener: Listener,
+        headers: &HeaderMap,
+        body: Option<&Value>,
+    ) {
         if !self.record.load(Ordering::SeqCst) {
             return;
         }
@@ -638,7 +664,10 @@ impl Shared {
     fn take_fault(&self, cmdlet: &str) -> Option<Fault> {
         let mut faults = lock(&self.faults);
         let index = faults.iter().position(|s| {
-            s.remaining > 0 && s.cmdlet.as_ref().is_none_or(|c| c.eq_ignore_ascii_case(cmdlet))
+            s.remaining > 0
+                && s.cmdlet
+                    .as_ref()
+                    .is_none_or(|c| c.eq_ignore_ascii_case(cmdlet))
         })?;
         let scripted = &mut faults[index];
         scripted.remaining -= 1;
@@ -738,58 +767,88 @@ impl Shared {
         }
     }
 
-    /// What the service checks before running anything.
-    fn authorize(&self, headers: &HeaderMap, tenant: &str, cmdlet: &str) -> Result<(), Response> {
+    /// What the service checks before running anything: the answer refusing the request,
+    /// or `None` to go on.
+    fn refusal(&self, headers: &HeaderMap, tenant: &str, cmdlet: &str) -> Option<Response> {
         let Some(token) = bearer(headers) else {
-            return Err(unauthorized_token("2000000;reason=\"The access token is missing.\";error_category=\"invalid_token\""));
+            return Some(unauthorized_token(
+                "2000000;reason=\"The access token is missing.\";error_category=\"invalid_token\"",
+            ));
         };
         if lock(&self.revoked).contains(&token_signature(token)) {
-            return Err(claims_challenge());
+            return Some(claims_challenge());
         }
         let Some(claims) = TokenClaims::decode(token) else {
-            return Err(unauthorized_token("2000001;reason=\"The token is not a valid JWT.\";error_category=\"invalid_token\""));
+            return Some(unauthorized_token(
+                "2000001;reason=\"The token is not a valid JWT.\";error_category=\"invalid_token\"",
+            ));
         };
-        if claims.exp.is_none_or(|exp| exp <= chrono::Utc::now().timestamp()) {
-            return Err(unauthorized_token("2000002;reason=\"The token has expired.\";error_category=\"invalid_token\""));
+        if claims
+            .exp
+            .is_none_or(|exp| exp <= chrono::Utc::now().timestamp())
+        {
+            return Some(unauthorized_token(
+                "2000002;reason=\"The token has expired.\";error_category=\"invalid_token\"",
+            ));
         }
         let normalise = |s: &str| s.trim_end_matches('/').to_ascii_lowercase();
         let aud = claims.aud.clone().unwrap_or_default();
         if normalise(&aud) != normalise(&self.resource) {
-            return Err(empty_with_diagnostics(
+            return Some(empty_with_diagnostics(
                 403,
-                &format!("2000003;reason=\"The audience claim value is invalid '{aud}'.\";error_category=\"invalid_resource\""),
+                &format!(
+                    "2000003;reason=\"The audience claim value is invalid '{aud}'.\";error_category=\"invalid_resource\""
+                ),
             ));
         }
         if !claims.has_role(EXCHANGE_MANAGE_AS_APP) {
-            return Err(empty_with_diagnostics(
+            return Some(empty_with_diagnostics(
                 403,
                 "2000008;reason=\"The token contains no permissions, or permissions can not be understood.\";error_category=\"invalid_grant\"",
             ));
         }
         let tid = claims.tid.clone().unwrap_or_default();
         if !tid.eq_ignore_ascii_case(&self.tenant_id) {
-            return Err(unauthorized_message("The token was issued for another tenant."));
+            return Some(unauthorized_message(
+                "The token was issued for another tenant.",
+            ));
         }
-        if !tenant.eq_ignore_ascii_case(&self.tenant_id) && !tenant.eq_ignore_ascii_case(&self.initial_domain) {
-            return Err(unauthorized_message(&format!(
+        if !tenant.eq_ignore_ascii_case(&self.tenant_id)
+            && !tenant.eq_ignore_ascii_case(&self.initial_domain)
+        {
+            return Some(unauthorized_message(&format!(
                 "The tenant '{tenant}' in the request URL is neither the token's tenant id nor its initial domain."
             )));
         }
-        let roles: Vec<_> = claims.wids.iter().filter_map(|w| directory_role(w)).collect();
+        let roles: Vec<_> = claims
+            .wids
+            .iter()
+            .filter_map(|w| directory_role(w))
+            .collect();
         if !roles.iter().any(|r| r.exchange_read) {
             let app = claims.client_id().unwrap_or("unknown");
-            return Err(unauthorized_message(&format!(
+            return Some(unauthorized_message(&format!(
                 "The role assigned to application {app} isn't supported in this scenario. Please check online documentation for assigning correct Directory Roles to Azure AD Application for EXO App-Only Authentication."
             )));
         }
         if !is_read(cmdlet) && !roles.iter().any(|r| r.exchange_write) {
-            return Err(unauthorized_message(&format!("User is not allowed to call {cmdlet}.")));
+            return Some(unauthorized_message(&format!(
+                "User is not allowed to call {cmdlet}."
+            )));
         }
-        Ok(())
+        None
     }
 
     /// One page of a query, registering a next link when there is more.
-    fn page(&self, org: &Organisation, query: &Query, start: usize, served: usize, page_size: usize, next: impl FnOnce(usize, usize) -> String) -> PageOut {
+    fn page(
+        &self,
+        org: &Organisation,
+        query: &Query,
+        start: usize,
+        served: usize,
+        page_size: usize,
+        next: impl FnOnce(usize, usize) -> String,
+    ) -> PageOut {
         let limit = query.limit.get();
         let allowed = limit.map_or(usize::MAX, |l| l.saturating_sub(served));
         let want = page_size.min(allowed);
@@ -828,14 +887,24 @@ impl Shared {
         }
     }
 
-    fn register_page(&self, input: &Value, query: &Query, position: usize, served: usize, base: &str, tenant: &str) -> String {
+    fn register_page(
+        &self,
+        input: &Value,
+        query: &Query,
+        position: usize,
+        served: usize,
+        base: &str,
+        tenant: &str,
+    ) -> String {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let knobs = self.knobs();
         let ttl = knobs.next_link_ttl;
         let base = knobs.next_link_base.as_deref().unwrap_or(base);
         let mut pages = lock(&self.pages);
         // Forget links long dead so a long run does not accumulate them.
-        pages.retain(|_, s| s.created.elapsed() < ttl.saturating_mul(2).max(Duration::from_secs(60)));
+        pages.retain(|_, s| {
+            s.created.elapsed() < ttl.saturating_mul(2).max(Duration::from_secs(60))
+        });
         pages.insert(
             token.clone(),
             PageState {
@@ -850,50 +919,62 @@ impl Shared {
         format!("{base}/adminapi/beta/{tenant}/InvokeCommand?$skiptoken={token}")
     }
 
-    fn execute(&self, listener: Listener, uri: &Uri, tenant: &str, envelope: &Envelope, page_size: usize) -> Result<PageOut, Response> {
+    fn execute(
+        &self,
+        listener: Listener,
+        uri: &Uri,
+        tenant: &str,
+        envelope: &Envelope,
+        page_size: usize,
+    ) -> Executed {
         let base = self.base(listener);
         if let Some(token) = skiptoken(uri) {
             let ttl = self.knobs().next_link_ttl;
             let (query, position, served) = {
                 let pages = lock(&self.pages);
-                let state = pages
+                let Some(state) = pages
                     .get(&token)
                     .filter(|s| !s.expired && s.created.elapsed() < ttl)
-                    .ok_or_else(|| {
-                        let failure = cmdlets::pipe(
-                            400,
-                            "Microsoft.Exchange.Admin.OData.Core.ODataServiceException",
-                            "The continuation token is invalid or has expired. Run the command again without it.",
-                        );
-                        json_response(failure.status, &failure.body)
-                    })?;
-                if state.input != envelope.input {
-                    return Err(json_response(
+                else {
+                    let failure = cmdlets::pipe(
                         400,
-                        &error_body("BadRequest", "The request body does not match the command the continuation token belongs to."),
+                        "Microsoft.Exchange.Admin.OData.Core.ODataServiceException",
+                        "The continuation token is invalid or has expired. Run the command again without it.",
+                    );
+                    return Executed::Answer(json_response(failure.status, &failure.body));
+                };
+                if state.input != envelope.input {
+                    return Executed::Answer(json_response(
+                        400,
+                        &error_body(
+                            "BadRequest",
+                            "The request body does not match the command the continuation token belongs to.",
+                        ),
                     ));
                 }
                 (state.query.clone(), state.position, state.served)
             };
             let org = lock(&self.org);
-            return Ok(self.page(&org, &query, position, served, page_size, |p, s| {
-                self.register_page(&envelope.input, &query, p, s, &base, tenant)
-            }));
+            return Executed::Page(
+                self.page(&org, &query, position, served, page_size, |p, s| {
+                    self.register_page(&envelope.input, &query, p, s, &base, tenant)
+                }),
+            );
         }
         let mut org = lock(&self.org);
         match cmdlets::run(&mut org, &envelope.cmdlet, &envelope.parameters) {
-            Err(Failure { status, body }) => Err(json_response(status, &body)),
+            Err(Failure { status, body }) => Executed::Answer(json_response(status, &body)),
             Ok(Outcome::Records {
                 records,
                 warnings,
                 errors,
-            }) => Ok(PageOut {
+            }) => Executed::Page(PageOut {
                 records,
                 warnings,
                 errors,
                 next: None,
             }),
-            Ok(Outcome::Confirmation(message)) => Err(json_response(
+            Ok(Outcome::Confirmation(message)) => Executed::Answer(json_response(
                 200,
                 &json!({
                     "@odata.context": format!("{base}/adminapi/beta/{tenant}/$metadata#Collection(Exchange.GenericHashTable)"),
@@ -906,7 +987,7 @@ impl Shared {
                     self.register_page(&envelope.input, &query, p, s, &base, tenant)
                 });
                 out.warnings.splice(0..0, warnings);
-                Ok(out)
+                Executed::Page(out)
             }
         }
     }
@@ -915,7 +996,9 @@ impl Shared {
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// `Prefer: odata.maxpagesize=N`; the service pages by 100 without it.
@@ -927,7 +1010,9 @@ fn page_size(headers: &HeaderMap) -> usize {
         .flat_map(|v| v.split(','))
         .find_map(|p| {
             let (k, v) = p.trim().split_once('=')?;
-            k.trim().eq_ignore_ascii_case("odata.maxpagesize").then(|| v.trim().parse::<usize>().ok())?
+            k.trim()
+                .eq_ignore_ascii_case("odata.maxpagesize")
+                .then(|| v.trim().parse::<usize>().ok())?
         })
         .map_or(100, |n| n.clamp(1, 1000))
 }
@@ -945,9 +1030,14 @@ fn page_response(base: &str, tenant: &str, page: PageOut, json_format: bool) -> 
     let mut body = Map::new();
     body.insert(
         "@odata.context".into(),
-        json!(format!("{base}/adminapi/beta/{tenant}/$metadata#Collection(Exchange.GenericHashTable)")),
+        json!(format!(
+            "{base}/adminapi/beta/{tenant}/$metadata#Collection(Exchange.GenericHashTable)"
+        )),
     );
-    body.insert("adminapi.warnings@odata.type".into(), json!("#Collection(String)"));
+    body.insert(
+        "adminapi.warnings@odata.type".into(),
+        json!("#Collection(String)"),
+    );
     body.insert("@adminapi.warnings".into(), json!(page.warnings));
     if !page.errors.is_empty() {
         body.insert("@adminapi.errors".into(), json!(page.errors));
@@ -968,21 +1058,35 @@ fn page_response(base: &str, tenant: &str, page: PageOut, json_format: bool) -> 
     response
 }
 
-async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(ctx): State<Ctx>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let shared = &*ctx.shared;
     shared.total.fetch_add(1, Ordering::SeqCst);
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     shared.record(&method, &uri, ctx.listener, &headers, parsed.as_ref());
 
     let Some(tenant) = tenant_segment(uri.path()) else {
-        return json_response(404, &error_body("NotFound", "The requested resource was not found."));
+        return json_response(
+            404,
+            &error_body("NotFound", "The requested resource was not found."),
+        );
     };
     if method != Method::POST {
         let mut response = json_response(
             405,
-            &error_body("MethodNotAllowed", &format!("The requested resource does not support http method '{method}'.")),
+            &error_body(
+                "MethodNotAllowed",
+                &format!("The requested resource does not support http method '{method}'."),
+            ),
         );
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
     let envelope = match parse_envelope(parsed.as_ref()) {
@@ -993,13 +1097,19 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, headers: Heade
     let mut after_executing = None;
     if let Some(fault) = shared.take_fault(&envelope.cmdlet) {
         match fault {
-            Fault::ServerError { after_executing: true, .. } | Fault::ConnectionReset { after_executing: true } => {
+            Fault::ServerError {
+                after_executing: true,
+                ..
+            }
+            | Fault::ConnectionReset {
+                after_executing: true,
+            } => {
                 after_executing = Some(fault);
             }
             other => return shared.fault_response(other, &uri, &headers),
         }
     }
-    if let Err(response) = shared.authorize(&headers, &tenant, &envelope.cmdlet) {
+    if let Some(response) = shared.refusal(&headers, &tenant, &envelope.cmdlet) {
         return response;
     }
     let knobs = shared.knobs();
@@ -1018,8 +1128,10 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, headers: Heade
         return shared.fault_response(fault, &uri, &headers);
     }
     match result {
-        Ok(page) => page_response(&shared.base(ctx.listener), &tenant, page, json_format),
-        Err(response) => response,
+        Executed::Page(page) => {
+            page_response(&shared.base(ctx.listener), &tenant, page, json_format)
+        }
+        Executed::Answer(response) => response,
     }
 }
 
@@ -1031,7 +1143,10 @@ mod tests {
     fn the_tenant_segment_is_found_in_any_case() {
         let table = [
             ("/adminapi/beta/t1/InvokeCommand", Some("t1")),
-            ("/AdminApi/Beta/contoso.onmicrosoft.com/invokecommand", Some("contoso.onmicrosoft.com")),
+            (
+                "/AdminApi/Beta/contoso.onmicrosoft.com/invokecommand",
+                Some("contoso.onmicrosoft.com"),
+            ),
             ("/regional/adminapi/beta/t1/InvokeCommand", Some("t1")),
             ("/adminapi/beta/t1/Mailbox", None),
             ("/", None),
@@ -1045,7 +1160,10 @@ mod tests {
     fn the_page_size_comes_from_prefer_and_defaults_to_100() {
         let mut headers = HeaderMap::new();
         assert_eq!(page_size(&headers), 100);
-        headers.insert("prefer", HeaderValue::from_static("odata.include-annotations=*, odata.maxpagesize=250"));
+        headers.insert(
+            "prefer",
+            HeaderValue::from_static("odata.include-annotations=*, odata.maxpagesize=250"),
+        );
         assert_eq!(page_size(&headers), 250);
         headers.insert("prefer", HeaderValue::from_static("odata.maxpagesize=5000"));
         assert_eq!(page_size(&headers), 1000);

@@ -107,7 +107,12 @@ impl Quota {
 
 /// `1.5 GB (1,610,612,736 bytes)`, as `ByteQuantifiedSize` prints.
 pub fn format_size(bytes: u64) -> String {
-    let units = [("TB", 1u64 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)];
+    let units = [
+        ("TB", 1u64 << 40),
+        ("GB", 1 << 30),
+        ("MB", 1 << 20),
+        ("KB", 1 << 10),
+    ];
     let (unit, size) = units
         .iter()
         .find(|(_, size)| bytes >= *size)
@@ -122,7 +127,7 @@ fn group_thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -253,7 +258,10 @@ impl Mailbox {
             grant_send_on_behalf_to: Vec::new(),
             audit_enabled: true,
             account_disabled: kind != RecipientTypeDetails::UserMailbox,
-            when_created: Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).single().unwrap_or_default(),
+            when_created: Utc
+                .with_ymd_and_hms(2020, 1, 1, 0, 0, 0)
+                .single()
+                .unwrap_or_default(),
             cas: CasSettings::default(),
             usage: Usage {
                 item_count: 0,
@@ -323,7 +331,11 @@ impl Mailbox {
         );
         put(
             "ArchiveStatus",
-            json!(if self.archive.is_some() { "Active" } else { "None" }),
+            json!(if self.archive.is_some() {
+                "Active"
+            } else {
+                "None"
+            }),
         );
         put("ArchiveGuid@odata.type", json!("#Guid"));
         put("ArchiveGuid", json!(archive_guid.to_string()));
@@ -363,10 +375,7 @@ impl Mailbox {
             "HiddenFromAddressListsEnabled",
             json!(self.hidden_from_address_lists_enabled),
         );
-        put(
-            "LitigationHoldEnabled",
-            json!(self.litigation_hold_enabled),
-        );
+        put("LitigationHoldEnabled", json!(self.litigation_hold_enabled));
         put(
             "EndDateForRetentionHold",
             json!(
@@ -375,7 +384,10 @@ impl Mailbox {
             ),
         );
         put("RetentionPolicy", json!("Default MRM Policy"));
-        put("CustomAttribute1", json!(self.custom_attribute1.clone().unwrap_or_default()));
+        put(
+            "CustomAttribute1",
+            json!(self.custom_attribute1.clone().unwrap_or_default()),
+        );
         put("GrantSendOnBehalfTo", json!(self.grant_send_on_behalf_to));
         put("AuditEnabled", json!(self.audit_enabled));
         put("IsMailboxEnabled", json!(true));
@@ -517,22 +529,100 @@ impl Seeded {
 }
 
 const FIRST_NAMES: &[&str] = &[
-    "Adele", "Alex", "Allan", "Diego", "Emily", "Grady", "Henrietta", "Isaiah", "Johanna",
-    "Joni", "Lee", "Lidia", "Lynne", "Megan", "Miriam", "Nestor", "Patti", "Pradeep", "Aiko",
-    "Bruno", "Chen", "Dana", "Farah", "Giulia", "Hugo", "Ingrid", "Jamal", "Kenji", "Lena",
-    "Mateo", "Nadia", "Oskar", "Priya", "Rafael", "Sofia", "Tomas", "Uma", "Viktor", "Yara",
+    "Adele",
+    "Alex",
+    "Allan",
+    "Diego",
+    "Emily",
+    "Grady",
+    "Henrietta",
+    "Isaiah",
+    "Johanna",
+    "Joni",
+    "Lee",
+    "Lidia",
+    "Lynne",
+    "Megan",
+    "Miriam",
+    "Nestor",
+    "Patti",
+    "Pradeep",
+    "Aiko",
+    "Bruno",
+    "Chen",
+    "Dana",
+    "Farah",
+    "Giulia",
+    "Hugo",
+    "Ingrid",
+    "Jamal",
+    "Kenji",
+    "Lena",
+    "Mateo",
+    "Nadia",
+    "Oskar",
+    "Priya",
+    "Rafael",
+    "Sofia",
+    "Tomas",
+    "Uma",
+    "Viktor",
+    "Yara",
     "Zoe",
 ];
 const LAST_NAMES: &[&str] = &[
-    "Vance", "Wilber", "Deyoung", "Salazar", "Braun", "Archie", "Harris", "Langer", "Lauer",
-    "Sherman", "Gu", "Holloway", "Robbins", "Bowen", "Graham", "Wilke", "Fernandez", "Gupta",
-    "Tanaka", "Rossi", "Novak", "Okafor", "Schmidt", "Lindqvist", "Moreau", "Kowalski",
-    "Haddad", "Silva", "Jensen", "Murphy", "Costa", "Yilmaz", "Ivanova", "Dubois", "Nakamura",
-    "Berg", "Kim", "Olsen", "Reyes", "Weber",
+    "Vance",
+    "Wilber",
+    "Deyoung",
+    "Salazar",
+    "Braun",
+    "Archie",
+    "Harris",
+    "Langer",
+    "Lauer",
+    "Sherman",
+    "Gu",
+    "Holloway",
+    "Robbins",
+    "Bowen",
+    "Graham",
+    "Wilke",
+    "Fernandez",
+    "Gupta",
+    "Tanaka",
+    "Rossi",
+    "Novak",
+    "Okafor",
+    "Schmidt",
+    "Lindqvist",
+    "Moreau",
+    "Kowalski",
+    "Haddad",
+    "Silva",
+    "Jensen",
+    "Murphy",
+    "Costa",
+    "Yilmaz",
+    "Ivanova",
+    "Dubois",
+    "Nakamura",
+    "Berg",
+    "Kim",
+    "Olsen",
+    "Reyes",
+    "Weber",
 ];
 const TEAMS: &[&str] = &[
-    "Sales", "Support", "Finance", "Legal", "Marketing", "Recruiting", "Facilities", "Payroll",
-    "Helpdesk", "Research",
+    "Sales",
+    "Support",
+    "Finance",
+    "Legal",
+    "Marketing",
+    "Recruiting",
+    "Facilities",
+    "Payroll",
+    "Helpdesk",
+    "Research",
 ];
 
 impl Organisation {
@@ -575,8 +665,16 @@ impl Organisation {
         let mut aliases: HashSet<String> = HashSet::with_capacity(count);
         org.mailboxes.reserve(count);
         let fixed: [(&str, &str, RecipientTypeDetails); 4] = [
-            ("Adele Vance", "adele.vance", RecipientTypeDetails::UserMailbox),
-            ("Alex Wilber", "alex.wilber", RecipientTypeDetails::UserMailbox),
+            (
+                "Adele Vance",
+                "adele.vance",
+                RecipientTypeDetails::UserMailbox,
+            ),
+            (
+                "Alex Wilber",
+                "alex.wilber",
+                RecipientTypeDetails::UserMailbox,
+            ),
             ("Sales", "sales", RecipientTypeDetails::SharedMailbox),
             ("Room 1.01", "room101", RecipientTypeDetails::RoomMailbox),
         ];
@@ -592,7 +690,14 @@ impl Organisation {
             };
             aliases.insert(alias.clone());
             let ids = [rng.uuid(), rng.uuid(), rng.uuid()];
-            let mut m = Mailbox::new(&display, &alias, &org.domain, &org.initial_domain, kind, ids);
+            let mut m = Mailbox::new(
+                &display,
+                &alias,
+                &org.domain,
+                &org.initial_domain,
+                kind,
+                ids,
+            );
             decorate(&mut m, &mut rng, i);
             org.insert(m);
         }
@@ -609,10 +714,22 @@ impl Organisation {
     }
 
     /// Adds a mailbox (tests); returns its position.
-    pub fn add_mailbox(&mut self, display_name: &str, alias: &str, kind: RecipientTypeDetails) -> usize {
+    pub fn add_mailbox(
+        &mut self,
+        display_name: &str,
+        alias: &str,
+        kind: RecipientTypeDetails,
+    ) -> usize {
         let mut rng = Seeded::new(self.mailboxes.len() as u64 ^ 0xA5A5);
         let ids = [rng.uuid(), rng.uuid(), rng.uuid()];
-        let m = Mailbox::new(display_name, alias, &self.domain, &self.initial_domain, kind, ids);
+        let m = Mailbox::new(
+            display_name,
+            alias,
+            &self.domain,
+            &self.initial_domain,
+            kind,
+            ids,
+        );
         self.insert(m)
     }
 
@@ -670,7 +787,11 @@ impl Organisation {
     }
 
     pub fn database_for(&self, mailbox: &Mailbox) -> String {
-        format!("EURPR01DG{:03}-db{:03}", mailbox.guid.as_bytes()[0], mailbox.guid.as_bytes()[1])
+        format!(
+            "EURPR01DG{:03}-db{:03}",
+            mailbox.guid.as_bytes()[0],
+            mailbox.guid.as_bytes()[1]
+        )
     }
 
     /// `Get-OrganizationConfig` output.
@@ -714,7 +835,11 @@ fn random_identity(rng: &mut Seeded, i: usize) -> (String, String, RecipientType
         let last = LAST_NAMES[rng.below(LAST_NAMES.len() as u64) as usize];
         (
             format!("{first} {last}"),
-            format!("{}.{}", first.to_ascii_lowercase(), last.to_ascii_lowercase()),
+            format!(
+                "{}.{}",
+                first.to_ascii_lowercase(),
+                last.to_ascii_lowercase()
+            ),
             RecipientTypeDetails::UserMailbox,
         )
     } else if roll < 95 {
@@ -741,7 +866,10 @@ fn random_identity(rng: &mut Seeded, i: usize) -> (String, String, RecipientType
 
 /// Realistic variety: archives, holds, forwarding, hidden shared mailboxes, usage.
 fn decorate(m: &mut Mailbox, rng: &mut Seeded, i: usize) {
-    let epoch = Utc.with_ymd_and_hms(2025, 6, 1, 0, 0, 0).single().unwrap_or_default();
+    let epoch = Utc
+        .with_ymd_and_hms(2025, 6, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
     m.when_created = epoch - chrono::Duration::seconds(rng.below(5 * 365 * 86_400) as i64);
     let items = rng.below(150_000);
     m.usage = Usage {
@@ -821,7 +949,10 @@ mod tests {
             assert_eq!(Quota::parse(text), expected, "{text}");
         }
         assert_eq!(Quota::gb(99).display(), "99 GB (106,300,440,576 bytes)");
-        assert_eq!(Quota::Bytes(1_610_612_736).display(), "1.5 GB (1,610,612,736 bytes)");
+        assert_eq!(
+            Quota::Bytes(1_610_612_736).display(),
+            "1.5 GB (1,610,612,736 bytes)"
+        );
         assert_eq!(format_size(512), "512 B (512 bytes)");
     }
 
@@ -841,7 +972,11 @@ mod tests {
             assert_eq!(a.resolve(identity), Ok(0), "{identity}");
         }
         assert_eq!(a.resolve("nobody@contoso.com"), Err(ResolveError::NotFound));
-        let kinds: HashSet<_> = a.mailboxes().iter().map(|m| m.recipient_type_details).collect();
+        let kinds: HashSet<_> = a
+            .mailboxes()
+            .iter()
+            .map(|m| m.recipient_type_details)
+            .collect();
         assert!(kinds.len() >= 3, "{kinds:?}");
         let aliases: HashSet<_> = a.mailboxes().iter().map(|m| m.alias.clone()).collect();
         assert_eq!(aliases.len(), 300, "aliases are unique");
@@ -852,7 +987,8 @@ mod tests {
         let mut org = Organisation::seeded("contoso", "t", 5, 1);
         let mut m = org.mailboxes()[0].clone();
         m.email_addresses.push("smtp:av@contoso.com".into());
-        m.email_addresses.retain(|a| !a.ends_with("onmicrosoft.com"));
+        m.email_addresses
+            .retain(|a| !a.ends_with("onmicrosoft.com"));
         org.replace(0, m);
         assert_eq!(org.resolve("av@contoso.com"), Ok(0));
         assert_eq!(
