@@ -1,5 +1,6 @@
 //! A simulated Exchange Online tenant behind `POST /adminapi/beta/{tenant}/InvokeCommand`
-//! on 127.0.0.1, faithful to the wire protocol in docs/exchange-admin-api.md.
+//! on 127.0.0.1, faithful to the wire protocol the ExchangeOnlineManagement module speaks
+//! (summarised in the README's "Exchange Online calls").
 //!
 //! It checks what the service checks — POST only, the `CmdletInput` envelope, a bearer
 //! token whose `aud` is the resource and whose `roles` hold `Exchange.ManageAsApp` (else a
