@@ -594,7 +594,13 @@ impl Paging {
             })?
             .pop_if_empty()
             .extend(["adminapi", "beta", &segment, "InvokeCommand"]);
-        let anchor = format!("APP:{SYSTEM_MAILBOX}@{}", tid.unwrap_or(segment));
+        // The app-only anchor names the tenant by id; without a `tid` claim the older
+        // UPN form with the initial domain is the one the service accepts.
+        let anchor = match tid {
+            Some(tid) => format!("APP:{SYSTEM_MAILBOX}@{tid}"),
+            None if segment.contains('.') => format!("UPN:{SYSTEM_MAILBOX}@{segment}"),
+            None => format!("APP:{SYSTEM_MAILBOX}@{segment}"),
+        };
         let anchor = HeaderValue::from_str(&anchor).map_err(|_| ExchangeError::Configuration {
             key: "organization",
             message: "contains characters not allowed in an HTTP header".to_string(),

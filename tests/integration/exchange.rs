@@ -10,6 +10,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use runbook_worker::clock::ManualClock;
 use runbook_worker::duration::HumanDuration;
 use runbook_worker::exchange::params::parameters;
 use runbook_worker::exchange::{
@@ -841,6 +842,29 @@ async fn a_401_that_persists_after_one_refresh_is_unauthorized_with_the_reason()
     }
     assert_eq!(t.tokens.refresh_calls(), 1);
     assert_eq!(t.calls().len(), 2);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_with_the_reason_after_one_refresh() {
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let config = SimulatorConfig {
+        clock: clock.clone(),
+        ..small()
+    };
+    let t = tenant(config).await;
+    clock.advance(Duration::from_secs(2 * 3600));
+    let error = t
+        .client
+        .invoke_all("Get-Mailbox", identity("sales"))
+        .await
+        .unwrap_err();
+    match &error {
+        ExchangeError::Unauthorized { reason, .. } => {
+            assert!(reason.contains("The token has expired"), "{reason}");
+        }
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    assert_eq!(t.tokens.refresh_calls(), 1);
 }
 
 #[tokio::test]

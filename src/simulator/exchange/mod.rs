@@ -40,6 +40,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{SharedClock, SystemClock};
 use crate::identity::TokenClaims;
 use crate::identity::claims::{EXCHANGE_MANAGE_AS_APP, directory_role};
 use cmdlets::{Failure, Limit, Outcome, Query};
@@ -76,6 +77,8 @@ pub struct SimulatorConfig {
     pub next_link_ttl: Duration,
     /// Keep a log of requests (turn off for long benchmarks).
     pub record_requests: bool,
+    /// Decides whether a token has expired.
+    pub clock: SharedClock,
 }
 
 impl Default for SimulatorConfig {
@@ -91,6 +94,7 @@ impl Default for SimulatorConfig {
             throttle_retry_after: Duration::from_secs(1),
             next_link_ttl: Duration::from_secs(10 * 60),
             record_requests: true,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -222,6 +226,7 @@ pub struct SimulatorStats {
 }
 
 struct Shared {
+    clock: SharedClock,
     tenant_id: String,
     initial_domain: String,
     resource: String,
@@ -282,6 +287,7 @@ impl ExchangeSimulator {
                 .await
                 .map_err(io::Error::other)?;
         let shared = Arc::new(Shared {
+            clock: Arc::clone(&config.clock),
             tenant_id: config.tenant_id.clone(),
             initial_domain: org.initial_domain.clone(),
             resource: config.resource.clone(),
@@ -355,12 +361,13 @@ impl ExchangeSimulator {
         &self.shared.resource
     }
 
-    /// A token source whose tokens this tenant accepts.
+    /// A token source whose tokens this tenant accepts (valid for an hour from the
+    /// simulator's clock).
     pub fn token_source(&self) -> SimulatedTokens {
         SimulatedTokens::for_tenant(
             &self.shared.tenant_id,
             &self.shared.resource,
-            chrono::Utc::now(),
+            self.shared.clock.now(),
         )
     }
 
@@ -786,7 +793,7 @@ impl Shared {
         };
         if claims
             .exp
-            .is_none_or(|exp| exp <= chrono::Utc::now().timestamp())
+            .is_none_or(|exp| exp <= self.clock.now().timestamp())
         {
             return Some(unauthorized_token(
                 "2000002;reason=\"The token has expired.\";error_category=\"invalid_token\"",
