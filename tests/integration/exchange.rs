@@ -113,6 +113,36 @@ async fn every_parameter_kind_reaches_the_wire_as_the_module_encodes_it() {
 }
 
 #[tokio::test]
+async fn an_array_of_hashtables_travels_with_its_collection_annotation() {
+    let t = tenant(small()).await;
+    let rules = ParamValue::Array(vec![
+        hashtable(&[("Name", "a".into())]),
+        hashtable(&[("Name", "b".into())]),
+    ]);
+    let error = t
+        .client
+        .invoke_all("Get-OrganizationConfig", parameters([("Rules", rules)]))
+        .await
+        .unwrap_err();
+    // The service deserialised the array (its annotation was right) and only then found
+    // that this cmdlet has no such parameter.
+    assert!(
+        error.to_string().contains("matches parameter name 'Rules'"),
+        "{error}"
+    );
+    assert_eq!(
+        Value::Object(t.calls()[0].parameters().unwrap().clone()),
+        json!({
+            "Rules@odata.type": "#Collection(Exchange.GenericHashTable)",
+            "Rules": [
+                {"@odata.type": "#Exchange.GenericHashTable", "Name": "a"},
+                {"@odata.type": "#Exchange.GenericHashTable", "Name": "b"},
+            ],
+        })
+    );
+}
+
+#[tokio::test]
 async fn filter_booleans_are_rewritten_so_the_service_can_evaluate_them() {
     let t = tenant(small()).await;
     let hidden: HashSet<String> = t

@@ -305,10 +305,15 @@ struct Args<'a> {
 }
 
 impl<'a> Args<'a> {
-    /// Refuses unknown parameters and hashtables without their OData type, as the
-    /// service's binder does.
+    /// Refuses hashtables without their OData type (the request cannot even be
+    /// deserialised) and then unknown parameters, as the service's binder does.
     fn check(&self, allowed: &[&str], should_process: bool) -> Result<(), Failure> {
         for (key, value) in self.map {
+            if !key.contains('@') {
+                check_encoding(self.map, key, value)?;
+            }
+        }
+        for key in self.map.keys() {
             if key.contains('@') {
                 continue;
             }
@@ -320,7 +325,6 @@ impl<'a> Args<'a> {
             if !known {
                 return Err(unknown_parameter(key));
             }
-            check_encoding(self.map, key, value)?;
         }
         Ok(())
     }
@@ -1648,6 +1652,10 @@ mod tests {
             (
                 json!({"Identity": "adele.vance", "EmailAddresses": {"Add": "smtp:x@contoso.com"}}),
                 "System.Collections.Hashtable",
+            ),
+            (
+                json!({"Identity": "adele.vance", "GrantSendOnBehalfTo": [{"@odata.type": HASHTABLE, "Add": "sales"}]}),
+                "System.Collections.Hashtable[]",
             ),
             (
                 json!({"HiddenFromAddressListsEnabled": true}),
