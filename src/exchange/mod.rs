@@ -1,15 +1,34 @@
 //! Exchange Online admin cmdlets over the REST InvokeCommand API.
 //!
 //! The only module that knows the InvokeCommand JSON (envelope, parameter encoding, OData
-//! annotations, error bodies). Gets tokens through [`crate::identity::TokenSource`]; knows
-//! nothing of runbooks, schedules or history.
+//! annotations, error bodies) and its HTTP rules (headers, paging, redirects, retries). Gets
+//! tokens through [`crate::identity::TokenSource`]; knows nothing of runbooks, schedules or
+//! history.
+//!
+//! Layout: the pure parts take their inputs as arguments and have table-driven tests —
+//! [`params`] (values), [`encode`] (the request body), [`cmdlet`] (read or write, what to
+//! confirm), [`response`] (pages and error bodies), [`retry`] (what to do after a failed
+//! attempt), [`limiter`]'s [`limiter::AimdPolicy`]. [`client`] is the adapter that does
+//! the I/O; [`error`] is what callers branch on.
 
+pub mod client;
+pub mod cmdlet;
+pub mod encode;
+pub mod error;
+pub mod limiter;
 pub mod params;
+pub mod response;
+pub mod retry;
 
 use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
+pub use client::{ExchangeClient, Invocation, InvokeOptions, Output, Page};
+pub use error::ExchangeError;
+pub use limiter::TenantLimiter;
 pub use params::{ParamValue, Parameters};
+pub use response::{CmdletIssue, Record};
+pub use retry::RetryPolicy;
 
 /// Which Exchange Online cloud: chooses the host and the token resource.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +39,25 @@ pub enum Cloud {
     GccHigh,
     Dod,
     China,
+}
+
+impl Cloud {
+    /// The InvokeCommand front door of this cloud.
+    pub fn host(self) -> &'static str {
+        match self {
+            Cloud::Global => "outlook.office365.com",
+            Cloud::GccHigh => "outlook.office365.us",
+            Cloud::Dod => "outlook-dod.office365.us",
+            // The sources disagree (partner.outlook.cn for Remote PowerShell,
+            // outlook.office365.cn on the v2.0 page); the module's connection URI wins.
+            Cloud::China => "partner.outlook.cn",
+        }
+    }
+
+    /// The resource a token must be issued for (its `aud`).
+    pub fn resource(self) -> String {
+        format!("https://{}", self.host())
+    }
 }
 
 /// `[exchange]` settings.
@@ -33,9 +71,18 @@ pub struct ExchangeSettings {
     pub endpoint: Option<String>,
     /// 1..=1000.
     pub page_size: u32,
+    /// How long one request (one page, with its retries) may take.
     pub timeout: HumanDuration,
     /// Requests in flight per tenant, shared by all jobs.
     pub max_concurrency: u32,
+    /// Retries of one request after throttling or a transient failure.
+    pub max_retries: u32,
+    /// First backoff delay; doubles with each retry.
+    pub retry_base_delay: HumanDuration,
+    /// Upper bound of one wait, including a server's `Retry-After`.
+    pub retry_max_delay: HumanDuration,
+    /// Redirects followed for one request.
+    pub max_redirects: u32,
 }
 
 impl Default for ExchangeSettings {
@@ -47,6 +94,35 @@ impl Default for ExchangeSettings {
             page_size: 1000,
             timeout: HumanDuration::from_secs(16 * 60),
             max_concurrency: 8,
+            max_retries: 5,
+            retry_base_delay: HumanDuration::from_secs(2),
+            retry_max_delay: HumanDuration::from_secs(120),
+            max_redirects: 5,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cloud_has_its_host_and_resource() {
+        let table = [
+            (Cloud::Global, "https://outlook.office365.com"),
+            (Cloud::GccHigh, "https://outlook.office365.us"),
+            (Cloud::Dod, "https://outlook-dod.office365.us"),
+            (Cloud::China, "https://partner.outlook.cn"),
+        ];
+        for (cloud, resource) in table {
+            assert_eq!(cloud.resource(), resource, "{cloud:?}");
+        }
+    }
+
+    #[test]
+    fn cloud_names_in_settings_are_kebab_case() {
+        let settings: ExchangeSettings = toml::from_str("cloud = \"gcc-high\"").unwrap();
+        assert_eq!(settings.cloud, Cloud::GccHigh);
+        assert_eq!(settings.max_retries, 5);
     }
 }

@@ -3,4 +3,5 @@
 //! services check; used by tests, benchmarks and `serve --simulate`. Binds 127.0.0.1 only.
 
 pub mod identity;
+pub mod exchange;
 pub mod jwt;

@@ -10,3 +10,4 @@ mod http;
 mod runbook;
 mod coordination;
 mod identity;
+mod exchange;

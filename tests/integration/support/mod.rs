@@ -8,6 +8,7 @@ pub mod history;
 pub mod http;
 pub mod runbook;
 pub mod identity;
+pub mod exchange;
 
 use std::path::Path;
 use std::process::{Command, Output};
