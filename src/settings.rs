@@ -301,13 +301,7 @@ impl Settings {
                 ),
             ));
         }
-        let lease = self.coordination.lease_duration.get().as_secs();
-        if !(15..=60).contains(&lease) {
-            out.push((
-                "coordination.lease_duration".to_string(),
-                format!("must be between 15s and 60s (Blob Storage's limits), got {lease}s"),
-            ));
-        }
+        out.extend(self.coordination.problems());
         out.extend(self.history.problems());
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             out.push((
