@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::exchange::params::Parameters;
+use crate::scheduler::schedule::Schedule;
 
 use super::template::{TemplateContext, TemplateError, TemplateSet, ValueTemplate};
 
@@ -41,6 +42,9 @@ pub struct Runbook {
     pub description: String,
     /// Empty for a runbook that only runs on demand (`run`, the API).
     pub schedules: Vec<CronSchedule>,
+    /// The same expressions as one [`Schedule`] in `timezone`, built once at validation:
+    /// the only thing the scheduler fires from (`None` without a schedule).
+    pub schedule: Option<Schedule>,
     pub timezone: chrono_tz::Tz,
     pub timeout: Duration,
     pub enabled: bool,
@@ -93,7 +97,8 @@ impl Runbook {
 }
 
 /// One cron expression of `schedule`, parsed by croner (seconds optional, `L`, `#`, `W`,
-/// `@daily`-style nicknames).
+/// `@daily`-style nicknames), kept for validation messages and tools; the scheduler fires
+/// from [`Runbook::schedule`].
 #[derive(Clone, Debug)]
 pub struct CronSchedule {
     /// The expression as written.
@@ -102,9 +107,8 @@ pub struct CronSchedule {
 }
 
 /// How croner parses every runbook schedule: seconds optional (5 or 6 fields, seconds
-/// first), no year field, day-of-month and day-of-week OR-ed as in Vixie cron. The
-/// scheduler uses the parsed [`CronSchedule::cron`]; this is public so tools can parse the
-/// same way.
+/// first), no year field, day-of-month and day-of-week OR-ed as in Vixie cron, exactly as
+/// [`Schedule::new`] does; public so tools can parse the same way.
 pub fn cron_parser() -> croner::parser::CronParser {
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Optional)

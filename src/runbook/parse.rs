@@ -23,6 +23,7 @@ use toml::value::{Datetime, Offset};
 
 use crate::duration::HumanDuration;
 use crate::exchange::params::ParamValue;
+use crate::scheduler::schedule::Schedule;
 
 use super::error::{ErrorKind, SourceMap, ValidationError};
 use super::model::{
@@ -613,6 +614,9 @@ impl<'t> Checker<'t> {
             .get("schedule")
             .map(|n| self.schedules(n))
             .unwrap_or_default();
+        let schedule = root
+            .get("schedule")
+            .and_then(|n| self.schedule(n, &schedules, timezone));
         let timeout = match root.get("timeout") {
             None => DEFAULT_TIMEOUT,
             Some(node) => match self.duration(node, "timeout", "\"timeout\"") {
@@ -736,6 +740,7 @@ impl<'t> Checker<'t> {
             hash: format!("{:x}", Sha256::digest(text.as_bytes())),
             description,
             schedules,
+            schedule,
             timezone,
             timeout,
             enabled,
@@ -805,6 +810,27 @@ impl<'t> Checker<'t> {
                     "a cron expression string or a list of them",
                 );
                 Vec::new()
+            }
+        }
+    }
+
+    /// The scheduler's [`Schedule`] of the expressions that passed their own checks, built
+    /// here so that the runbook carries the one cron path the scheduler fires from.
+    fn schedule(
+        &mut self,
+        node: &Node<'_>,
+        schedules: &[CronSchedule],
+        timezone: Tz,
+    ) -> Option<Schedule> {
+        if schedules.is_empty() {
+            return None;
+        }
+        let expressions: Vec<String> = schedules.iter().map(|s| s.expression.clone()).collect();
+        match Schedule::new(&expressions, timezone) {
+            Ok(schedule) => Some(schedule),
+            Err(e) => {
+                self.report(node.span(), "schedule", ErrorKind::Cron, e.to_string());
+                None
             }
         }
     }

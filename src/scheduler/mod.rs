@@ -1,5 +1,22 @@
 //! Deciding when jobs run: cron maths in time zones ([`schedule`], pure), overlap and
-//! missed-run policies ([`policy`], pure), and the scheduler loop. The executor decides how.
+//! missed-run policies ([`policy`], pure), the worker's view of the runbooks folder across
+//! reloads ([`catalog`], pure), the scheduler loop ([`engine`]) with the tasks it spawns
+//! ([`job`] for one job's life, `sweep` for the coordination store's background work) and
+//! the folder watcher ([`watch`]). The executor decides how a job runs: the loop only sees
+//! it through [`job::JobRunner`].
 
+pub mod catalog;
+pub mod engine;
+pub mod job;
 pub mod policy;
 pub mod schedule;
+mod sweep;
+pub mod watch;
+
+pub use catalog::{LiveCatalog, LiveRunbook, ReloadSummary};
+pub use engine::{
+    Due, JobKey, LastJob, RunError, Scheduler, SchedulerHandle, SchedulerOptions, SchedulerParts,
+    catch_ups, plan_next, window,
+};
+pub use job::{JobRunner, JobSpec};
+pub use watch::{DEFAULT_DEBOUNCE, FolderWatcher, WatchError, watch_folder};

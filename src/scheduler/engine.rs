@@ -1,0 +1,1202 @@
+//! The scheduler loop: one task, one `select!` over a closed set of events — a timer is
+//! due, the catalog changed, a run or cancel was requested, a job reported, shutdown — and
+//! the only owner of the per-runbook state (next fire instant, running jobs, the queued
+//! occurrence). Everything slow (claims, history writes, the jobs themselves, loading the
+//! folder) runs in tasks that report back as events, so the loop only ever does
+//! bookkeeping and fires on time.
+//!
+//! Timers are one ordered set of `(fire instant, runbook)` with one entry per runbook, so the
+//! loop sleeps once, until the earliest, whatever the number of runbooks; the wait goes
+//! through [`Clock::sleep_until`](crate::clock::Clock::sleep_until) so tests move time with a
+//! `ManualClock` instead of sleeping.
+//!
+//! Knows nothing of HTTP, signals or how a job runs: the composition root feeds it reloads
+//! and requests through a [`SchedulerHandle`] and gives it a [`JobRunner`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::SharedClock;
+use crate::coordination::{
+    CoordinationKind, Coordinator, InterruptedOccurrence, StorageHealth,
+};
+use crate::history::{HistoryError, HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
+use crate::runbook::{
+    Catalog, OnInterrupt, ParamError, ParamInput, PolicySettings, Runbook, ValidationError,
+    load_folder,
+};
+use crate::telemetry::metrics::Metrics;
+
+use super::catalog::{LiveCatalog, ReloadSummary};
+use super::job::{
+    ClaimKind, JobContext, JobEvent, JobOrder, JobRunner, StartWhen, record_overlap_skip, run_job,
+};
+use super::policy::{
+    MissedPolicy, OverlapDecision, OverlapPolicy, Window, decide_overlap, jitter_offset,
+    missed_run,
+};
+use super::sweep;
+
+/// An occurrence found more than this late by the loop (a suspended VM, a stalled host) is
+/// not fired as a normal occurrence: it is treated as missed (see `missed`).
+const LATE_LIMIT: Duration = Duration::from_secs(30);
+
+/// How the scheduler behaves.
+#[derive(Clone, Debug)]
+pub struct SchedulerOptions {
+    /// The name recorded as the owner of claimed occurrences.
+    pub replica_id: String,
+    /// How long running jobs may finish after shutdown starts before they are cancelled.
+    pub shutdown_grace: Duration,
+    /// How long cancelled jobs get to record their end before their tasks are dropped (the
+    /// history records them Cancelled regardless).
+    pub cancel_wait: Duration,
+    /// How often orphaned occurrences are swept (Azure coordination only).
+    pub sweep_interval: Duration,
+    pub runbooks_dir: PathBuf,
+    pub policy: PolicySettings,
+}
+
+/// The components the scheduler drives.
+#[derive(Clone)]
+pub struct SchedulerParts {
+    pub clock: SharedClock,
+    pub history: HistoryStore,
+    pub coordinator: Coordinator,
+    pub runner: Arc<dyn JobRunner>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why a run request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no runbook named {0:?} is loaded (GET /api/runbooks lists them)")]
+    NotFound(String),
+    #[error(transparent)]
+    Params(#[from] ParamError),
+    #[error("{0}")]
+    Busy(String),
+    #[error("the worker is shutting down and starts no new jobs; try another replica or later")]
+    ShuttingDown,
+    #[error("cannot record the job in the history")]
+    History(#[source] HistoryError),
+}
+
+/// The most recent job of a runbook, for the API and the dashboard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastJob {
+    pub job_id: JobId,
+    pub status: JobStatus,
+}
+
+/// A job's key inside the engine (history ids exist only once the job is recorded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobKey(u64);
+
+/// Everything the loop reacts to, besides its own timer and the shutdown token.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// The folder changed (watcher) or SIGHUP: load it again.
+    Reload,
+    /// A load finished.
+    Loaded {
+        catalog: Catalog,
+        errors: Vec<ValidationError>,
+    },
+    Run {
+        name: String,
+        params: Vec<(String, ParamInput)>,
+        dry_run: bool,
+        trigger: Trigger,
+        reply: oneshot::Sender<Result<JobId, RunError>>,
+    },
+    Cancel {
+        id: JobId,
+        reply: oneshot::Sender<bool>,
+    },
+    /// A missed occurrence found in the coordination store at start.
+    CatchUp {
+        name: String,
+        instant: DateTime<Utc>,
+    },
+    /// An orphaned occurrence a sweep marked Interrupted.
+    Interrupted(Box<InterruptedOccurrence>),
+    Job(JobEvent),
+}
+
+/// What the API reads without going through the loop.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    catalog: RwLock<Arc<LiveCatalog>>,
+    last_jobs: Mutex<HashMap<String, LastJob>>,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn catalog(&self) -> Arc<LiveCatalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Talks to a running scheduler; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SchedulerHandle {
+    events: mpsc::UnboundedSender<Event>,
+    shared: Arc<Shared>,
+}
+
+impl SchedulerHandle {
+    /// The catalog in force.
+    pub fn catalog(&self) -> Arc<LiveCatalog> {
+        self.shared.catalog()
+    }
+
+    /// The most recent job of `runbook` (Skipped occurrences aside).
+    pub fn last_job(&self, runbook: &str) -> Option<LastJob> {
+        self.shared
+            .last_jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(runbook)
+            .cloned()
+    }
+
+    /// True from the moment shutdown starts.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Loads the runbooks folder again (file watcher, SIGHUP).
+    pub fn reload(&self) {
+        let _ = self.events.send(Event::Reload);
+    }
+
+    /// Starts a job of `runbook` now (or queues it behind a running one, per its
+    /// `overlap`); answers once the job is in the history.
+    pub async fn run(
+        &self,
+        runbook: &str,
+        params: Vec<(String, ParamInput)>,
+        dry_run: bool,
+        trigger: Trigger,
+    ) -> Result<JobId, RunError> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::Run {
+                name: runbook.to_string(),
+                params,
+                dry_run,
+                trigger,
+                reply,
+            })
+            .map_err(|_| RunError::ShuttingDown)?;
+        answer.await.unwrap_or(Err(RunError::ShuttingDown))
+    }
+
+    /// Tells job `id` to stop (between calls); false when it is not running or queued here.
+    pub async fn cancel(&self, id: &JobId) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .events
+            .send(Event::Cancel {
+                id: id.clone(),
+                reply,
+            })
+            .is_err()
+        {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+}
+
+/// A due occurrence: the schedule's instant and when it fires (the instant plus jitter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Due {
+    pub instant: DateTime<Utc>,
+    pub fire_at: DateTime<Utc>,
+}
+
+/// The next occurrence of `runbook` strictly after `after`, or `None` when it has no
+/// schedule, is disabled or its window has ended. Pure.
+pub fn plan_next(runbook: &Runbook, after: DateTime<Utc>) -> Option<Due> {
+    if !runbook.enabled {
+        return None;
+    }
+    let schedule = runbook.schedule.as_ref()?;
+    let instant = window(runbook).next_fire(schedule, after)?;
+    let offset = jitter_offset(&runbook.name, instant, runbook.jitter);
+    let fire_at = chrono::Duration::from_std(offset)
+        .ok()
+        .and_then(|o| instant.checked_add_signed(o))
+        .unwrap_or(instant);
+    Some(Due { instant, fire_at })
+}
+
+/// The active window of a runbook.
+pub fn window(runbook: &Runbook) -> Window {
+    Window {
+        start_at: runbook.start_at,
+        end_at: runbook.end_at,
+    }
+}
+
+/// Whether two versions of a runbook fire at the same instants, so that a reload can keep
+/// the pending timer.
+fn same_timing(a: &Runbook, b: &Runbook) -> bool {
+    a.schedule == b.schedule
+        && a.enabled == b.enabled
+        && a.start_at == b.start_at
+        && a.end_at == b.end_at
+        && a.jitter == b.jitter
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting behind a running job of the same runbook.
+    Queued,
+    /// Claiming its occurrence or being recorded.
+    Starting,
+    /// Holds its occurrence and runs.
+    Running,
+}
+
+#[derive(Debug)]
+struct JobSlot {
+    runbook: String,
+    phase: Phase,
+    job_id: Option<JobId>,
+    cancel: CancellationToken,
+    go: Option<oneshot::Sender<()>>,
+    abort: AbortHandle,
+}
+
+#[derive(Debug, Default)]
+struct RunbookJobs {
+    /// Jobs started (claiming or running), oldest first.
+    active: Vec<JobKey>,
+    /// The one occurrence waiting for them to end.
+    queued: Option<JobKey>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    runbook: Arc<Runbook>,
+    next: Option<Due>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopping {
+    Running,
+    /// Shutdown started; running jobs may finish until then.
+    Grace(DateTime<Utc>),
+    /// Jobs were cancelled; they may record their end until then.
+    Cancelling(DateTime<Utc>),
+}
+
+/// The scheduler loop and its state; see the module documentation.
+pub struct Scheduler {
+    ctx: Arc<JobContext>,
+    options: SchedulerOptions,
+    shared: Arc<Shared>,
+    events: Option<mpsc::UnboundedReceiver<Event>>,
+    catalog: Arc<LiveCatalog>,
+    slots: HashMap<String, Slot>,
+    timers: BTreeSet<(DateTime<Utc>, String)>,
+    jobs: HashMap<JobKey, JobSlot>,
+    by_runbook: HashMap<String, RunbookJobs>,
+    next_key: u64,
+    tracker: TaskTracker,
+    health: watch::Receiver<StorageHealth>,
+    stopping: Stopping,
+    load_in_flight: bool,
+    load_again: bool,
+}
+
+impl Scheduler {
+    /// A scheduler over `catalog` (the first load of the folder). Nothing fires until
+    /// [`Scheduler::run`].
+    pub fn new(
+        parts: SchedulerParts,
+        options: SchedulerOptions,
+        catalog: LiveCatalog,
+    ) -> (Scheduler, SchedulerHandle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let catalog = Arc::new(catalog);
+        let shared = Arc::new(Shared {
+            catalog: RwLock::new(catalog.clone()),
+            last_jobs: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+        });
+        let health = parts.coordinator.health();
+        let ctx = Arc::new(JobContext {
+            clock: parts.clock,
+            history: parts.history,
+            record_fired: parts.coordinator.kind() == CoordinationKind::AzureBlob,
+            coordinator: parts.coordinator,
+            runner: parts.runner,
+            metrics: parts.metrics,
+            replica_id: options.replica_id.clone(),
+            events: tx.clone(),
+        });
+        let handle = SchedulerHandle {
+            events: tx,
+            shared: shared.clone(),
+        };
+        let scheduler = Scheduler {
+            ctx,
+            options,
+            shared,
+            events: Some(rx),
+            catalog: Arc::new(LiveCatalog::default()),
+            slots: HashMap::new(),
+            timers: BTreeSet::new(),
+            jobs: HashMap::new(),
+            by_runbook: HashMap::new(),
+            next_key: 0,
+            tracker: TaskTracker::new(),
+            health,
+            stopping: Stopping::Running,
+            load_in_flight: false,
+            load_again: false,
+        };
+        let mut scheduler = scheduler;
+        scheduler.install(catalog, &ReloadSummary::default());
+        (scheduler, handle)
+    }
+
+    /// Fires schedules until `stop` is cancelled, then shuts down: stops firing, lets
+    /// running jobs finish for the grace period, cancels the rest between calls, and returns
+    /// once every job is recorded.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let Some(mut events) = self.events.take() else {
+            return;
+        };
+        self.start_up().await;
+        let background = CancellationToken::new();
+        if self.ctx.coordinator.kind() == CoordinationKind::AzureBlob {
+            self.tracker.spawn(sweep::run_sweeper(
+                self.ctx.coordinator.clone(),
+                self.shared.clone(),
+                self.ctx.events.clone(),
+                self.options.sweep_interval,
+                background.clone(),
+            ));
+        }
+
+        loop {
+            if self.stopping != Stopping::Running && self.jobs.is_empty() {
+                break;
+            }
+            let clock = self.ctx.clock.clone();
+            let next_timer = match self.stopping {
+                Stopping::Running => self.timers.first().map(|(at, _)| *at),
+                _ => None,
+            };
+            let deadline = match self.stopping {
+                Stopping::Grace(at) | Stopping::Cancelling(at) => Some(at),
+                Stopping::Running => None,
+            };
+            let timer = sleep_until(&clock, next_timer);
+            let deadline_passed = sleep_until(&clock, deadline);
+            tokio::select! {
+                biased;
+                () = stop.cancelled(), if self.stopping == Stopping::Running => {
+                    background.cancel();
+                    self.begin_shutdown();
+                }
+                () = timer => self.fire_due(),
+                Some(event) = events.recv() => self.handle(event),
+                () = deadline_passed => self.deadline_passed().await,
+            }
+        }
+        background.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        tracing::info!("scheduler stopped: every job is recorded");
+    }
+
+    fn key(&mut self) -> JobKey {
+        self.next_key += 1;
+        JobKey(self.next_key)
+    }
+
+    /// Catch-up runs, reruns of interrupted jobs and the last status of each runbook.
+    async fn start_up(&mut self) {
+        let history = self.ctx.history.clone();
+        match history.last_status_per_runbook().await {
+            Ok(last) => {
+                let mut board = self
+                    .shared
+                    .last_jobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                for (name, job) in last {
+                    board.insert(
+                        name,
+                        LastJob {
+                            job_id: job.id,
+                            status: job.status,
+                        },
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the last status of each runbook"),
+        }
+        for job in history.interrupted_at_open() {
+            self.ctx
+                .metrics
+                .job_recorded(&job.runbook, JobStatus::Interrupted.as_str());
+        }
+
+        match self.ctx.coordinator.kind() {
+            CoordinationKind::Local => {
+                // One process: the history is the truth about what fired and what died.
+                let now = self.ctx.clock.now();
+                match history.last_occurrence_per_runbook().await {
+                    Ok(last) => {
+                        for (name, instant) in catch_ups(&self.catalog, &last, now) {
+                            self.occurrence(
+                                &name,
+                                instant,
+                                Trigger::CatchUp,
+                                now,
+                                ClaimKind::Occurrence(instant),
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the last occurrences; no catch-up runs")
+                    }
+                }
+                let reruns: Vec<(String, DateTime<Utc>)> = history
+                    .interrupted_at_open()
+                    .iter()
+                    .filter(|j| matches!(j.trigger, Trigger::Schedule | Trigger::CatchUp))
+                    .filter_map(|j| Some((j.runbook.clone(), j.scheduled_for?)))
+                    .collect();
+                for (name, instant) in reruns {
+                    let wanted = self
+                        .slots
+                        .get(&name)
+                        .is_some_and(|s| s.runbook.on_interrupt == OnInterrupt::Rerun);
+                    if wanted {
+                        tracing::info!(runbook = %name, %instant, "rerunning a job the previous process left Interrupted (on_interrupt = \"rerun\")");
+                        self.occurrence(
+                            &name,
+                            instant,
+                            Trigger::Retry,
+                            now,
+                            ClaimKind::Occurrence(instant),
+                        );
+                    }
+                }
+            }
+            CoordinationKind::AzureBlob => {
+                // The cluster's schedule status is the truth; reading it is I/O, so a task
+                // does it and reports catch-ups as events.
+                let wanted: Vec<Arc<Runbook>> = self
+                    .catalog
+                    .iter()
+                    .map(|l| l.runbook.clone())
+                    .filter(|r| r.missed == MissedPolicy::RunOnce && r.enabled && r.schedule.is_some())
+                    .collect();
+                if !wanted.is_empty() {
+                    self.tracker.spawn(sweep::catch_up_from_store(
+                        self.ctx.coordinator.clone(),
+                        self.ctx.clock.clone(),
+                        wanted,
+                        self.ctx.events.clone(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Fires every timer that is due.
+    fn fire_due(&mut self) {
+        let now = self.ctx.clock.now();
+        while let Some((at, name)) = self.timers.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(slot) = self.slots.get_mut(&name) else {
+                continue;
+            };
+            let Some(due) = slot.next.take() else {
+                continue;
+            };
+            let late = (now - due.fire_at).to_std().unwrap_or_default();
+            // After a long stall, continue from the present rather than firing every
+            // occurrence that passed meanwhile.
+            let after = if late > LATE_LIMIT {
+                now - chrono::Duration::from_std(LATE_LIMIT).unwrap_or_default()
+            } else {
+                due.instant
+            };
+            slot.next = plan_next(&slot.runbook, after.max(due.instant));
+            if let Some(next) = slot.next {
+                self.timers.insert((next.fire_at, name.clone()));
+            }
+            let runbook = slot.runbook.clone();
+            if late > LATE_LIMIT {
+                let catch_up = runbook.schedule.as_ref().and_then(|schedule| {
+                    missed_run(
+                        schedule,
+                        &window(&runbook),
+                        Some(due.instant - chrono::Duration::nanoseconds(1)),
+                        now,
+                        runbook.missed,
+                        runbook.max_lateness,
+                    )
+                });
+                tracing::warn!(runbook = %name, instant = %due.instant, late_ms = late.as_millis() as u64, catch_up = catch_up.is_some(), "the scheduler fired too late (a stalled host?); treating the occurrence as missed");
+                if let Some(catch_up) = catch_up {
+                    self.occurrence(
+                        &name,
+                        catch_up.scheduled_for,
+                        Trigger::CatchUp,
+                        now,
+                        ClaimKind::Occurrence(catch_up.scheduled_for),
+                    );
+                }
+                continue;
+            }
+            self.occurrence(
+                &name,
+                due.instant,
+                Trigger::Schedule,
+                due.fire_at,
+                ClaimKind::Occurrence(due.instant),
+            );
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Reload => self.start_load(),
+            Event::Loaded { catalog, errors } => {
+                self.load_in_flight = false;
+                let (next, summary) =
+                    self.catalog
+                        .reload(&self.options.runbooks_dir, catalog, errors);
+                self.install(Arc::new(next), &summary);
+                if self.load_again {
+                    self.load_again = false;
+                    self.start_load();
+                }
+            }
+            Event::Run {
+                name,
+                params,
+                dry_run,
+                trigger,
+                reply,
+            } => self.run_requested(name, params, dry_run, trigger, reply),
+            Event::Cancel { id, reply } => {
+                let found = self
+                    .jobs
+                    .values()
+                    .find(|j| j.job_id.as_ref() == Some(&id));
+                if let Some(job) = found {
+                    tracing::info!(job_id = %id, runbook = %job.runbook, "cancel requested");
+                    job.cancel.cancel();
+                }
+                let _ = reply.send(found.is_some());
+            }
+            Event::CatchUp { name, instant } => {
+                let now = self.ctx.clock.now();
+                self.occurrence(
+                    &name,
+                    instant,
+                    Trigger::CatchUp,
+                    now,
+                    ClaimKind::Occurrence(instant),
+                );
+            }
+            Event::Interrupted(interrupted) => self.interrupted(*interrupted),
+            Event::Job(job) => self.job_event(job),
+        }
+    }
+
+    fn start_load(&mut self) {
+        if self.stopping != Stopping::Running {
+            return;
+        }
+        if self.load_in_flight {
+            // Changes keep coming: load once more when this load is done.
+            self.load_again = true;
+            return;
+        }
+        self.load_in_flight = true;
+        let dir = self.options.runbooks_dir.clone();
+        let policy = self.options.policy.clone();
+        let events = self.ctx.events.clone();
+        self.tracker.spawn(async move {
+            let loaded = tokio::task::spawn_blocking(move || load_folder(&dir, &policy)).await;
+            let (catalog, errors) = match loaded {
+                Ok(result) => result,
+                Err(e) => {
+                    tracing::error!(error = %e, "loading the runbooks folder failed; keeping the catalog");
+                    (Catalog::default(), Vec::new())
+                }
+            };
+            let _ = events.send(Event::Loaded { catalog, errors });
+        });
+    }
+
+    /// Puts `catalog` in force: new runbooks get a timer, changed ones keep theirs when
+    /// their timing is unchanged, removed ones lose it (their queued job is cancelled,
+    /// running jobs are left alone).
+    fn install(&mut self, catalog: Arc<LiveCatalog>, summary: &ReloadSummary) {
+        let now = self.ctx.clock.now();
+        for live in catalog.iter() {
+            let name = live.runbook.name.clone();
+            match self.slots.get_mut(&name) {
+                Some(slot) if Arc::ptr_eq(&slot.runbook, &live.runbook) => {}
+                Some(slot) => {
+                    let keep = same_timing(&slot.runbook, &live.runbook);
+                    slot.runbook = live.runbook.clone();
+                    if !keep {
+                        if let Some(old) = slot.next.take() {
+                            self.timers.remove(&(old.fire_at, name.clone()));
+                        }
+                        slot.next = plan_next(&slot.runbook, now);
+                        if let Some(next) = slot.next {
+                            self.timers.insert((next.fire_at, name.clone()));
+                        }
+                    }
+                }
+                None => {
+                    let next = plan_next(&live.runbook, now);
+                    if let Some(next) = next {
+                        self.timers.insert((next.fire_at, name.clone()));
+                    }
+                    self.slots.insert(
+                        name,
+                        Slot {
+                            runbook: live.runbook.clone(),
+                            next,
+                        },
+                    );
+                }
+            }
+        }
+        let removed: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|name| catalog.get(name).is_none())
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(slot) = self.slots.remove(&name)
+                && let Some(next) = slot.next
+            {
+                self.timers.remove(&(next.fire_at, name.clone()));
+            }
+            if let Some(queued) = self.by_runbook.get(&name).and_then(|j| j.queued)
+                && let Some(job) = self.jobs.get(&queued)
+            {
+                job.cancel.cancel();
+            }
+        }
+
+        log_reload(&catalog, summary);
+        self.ctx
+            .metrics
+            .set_runbooks(catalog.len(), catalog.invalid_count());
+        *self
+            .shared
+            .catalog
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = catalog.clone();
+        self.catalog = catalog;
+    }
+
+    fn coordination_unreachable(&self) -> Option<String> {
+        match &*self.health.borrow() {
+            StorageHealth::Failing { reason } => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    /// An occurrence of `name` at `instant` is due: start it, queue it, skip it or replace
+    /// the running job, per the runbook's `overlap`.
+    fn occurrence(
+        &mut self,
+        name: &str,
+        instant: DateTime<Utc>,
+        trigger: Trigger,
+        due_at: DateTime<Utc>,
+        claim: ClaimKind,
+    ) {
+        if self.stopping != Stopping::Running {
+            return;
+        }
+        let Some(slot) = self.slots.get(name) else {
+            return;
+        };
+        let runbook = slot.runbook.clone();
+        if let Some(reason) = self.coordination_unreachable() {
+            tracing::warn!(runbook = %name, %instant, reason, "not claiming an occurrence while the coordination storage is unreachable");
+            return;
+        }
+        let params = match runbook.resolve_params(Vec::new()) {
+            Ok(params) => params,
+            Err(e) => {
+                tracing::error!(runbook = %name, error = %e, "cannot resolve the default parameters of a scheduled run");
+                return;
+            }
+        };
+        let (running, queued) = self.overlap_state(name);
+        match decide_overlap(runbook.overlap, running, queued) {
+            OverlapDecision::Start => {
+                self.spawn_job(runbook, trigger, claim, Some(instant), due_at, params, false, None, false);
+            }
+            OverlapDecision::Queue => {
+                self.spawn_job(runbook, trigger, claim, Some(instant), due_at, params, false, None, true);
+            }
+            OverlapDecision::CancelRunningThenStart => {
+                self.cancel_runbook_jobs(name);
+                self.spawn_job(runbook, trigger, claim, Some(instant), due_at, params, false, None, true);
+            }
+            OverlapDecision::Skip { reason } => {
+                let job = NewJob {
+                    runbook: name.to_string(),
+                    file_hash: runbook.hash.clone(),
+                    trigger,
+                    scheduled_for: Some(instant),
+                    dry_run: false,
+                    params: params.into_iter().collect(),
+                };
+                self.tracker
+                    .spawn(record_overlap_skip(self.ctx.clone(), job, reason.describe()));
+            }
+        }
+    }
+
+    /// (a job of `name` holds its occurrence and runs, a job of `name` is queued).
+    fn overlap_state(&self, name: &str) -> (bool, bool) {
+        let Some(jobs) = self.by_runbook.get(name) else {
+            return (false, false);
+        };
+        let running = jobs
+            .active
+            .iter()
+            .filter_map(|k| self.jobs.get(k))
+            .any(|j| j.phase == Phase::Running);
+        (running, jobs.queued.is_some())
+    }
+
+    /// `overlap = "replace"`: cancels the running jobs and the queued one of `name`.
+    fn cancel_runbook_jobs(&mut self, name: &str) {
+        let Some(jobs) = self.by_runbook.get(name) else {
+            return;
+        };
+        for key in jobs.active.iter().chain(jobs.queued.iter()) {
+            if let Some(job) = self.jobs.get(key) {
+                tracing::info!(runbook = %name, job_id = ?job.job_id, "cancelling the running job: a new occurrence replaces it (overlap = \"replace\")");
+                job.cancel.cancel();
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_job(
+        &mut self,
+        runbook: Arc<Runbook>,
+        trigger: Trigger,
+        claim: ClaimKind,
+        scheduled_for: Option<DateTime<Utc>>,
+        due_at: DateTime<Utc>,
+        params: std::collections::BTreeMap<String, Value>,
+        dry_run: bool,
+        reply: Option<oneshot::Sender<Result<JobId, RunError>>>,
+        queued: bool,
+    ) {
+        let key = self.key();
+        let name = runbook.name.clone();
+        let cancel = CancellationToken::new();
+        let (start, go) = if queued {
+            let (go, signal) = oneshot::channel();
+            (StartWhen::Signalled(signal), Some(go))
+        } else {
+            (StartWhen::Now, None)
+        };
+        let order = JobOrder {
+            key,
+            runbook,
+            trigger,
+            claim,
+            scheduled_for,
+            due_at,
+            params,
+            dry_run,
+            start,
+            reply,
+            cancel: cancel.clone(),
+        };
+        let handle = self.tracker.spawn(run_job(self.ctx.clone(), order));
+        self.jobs.insert(
+            key,
+            JobSlot {
+                runbook: name.clone(),
+                phase: if queued { Phase::Queued } else { Phase::Starting },
+                job_id: None,
+                cancel,
+                go,
+                abort: handle.abort_handle(),
+            },
+        );
+        let jobs = self.by_runbook.entry(name.clone()).or_default();
+        if queued {
+            if let Some(previous) = jobs.queued.replace(key)
+                && let Some(job) = self.jobs.get(&previous)
+            {
+                // Only "replace" queues over a queued job; the newer occurrence wins.
+                job.cancel.cancel();
+            }
+            self.start_queued_if_free(&name);
+        } else {
+            jobs.active.push(key);
+        }
+    }
+
+    /// Starts the queued job of `name` once no other job of it is active.
+    fn start_queued_if_free(&mut self, name: &str) {
+        let Some(jobs) = self.by_runbook.get_mut(name) else {
+            return;
+        };
+        if !jobs.active.is_empty() {
+            return;
+        }
+        let Some(key) = jobs.queued.take() else {
+            return;
+        };
+        jobs.active.push(key);
+        if let Some(job) = self.jobs.get_mut(&key) {
+            job.phase = Phase::Starting;
+            if let Some(go) = job.go.take() {
+                let _ = go.send(());
+            }
+        }
+    }
+
+    fn run_requested(
+        &mut self,
+        name: String,
+        params: Vec<(String, ParamInput)>,
+        dry_run: bool,
+        trigger: Trigger,
+        reply: oneshot::Sender<Result<JobId, RunError>>,
+    ) {
+        if self.stopping != Stopping::Running {
+            let _ = reply.send(Err(RunError::ShuttingDown));
+            return;
+        }
+        let Some(slot) = self.slots.get(&name) else {
+            let _ = reply.send(Err(RunError::NotFound(name)));
+            return;
+        };
+        let runbook = slot.runbook.clone();
+        let params = match runbook.resolve_params(params) {
+            Ok(params) => params,
+            Err(e) => {
+                let _ = reply.send(Err(RunError::Params(e)));
+                return;
+            }
+        };
+        let now = self.ctx.clock.now();
+        let (running, queued) = self.overlap_state(&name);
+        match decide_overlap(runbook.overlap, running, queued) {
+            OverlapDecision::Start => self.spawn_job(
+                runbook,
+                trigger,
+                ClaimKind::Nothing,
+                None,
+                now,
+                params,
+                dry_run,
+                Some(reply),
+                false,
+            ),
+            OverlapDecision::Queue => self.spawn_job(
+                runbook,
+                trigger,
+                ClaimKind::Nothing,
+                None,
+                now,
+                params,
+                dry_run,
+                Some(reply),
+                true,
+            ),
+            OverlapDecision::CancelRunningThenStart => {
+                self.cancel_runbook_jobs(&name);
+                self.spawn_job(
+                    runbook,
+                    trigger,
+                    ClaimKind::Nothing,
+                    None,
+                    now,
+                    params,
+                    dry_run,
+                    Some(reply),
+                    true,
+                )
+            }
+            OverlapDecision::Skip { reason } => {
+                let message = match runbook.overlap {
+                    OverlapPolicy::Queue => format!(
+                        "runbook {name:?} is running and another job is already queued (overlap = \"queue\" keeps one waiting); try again when it ends"
+                    ),
+                    _ => format!(
+                        "runbook {name:?} is running (overlap = \"skip\"); try again when its job ends ({})",
+                        reason.describe()
+                    ),
+                };
+                let _ = reply.send(Err(RunError::Busy(message)));
+            }
+        }
+    }
+
+    /// A sweep marked an orphaned occurrence Interrupted: run it again when the runbook
+    /// says `on_interrupt = "rerun"`, or when the job had not started (nothing to repeat);
+    /// never more than once.
+    fn interrupted(&mut self, interrupted: InterruptedOccurrence) {
+        let record = &interrupted.record;
+        let Some(slot) = self.slots.get(&record.runbook) else {
+            return;
+        };
+        let rerun = slot.runbook.on_interrupt == OnInterrupt::Rerun
+            || !interrupted.started;
+        if !rerun || record.attempt >= 2 {
+            return;
+        }
+        let name = record.runbook.clone();
+        let instant = record.scheduled_for;
+        tracing::info!(runbook = %name, %instant, started = interrupted.started, "rerunning an interrupted occurrence");
+        let now = self.ctx.clock.now();
+        self.occurrence(
+            &name,
+            instant,
+            Trigger::Retry,
+            now,
+            ClaimKind::Rerun(Box::new(interrupted)),
+        );
+    }
+
+    fn job_event(&mut self, event: JobEvent) {
+        match event {
+            JobEvent::Recorded { key, job_id } => {
+                if let Some(job) = self.jobs.get_mut(&key) {
+                    job.job_id = Some(job_id.clone());
+                    let runbook = job.runbook.clone();
+                    self.set_last(&runbook, job_id, JobStatus::Queued);
+                }
+            }
+            JobEvent::Started { key } => {
+                if let Some(job) = self.jobs.get_mut(&key) {
+                    job.phase = Phase::Running;
+                    let runbook = job.runbook.clone();
+                    if let Some(id) = job.job_id.clone() {
+                        self.set_last(&runbook, id, JobStatus::Running);
+                    }
+                }
+            }
+            JobEvent::Finished {
+                key,
+                status,
+                job_id,
+                lost_job,
+            } => {
+                let Some(job) = self.jobs.remove(&key) else {
+                    return;
+                };
+                if let Some(jobs) = self.by_runbook.get_mut(&job.runbook) {
+                    jobs.active.retain(|k| *k != key);
+                    if jobs.queued == Some(key) {
+                        jobs.queued = None;
+                    }
+                }
+                if let (Some(status), Some(id)) = (status, job_id)
+                    && status != JobStatus::Skipped
+                {
+                    self.set_last(&job.runbook, id, status);
+                }
+                if let Some(id) = lost_job {
+                    // The task died without recording the end: record it for it.
+                    let history = self.ctx.history.clone();
+                    let metrics = self.ctx.metrics.clone();
+                    let runbook = job.runbook.clone();
+                    self.set_last(&runbook, id.clone(), JobStatus::Failed);
+                    self.tracker.spawn(async move {
+                        let outcome = Outcome::new(JobStatus::Failed).with_error(
+                            "the job's task ended unexpectedly (an internal error); please report it",
+                        );
+                        if history.finish(&id, outcome).await.is_ok() {
+                            metrics.job_recorded(&runbook, JobStatus::Failed.as_str());
+                        }
+                    });
+                }
+                if self.stopping == Stopping::Running {
+                    self.start_queued_if_free(&job.runbook);
+                }
+                let remove = self
+                    .by_runbook
+                    .get(&job.runbook)
+                    .is_some_and(|j| j.active.is_empty() && j.queued.is_none());
+                if remove {
+                    self.by_runbook.remove(&job.runbook);
+                }
+            }
+        }
+    }
+
+    fn set_last(&self, runbook: &str, job_id: JobId, status: JobStatus) {
+        let mut board = self
+            .shared
+            .last_jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // A late event of an older job must not hide a newer one: ids sort by creation.
+        let newer = board.get(runbook).is_none_or(|last| last.job_id <= job_id);
+        if newer {
+            board.insert(runbook.to_string(), LastJob { job_id, status });
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.timers.clear();
+        let now = self.ctx.clock.now();
+        let grace = chrono::Duration::from_std(self.options.shutdown_grace).unwrap_or_default();
+        self.stopping = Stopping::Grace(now + grace);
+        // Queued jobs would never start: end them now.
+        for job in self.jobs.values().filter(|j| j.phase == Phase::Queued) {
+            job.cancel.cancel();
+        }
+        let running = self.jobs.len();
+        tracing::info!(
+            running,
+            grace_ms = self.options.shutdown_grace.as_millis() as u64,
+            "shutting down: no more schedules fire; running jobs may finish within the grace period"
+        );
+    }
+
+    async fn deadline_passed(&mut self) {
+        match self.stopping {
+            Stopping::Running => {}
+            Stopping::Grace(_) => {
+                tracing::warn!(
+                    jobs = self.jobs.len(),
+                    "the shutdown grace period is over: cancelling the running jobs between calls"
+                );
+                for job in self.jobs.values() {
+                    job.cancel.cancel();
+                }
+                let wait = chrono::Duration::from_std(self.options.cancel_wait).unwrap_or_default();
+                self.stopping = Stopping::Cancelling(self.ctx.clock.now() + wait);
+            }
+            Stopping::Cancelling(_) => {
+                // Jobs stuck in a call that does not return: stop waiting for them and
+                // record them Cancelled here.
+                let stuck: Vec<JobSlot> = self.jobs.drain().map(|(_, job)| job).collect();
+                for job in stuck {
+                    job.abort.abort();
+                    if let Some(id) = job.job_id {
+                        let outcome = Outcome::new(JobStatus::Cancelled).with_error(
+                            "cancelled at shutdown: the job did not stop between calls in time",
+                        );
+                        match self.ctx.history.finish(&id, outcome).await {
+                            Ok(()) => self
+                                .ctx
+                                .metrics
+                                .job_recorded(&job.runbook, JobStatus::Cancelled.as_str()),
+                            Err(e) => {
+                                tracing::error!(job_id = %id, error = %e, "cannot record a job cancelled at shutdown")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Completes at `at` on `clock`, or never.
+async fn sleep_until(clock: &SharedClock, at: Option<DateTime<Utc>>) {
+    match at {
+        Some(at) => clock.sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The catch-up occurrence of each runbook (`missed = "run-once"`), given the last
+/// occurrence each one fired. Pure.
+pub fn catch_ups(
+    catalog: &LiveCatalog,
+    last_fired: &std::collections::BTreeMap<String, DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Vec<(String, DateTime<Utc>)> {
+    catalog
+        .iter()
+        .map(|l| &l.runbook)
+        .filter(|r| r.enabled)
+        .filter_map(|r| {
+            let schedule = r.schedule.as_ref()?;
+            let catch_up = missed_run(
+                schedule,
+                &window(r),
+                last_fired.get(&r.name).copied(),
+                now,
+                r.missed,
+                r.max_lateness,
+            )?;
+            Some((r.name.clone(), catch_up.scheduled_for))
+        })
+        .collect()
+}
+
+fn log_reload(catalog: &LiveCatalog, summary: &ReloadSummary) {
+    if let Some(error) = catalog.folder_error() {
+        tracing::error!(error = %error, "cannot read the runbooks folder; the runbooks loaded before stay in force");
+    }
+    for name in &summary.added {
+        tracing::info!(runbook = %name, "runbook loaded");
+    }
+    for name in &summary.changed {
+        tracing::info!(runbook = %name, "runbook changed; the new version is in force (running jobs keep theirs)");
+    }
+    for name in &summary.removed {
+        tracing::info!(runbook = %name, "runbook file removed; its schedule stopped");
+    }
+    for name in &summary.kept_last_good {
+        if let Some(live) = catalog.get(name) {
+            for error in &live.errors {
+                tracing::warn!(runbook = %name, file = %error.file, line = error.line, column = error.column, message = %error.message, "runbook file fails validation; its last good version stays in force");
+            }
+        }
+    }
+    for (file, errors) in catalog.invalid_files() {
+        if summary.invalid.iter().any(|f| f == file) {
+            for error in errors {
+                tracing::warn!(file = %file, line = error.line, column = error.column, message = %error.message, "runbook file fails validation; it does not run until fixed");
+            }
+        }
+    }
+}
