@@ -1,0 +1,1 @@
+//! Spool files (work in progress).
