@@ -157,3 +157,18 @@ pub(crate) fn describe_delay(d: Duration) -> String {
     let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     humantime::format_duration(Duration::from_millis(millis)).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_can_run_on_any_worker_thread() {
+        fn assert_send<T: Send>(_: &T) {}
+        fn check(executor: &Executor, job: JobSpec) {
+            let future = executor.run(job, &NoEvents, CancellationToken::new());
+            assert_send(&future);
+        }
+        let _ = check;
+    }
+}
