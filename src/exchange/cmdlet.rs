@@ -4,22 +4,34 @@
 //!
 //! The rule is by verb, because the service gives no per-cmdlet metadata over REST and a
 //! list of ~1,000 cmdlets would go stale. Reads are `Get-`, `Test-`, `Search-` and
-//! `Export-`; every other verb may change the organisation.
+//! `Export-`, except the few cmdlets in [`NOT_READ_CMDLETS`]; every other cmdlet may change
+//! the organisation. This is the worker's one read/write rule: the client replays only
+//! reads, and a runbook dry run sends only reads (`runbook::is_read_cmdlet` delegates here).
 
 use super::params::{ParamValue, Parameters};
 
 /// Verbs whose cmdlets only read: safe to replay after a 5xx or a dropped connection.
 pub const READ_VERBS: &[&str] = &["Get", "Test", "Search", "Export"];
 
+/// Cmdlets with a read verb that can still change something, so they never count as
+/// reads. `Search-Mailbox -DeleteContent` deletes messages.
+pub const NOT_READ_CMDLETS: &[&str] = &["Search-Mailbox"];
+
 /// The verb of `Verb-Noun` (the whole name when there is no dash).
 pub fn verb(cmdlet: &str) -> &str {
     cmdlet.split_once('-').map_or(cmdlet, |(verb, _)| verb)
 }
 
-/// True for cmdlets that only read.
+/// True for cmdlets that only read: a `Verb-Noun` name whose verb is one of
+/// [`READ_VERBS`] (case-insensitive) and that is not one of [`NOT_READ_CMDLETS`].
 pub fn is_read(cmdlet: &str) -> bool {
-    let verb = verb(cmdlet);
+    let Some((verb, _)) = cmdlet.split_once('-') else {
+        return false;
+    };
     READ_VERBS.iter().any(|v| v.eq_ignore_ascii_case(verb))
+        && !NOT_READ_CMDLETS
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(cmdlet))
 }
 
 /// True when the request must carry `"Confirm": false`.
@@ -78,6 +90,12 @@ mod tests {
             ("Test-OAuthConnectivity", true),
             ("Search-UnifiedAuditLog", true),
             ("Export-QuarantineMessage", true),
+            ("Search-Mailbox", false),
+            ("search-mailbox", false),
+            ("Search-MailboxAuditLog", true),
+            ("Find-Something", false),
+            ("Measure-Something", false),
+            ("Get", false),
             ("Set-Mailbox", false),
             ("Enable-Mailbox", false),
             ("Add-MailboxPermission", false),

@@ -1,2 +1,174 @@
-//! Running one job: a runbook's steps against Exchange, dry runs, safety limits, timeouts
-//! and cancellation. A failed job is an outcome, never an error that reaches the scheduler.
+//! Running one job: a runbook's steps against Exchange Online, for real or as a dry run,
+//! with its safety limits (cmdlet policy re-checked, `max_changes`), `continue_on_error`,
+//! reports, the whole-job timeout, cancellation and whole-job retries.
+//!
+//! A failed job is an outcome, never an error that reaches the caller: [`Executor::run`]
+//! always returns a [`JobOutcome`], also when a step panics (caught at the job's boundary
+//! and recorded as Failed). What happens while the job runs is told to a [`JobEvents`]
+//! sink as [`JobEvent`]s; [`HistoryEvents`] writes them into the job history, the `run`
+//! command prints them.
+//!
+//! Memory stays bounded by the pages in flight, not by the number of records: a step's
+//! records flow through bounded channels straight into the `for_each` step that follows
+//! it, and records that must be kept (for a later consumer, a `max_changes` count or a
+//! report's column union) are spooled to JSON-lines files under the job's temporary folder.
+//! Only `steps.<name>.records` that a template reads are held in memory, because the
+//! template needs them as one value.
+//!
+//! Layout: `plan` decides (purely, from the runbook) where each step's records go;
+//! `engine` runs the steps; `spool` and `report` are the files; `clients` hands out one
+//! [`ExchangeClient`](crate::exchange::ExchangeClient) per (organization, identity);
+//! `history` is the [`HistoryEvents`] adapter; `build` wires everything from
+//! [`Settings`](crate::settings::Settings) for `run` and `serve`.
+//!
+//! Knows nothing of schedules (when a job runs is the scheduler's business), of HTTP, or
+//! of the InvokeCommand wire format (that is the exchange module's).
+
+mod build;
+mod clients;
+mod engine;
+mod events;
+mod history;
+mod outcome;
+mod plan;
+mod report;
+mod spool;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::history::{JobId, Trigger};
+use crate::identity::IdentityError;
+use crate::runbook::{ParamInput, PolicySettings, Runbook};
+use crate::telemetry::metrics::Metrics;
+
+pub use build::build_from_settings;
+pub use clients::{ExchangeClients, FixedTokens, TokenSources};
+pub use events::{Both, ItemOutcome, JobEvent, JobEvents, NoEvents};
+pub use history::HistoryEvents;
+pub use outcome::{FinalStatus, JobOutcome};
+pub use crate::history::StepCounts;
+pub use report::report_path;
+
+/// One job to run, as the scheduler, the API or `run` describe it.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    /// The job's id in the history (also names its report folder).
+    pub id: JobId,
+    pub runbook: Arc<Runbook>,
+    /// Overrides of the runbook's declared `[params]`, checked against their declared
+    /// types before anything is called; an unknown name fails the job.
+    pub params: Vec<(String, ParamInput)>,
+    /// Read cmdlets run for real; every other call is only planned.
+    pub dry_run: bool,
+    /// The occurrence's instant, or for a manual run when it was requested
+    /// (`job.scheduled_for` in templates).
+    pub scheduled_for: DateTime<Utc>,
+    pub trigger: Trigger,
+}
+
+/// What a job needs from the rest of the worker.
+pub struct ExecutorDeps {
+    /// Exchange clients per (organization, identity), sharing limiters and tokens.
+    pub clients: Arc<ExchangeClients>,
+    /// The `[policy]` settings every call is checked against at run time.
+    pub policy: PolicySettings,
+    /// `state.dir`: reports go to `<state_dir>/reports/<job id>/`, spool files to
+    /// `<state_dir>/tmp/<job id>/` (removed when the job ends).
+    pub state_dir: PathBuf,
+    /// `now` for templates and the job's timestamps.
+    pub clock: SharedClock,
+    /// Exchange calls per cmdlet and outcome are counted here when given.
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// Runs jobs. Cheap to share (`Arc<Executor>`); jobs run concurrently on one executor.
+pub struct Executor {
+    deps: ExecutorDeps,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("state_dir", &self.deps.state_dir)
+            .field("policy", &self.deps.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the executor cannot be built (settings that cannot work). A job's own failures
+/// are [`JobOutcome`]s, never this.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The `[identity]` settings or the environment do not name a usable identity.
+    #[error("cannot set up the managed identity: {0}")]
+    Identity(#[source] IdentityError),
+    /// A runbook's `identity = { … }` cannot be used.
+    #[error("runbook identity {identity}: {source}")]
+    RunbookIdentity {
+        identity: String,
+        #[source]
+        source: IdentityError,
+    },
+    /// The `[exchange]` settings cannot work.
+    #[error("cannot set up the Exchange Online client: {0}")]
+    Exchange(#[source] crate::exchange::ExchangeError),
+}
+
+impl Executor {
+    pub fn new(deps: ExecutorDeps) -> Self {
+        Self { deps }
+    }
+
+    /// The Exchange clients jobs use (the scheduler's `doctor`-style checks may share them).
+    pub fn clients(&self) -> &Arc<ExchangeClients> {
+        &self.deps.clients
+    }
+
+    /// Runs `job` to its end and returns how it ended; never panics and never returns an
+    /// error. Whole-job retries (`retries` in the runbook) happen inside: only a Failed
+    /// attempt is retried, after the runbook's backoff, never one that completed with
+    /// errors (its writes were made), timed out (the next attempt would too) or was
+    /// cancelled. Each attempt is announced with [`JobEvent::AttemptStarted`]. `cancel`
+    /// stops the job between calls and aborts calls in flight; the outcome is then
+    /// Cancelled. The runbook's `timeout` applies to each attempt.
+    pub async fn run(
+        &self,
+        job: JobSpec,
+        events: &dyn JobEvents,
+        cancel: CancellationToken,
+    ) -> JobOutcome {
+        engine::run_job(&self.deps, job, events, cancel).await
+    }
+
+    /// Stops the token providers' background refreshes and waits for them.
+    pub async fn shutdown(&self) {
+        self.deps.clients.shutdown().await;
+    }
+}
+
+/// A delay for messages, to the millisecond (`1m 30s`, `250ms`).
+pub(crate) fn describe_delay(d: Duration) -> String {
+    let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    humantime::format_duration(Duration::from_millis(millis)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_can_run_on_any_worker_thread() {
+        fn assert_send<T: Send>(_: &T) {}
+        fn check(executor: &Executor, job: JobSpec) {
+            let future = executor.run(job, &NoEvents, CancellationToken::new());
+            assert_send(&future);
+        }
+        let _ = check;
+    }
+}

@@ -12,26 +12,14 @@ use super::PolicySettings;
 /// deleting objects is where a dropped file does the most damage.
 pub const DESTRUCTIVE_VERBS: &[&str] = &["Remove", "New"];
 
-/// Verbs whose Exchange Online cmdlets only read. A dry run sends these for real and
-/// plans everything else.
-pub const READ_VERBS: &[&str] = &[
-    "Get", "Test", "Search", "Export", "Find", "Measure", "Resolve",
-];
+pub use crate::exchange::cmdlet::{NOT_READ_CMDLETS, READ_VERBS};
 
-/// Cmdlets with a read verb that can still change something, so they never count as
-/// reads. `Search-Mailbox -DeleteContent` deletes messages.
-pub const NOT_READ_CMDLETS: &[&str] = &["Search-Mailbox"];
-
-/// Whether a cmdlet only reads, so a dry run may send it: its verb is one of
-/// [`READ_VERBS`] (case-insensitive) and it is not listed in [`NOT_READ_CMDLETS`].
+/// Whether a cmdlet only reads, so a dry run may send it. The worker has one rule for
+/// this, the Exchange client's ([`crate::exchange::cmdlet::is_read`]): its verb is one of
+/// [`READ_VERBS`] and it is not one of [`NOT_READ_CMDLETS`]. A dry run sends what the
+/// client would also replay, nothing more.
 pub fn is_read_cmdlet(name: &str) -> bool {
-    let Some((verb, _)) = name.split_once('-') else {
-        return false;
-    };
-    READ_VERBS.iter().any(|v| v.eq_ignore_ascii_case(verb))
-        && !NOT_READ_CMDLETS
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case(name))
+    crate::exchange::cmdlet::is_read(name)
 }
 
 /// Why a cmdlet is refused.
@@ -280,6 +268,9 @@ mod tests {
             ("Search-UnifiedAuditLog", true),
             ("Export-QuarantineMessage", true),
             ("Search-Mailbox", false),
+            ("Find-Anything", false),
+            ("Measure-Anything", false),
+            ("Resolve-Anything", false),
             ("Set-Mailbox", false),
             ("Enable-Mailbox", false),
             ("Add-MailboxFolderPermission", false),

@@ -1,0 +1,208 @@
+//! What a running job tells the outside: [`JobEvent`]s sent to a [`JobEvents`] sink.
+//!
+//! Events are plain data (they serialise as the `event`-tagged JSON the `run --output json`
+//! command prints), carry no token or secret, and are sent in order from the job's own
+//! task. A sink must not block for long: the job waits for each `emit`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::history::StepCounts;
+use crate::runbook::OutputFormat;
+
+/// What happened to one item (one call) of a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemOutcome {
+    /// The call succeeded.
+    Done,
+    /// The call (or rendering its parameters, or its `when`) failed, or Exchange reported
+    /// a non-terminating error for it.
+    Failed,
+    /// `when` was false: no call.
+    Skipped,
+    /// Dry run: a write that was not sent (see [`JobEvent::Planned`]).
+    Planned,
+}
+
+/// One thing that happened while a job ran.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum JobEvent {
+    /// An attempt begins; `attempt` counts from 1, `attempts` is 1 + the runbook's retries.
+    AttemptStarted {
+        attempt: u32,
+        attempts: u32,
+        dry_run: bool,
+    },
+    /// A Failed attempt will be retried after `retry_in`.
+    AttemptFailed {
+        attempt: u32,
+        error: String,
+        #[serde(with = "duration_ms")]
+        retry_in: Duration,
+    },
+    /// A step begins. `total` is the number of items when it is known up front (a
+    /// `for_each` over a finished step), `None` while its source still streams.
+    StepStarted {
+        step: String,
+        cmdlet: String,
+        /// 1-based position among the runbook's steps.
+        index: usize,
+        steps: usize,
+        total: Option<u64>,
+    },
+    /// One item of a step ended; `counts` are the step's counts after it.
+    Item {
+        step: String,
+        outcome: ItemOutcome,
+        /// The call's rendered `Identity`, when it has one.
+        target: Option<String>,
+        /// Why it failed or was skipped.
+        error: Option<String>,
+        counts: StepCounts,
+        total: Option<u64>,
+    },
+    /// Records arrived (a page of a read); `counts.records_read` has grown.
+    Progress {
+        step: String,
+        counts: StepCounts,
+        total: Option<u64>,
+    },
+    /// A warning from Exchange (`@adminapi.warnings`) or from the executor itself.
+    Warning {
+        step: String,
+        target: Option<String>,
+        message: String,
+    },
+    /// Dry run: the write a real run would send, with its fully rendered parameters.
+    Planned {
+        step: String,
+        cmdlet: String,
+        target: Option<String>,
+        parameters: Value,
+    },
+    /// A step's report was written.
+    Report {
+        step: String,
+        path: PathBuf,
+        format: OutputFormat,
+        records: u64,
+    },
+    /// A step ended (also when it stopped early); `counts` are final.
+    StepFinished { step: String, counts: StepCounts },
+}
+
+mod duration_ms {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Where a job's events go.
+#[async_trait]
+pub trait JobEvents: Send + Sync {
+    async fn emit(&self, event: JobEvent);
+}
+
+/// Discards every event.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoEvents;
+
+#[async_trait]
+impl JobEvents for NoEvents {
+    async fn emit(&self, _event: JobEvent) {}
+}
+
+/// Sends every event to both sinks, first `.0` then `.1` (e.g. the terminal and the
+/// history).
+#[derive(Clone, Copy, Debug)]
+pub struct Both<A, B>(pub A, pub B);
+
+#[async_trait]
+impl<A: JobEvents, B: JobEvents> JobEvents for Both<A, B> {
+    async fn emit(&self, event: JobEvent) {
+        self.0.emit(event.clone()).await;
+        self.1.emit(event).await;
+    }
+}
+
+#[async_trait]
+impl<T: JobEvents + ?Sized> JobEvents for &T {
+    async fn emit(&self, event: JobEvent) {
+        (**self).emit(event).await;
+    }
+}
+
+#[async_trait]
+impl<T: JobEvents + ?Sized> JobEvents for std::sync::Arc<T> {
+    async fn emit(&self, event: JobEvent) {
+        (**self).emit(event).await;
+    }
+}
+
+/// A channel: the receiver sees every event; once it is dropped, events are discarded.
+#[async_trait]
+impl JobEvents for tokio::sync::mpsc::Sender<JobEvent> {
+    async fn emit(&self, event: JobEvent) {
+        let _ = self.send(event).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialise_with_an_event_tag_and_millisecond_delays() {
+        let cases = [
+            (
+                JobEvent::AttemptFailed {
+                    attempt: 1,
+                    error: "x".into(),
+                    retry_in: Duration::from_secs(2),
+                },
+                r#"{"event":"attempt_failed","attempt":1,"error":"x","retry_in":2000}"#,
+            ),
+            (
+                JobEvent::Warning {
+                    step: "find".into(),
+                    target: None,
+                    message: "m".into(),
+                },
+                r#"{"event":"warning","step":"find","target":null,"message":"m"}"#,
+            ),
+        ];
+        for (event, expected) in cases {
+            assert_eq!(serde_json::to_string(&event).unwrap(), expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn both_sinks_see_every_event_in_order() {
+        let (a_tx, mut a_rx) = tokio::sync::mpsc::channel(4);
+        let (b_tx, mut b_rx) = tokio::sync::mpsc::channel(4);
+        let both = Both(a_tx, b_tx);
+        for step in ["one", "two"] {
+            both.emit(JobEvent::StepFinished {
+                step: step.into(),
+                counts: StepCounts::default(),
+            })
+            .await;
+        }
+        for rx in [&mut a_rx, &mut b_rx] {
+            for expected in ["one", "two"] {
+                match rx.recv().await {
+                    Some(JobEvent::StepFinished { step, .. }) => assert_eq!(step, expected),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+    }
+}
