@@ -11,13 +11,14 @@
 //! - Adapters: [`identity`] (token endpoints), [`exchange`] (the InvokeCommand API),
 //!   [`history`] (SQLite job history), [`coordination`] (blob leases between replicas).
 //! - Orchestration: [`executor`] runs one job, [`scheduler`] decides when.
-//! - Edges: [`http`] (axum API, metrics, dashboard), [`settings`], [`telemetry`], and the
-//!   binary's `main.rs` + `cli/`.
+//! - Edges: [`http`] (axum API, metrics, dashboard), [`settings`], [`telemetry`], [`app`]
+//!   (the composition root of `serve`), and the binary's `main.rs` + `cli/`.
 //! - [`simulator`]: faithful loopback stand-ins for what cannot run here (the managed-identity
 //!   endpoints and an Exchange Online tenant), used by tests and by `serve --simulate`.
 //!
 //! ARCHITECTURE.md has the code map and the invariants.
 
+pub mod app;
 pub mod clock;
 pub mod coordination;
 pub mod duration;

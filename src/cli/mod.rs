@@ -46,9 +46,16 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     /// Show one job with its step counts and streams.
     Job(jobs::JobArgs),
+    /// Run the worker: schedules, hot reload, job history, HTTP API and dashboard
+    /// (`--simulate` runs it against a simulated tenant, no Azure needed).
+    Serve(serve::ServeArgs),
+    /// Print a runbook's next fire times in its time zone and in UTC.
+    Next(next::NextArgs),
 }
 
 mod jobs;
+mod next;
+mod serve;
 mod token;
 mod validate;
 
@@ -78,5 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::run(ctx, args).await,
         Command::Jobs(args) => jobs::run_list(ctx, args).await,
         Command::Job(args) => jobs::run_show(ctx, args).await,
+        Command::Serve(args) => serve::run(ctx, args).await,
+        Command::Next(args) => next::run(ctx, args).await,
     }
 }

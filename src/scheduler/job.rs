@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
+use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -43,13 +44,41 @@ pub struct JobSpec {
     pub dry_run: bool,
 }
 
+/// How a runner's job ended.
+pub struct RunEnd {
+    /// Must have a final status.
+    pub outcome: Outcome,
+    /// Stream entries the runner still buffers, written after the scheduler recorded the
+    /// end (appending to a finished job is allowed; its status no longer changes).
+    pub flush: Option<BoxFuture<'static, ()>>,
+}
+
+impl RunEnd {
+    pub fn new(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            flush: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RunEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunEnd")
+            .field("outcome", &self.outcome)
+            .field("flush", &self.flush.is_some())
+            .finish()
+    }
+}
+
 /// Runs one job: the executor, or a stand-in in tests.
 #[async_trait::async_trait]
 pub trait JobRunner: Send + Sync + 'static {
     /// Runs `job` to its end. When `cancel` fires the runner stops between two calls and
-    /// returns a Cancelled outcome. It records its streams and step counts itself; the
-    /// scheduler records the returned outcome.
-    async fn run(&self, job: JobSpec, cancel: CancellationToken) -> Outcome;
+    /// returns a Cancelled outcome. It records its streams and step counts itself but not
+    /// the end: the scheduler records the returned outcome (it may turn a job stopped by a
+    /// lost lease into Interrupted), then awaits [`RunEnd::flush`].
+    async fn run(&self, job: JobSpec, cancel: CancellationToken) -> RunEnd;
 }
 
 /// What a job must claim before it runs.
@@ -292,10 +321,19 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
             tracing::warn!(runbook = %name, error = %e, "cannot update the schedule status in the coordination store");
         }
     };
-    let (outcome, ()) = tokio::join!(
+    let (RunEnd { outcome, flush }, ()) = tokio::join!(
         run_guarded(ctx.runner.clone(), spec, cancel, lost.clone()),
         fired
     );
+    let outcome = if outcome.status.is_final() {
+        outcome
+    } else {
+        // A runner must end with a final status; treat anything else as a failure.
+        Outcome::new(JobStatus::Failed).with_error(format!(
+            "the job ended without a final status ({}); please report it",
+            outcome.status
+        ))
+    };
     let lease_lost = lost.is_some_and(|l| l.is_cancelled());
     let outcome = if lease_lost && outcome.status != JobStatus::Completed {
         let mut outcome = outcome;
@@ -317,6 +355,9 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
     }
     let duration = (ctx.clock.now() - started_at).to_std().unwrap_or_default();
     finish(&ctx, &name, &job_id, outcome, Some(duration)).await;
+    if let Some(flush) = flush {
+        flush.await;
+    }
     tracing::info!(runbook = %name, job_id = %job_id, status = %status, duration_ms = duration.as_millis() as u64, "job ended");
     notice.send(Some(status));
 }
@@ -428,7 +469,7 @@ async fn run_guarded(
     spec: JobSpec,
     cancel: CancellationToken,
     lost: Option<CancellationToken>,
-) -> Outcome {
+) -> RunEnd {
     let run_cancel = cancel.child_token();
     let run = AssertUnwindSafe(runner.run(spec, run_cancel.clone())).catch_unwind();
     tokio::pin!(run);
@@ -444,7 +485,7 @@ async fn run_guarded(
         }
     };
     match result {
-        Ok(outcome) => outcome,
+        Ok(end) => end,
         Err(panic) => {
             let detail = panic
                 .downcast_ref::<&str>()
@@ -452,9 +493,9 @@ async fn run_guarded(
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "no message".to_string());
             tracing::error!(detail, "a job panicked; recorded as Failed");
-            Outcome::new(JobStatus::Failed).with_error(format!(
+            RunEnd::new(Outcome::new(JobStatus::Failed).with_error(format!(
                 "the job stopped on an internal error (a panic: {detail}); please report it"
-            ))
+            )))
         }
     }
 }

@@ -18,5 +18,5 @@ pub use engine::{
     Due, JobKey, LastJob, RunError, Scheduler, SchedulerHandle, SchedulerOptions, SchedulerParts,
     catch_ups, plan_next, window,
 };
-pub use job::{JobRunner, JobSpec};
+pub use job::{JobRunner, JobSpec, RunEnd};
 pub use watch::{DEFAULT_DEBOUNCE, FolderWatcher, WatchError, watch_folder};
