@@ -59,3 +59,4 @@ where
     }
 }
 pub mod coordination;
+pub mod worker;

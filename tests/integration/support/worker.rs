@@ -1,0 +1,417 @@
+//! Helpers for the worker tests: a scripted job runner, the scheduler in-process on a
+//! `ManualClock`, the whole app in-process, and the real `serve` binary as a child process
+//! (its HTTP port read from its JSON log).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use runbook_worker::app::{App, AppOptions};
+use runbook_worker::clock::{Clock as _, ManualClock, SharedClock};
+use runbook_worker::coordination::{Coordinator, LocalCoordinator};
+use runbook_worker::history::{
+    self, HistoryStore, JobFilter, JobStatus, JobSummary, Outcome,
+};
+use runbook_worker::runbook::{PolicySettings, load_folder};
+use runbook_worker::scheduler::{
+    JobRunner, JobSpec, LiveCatalog, RunEnd, Scheduler, SchedulerHandle, SchedulerOptions,
+    SchedulerParts,
+};
+use runbook_worker::settings::Settings;
+use runbook_worker::telemetry::metrics::Metrics;
+
+use super::wait_until;
+
+/// How long a test waits for something the worker does at once.
+pub const SOON: Duration = Duration::from_secs(10);
+
+/// An RFC 3339 instant.
+pub fn utc(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("bad test instant {text}: {e}"))
+        .with_timezone(&Utc)
+}
+
+/// A runbook file with one read step and the given top-level lines.
+pub fn runbook(top: &str) -> String {
+    format!("{top}\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = {{ ResultSize = 1 }}\n")
+}
+
+/// A job runner whose jobs complete at once, or, for runbooks put on hold, wait until
+/// released (Completed) or cancelled (Cancelled). Records every job it was given.
+#[derive(Debug)]
+pub struct FakeRunner {
+    started: Mutex<Vec<JobSpec>>,
+    held: Mutex<HashMap<String, watch::Sender<bool>>>,
+}
+
+impl FakeRunner {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            started: Mutex::new(Vec::new()),
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Jobs of `runbook` wait from now on until [`FakeRunner::release`].
+    pub fn hold(&self, runbook: &str) {
+        let (gate, _) = watch::channel(false);
+        self.held.lock().unwrap().insert(runbook.to_string(), gate);
+    }
+
+    /// Lets the waiting (and future) jobs of `runbook` complete.
+    pub fn release(&self, runbook: &str) {
+        if let Some(gate) = self.held.lock().unwrap().remove(runbook) {
+            gate.send_replace(true);
+        }
+    }
+
+    pub fn started(&self) -> Vec<JobSpec> {
+        self.started.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl JobRunner for FakeRunner {
+    async fn run(&self, job: JobSpec, cancel: CancellationToken) -> RunEnd {
+        let gate = self
+            .held
+            .lock()
+            .unwrap()
+            .get(&job.runbook.name)
+            .map(|g| g.subscribe());
+        self.started.lock().unwrap().push(job);
+        if let Some(mut gate) = gate {
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    return RunEnd::new(Outcome::new(JobStatus::Cancelled).with_error("cancelled"));
+                }
+                _ = gate.wait_for(|open| *open) => {}
+            }
+        }
+        RunEnd::new(Outcome::new(JobStatus::Completed).with_summary("done"))
+    }
+}
+
+/// The scheduler alone, in-process: a runbooks folder, a history, local coordination, a
+/// [`FakeRunner`] and a `ManualClock`.
+pub struct Engine {
+    pub dir: PathBuf,
+    pub clock: ManualClock,
+    pub runner: Arc<FakeRunner>,
+    pub history: HistoryStore,
+    pub handle: SchedulerHandle,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    history_task: tokio::task::JoinHandle<()>,
+}
+
+impl Engine {
+    /// Starts the scheduler over `root/runbooks` with its history in `root/state`, the clock
+    /// at `now`.
+    pub async fn start(root: &Path, now: DateTime<Utc>) -> Engine {
+        Self::start_with(root, now, Duration::from_secs(25)).await
+    }
+
+    pub async fn start_with(root: &Path, now: DateTime<Utc>, grace: Duration) -> Engine {
+        let dir = root.join("runbooks");
+        std::fs::create_dir_all(&dir).unwrap();
+        let clock = ManualClock::new(now);
+        let shared: SharedClock = Arc::new(clock.clone());
+        let (history, history_task) = HistoryStore::open(
+            &history::database_path(&root.join("state")),
+            &Default::default(),
+            shared.clone(),
+        )
+        .await
+        .expect("open the history");
+        let (loaded, errors) = load_folder(&dir, &PolicySettings::default());
+        assert!(errors.is_empty(), "test runbooks must be valid: {errors:?}");
+        let runner = FakeRunner::new();
+        let (scheduler, handle) = Scheduler::new(
+            SchedulerParts {
+                clock: shared.clone(),
+                history: history.clone(),
+                coordinator: Coordinator::Local(LocalCoordinator::new(shared.clone())),
+                runner: runner.clone(),
+                metrics: Arc::new(Metrics::new()),
+            },
+            SchedulerOptions {
+                replica_id: "test".to_string(),
+                shutdown_grace: grace,
+                cancel_wait: Duration::from_secs(5),
+                sweep_interval: Duration::from_secs(1),
+                runbooks_dir: dir.clone(),
+                policy: PolicySettings::default(),
+            },
+            LiveCatalog::first(&dir, loaded, errors),
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(scheduler.run(stop.clone()));
+        Engine {
+            dir,
+            clock,
+            runner,
+            history,
+            handle,
+            stop,
+            task,
+            history_task,
+        }
+    }
+
+    /// Every job of `runbook`, oldest first.
+    pub async fn jobs(&self, runbook: &str) -> Vec<JobSummary> {
+        let mut jobs = self
+            .history
+            .list_jobs(&JobFilter {
+                runbook: Some(runbook.to_string()),
+                limit: 1000,
+                ..JobFilter::default()
+            })
+            .await
+            .expect("list jobs");
+        jobs.reverse();
+        jobs
+    }
+
+    /// Waits until `runbook` has jobs for which `check` holds.
+    pub async fn wait_jobs(
+        &self,
+        runbook: &str,
+        what: &str,
+        check: impl Fn(&[JobSummary]) -> bool,
+    ) -> Vec<JobSummary> {
+        let ok = wait_until(SOON, || async { check(&self.jobs(runbook).await) }).await;
+        let jobs = self.jobs(runbook).await;
+        assert!(ok, "timed out waiting for {what}; jobs of {runbook}: {jobs:#?}");
+        jobs
+    }
+
+    /// The next instant the scheduler fires `runbook` at (as the API shows it).
+    pub fn next_run(&self, runbook: &str) -> Option<DateTime<Utc>> {
+        let catalog = self.handle.catalog();
+        let live = catalog.get(runbook)?;
+        runbook_worker::scheduler::plan_next(&live.runbook, self.clock.now()).map(|d| d.instant)
+    }
+
+    /// Moves the clock to `at` and waits until `runbook` has a job for that occurrence.
+    pub async fn fire(&self, runbook: &str, at: DateTime<Utc>) -> Vec<JobSummary> {
+        self.clock.set(at);
+        self.wait_jobs(runbook, &format!("a job scheduled for {at}"), |jobs| {
+            jobs.iter().any(|j| j.scheduled_for == Some(at))
+        })
+        .await
+    }
+
+    /// Stops the scheduler (graceful shutdown) and closes the history.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("scheduler task");
+        self.history.close().await.expect("close the history");
+        drop(self.history);
+        self.history_task.await.expect("history writer");
+    }
+}
+
+/// The whole worker in-process with a [`FakeRunner`], HTTP on 127.0.0.1:0.
+pub struct InProcess {
+    pub root: tempfile::TempDir,
+    pub runner: Arc<FakeRunner>,
+    pub addr: std::net::SocketAddr,
+    pub handle: SchedulerHandle,
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), runbook_worker::app::AppError>>,
+}
+
+impl InProcess {
+    /// Starts with `files` in the runbooks folder and `adjust` applied to the settings.
+    pub async fn start(files: &[(&str, &str)], adjust: impl FnOnce(&mut Settings)) -> InProcess {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("runbooks");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let mut settings = Settings::default();
+        settings.runbooks.dir = dir;
+        settings.state.dir = root.path().join("state");
+        settings.http.listen = "127.0.0.1:0".to_string();
+        // Never the real IMDS address: the fake runner makes no token requests, but the
+        // settings must not point anywhere but loopback.
+        settings.identity.imds_endpoint = "http://127.0.0.1:9".to_string();
+        adjust(&mut settings);
+        let runner = FakeRunner::new();
+        let app = App::build(
+            settings,
+            &HashMap::new(),
+            AppOptions {
+                runner: Some(runner.clone()),
+                watch_debounce: Duration::from_millis(100),
+                ..AppOptions::default()
+            },
+        )
+        .await
+        .expect("build the app");
+        let addr = app.http_addr();
+        let handle = app.scheduler();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(app.run_until_stopped(async move { stopped.cancelled().await }));
+        InProcess {
+            root,
+            runner,
+            addr,
+            handle,
+            http: reqwest::Client::new(),
+            stop,
+            task,
+        }
+    }
+
+    pub fn runbooks_dir(&self) -> PathBuf {
+        self.root.path().join("runbooks")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
+    /// Stops the app and returns how `run_until_stopped` ended.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task
+            .await
+            .expect("app task")
+            .expect("the app stops cleanly");
+    }
+}
+
+/// A `runbook-worker serve` child process in its own directory.
+pub struct WorkerProcess {
+    pub dir: PathBuf,
+    child: Child,
+    log: PathBuf,
+    pub addr: Option<String>,
+}
+
+impl WorkerProcess {
+    /// Starts `serve` in `dir` with `dir/worker.toml` (which the caller wrote); stderr (JSON
+    /// logs) goes to `dir/<log_name>`.
+    pub fn spawn(dir: &Path, log_name: &str) -> WorkerProcess {
+        let log = dir.join(log_name);
+        let log_file = std::fs::File::create(&log).expect("create the log file");
+        let mut cmd = Command::new(super::binary());
+        cmd.current_dir(dir)
+            .args(["--config", "worker.toml", "--log-format", "json", "serve"])
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file));
+        if let Ok(path) = std::env::var("PATH") {
+            cmd.env("PATH", path);
+        }
+        let child = cmd.spawn().expect("spawn runbook-worker serve");
+        WorkerProcess {
+            dir: dir.to_path_buf(),
+            child,
+            log,
+            addr: None,
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"))
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the "ready" log line and remembers the HTTP address it names.
+    pub async fn wait_ready(&mut self) -> String {
+        let mut found = None;
+        let ok = wait_until(Duration::from_secs(30), || {
+            let logs = self.logs();
+            found = logs
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v["message"] == "runbook-worker is ready")
+                .and_then(|v| v["listen"].as_str().map(str::to_string));
+            let ready = found.is_some();
+            async move { ready }
+        })
+        .await;
+        assert!(ok, "the worker did not become ready; its log:\n{}", self.logs());
+        let addr = found.expect("address");
+        self.addr = Some(addr.clone());
+        addr
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.addr.as_deref().expect("wait_ready first")
+        )
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("send a signal");
+    }
+
+    /// Waits for the process to exit (up to `timeout`) and returns its status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut status = None;
+        let exited = wait_until(timeout, || {
+            status = self.child.try_wait().expect("try_wait");
+            let exited = status.is_some();
+            async move { exited }
+        })
+        .await;
+        assert!(exited, "the worker did not exit; its log:\n{}", self.logs());
+        status.expect("status")
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal(Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The `[identity]` and `[exchange]` sections pointing at simulators in the test process.
+pub fn simulator_settings(identity_url: &str, exchange_url: &str) -> String {
+    format!(
+        "[identity]\nsource = \"imds\"\nimds_endpoint = \"{identity_url}\"\n\n\
+         [exchange]\nendpoint = \"{exchange_url}\"\nretry_base_delay = \"10ms\"\nretry_max_delay = \"100ms\"\n"
+    )
+}
