@@ -105,10 +105,7 @@ impl WorkerApi for Api {
                     name: r.name.clone(),
                     description: Some(r.description.clone()).filter(|d| !d.is_empty()),
                     file: r.file.clone(),
-                    schedule: r
-                        .schedule
-                        .as_ref()
-                        .map(|s| s.expressions().join(", ")),
+                    schedule: r.schedule.as_ref().map(|s| s.expressions().join(", ")),
                     time_zone: r.timezone.name().to_string(),
                     next_run: plan_next(r, now).map(|due| due.instant),
                     enabled: r.enabled,
@@ -308,7 +305,10 @@ mod tests {
             kind: crate::runbook::ErrorKind::Value,
             message: message.to_string(),
         };
-        let view = file_error("runbooks/a.toml", &[error(4, "bad cron"), error(9, "bad zone")]);
+        let view = file_error(
+            "runbooks/a.toml",
+            &[error(4, "bad cron"), error(9, "bad zone")],
+        );
         assert_eq!(view.line, Some(4));
         assert_eq!(
             view.message,

@@ -189,8 +189,7 @@ impl App {
         let lifecycle = Arc::new(Lifecycle::default());
         lifecycle.history_open.store(true, Ordering::SeqCst);
 
-        let (runner, executor): (Arc<dyn JobRunner>, Option<Arc<Executor>>) = match options.runner
-        {
+        let (runner, executor): (Arc<dyn JobRunner>, Option<Arc<Executor>>) = match options.runner {
             Some(runner) => (runner, None),
             None => {
                 let tokens = Arc::new(ReportingTokens {
@@ -219,8 +218,9 @@ impl App {
             .container_url
             .is_some()
             .then(|| ProviderCredential::new(providers.default_provider()) as _);
-        let coordinator = Coordinator::from_settings(&settings.coordination, credential, clock.clone())
-            .map_err(AppError::Coordination)?;
+        let coordinator =
+            Coordinator::from_settings(&settings.coordination, credential, clock.clone())
+                .map_err(AppError::Coordination)?;
         if coordinator.kind() == CoordinationKind::AzureBlob {
             // Health starts Unknown; one call tells readiness where it stands. A failure is
             // not fatal: the replica takes no work and keeps probing until the store answers.
@@ -232,13 +232,12 @@ impl App {
         let dir = settings.runbooks.dir.clone();
         let policy = settings.policy.clone();
         let load_dir = dir.clone();
-        let (loaded, errors) =
-            tokio::task::spawn_blocking(move || load_folder(&load_dir, &policy))
-                .await
-                .map_err(|source| AppError::Task {
-                    what: "runbook loading",
-                    source,
-                })?;
+        let (loaded, errors) = tokio::task::spawn_blocking(move || load_folder(&load_dir, &policy))
+            .await
+            .map_err(|source| AppError::Task {
+                what: "runbook loading",
+                source,
+            })?;
         let catalog = LiveCatalog::first(&dir, loaded, errors);
 
         let replica_id = settings.coordination.replica_id.clone().unwrap_or_else(|| {

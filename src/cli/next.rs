@@ -60,7 +60,9 @@ pub async fn run(ctx: Context, args: NextArgs) -> anyhow::Result<ExitCode> {
     let from = match &args.from {
         Some(text) => DateTime::parse_from_rfc3339(text)
             .map(|t| t.with_timezone(&Utc))
-            .with_context(|| format!("--from {text:?} is not an RFC 3339 instant such as 2026-03-28T00:00:00Z"))?,
+            .with_context(|| {
+                format!("--from {text:?} is not an RFC 3339 instant such as 2026-03-28T00:00:00Z")
+            })?,
         None => SystemClock.now(),
     };
     let runbook = find(&ctx, &args.runbook)?;
@@ -89,7 +91,11 @@ pub async fn run(ctx: Context, args: NextArgs) -> anyhow::Result<ExitCode> {
     let report = Report {
         runbook: runbook.name.clone(),
         file: runbook.file.clone(),
-        schedule: schedule.expressions().iter().map(|s| s.to_string()).collect(),
+        schedule: schedule
+            .expressions()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         time_zone: runbook.timezone.name().to_string(),
         enabled: runbook.enabled,
         jitter_ms: u64::try_from(runbook.jitter.as_millis()).unwrap_or(u64::MAX),
@@ -175,8 +181,5 @@ fn find(ctx: &Context, name_or_file: &str) -> anyhow::Result<Runbook> {
 
 fn invalid(errors: &[runbook::ValidationError]) -> anyhow::Error {
     let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-    anyhow!(
-        "the runbook file fails validation:\n{}",
-        lines.join("\n")
-    )
+    anyhow!("the runbook file fails validation:\n{}", lines.join("\n"))
 }

@@ -99,12 +99,10 @@ impl ExchangeClients {
             limiters: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
         };
-        clients
-            .client(None, None)
-            .map_err(|e| match e {
-                ClientError::Exchange(e) => ExecutorError::Exchange(e),
-                ClientError::Identity(e) => ExecutorError::Identity(e),
-            })?;
+        clients.client(None, None).map_err(|e| match e {
+            ClientError::Exchange(e) => ExecutorError::Exchange(e),
+            ClientError::Identity(e) => ExecutorError::Identity(e),
+        })?;
         Ok(clients)
     }
 
@@ -165,7 +163,11 @@ impl ExchangeClients {
     /// How many distinct clients and tenant limiters exist (diagnostics and tests).
     pub fn counts(&self) -> (usize, usize) {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner()).len();
-        let limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let limiters = self
+            .limiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
         (clients, limiters)
     }
 
@@ -224,7 +226,9 @@ mod tests {
             .unwrap();
         let other_identity = clients.client(None, Some(&other)).unwrap();
         let again = clients.client(None, Some(&other)).unwrap();
-        let fabrikam = clients.client(Some("fabrikam.onmicrosoft.com"), None).unwrap();
+        let fabrikam = clients
+            .client(Some("fabrikam.onmicrosoft.com"), None)
+            .unwrap();
 
         assert!(Arc::ptr_eq(default.limiter(), same_tenant.limiter()));
         assert!(Arc::ptr_eq(default.limiter(), other_identity.limiter()));

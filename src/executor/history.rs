@@ -154,7 +154,10 @@ impl HistoryEvents {
                 target,
                 message,
             } => {
-                let on = target.as_deref().map(|t| format!(" ({t})")).unwrap_or_default();
+                let on = target
+                    .as_deref()
+                    .map(|t| format!(" ({t})"))
+                    .unwrap_or_default();
                 state
                     .pending
                     .push(NewStreamEntry::warning(format!("{step}{on}: {message}")));
@@ -165,7 +168,10 @@ impl HistoryEvents {
                 target,
                 parameters,
             } => {
-                let on = target.as_deref().map(|t| format!(" on '{t}'")).unwrap_or_default();
+                let on = target
+                    .as_deref()
+                    .map(|t| format!(" on '{t}'"))
+                    .unwrap_or_default();
                 state.pending.push(NewStreamEntry::plan(
                     format!("{step}: {cmdlet}{on}"),
                     json!({"step": step, "cmdlet": cmdlet, "parameters": parameters}),

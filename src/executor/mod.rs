@@ -47,12 +47,12 @@ use crate::identity::IdentityError;
 use crate::runbook::{ParamInput, PolicySettings, Runbook};
 use crate::telemetry::metrics::Metrics;
 
+pub use crate::history::StepCounts;
 pub use build::build_from_settings;
 pub use clients::{ExchangeClients, FixedTokens, TokenSources};
 pub use events::{Both, ItemOutcome, JobEvent, JobEvents, NoEvents};
 pub use history::HistoryEvents;
 pub use outcome::{FinalStatus, JobOutcome};
-pub use crate::history::StepCounts;
 pub use report::report_path;
 
 /// One job to run, as the scheduler, the API or `run` describe it.

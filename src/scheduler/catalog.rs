@@ -185,7 +185,12 @@ impl LiveCatalog {
 
     /// Files failing validation now: never loaded, or with a last good version in force.
     pub fn invalid_count(&self) -> usize {
-        self.invalid.len() + self.runbooks.values().filter(|r| !r.errors.is_empty()).count()
+        self.invalid.len()
+            + self
+                .runbooks
+                .values()
+                .filter(|r| !r.errors.is_empty())
+                .count()
     }
 }
 
@@ -216,9 +221,7 @@ mod tests {
     }
 
     fn cmdlet(catalog: &LiveCatalog, name: &str) -> Option<String> {
-        catalog
-            .get(name)
-            .map(|r| r.runbook.steps[0].cmdlet.clone())
+        catalog.get(name).map(|r| r.runbook.steps[0].cmdlet.clone())
     }
 
     #[test]
@@ -260,7 +263,11 @@ mod tests {
     #[test]
     fn an_unchanged_file_keeps_its_runbook_instance() {
         let dir = tempfile::tempdir().unwrap();
-        let (c1, _) = step(dir.path(), &LiveCatalog::default(), &[("a.toml", Some(VALID_V1))]);
+        let (c1, _) = step(
+            dir.path(),
+            &LiveCatalog::default(),
+            &[("a.toml", Some(VALID_V1))],
+        );
         let (c2, summary) = step(dir.path(), &c1, &[]);
         assert!(summary.is_empty(), "{summary:?}");
         assert!(Arc::ptr_eq(
@@ -272,7 +279,11 @@ mod tests {
     #[test]
     fn an_unreadable_folder_keeps_every_runbook() {
         let dir = tempfile::tempdir().unwrap();
-        let (c1, _) = step(dir.path(), &LiveCatalog::default(), &[("a.toml", Some(VALID_V1))]);
+        let (c1, _) = step(
+            dir.path(),
+            &LiveCatalog::default(),
+            &[("a.toml", Some(VALID_V1))],
+        );
         let gone = dir.path().join("gone");
         let (loaded, errors) = load_folder(&gone, &PolicySettings::default());
         let (c2, summary) = c1.reload(&gone, loaded, errors);

@@ -27,9 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
-use crate::coordination::{
-    CoordinationKind, Coordinator, InterruptedOccurrence, StorageHealth,
-};
+use crate::coordination::{CoordinationKind, Coordinator, InterruptedOccurrence, StorageHealth};
 use crate::history::{HistoryError, HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
 use crate::runbook::{
     Catalog, OnInterrupt, ParamError, ParamInput, PolicySettings, Runbook, ValidationError,
@@ -42,8 +40,7 @@ use super::job::{
     ClaimKind, JobContext, JobEvent, JobOrder, JobRunner, StartWhen, record_overlap_skip, run_job,
 };
 use super::policy::{
-    MissedPolicy, OverlapDecision, OverlapPolicy, Window, decide_overlap, jitter_offset,
-    missed_run,
+    MissedPolicy, OverlapDecision, OverlapPolicy, Window, decide_overlap, jitter_offset, missed_run,
 };
 use super::sweep;
 
@@ -512,7 +509,9 @@ impl Scheduler {
                     .catalog
                     .iter()
                     .map(|l| l.runbook.clone())
-                    .filter(|r| r.missed == MissedPolicy::RunOnce && r.enabled && r.schedule.is_some())
+                    .filter(|r| {
+                        r.missed == MissedPolicy::RunOnce && r.enabled && r.schedule.is_some()
+                    })
                     .collect();
                 if !wanted.is_empty() {
                     self.tracker.spawn(sweep::catch_up_from_store(
@@ -608,10 +607,7 @@ impl Scheduler {
                 reply,
             } => self.run_requested(name, params, dry_run, trigger, reply),
             Event::Cancel { id, reply } => {
-                let found = self
-                    .jobs
-                    .values()
-                    .find(|j| j.job_id.as_ref() == Some(&id));
+                let found = self.jobs.values().find(|j| j.job_id.as_ref() == Some(&id));
                 if let Some(job) = found {
                     tracing::info!(job_id = %id, runbook = %job.runbook, "cancel requested");
                     job.cancel.cancel();
@@ -765,14 +761,44 @@ impl Scheduler {
         let (running, queued) = self.overlap_state(name);
         match decide_overlap(runbook.overlap, running, queued) {
             OverlapDecision::Start => {
-                self.spawn_job(runbook, trigger, claim, Some(instant), due_at, params, false, None, false);
+                self.spawn_job(
+                    runbook,
+                    trigger,
+                    claim,
+                    Some(instant),
+                    due_at,
+                    params,
+                    false,
+                    None,
+                    false,
+                );
             }
             OverlapDecision::Queue => {
-                self.spawn_job(runbook, trigger, claim, Some(instant), due_at, params, false, None, true);
+                self.spawn_job(
+                    runbook,
+                    trigger,
+                    claim,
+                    Some(instant),
+                    due_at,
+                    params,
+                    false,
+                    None,
+                    true,
+                );
             }
             OverlapDecision::CancelRunningThenStart => {
                 self.cancel_runbook_jobs(name);
-                self.spawn_job(runbook, trigger, claim, Some(instant), due_at, params, false, None, true);
+                self.spawn_job(
+                    runbook,
+                    trigger,
+                    claim,
+                    Some(instant),
+                    due_at,
+                    params,
+                    false,
+                    None,
+                    true,
+                );
             }
             OverlapDecision::Skip { reason } => {
                 let job = NewJob {
@@ -783,8 +809,11 @@ impl Scheduler {
                     dry_run: false,
                     params: params.into_iter().collect(),
                 };
-                self.tracker
-                    .spawn(record_overlap_skip(self.ctx.clone(), job, reason.describe()));
+                self.tracker.spawn(record_overlap_skip(
+                    self.ctx.clone(),
+                    job,
+                    reason.describe(),
+                ));
             }
         }
     }
@@ -855,7 +884,11 @@ impl Scheduler {
             key,
             JobSlot {
                 runbook: name.clone(),
-                phase: if queued { Phase::Queued } else { Phase::Starting },
+                phase: if queued {
+                    Phase::Queued
+                } else {
+                    Phase::Starting
+                },
                 job_id: None,
                 cancel,
                 go,
@@ -982,8 +1015,7 @@ impl Scheduler {
         let Some(slot) = self.slots.get(&record.runbook) else {
             return;
         };
-        let rerun = slot.runbook.on_interrupt == OnInterrupt::Rerun
-            || !interrupted.started;
+        let rerun = slot.runbook.on_interrupt == OnInterrupt::Rerun || !interrupted.started;
         if !rerun || record.attempt >= 2 {
             return;
         }

@@ -427,7 +427,11 @@ async fn record_skip(ctx: &JobContext, job: &NewJob, recorded: Option<&JobId>, r
                 .finish(id, Outcome::new(JobStatus::Skipped).with_error(reason))
                 .await
         }
-        None => ctx.history.record_skipped(job.clone(), reason).await.map(|_| ()),
+        None => ctx
+            .history
+            .record_skipped(job.clone(), reason)
+            .await
+            .map(|_| ()),
     };
     match result {
         Ok(()) => ctx

@@ -53,28 +53,44 @@ async fn the_engine_fires_at_the_dst_aware_instants_of_several_zones() {
             "Europe/Berlin",
             "30 2 * * *",
             "2026-03-28T00:00:00Z",
-            &["2026-03-28T01:30:00Z", "2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z"],
+            &[
+                "2026-03-28T01:30:00Z",
+                "2026-03-29T01:00:00Z",
+                "2026-03-30T00:30:00Z",
+            ],
             "spring forward: 02:30 does not exist and runs once at 03:00 CEST",
         ),
         (
             "Europe/Berlin",
             "30 2 * * *",
             "2026-10-24T00:00:00Z",
-            &["2026-10-24T00:30:00Z", "2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"],
+            &[
+                "2026-10-24T00:30:00Z",
+                "2026-10-25T00:30:00Z",
+                "2026-10-26T01:30:00Z",
+            ],
             "fall back: 02:30 happens twice and runs once, at its first occurrence",
         ),
         (
             "America/New_York",
             "0 * * * *",
             "2026-11-01T04:30:00Z",
-            &["2026-11-01T05:00:00Z", "2026-11-01T06:00:00Z", "2026-11-01T07:00:00Z"],
+            &[
+                "2026-11-01T05:00:00Z",
+                "2026-11-01T06:00:00Z",
+                "2026-11-01T07:00:00Z",
+            ],
             "hourly across fall back keeps its cadence in real time (01:00 EDT and 01:00 EST)",
         ),
         (
             "Australia/Sydney",
             "30 2 * * *",
             "2026-10-02T00:00:00Z",
-            &["2026-10-02T16:30:00Z", "2026-10-03T16:00:00Z", "2026-10-04T15:30:00Z"],
+            &[
+                "2026-10-02T16:30:00Z",
+                "2026-10-03T16:00:00Z",
+                "2026-10-04T15:30:00Z",
+            ],
             "southern spring forward: 02:30 runs at 03:00 AEDT",
         ),
     ];
@@ -92,10 +108,11 @@ async fn the_engine_fires_at_the_dst_aware_instants_of_several_zones() {
             assert_eq!(next, utc(want), "{zone} {expr}: {why}");
             engine.fire("dst", next).await;
         }
-        let jobs = engine.wait_jobs("dst", "three completed jobs", |jobs| {
-            jobs.len() == 3 && jobs.iter().all(|j| j.status == JobStatus::Completed)
-        })
-        .await;
+        let jobs = engine
+            .wait_jobs("dst", "three completed jobs", |jobs| {
+                jobs.len() == 3 && jobs.iter().all(|j| j.status == JobStatus::Completed)
+            })
+            .await;
         let fired: Vec<DateTime<Utc>> = jobs.iter().filter_map(|j| j.scheduled_for).collect();
         let wanted: Vec<DateTime<Utc>> = expected.iter().map(|t| utc(t)).collect();
         assert_eq!(fired, wanted, "{zone} {expr}: {why}");
@@ -108,19 +125,30 @@ async fn the_engine_fires_at_the_dst_aware_instants_of_several_zones() {
 async fn overlap_skip_records_the_occurrence_as_skipped_while_the_job_runs() {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("runbooks")).unwrap();
-    write(&root.path().join("runbooks"), "tick.toml", &runbook("schedule = \"* * * * *\""));
+    write(
+        &root.path().join("runbooks"),
+        "tick.toml",
+        &runbook("schedule = \"* * * * *\""),
+    );
     let engine = Engine::start(root.path(), utc("2026-05-04T10:00:30Z")).await;
     engine.runner.hold("tick");
     engine.fire("tick", utc("2026-05-04T10:01:00Z")).await;
     engine
-        .wait_jobs("tick", "the first job running", |j| j[0].status == JobStatus::Running)
+        .wait_jobs("tick", "the first job running", |j| {
+            j[0].status == JobStatus::Running
+        })
         .await;
     let jobs = engine.fire("tick", utc("2026-05-04T10:02:00Z")).await;
     assert_eq!(jobs[1].status, JobStatus::Skipped);
-    assert!(jobs[1].error.as_deref().unwrap_or("").contains("overlap"), "{jobs:?}");
+    assert!(
+        jobs[1].error.as_deref().unwrap_or("").contains("overlap"),
+        "{jobs:?}"
+    );
     engine.runner.release("tick");
     engine
-        .wait_jobs("tick", "the first job completed", |j| j[0].status == JobStatus::Completed)
+        .wait_jobs("tick", "the first job completed", |j| {
+            j[0].status == JobStatus::Completed
+        })
         .await;
     engine.fire("tick", utc("2026-05-04T10:03:00Z")).await;
     let jobs = engine
@@ -152,13 +180,22 @@ async fn overlap_queue_keeps_one_occurrence_waiting_and_skips_the_next() {
     engine.runner.hold("tick");
     engine.fire("tick", utc("2026-05-04T10:01:00Z")).await;
     engine
-        .wait_jobs("tick", "the first job running", |j| j[0].status == JobStatus::Running)
+        .wait_jobs("tick", "the first job running", |j| {
+            j[0].status == JobStatus::Running
+        })
         .await;
     let jobs = engine.fire("tick", utc("2026-05-04T10:02:00Z")).await;
-    assert_eq!(jobs[1].status, JobStatus::Queued, "recorded from the moment it is due");
+    assert_eq!(
+        jobs[1].status,
+        JobStatus::Queued,
+        "recorded from the moment it is due"
+    );
     let jobs = engine.fire("tick", utc("2026-05-04T10:03:00Z")).await;
     assert_eq!(jobs[2].status, JobStatus::Skipped);
-    assert!(jobs[2].error.as_deref().unwrap_or("").contains("queue"), "{jobs:?}");
+    assert!(
+        jobs[2].error.as_deref().unwrap_or("").contains("queue"),
+        "{jobs:?}"
+    );
     engine.runner.release("tick");
     let jobs = engine
         .wait_jobs("tick", "the queued job completed", |j| {
@@ -191,17 +228,27 @@ async fn overlap_replace_cancels_the_running_job_and_runs_the_new_occurrence() {
     engine.runner.hold("tick");
     engine.fire("tick", utc("2026-05-04T10:01:00Z")).await;
     engine
-        .wait_jobs("tick", "the first job running", |j| j[0].status == JobStatus::Running)
+        .wait_jobs("tick", "the first job running", |j| {
+            j[0].status == JobStatus::Running
+        })
         .await;
     engine.fire("tick", utc("2026-05-04T10:02:00Z")).await;
     engine
-        .wait_jobs("tick", "the first job cancelled and the second running", |j| {
-            j.len() == 2 && j[0].status == JobStatus::Cancelled && j[1].status == JobStatus::Running
-        })
+        .wait_jobs(
+            "tick",
+            "the first job cancelled and the second running",
+            |j| {
+                j.len() == 2
+                    && j[0].status == JobStatus::Cancelled
+                    && j[1].status == JobStatus::Running
+            },
+        )
         .await;
     engine.runner.release("tick");
     let jobs = engine
-        .wait_jobs("tick", "the replacement completed", |j| j[1].status == JobStatus::Completed)
+        .wait_jobs("tick", "the replacement completed", |j| {
+            j[1].status == JobStatus::Completed
+        })
         .await;
     assert_eq!(
         statuses(&jobs),
@@ -218,8 +265,16 @@ async fn after_downtime_run_once_catches_up_once_and_skip_does_not() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("runbooks");
     std::fs::create_dir_all(&dir).unwrap();
-    write(&dir, "once.toml", &runbook("schedule = \"0 6 * * *\"\nmissed = \"run-once\""));
-    write(&dir, "skipper.toml", &runbook("schedule = \"0 6 * * *\"\nmissed = \"skip\""));
+    write(
+        &dir,
+        "once.toml",
+        &runbook("schedule = \"0 6 * * *\"\nmissed = \"run-once\""),
+    );
+    write(
+        &dir,
+        "skipper.toml",
+        &runbook("schedule = \"0 6 * * *\"\nmissed = \"skip\""),
+    );
     write(
         &dir,
         "fresh-only.toml",
@@ -248,7 +303,11 @@ async fn after_downtime_run_once_catches_up_once_and_skip_does_not() {
     assert!(jobs[1].past_due);
     assert_eq!(jobs[1].scheduled_for, Some(utc("2026-03-05T06:00:00Z")));
     // The catch-ups are decided together at start: by now the others had their chance.
-    assert_eq!(engine.jobs("skipper").await.len(), 1, "missed = skip never catches up");
+    assert_eq!(
+        engine.jobs("skipper").await.len(),
+        1,
+        "missed = skip never catches up"
+    );
     assert_eq!(
         engine.jobs("fresh-only").await.len(),
         1,
@@ -295,7 +354,11 @@ async fn a_reload_applies_valid_changes_keeps_the_last_good_version_and_never_in
         .expect("run a");
 
     // Invalid: the last good version stays, with the error (file, line, message) shown.
-    write(&dir, "a.toml", "description = \"version two\"\n[[steps]]\nname = \"find\"\ncmdlet = 42\n");
+    write(
+        &dir,
+        "a.toml",
+        "description = \"version two\"\n[[steps]]\nname = \"find\"\ncmdlet = 42\n",
+    );
     let view = wait_view(&app, "the validation error of a.toml", |v| {
         find(v, "a").is_some_and(|a| !a["validation_error"].is_null())
     })
@@ -303,14 +366,31 @@ async fn a_reload_applies_valid_changes_keeps_the_last_good_version_and_never_in
     let a = find(&view, "a").unwrap();
     assert_eq!(a["description"], "version one");
     assert_eq!(a["validation_error"]["line"], 4);
-    assert!(a["validation_error"]["file"].as_str().unwrap().ends_with("a.toml"));
-    let page = app.http.get(app.url("/")).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("a.toml"), "the dashboard lists the invalid file");
+    assert!(
+        a["validation_error"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("a.toml")
+    );
+    let page = app
+        .http
+        .get(app.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("a.toml"),
+        "the dashboard lists the invalid file"
+    );
 
     // Fixed again: the new version is in force and the error is gone.
     write(&dir, "a.toml", &runbook("description = \"version three\""));
     wait_view(&app, "version three without error", |v| {
-        find(v, "a").is_some_and(|a| a["description"] == "version three" && a["validation_error"].is_null())
+        find(v, "a")
+            .is_some_and(|a| a["description"] == "version three" && a["validation_error"].is_null())
     })
     .await;
 
@@ -321,7 +401,12 @@ async fn a_reload_applies_valid_changes_keeps_the_last_good_version_and_never_in
     })
     .await;
     assert!(find(&view, "b").is_none());
-    assert!(view["invalid_files"][0]["message"].as_str().unwrap().contains("cron"));
+    assert!(
+        view["invalid_files"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cron")
+    );
 
     // Deleted: the runbook leaves the catalog; the invalid file's error goes with it.
     std::fs::remove_file(dir.join("a.toml")).unwrap();
@@ -349,7 +434,13 @@ async fn a_reload_applies_valid_changes_keeps_the_last_good_version_and_never_in
 async fn temporary_names_are_ignored_and_a_write_in_two_parts_loads_once_complete() {
     let app = InProcess::start(&[], |_| {}).await;
     let dir = app.runbooks_dir();
-    for temp in [".c.toml.swp", "c.toml~", "c.toml.tmp", ".hidden.toml", "#c.toml#"] {
+    for temp in [
+        ".c.toml.swp",
+        "c.toml~",
+        "c.toml.tmp",
+        ".hidden.toml",
+        "#c.toml#",
+    ] {
         write(&dir, temp, "this is not TOML [[[");
     }
     // A file written in two parts (as a slow copy does) within the debounce time.
@@ -362,12 +453,19 @@ async fn temporary_names_are_ignored_and_a_write_in_two_parts_loads_once_complet
     write(&dir, "d.toml.tmp", &runbook("description = \"renamed\""));
     std::fs::rename(dir.join("d.toml.tmp"), dir.join("d.toml")).unwrap();
 
-    let view = wait_view(&app, "c and d loaded", |v| find(v, "c").is_some() && find(v, "d").is_some()).await;
+    let view = wait_view(&app, "c and d loaded", |v| {
+        find(v, "c").is_some() && find(v, "d").is_some()
+    })
+    .await;
     assert_eq!(find(&view, "c").unwrap()["description"], "complete");
     assert!(find(&view, "c").unwrap()["validation_error"].is_null());
     assert_eq!(find(&view, "d").unwrap()["description"], "renamed");
     assert_eq!(view["runbooks"].as_array().unwrap().len(), 2, "{view:#}");
-    assert_eq!(view["invalid_files"], json!([]), "temporary names are never loaded");
+    assert_eq!(
+        view["invalid_files"],
+        json!([]),
+        "temporary names are never loaded"
+    );
     app.stop().await;
 }
 
@@ -443,7 +541,11 @@ async fn changes_need_the_token_and_a_refused_request_changes_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(again.status(), 409, "an ended job cannot be cancelled again");
+    assert_eq!(
+        again.status(),
+        409,
+        "an ended job cannot be cancelled again"
+    );
     app.stop().await;
 }
 
@@ -488,7 +590,10 @@ async fn metrics_count_jobs_lateness_and_runbooks_after_a_job() {
         "runbook_worker_runbooks_invalid 1",
         "runbook_worker_jobs_running 0",
     ] {
-        assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing from:\n{text}"
+        );
     }
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
@@ -550,7 +655,12 @@ async fn post_run(worker: &WorkerProcess, runbook: &str) -> String {
         .send()
         .await
         .expect("POST run");
-    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap_or_default());
+    assert_eq!(
+        response.status(),
+        202,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
     response.json::<Value>().await.unwrap()["job_id"]
         .as_str()
         .unwrap()
@@ -580,7 +690,10 @@ async fn a_job_killed_with_sigkill_is_interrupted_at_the_next_start() {
     let mut worker = WorkerProcess::spawn(dir.path(), "first.log");
     worker.wait_ready().await;
     let id = post_run(&worker, "slow").await;
-    let ok = wait_until(SOON, || async { job_status(&worker, &id).await == "Running" }).await;
+    let ok = wait_until(SOON, || async {
+        job_status(&worker, &id).await == "Running"
+    })
+    .await;
     assert!(ok, "the job runs");
     worker.kill9();
 
@@ -624,7 +737,8 @@ async fn sigterm_lets_short_jobs_finish_cancels_long_ones_after_the_grace_and_ex
     let long = post_run(&worker, "long").await;
     let quick = post_run(&worker, "quick").await;
     let ok = wait_until(SOON, || async {
-        job_status(&worker, &long).await == "Running" && job_status(&worker, &quick).await == "Running"
+        job_status(&worker, &long).await == "Running"
+            && job_status(&worker, &quick).await == "Running"
     })
     .await;
     assert!(ok, "both jobs run");
@@ -659,29 +773,70 @@ async fn next_prints_fire_times_in_the_zone_and_in_utc() {
     let env = [("RUNBOOK_WORKER__RUNBOOKS__DIR", "runbooks")];
     let out = run_binary(
         dir.path(),
-        &["next", "nightly", "-n", "3", "--from", "2026-03-28T00:00:00Z"],
+        &[
+            "next",
+            "nightly",
+            "-n",
+            "3",
+            "--from",
+            "2026-03-28T00:00:00Z",
+        ],
         &env,
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("nightly ("), "{text}");
-    assert!(lines[0].ends_with(": 30 2 * * * in Europe/Berlin"), "{text}");
-    assert!(lines[1].starts_with("Europe/Berlin") && lines[1].ends_with("UTC"), "{text}");
-    let rows: Vec<Vec<&str>> = lines[2..].iter().map(|l| l.split_whitespace().collect()).collect();
+    assert!(
+        lines[0].ends_with(": 30 2 * * * in Europe/Berlin"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("Europe/Berlin") && lines[1].ends_with("UTC"),
+        "{text}"
+    );
+    let rows: Vec<Vec<&str>> = lines[2..]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert_eq!(
         rows,
         [
-            vec!["2026-03-28", "02:30:00", "CET", "(+01:00)", "2026-03-28T01:30:00Z"],
-            vec!["2026-03-29", "03:00:00", "CEST", "(+02:00)", "2026-03-29T01:00:00Z"],
-            vec!["2026-03-30", "02:30:00", "CEST", "(+02:00)", "2026-03-30T00:30:00Z"],
+            vec![
+                "2026-03-28",
+                "02:30:00",
+                "CET",
+                "(+01:00)",
+                "2026-03-28T01:30:00Z"
+            ],
+            vec![
+                "2026-03-29",
+                "03:00:00",
+                "CEST",
+                "(+02:00)",
+                "2026-03-29T01:00:00Z"
+            ],
+            vec![
+                "2026-03-30",
+                "02:30:00",
+                "CEST",
+                "(+02:00)",
+                "2026-03-30T00:30:00Z"
+            ],
         ],
         "{text}"
     );
 
     let by_file = run_binary(
         dir.path(),
-        &["next", "runbooks/nightly.toml", "-n", "2", "--format", "json"],
+        &[
+            "next",
+            "runbooks/nightly.toml",
+            "-n",
+            "2",
+            "--format",
+            "json",
+        ],
         &env,
     );
     assert!(by_file.status.success(), "{}", stderr(&by_file));
@@ -758,9 +913,21 @@ async fn an_unreachable_store_stops_work_interrupts_the_running_job_and_readines
         job_status(&worker, &id).await == "Interrupted"
     })
     .await;
-    assert!(ok, "the job is stopped and recorded Interrupted; log:\n{}", worker.logs());
-    let ready: Value = reqwest::get(worker.url("/readyz")).await.unwrap().json().await.unwrap();
-    assert_eq!(ready["checks"]["coordination"]["state"], "unreachable", "{ready:#}");
+    assert!(
+        ok,
+        "the job is stopped and recorded Interrupted; log:\n{}",
+        worker.logs()
+    );
+    let ready: Value = reqwest::get(worker.url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["checks"]["coordination"]["state"], "unreachable",
+        "{ready:#}"
+    );
 
     proxy.set_up(true);
     let ok = wait_until(Duration::from_secs(20), || async {
@@ -769,7 +936,11 @@ async fn an_unreachable_store_stops_work_interrupts_the_running_job_and_readines
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
-    assert!(ok, "readiness recovers with the store; log:\n{}", worker.logs());
+    assert!(
+        ok,
+        "readiness recovers with the store; log:\n{}",
+        worker.logs()
+    );
     assert!(
         !worker.logs().contains(&container.signature()),
         "the SAS signature never reaches the log"
@@ -801,7 +972,11 @@ fn calls_per_instant(exchange: &ExchangeSimulator) -> BTreeMap<DateTime<Utc>, us
 /// The first whole second at or after `t`.
 fn ceil_second(t: DateTime<Utc>) -> DateTime<Utc> {
     let floor = t.with_nanosecond(0).unwrap();
-    if floor == t { t } else { floor + chrono::Duration::seconds(1) }
+    if floor == t {
+        t
+    } else {
+        floor + chrono::Duration::seconds(1)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -819,7 +994,10 @@ async fn three_replicas_run_every_occurrence_exactly_once_through_a_kill_and_a_r
 
     let dirs: Vec<tempfile::TempDir> = (0..3)
         .map(|i| {
-            let dir = worker_dir(&tenant, &coordination_settings(&sas, &format!("replica-{i}"), ""));
+            let dir = worker_dir(
+                &tenant,
+                &coordination_settings(&sas, &format!("replica-{i}"), ""),
+            );
             write(&dir.path().join("runbooks"), "fast.toml", &fast);
             write(&dir.path().join("runbooks"), "slow.toml", &slow);
             dir
@@ -846,17 +1024,22 @@ async fn three_replicas_run_every_occurrence_exactly_once_through_a_kill_and_a_r
                 return false;
             }
             for (i, worker) in workers.iter().enumerate() {
-                let Ok(response) = reqwest::get(worker.url("/api/jobs?status=Running")).await else {
+                let Ok(response) = reqwest::get(worker.url("/api/jobs?status=Running")).await
+                else {
                     continue;
                 };
-                let Ok(jobs) = response.json::<Value>().await else { continue };
+                let Ok(jobs) = response.json::<Value>().await else {
+                    continue;
+                };
                 let running: Vec<&Value> = jobs["jobs"].as_array().into_iter().flatten().collect();
                 let slow_for_a_while = running.iter().any(|j| {
                     j["runbook"] == "slow"
                         && j["started_at"]
                             .as_str()
                             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                            .is_some_and(|t| now - t.with_timezone(&Utc) > chrono::Duration::seconds(1))
+                            .is_some_and(|t| {
+                                now - t.with_timezone(&Utc) > chrono::Duration::seconds(1)
+                            })
                 });
                 let fast_running = running.iter().any(|j| j["runbook"] == "fast");
                 if slow_for_a_while && !fast_running {
@@ -885,7 +1068,12 @@ async fn three_replicas_run_every_occurrence_exactly_once_through_a_kill_and_a_r
     tokio::time::sleep(Duration::from_secs(8)).await;
     let restarted = (killed + 1) % 3;
     workers[restarted].signal(Signal::SIGTERM);
-    assert!(workers[restarted].wait_exit(Duration::from_secs(30)).await.success());
+    assert!(
+        workers[restarted]
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .success()
+    );
     workers[restarted] = WorkerProcess::spawn(dirs[restarted].path(), "second.log");
     workers[restarted].wait_ready().await;
 
@@ -897,8 +1085,7 @@ async fn three_replicas_run_every_occurrence_exactly_once_through_a_kill_and_a_r
         async move {
             let enough = Utc::now() > start + chrono::Duration::seconds(62);
             let record = coordinator.occurrence("slow", slow_instant).await;
-            enough
-                && matches!(record, Ok(Some(r)) if r.value.state == OccurrenceState::Interrupted)
+            enough && matches!(record, Ok(Some(r)) if r.value.state == OccurrenceState::Interrupted)
         }
     })
     .await;
@@ -913,8 +1100,16 @@ async fn three_replicas_run_every_occurrence_exactly_once_through_a_kill_and_a_r
             assert!(worker.wait_exit(Duration::from_secs(40)).await.success());
         }
     }
-    let record = coordinator.occurrence("slow", slow_instant).await.unwrap().unwrap().value;
-    assert!(interrupted, "the killed replica's occurrence is marked Interrupted: {record:?}");
+    let record = coordinator
+        .occurrence("slow", slow_instant)
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert!(
+        interrupted,
+        "the killed replica's occurrence is marked Interrupted: {record:?}"
+    );
     assert_eq!(record.owner, format!("replica-{killed}"));
 
     // Every occurrence of the window exactly once, in the tenant's log and in the records.
@@ -922,7 +1117,10 @@ async fn three_replicas_run_every_occurrence_exactly_once_through_a_kill_and_a_r
     let records = coordinator.list_occurrences("fast", 300).await.unwrap();
     let mut per_instant: BTreeMap<DateTime<Utc>, Vec<OccurrenceState>> = BTreeMap::new();
     for record in &records {
-        per_instant.entry(record.scheduled_for).or_default().push(record.state);
+        per_instant
+            .entry(record.scheduled_for)
+            .or_default()
+            .push(record.state);
     }
     let mut t = start;
     let mut count = 0;
@@ -937,5 +1135,9 @@ async fn three_replicas_run_every_occurrence_exactly_once_through_a_kill_and_a_r
         t += chrono::Duration::seconds(1);
     }
     assert!(count >= 60, "the window has {count} occurrences");
-    assert!(problems.is_empty(), "not exactly once:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "not exactly once:\n{}",
+        problems.join("\n")
+    );
 }

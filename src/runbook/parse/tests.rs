@@ -52,7 +52,10 @@ fn the_issue_example_parses_into_the_model() {
     assert_eq!(rb.schedules.len(), 1);
     assert_eq!(rb.schedules[0].expression, "0 30 2 * * *");
     assert_eq!(rb.timezone, chrono_tz::Europe::Berlin);
-    let schedule = rb.schedule.as_ref().expect("the scheduler's schedule is built");
+    let schedule = rb
+        .schedule
+        .as_ref()
+        .expect("the scheduler's schedule is built");
     assert_eq!(schedule.expressions(), ["0 30 2 * * *"]);
     assert_eq!(schedule.time_zone(), chrono_tz::Europe::Berlin);
     assert_eq!(rb.timeout, Duration::from_secs(45 * 60));

@@ -18,9 +18,7 @@ use tokio_util::sync::CancellationToken;
 use runbook_worker::app::{App, AppOptions};
 use runbook_worker::clock::{Clock as _, ManualClock, SharedClock};
 use runbook_worker::coordination::{Coordinator, LocalCoordinator};
-use runbook_worker::history::{
-    self, HistoryStore, JobFilter, JobStatus, JobSummary, Outcome,
-};
+use runbook_worker::history::{self, HistoryStore, JobFilter, JobStatus, JobSummary, Outcome};
 use runbook_worker::runbook::{PolicySettings, load_folder};
 use runbook_worker::scheduler::{
     JobRunner, JobSpec, LiveCatalog, RunEnd, Scheduler, SchedulerHandle, SchedulerOptions,
@@ -43,7 +41,9 @@ pub fn utc(text: &str) -> DateTime<Utc> {
 
 /// A runbook file with one read step and the given top-level lines.
 pub fn runbook(top: &str) -> String {
-    format!("{top}\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = {{ ResultSize = 1 }}\n")
+    format!(
+        "{top}\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = {{ ResultSize = 1 }}\n"
+    )
 }
 
 /// A job runner whose jobs complete at once, or, for runbooks put on hold, wait until
@@ -193,7 +193,10 @@ impl Engine {
     ) -> Vec<JobSummary> {
         let ok = wait_until(SOON, || async { check(&self.jobs(runbook).await) }).await;
         let jobs = self.jobs(runbook).await;
-        assert!(ok, "timed out waiting for {what}; jobs of {runbook}: {jobs:#?}");
+        assert!(
+            ok,
+            "timed out waiting for {what}; jobs of {runbook}: {jobs:#?}"
+        );
         jobs
     }
 
@@ -363,7 +366,11 @@ impl WorkerProcess {
             async move { ready }
         })
         .await;
-        assert!(ok, "the worker did not become ready; its log:\n{}", self.logs());
+        assert!(
+            ok,
+            "the worker did not become ready; its log:\n{}",
+            self.logs()
+        );
         let addr = found.expect("address");
         self.addr = Some(addr.clone());
         addr

@@ -1,0 +1,274 @@
+//! The worker process: start-to-ready time and idle memory with 100 runbooks loaded, and
+//! fire precision with 1,000 runbooks firing every second. Everything runs on 127.0.0.1:
+//! the worker binary (built with the bench profile) and, for the precision run, the
+//! simulated identity endpoint and Exchange tenant in this process.
+//!
+//! A plain binary: `cargo bench --bench worker`. It prints the figures with their targets
+//! (start to ready < 100 ms, idle RSS < 20 MB, lateness p99 < 50 ms); timings depend on the
+//! machine, so it reports rather than fails, except when the worker does not run at all.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use runbook_worker::history::{self, HistoryReader, JobFilter, JobStatus};
+use runbook_worker::simulator::exchange::{ExchangeSimulator, SimulatorConfig};
+use runbook_worker::simulator::identity::{
+    IdentitySimulator, IdentitySimulatorConfig, SIMULATED_TENANT_ID,
+};
+
+const IDLE_RUNBOOKS: usize = 100;
+const STARTS: usize = 7;
+const FIRING_RUNBOOKS: usize = 1_000;
+const FIRING_SECONDS: i64 = 10;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run()) {
+        eprintln!("worker benchmark failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), String> {
+    idle().await?;
+    precision().await
+}
+
+/// A port nobody listens on right now (bound, then released) for the worker to take.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+fn spawn(dir: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_runbook-worker"))
+        .current_dir(dir)
+        .args(["--config", "worker.toml", "--log-format", "json", "serve"])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("worker.log")).expect("log file"),
+        ))
+        .spawn()
+        .expect("spawn runbook-worker serve")
+}
+
+fn stop(child: &mut Child) -> Result<(), String> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| e.to_string())?;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the worker exited with {status}"))
+    }
+}
+
+async fn wait_ready(
+    client: &reqwest::Client,
+    port: u16,
+    child: &mut Child,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    loop {
+        if let Ok(response) = client.get(&url).send().await
+            && response.status() == 200
+        {
+            return Ok(started.elapsed());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the worker exited before it was ready ({status})"));
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err("the worker was not ready within 30 s".to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A realistic daily runbook: a read, a filtered `for_each` write, a report.
+fn daily_runbook(i: usize) -> String {
+    format!(
+        "description = \"Generated runbook {i}\"\nschedule = \"0 {} {} * * *\"\ntimezone = \"Europe/Berlin\"\noverlap = \"skip\"\n\n\
+[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = {{ RecipientTypeDetails = \"UserMailbox\", ResultSize = \"Unlimited\" }}\n\n\
+[[steps]]\nname = \"fix\"\ncmdlet = \"Set-Mailbox\"\nfor_each = \"find\"\nwhen = \"item.CustomAttribute1 != 'done'\"\nconcurrency = 4\n\
+parameters = {{ Identity = \"{{{{ item.ExternalDirectoryObjectId }}}}\", CustomAttribute1 = \"done\" }}\n",
+        i % 60,
+        i % 24
+    )
+}
+
+async fn idle() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let runbooks = dir.path().join("runbooks");
+    std::fs::create_dir_all(&runbooks).map_err(|e| e.to_string())?;
+    for i in 0..IDLE_RUNBOOKS {
+        std::fs::write(
+            runbooks.join(format!("daily-{i:03}.toml")),
+            daily_runbook(i),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let client = reqwest::Client::new();
+    let mut readies = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..STARTS {
+        let port = free_port();
+        // No job runs while idle, so the identity is never asked; it points at a closed
+        // loopback port all the same.
+        std::fs::write(
+            dir.path().join("worker.toml"),
+            format!(
+                "[runbooks]\ndir = \"runbooks\"\n[state]\ndir = \"state\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
+                 [identity]\nsource = \"imds\"\nimds_endpoint = \"http://127.0.0.1:9\"\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut child = spawn(dir.path());
+        readies.push(wait_ready(&client, port, &mut child).await?);
+        // Let start-up allocations settle before reading the resident size.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rss.push(rss_kib(child.id()).ok_or("cannot read VmRSS")?);
+        stop(&mut child)?;
+    }
+    readies.sort();
+    rss.sort();
+    let median_ready = readies[readies.len() / 2];
+    let median_rss = rss[rss.len() / 2] as f64 / 1024.0;
+    println!(
+        "worker start to ready, {IDLE_RUNBOOKS} runbooks: median {:.1} ms (min {:.1}, max {:.1}, {STARTS} starts); target < 100 ms: {}",
+        ms(median_ready),
+        ms(readies[0]),
+        ms(readies[readies.len() - 1]),
+        verdict(median_ready < Duration::from_millis(100))
+    );
+    println!(
+        "worker idle RSS, {IDLE_RUNBOOKS} runbooks: median {median_rss:.1} MiB (min {:.1}, max {:.1}); target < 20 MB: {}",
+        rss[0] as f64 / 1024.0,
+        rss[rss.len() - 1] as f64 / 1024.0,
+        verdict(median_rss * 1.048_576 < 20.0)
+    );
+    Ok(())
+}
+
+async fn precision() -> Result<(), String> {
+    let identity = IdentitySimulator::start(IdentitySimulatorConfig::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let exchange = ExchangeSimulator::start(SimulatorConfig {
+        tenant_id: SIMULATED_TENANT_ID.to_string(),
+        mailboxes: 25,
+        record_requests: false,
+        ..SimulatorConfig::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let runbooks = dir.path().join("runbooks");
+    std::fs::create_dir_all(&runbooks).map_err(|e| e.to_string())?;
+    for i in 0..FIRING_RUNBOOKS {
+        std::fs::write(
+            runbooks.join(format!("tick-{i:04}.toml")),
+            "schedule = \"* * * * * *\"\n[[steps]]\nname = \"one\"\ncmdlet = \"Get-Mailbox\"\nparameters = { ResultSize = 1 }\n",
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("worker.toml"),
+        format!(
+            "[runbooks]\ndir = \"runbooks\"\n[state]\ndir = \"state\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
+             [identity]\nsource = \"imds\"\nimds_endpoint = \"{}\"\n[exchange]\nendpoint = \"{}\"\n",
+            identity.base_url(),
+            exchange.base_url()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let client = reqwest::Client::new();
+    let mut child = spawn(dir.path());
+    wait_ready(&client, port, &mut child).await?;
+    // The first second warms the token cache and connections; measure the ten after it.
+    let from = next_second(Utc::now()) + chrono::Duration::seconds(1);
+    let until = from + chrono::Duration::seconds(FIRING_SECONDS);
+    let wait = (until - Utc::now() + chrono::Duration::milliseconds(1500))
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(wait).await;
+    stop(&mut child)?;
+
+    let reader = HistoryReader::open(&history::database_path(&dir.path().join("state")))
+        .map_err(|e| e.to_string())?;
+    let mut lateness_ms = Vec::new();
+    let (mut skipped, mut other) = (0usize, 0usize);
+    let mut before = None;
+    loop {
+        let page = reader
+            .list_jobs(&JobFilter {
+                limit: JobFilter::MAX_LIMIT,
+                before: before.clone(),
+                ..JobFilter::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.id.clone());
+        for job in &page {
+            let Some(at) = job.scheduled_for.filter(|t| *t >= from && *t < until) else {
+                continue;
+            };
+            match (job.status, job.started_at) {
+                (JobStatus::Skipped, _) => skipped += 1,
+                (_, Some(started)) => lateness_ms.push((started - at).num_milliseconds()),
+                _ => other += 1,
+            }
+        }
+    }
+    lateness_ms.sort_unstable();
+    let expected = FIRING_RUNBOOKS * FIRING_SECONDS as usize;
+    if lateness_ms.is_empty() {
+        return Err("no job started in the measured window".to_string());
+    }
+    let pick = |q: f64| lateness_ms[((lateness_ms.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "fire precision, {FIRING_RUNBOOKS} runbooks every second for {FIRING_SECONDS} s: {} of {expected} occurrences started ({skipped} skipped by overlap, {other} not started); lateness p50 {} ms, p99 {} ms, max {} ms; target p99 < 50 ms: {}",
+        lateness_ms.len(),
+        pick(0.5),
+        pick(0.99),
+        lateness_ms[lateness_ms.len() - 1],
+        verdict(pick(0.99) < 50)
+    );
+    exchange.shutdown().await;
+    identity.stop().await;
+    Ok(())
+}
+
+fn next_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp() + 1, 0).unwrap_or(t)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
