@@ -1141,3 +1141,103 @@ async fn three_replicas_run_every_occurrence_exactly_once_through_a_kill_and_a_r
         problems.join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_paused_past_its_lease_writes_nothing_for_its_occurrence_after_it_wakes() {
+    use secrecy::ExposeSecret as _;
+    let tenant = Tenant::start(Duration::from_millis(200)).await;
+    let container = AzuriteContainer::new();
+    let sas = container.sas_url().expose_secret().to_string();
+    let slow = format!("schedule = \"*/10 * * * * *\"\n{SLOW_STEPS}");
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|i| {
+            let dir = worker_dir(
+                &tenant,
+                &coordination_settings(&sas, &format!("replica-{i}"), ""),
+            );
+            write(&dir.path().join("runbooks"), "slow.toml", &slow);
+            dir
+        })
+        .collect();
+    let mut workers: Vec<WorkerProcess> = dirs
+        .iter()
+        .map(|d| WorkerProcess::spawn(d.path(), "worker.log"))
+        .collect();
+    for worker in &mut workers {
+        worker.wait_ready().await;
+    }
+
+    // Whichever replica runs the first occurrence is paused.
+    let found = std::sync::Mutex::new(None);
+    let ok = wait_until(Duration::from_secs(30), || async {
+        for (i, worker) in workers.iter().enumerate() {
+            let Ok(response) = reqwest::get(worker.url("/api/jobs?status=Running")).await else {
+                continue;
+            };
+            let Ok(jobs) = response.json::<Value>().await else {
+                continue;
+            };
+            if let Some(job) = jobs["jobs"].as_array().and_then(|j| j.first()) {
+                *found.lock().unwrap() = Some((i, job.clone()));
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(ok, "a replica runs the slow runbook");
+    let (paused, job) = found.into_inner().unwrap().unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let instant = utc(job["scheduled_for"].as_str().unwrap());
+    workers[paused].signal(Signal::SIGSTOP);
+
+    // The other replica marks the occurrence Interrupted once the lease has expired.
+    let coordinator = container.coordinator(fast_options());
+    let marked = wait_until(Duration::from_secs(40), || {
+        let coordinator = coordinator.clone();
+        async move {
+            matches!(
+                coordinator.occurrence("slow", instant).await,
+                Ok(Some(r)) if r.value.state == OccurrenceState::Interrupted
+            )
+        }
+    })
+    .await;
+    workers[paused].signal(Signal::SIGCONT);
+    assert!(
+        marked,
+        "the other replica marks the orphaned occurrence Interrupted"
+    );
+    let before = coordinator
+        .occurrence("slow", instant)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The woken replica stops the job and records it locally, but writes nothing more.
+    let ok = wait_until(Duration::from_secs(30), || async {
+        job_status(&workers[paused], &id).await == "Interrupted"
+    })
+    .await;
+    assert!(
+        ok,
+        "the woken replica records its job Interrupted; log:\n{}",
+        workers[paused].logs()
+    );
+    let after = coordinator
+        .occurrence("slow", instant)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        after, before,
+        "the record is untouched by the replica that lost its lease"
+    );
+    assert_eq!(after.value.owner, format!("replica-{paused}"));
+    for worker in &mut workers {
+        worker.signal(Signal::SIGTERM);
+    }
+    for worker in &mut workers {
+        assert!(worker.wait_exit(Duration::from_secs(40)).await.success());
+    }
+}
