@@ -528,15 +528,24 @@ impl Scheduler {
     /// Fires every timer that is due.
     fn fire_due(&mut self) {
         let now = self.ctx.clock.now();
+        let mut fired = Vec::new();
         while let Some((at, name)) = self.timers.first().cloned() {
             if at > now {
                 break;
             }
             self.timers.pop_first();
+            if let Some(due) = self.slots.get_mut(&name).and_then(|slot| slot.next.take()) {
+                fired.push((name, due));
+            }
+        }
+        // Start every job of this instant first and plan the next instants afterwards: with
+        // many runbooks due together, planning is the slower part and no job should wait
+        // for it.
+        for (name, due) in &fired {
+            self.fire(name, *due, now);
+        }
+        for (name, due) in fired {
             let Some(slot) = self.slots.get_mut(&name) else {
-                continue;
-            };
-            let Some(due) = slot.next.take() else {
                 continue;
             };
             let late = (now - due.fire_at).to_std().unwrap_or_default();
@@ -549,38 +558,46 @@ impl Scheduler {
             };
             slot.next = plan_next(&slot.runbook, after.max(due.instant));
             if let Some(next) = slot.next {
-                self.timers.insert((next.fire_at, name.clone()));
+                self.timers.insert((next.fire_at, name));
             }
-            let runbook = slot.runbook.clone();
-            if late > LATE_LIMIT {
-                let catch_up = runbook.schedule.as_ref().and_then(|schedule| {
-                    missed_run(
-                        schedule,
-                        &window(&runbook),
-                        Some(due.instant - chrono::Duration::nanoseconds(1)),
-                        now,
-                        runbook.missed,
-                        runbook.max_lateness,
-                    )
-                });
-                tracing::warn!(runbook = %name, instant = %due.instant, late_ms = late.as_millis() as u64, catch_up = catch_up.is_some(), "the scheduler fired too late (a stalled host?); treating the occurrence as missed");
-                if let Some(catch_up) = catch_up {
-                    self.occurrence(
-                        &name,
-                        catch_up.scheduled_for,
-                        Trigger::CatchUp,
-                        now,
-                        ClaimKind::Occurrence(catch_up.scheduled_for),
-                    );
-                }
-                continue;
-            }
+        }
+    }
+
+    /// One due occurrence: a normal run, or, when the loop found it far too late, the
+    /// missed-run policy's answer.
+    fn fire(&mut self, name: &str, due: Due, now: DateTime<Utc>) {
+        let late = (now - due.fire_at).to_std().unwrap_or_default();
+        if late <= LATE_LIMIT {
             self.occurrence(
-                &name,
+                name,
                 due.instant,
                 Trigger::Schedule,
                 due.fire_at,
                 ClaimKind::Occurrence(due.instant),
+            );
+            return;
+        }
+        let Some(runbook) = self.slots.get(name).map(|s| s.runbook.clone()) else {
+            return;
+        };
+        let catch_up = runbook.schedule.as_ref().and_then(|schedule| {
+            missed_run(
+                schedule,
+                &window(&runbook),
+                Some(due.instant - chrono::Duration::nanoseconds(1)),
+                now,
+                runbook.missed,
+                runbook.max_lateness,
+            )
+        });
+        tracing::warn!(runbook = %name, instant = %due.instant, late_ms = late.as_millis() as u64, catch_up = catch_up.is_some(), "the scheduler fired too late (a stalled host?); treating the occurrence as missed");
+        if let Some(catch_up) = catch_up {
+            self.occurrence(
+                name,
+                catch_up.scheduled_for,
+                Trigger::CatchUp,
+                now,
+                ClaimKind::Occurrence(catch_up.scheduled_for),
             );
         }
     }

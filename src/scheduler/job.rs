@@ -288,14 +288,14 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
     };
     notice.job_id = Some(job_id.clone());
 
-    if let Err(e) = ctx.history.mark_running(&job_id).await {
-        tracing::error!(runbook = %name, job_id = %job_id, error = %e, "cannot record the job as running; it does not run");
-        if let Some(guard) = guard {
-            complete_occurrence(&name, guard, FinalState::Failed, Some(&job_id)).await;
-        }
-        return notice.send(None);
-    }
+    // The job starts now; its Running record is written alongside. The history's writer
+    // takes commands in order, so the runner's first stream entries still land after it.
     let started_at = ctx.clock.now();
+    let mark_running = async {
+        if let Err(e) = ctx.history.mark_running(&job_id).await {
+            tracing::error!(runbook = %name, job_id = %job_id, error = %e, "cannot record the job as running");
+        }
+    };
     let _ = ctx.events.send(Event::Job(JobEvent::Started { key }));
     ctx.metrics
         .schedule_lateness((started_at - due_at).to_std().unwrap_or_default());
@@ -321,7 +321,9 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
             tracing::warn!(runbook = %name, error = %e, "cannot update the schedule status in the coordination store");
         }
     };
-    let (RunEnd { outcome, flush }, ()) = tokio::join!(
+    // `join!` polls in order: the Running record is sent before anything the runner sends.
+    let ((), RunEnd { outcome, flush }, ()) = tokio::join!(
+        mark_running,
         run_guarded(ctx.runner.clone(), spec, cancel, lost.clone()),
         fired
     );
