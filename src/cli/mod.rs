@@ -46,9 +46,13 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     /// Show one job with its step counts and streams.
     Job(jobs::JobArgs),
+    /// Run a runbook once, now, in the foreground (or only plan its writes with
+    /// --dry-run); records the job in the history; exit 0 only when it Completed.
+    Run(run::RunArgs),
 }
 
 mod jobs;
+mod run;
 mod token;
 mod validate;
 
@@ -78,5 +82,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::run(ctx, args).await,
         Command::Jobs(args) => jobs::run_list(ctx, args).await,
         Command::Job(args) => jobs::run_show(ctx, args).await,
+        Command::Run(args) => run::run(ctx, args).await,
     }
 }

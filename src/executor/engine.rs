@@ -244,7 +244,7 @@ async fn run_attempt(
     };
     let result: Result<(), JobError> = tokio::select! {
         biased;
-        result = work => result.unwrap_or_else(|panic| Err(JobError::Panicked(panic_message(&panic)))),
+        result = work => result.unwrap_or_else(|panic| Err(JobError::Panicked(panic_message(panic.as_ref())))),
         () = grace => {
             tracing::warn!(attempt, "calls in flight did not stop in time; the attempt was dropped");
             Err(JobError::Stopped)

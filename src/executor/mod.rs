@@ -48,10 +48,11 @@ use crate::runbook::{ParamInput, PolicySettings, Runbook};
 use crate::telemetry::metrics::Metrics;
 
 pub use build::build_from_settings;
-pub use clients::{ExchangeClients, FixedTokens, TokenSources};
-pub use events::{Both, ItemOutcome, JobEvent, JobEvents, NoEvents};
+pub use clients::{ClientError, ExchangeClients, FixedTokens, TokenSources};
+pub use engine::MAX_KEPT_RECORDS;
+pub use events::{Both, ItemOutcome, JobEvent, JobEvents, NoEvents, command_line};
 pub use history::HistoryEvents;
-pub use outcome::{FinalStatus, JobOutcome};
+pub use outcome::{FinalStatus, JobOutcome, describe_counts};
 pub use crate::history::StepCounts;
 pub use report::report_path;
 
