@@ -545,33 +545,64 @@ async fn a_panic_inside_a_job_is_recorded_as_failed_not_propagated() {
 }
 
 #[tokio::test]
-async fn a_for_each_over_100000_mailboxes_holds_pages_not_the_whole_tenant() {
+async fn a_for_each_over_100000_mailboxes_holds_pages_in_memory_not_the_tenant() {
     let h = harness(SimulatorConfig::default().with_mailboxes(100_000)).await;
     let page_size = u64::from(h.tenant.settings.page_size);
-    let piped = runbook(TAG_EVERY_MAILBOX);
-    // max_changes makes the executor count the writes first: the records are spooled.
-    let spooled = runbook(&format!("max_changes = 200000\n{TAG_EVERY_MAILBOX}"));
 
-    for rb in [piped, spooled] {
-        let (outcome, events) = h.run(job(&rb, true)).await;
-        assert_eq!(outcome.status, FinalStatus::Completed, "{outcome:?}");
-        assert_eq!(step(&outcome, "find").records_read, 100_000);
-        assert_eq!(step(&outcome, "tag").writes_planned, 100_000);
-        assert_eq!(events.count("planned"), 100_000);
-        assert!(
-            outcome.peak_records_in_memory <= 2 * page_size,
-            "{} records held at once (page size {page_size})",
-            outcome.peak_records_in_memory
-        );
-        assert!(outcome.peak_records_in_memory > 0);
-    }
+    // A dry run: the read streams for real, each of its records becomes a planned write.
+    let (outcome, events) = h.run(job(&runbook(TAG_EVERY_MAILBOX), true)).await;
+
+    assert_eq!(outcome.status, FinalStatus::Completed, "{outcome:?}");
+    assert_eq!(step(&outcome, "find").records_read, 100_000);
+    assert_eq!(step(&outcome, "tag").writes_planned, 100_000);
+    assert_eq!(events.count("planned"), 100_000);
+    assert!(
+        outcome.peak_records_in_memory > 0 && outcome.peak_records_in_memory <= 2 * page_size,
+        "{} records held at once (page size {page_size})",
+        outcome.peak_records_in_memory
+    );
+    assert!(h.writes().is_empty());
+}
+
+#[tokio::test]
+async fn records_kept_for_a_max_changes_count_wait_on_disk_not_in_memory() {
+    // Small pages make the bound visible with fewer records: memory follows the page size.
+    let h = harness_with(
+        SimulatorConfig::default().with_mailboxes(10_000),
+        Options {
+            adjust: Box::new(|s| s.page_size = 100),
+            ..Options::default()
+        },
+    )
+    .await;
+
+    let rb = runbook(&format!("max_changes = 20000\n{TAG_EVERY_MAILBOX}"));
+    let (outcome, _) = h.run(job(&rb, true)).await;
+
+    assert_eq!(outcome.status, FinalStatus::Completed, "{outcome:?}");
+    assert_eq!(step(&outcome, "tag").writes_planned, 10_000);
+    assert!(
+        outcome.peak_records_in_memory > 0 && outcome.peak_records_in_memory <= 200,
+        "{} records held at once (page size 100)",
+        outcome.peak_records_in_memory
+    );
+
+    // The same count over the limit refuses the job before any write.
+    let rb = runbook(&format!("max_changes = 9999\n{TAG_EVERY_MAILBOX}"));
+    let (outcome, _) = h.run(job(&rb, false)).await;
+    assert_eq!(outcome.status, FinalStatus::Failed);
+    assert!(
+        outcome.error.as_deref().unwrap().contains("would make 10000 changes"),
+        "{:?}",
+        outcome.error
+    );
     assert!(h.writes().is_empty());
 }
 
 const TAG_EVERY_MAILBOX: &str = r#"
 [[steps]]
 name = "find"
-cmdlet = "Get-Mailbox"
+cmdlet = "Get-EXOMailbox"
 parameters = { ResultSize = "Unlimited" }
 
 [[steps]]
@@ -635,4 +666,370 @@ async fn the_history_adapter_records_the_plan_the_counts_and_the_outcome() {
     );
     store.close().await.unwrap();
     writer.await.unwrap();
+}
+
+
+// ---------------------------------------------------------------------------------------
+// `runbook-worker run` through the real binary, against both simulators.
+
+mod binary {
+    use std::path::Path;
+    use std::process::Output;
+    use std::time::Duration;
+
+    use runbook_worker::history::{HistoryReader, JobFilter, JobStatus, JobSummary, Trigger};
+    use runbook_worker::simulator::exchange::{
+        Mailbox, Quota, RecipientTypeDetails, SimulatorConfig,
+    };
+
+    use crate::support::executor::{Simulators, simulators, writes};
+    use crate::support::runbook::examples_dir;
+    use crate::support::{stderr, stdout, wait_until};
+
+    /// Runs `runbook-worker run ARGS…` with the examples folder as `[runbooks] dir` and a
+    /// fresh `state.dir`.
+    async fn run(sims: &Simulators, state: &Path, args: &[&str]) -> Output {
+        let env = sims.env(state, &examples_dir());
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut argv = vec!["run"];
+        argv.extend_from_slice(args);
+        crate::support::identity::run_binary(state, &argv, &env).await
+    }
+
+    fn jobs(state: &Path) -> Vec<JobSummary> {
+        let reader = HistoryReader::open(&runbook_worker::history::database_path(state))
+            .expect("the run recorded a history");
+        futures::executor::block_on(reader.list_jobs(&JobFilter::default())).unwrap()
+    }
+
+    fn edit(sims: &Simulators, identity: &str, change: impl FnOnce(&mut Mailbox)) {
+        sims.exchange.with_org(|org| {
+            let position = org.resolve(identity).expect("a seeded mailbox");
+            let mut mailbox = org.mailbox_at(position).unwrap().clone();
+            change(&mut mailbox);
+            org.replace(position, mailbox);
+        });
+    }
+
+    fn of_type(sims: &Simulators, kind: RecipientTypeDetails) -> Vec<Mailbox> {
+        sims.exchange
+            .mailboxes()
+            .into_iter()
+            .filter(|m| m.recipient_type_details == kind)
+            .collect()
+    }
+
+    fn plans(out: &Output) -> Vec<String> {
+        stdout(out)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("plan: ").map(str::to_string))
+            .collect()
+    }
+
+    fn assert_exit(out: &Output, code: i32) {
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "stdout:\n{}\nstderr:\n{}",
+            stdout(out),
+            stderr(out)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_archive_example_plans_then_enables_exactly_the_selected_archives() {
+        let sims = simulators(SimulatorConfig::default()).await;
+        let state = tempfile::tempdir().unwrap();
+        let mut expected: Vec<String> = of_type(&sims, RecipientTypeDetails::UserMailbox)
+            .into_iter()
+            .filter(|m| m.archive.is_none() && !m.litigation_hold_enabled)
+            .map(|m| m.external_directory_object_id.to_string())
+            .collect();
+        expected.sort();
+
+        let dry = run(&sims, state.path(), &["archive-for-user-mailboxes", "--dry-run"]).await;
+        assert_exit(&dry, 0);
+        assert!(writes(&sims.exchange.requests()).is_empty());
+        let mut planned: Vec<String> = plans(&dry);
+        planned.sort();
+        let lines: Vec<String> = expected
+            .iter()
+            .map(|id| format!("Enable-Mailbox -Archive:$true -Identity '{id}'"))
+            .collect();
+        assert_eq!(planned, lines);
+
+        let real = run(&sims, state.path(), &["archive-for-user-mailboxes"]).await;
+        assert_exit(&real, 0);
+        assert!(stdout(&real).contains("Completed in"), "{}", stdout(&real));
+        let mut enabled: Vec<String> = writes(&sims.exchange.requests())
+            .iter()
+            .map(|r| r.parameters().unwrap()["Identity"].as_str().unwrap().to_string())
+            .collect();
+        enabled.sort();
+        assert_eq!(enabled, expected);
+        let with_archive: Vec<String> = of_type(&sims, RecipientTypeDetails::UserMailbox)
+            .into_iter()
+            .filter(|m| m.archive.is_some())
+            .map(|m| m.external_directory_object_id.to_string())
+            .collect();
+        assert!(expected.iter().all(|id| with_archive.contains(id)));
+
+        let jobs = jobs(state.path());
+        assert_eq!(jobs.len(), 2);
+        assert!(jobs.iter().all(|j| j.status == JobStatus::Completed && j.trigger == Trigger::Manual));
+        assert_eq!(jobs.iter().filter(|j| j.dry_run).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_forwarding_example_clears_external_forwarding_and_keeps_internal() {
+        let sims = simulators(SimulatorConfig::default()).await;
+        let state = tempfile::tempdir().unwrap();
+        edit(&sims, "adele.vance", |m| {
+            m.forwarding_smtp_address = Some("smtp:adele@fabrikam.com".into());
+            m.deliver_to_mailbox_and_forward = true;
+        });
+        edit(&sims, "alex.wilber", |m| {
+            m.forwarding_smtp_address = Some("smtp:adele.vance@contoso.com".into());
+        });
+        let external: Vec<String> = sims
+            .exchange
+            .mailboxes()
+            .into_iter()
+            .filter(|m| {
+                m.forwarding_smtp_address
+                    .as_deref()
+                    .is_some_and(|f| !f.to_lowercase().ends_with("@contoso.com"))
+            })
+            .map(|m| m.external_directory_object_id.to_string())
+            .collect();
+
+        let dry = run(&sims, state.path(), &["remove-external-forwarding", "--dry-run"]).await;
+        assert_exit(&dry, 0);
+        assert!(writes(&sims.exchange.requests()).is_empty());
+        assert_eq!(plans(&dry).len(), external.len(), "{}", stdout(&dry));
+        assert!(plans(&dry).iter().all(|p| p.starts_with(
+            "Set-Mailbox -DeliverToMailboxAndForward:$false -ForwardingSmtpAddress $null -Identity '"
+        )));
+
+        let real = run(&sims, state.path(), &["remove-external-forwarding"]).await;
+        assert_exit(&real, 0);
+        let adele = sims.exchange.mailbox("adele.vance").unwrap();
+        assert_eq!(adele.forwarding_smtp_address, None);
+        assert!(!adele.deliver_to_mailbox_and_forward);
+        assert_eq!(
+            sims.exchange.mailbox("alex.wilber").unwrap().forwarding_smtp_address.as_deref(),
+            Some("smtp:adele.vance@contoso.com"),
+            "internal forwarding stays"
+        );
+        assert_eq!(writes(&sims.exchange.requests()).len(), external.len());
+    }
+
+    #[tokio::test]
+    async fn the_shared_mailbox_example_caps_unlimited_quotas_and_turns_off_protocols() {
+        let sims = simulators(SimulatorConfig::default()).await;
+        let state = tempfile::tempdir().unwrap();
+        edit(&sims, "sales", |m| {
+            m.issue_warning_quota = Quota::Unlimited;
+            m.prohibit_send_quota = Quota::Unlimited;
+            m.prohibit_send_receive_quota = Quota::Unlimited;
+        });
+        let shared = of_type(&sims, RecipientTypeDetails::SharedMailbox);
+        let protocols_on = shared
+            .iter()
+            .filter(|m| m.cas.pop_enabled || m.cas.imap_enabled || m.cas.active_sync_enabled)
+            .count();
+        assert!(protocols_on >= 1);
+
+        let dry = run(&sims, state.path(), &["shared-mailbox-hygiene", "--dry-run"]).await;
+        assert_exit(&dry, 0);
+        assert!(writes(&sims.exchange.requests()).is_empty());
+        let planned = plans(&dry);
+        assert_eq!(
+            planned.iter().filter(|p| p.starts_with("Set-Mailbox ")).count(),
+            1,
+            "{planned:?}"
+        );
+        assert_eq!(
+            planned.iter().filter(|p| p.starts_with("Set-CASMailbox ")).count(),
+            protocols_on
+        );
+
+        let real = run(&sims, state.path(), &["shared-mailbox-hygiene"]).await;
+        assert_exit(&real, 0);
+        let sales = sims.exchange.mailbox("sales").unwrap();
+        assert_eq!(
+            (sales.issue_warning_quota, sales.prohibit_send_quota, sales.prohibit_send_receive_quota),
+            (Quota::gb(45), Quota::gb(49), Quota::gb(50))
+        );
+        for m in of_type(&sims, RecipientTypeDetails::SharedMailbox) {
+            assert!(
+                !m.cas.pop_enabled && !m.cas.imap_enabled && !m.cas.active_sync_enabled,
+                "{}",
+                m.alias
+            );
+        }
+        assert!(
+            of_type(&sims, RecipientTypeDetails::UserMailbox)
+                .iter()
+                .any(|m| m.cas.pop_enabled),
+            "user mailboxes are left alone"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_calendar_example_grants_the_team_once_and_reports_repeats_as_errors() {
+        let sims = simulators(SimulatorConfig::default()).await;
+        let state = tempfile::tempdir().unwrap();
+        let users = of_type(&sims, RecipientTypeDetails::UserMailbox);
+        let team: Vec<String> = users.iter().skip(2).take(3).map(|m| m.alias.clone()).collect();
+        for alias in team.iter().chain(std::iter::once(&"adele.vance".to_string())) {
+            edit(&sims, alias, |m| m.custom_attribute1 = Some("Sales".into()));
+        }
+        let params = ["--param", "team=Sales", "--param", "delegate=adele.vance@contoso.com"];
+
+        let mut args = vec!["team-calendar-access", "--dry-run"];
+        args.extend_from_slice(&params);
+        let dry = run(&sims, state.path(), &args).await;
+        assert_exit(&dry, 0);
+        assert!(writes(&sims.exchange.requests()).is_empty());
+        assert_eq!(plans(&dry).len(), team.len(), "{}", stdout(&dry));
+        assert!(plans(&dry)[0].starts_with("Add-MailboxFolderPermission -AccessRights 'Reviewer' -Identity '"));
+
+        let mut args = vec!["team-calendar-access"];
+        args.extend_from_slice(&params);
+        let real = run(&sims, state.path(), &args).await;
+        assert_exit(&real, 0);
+        for alias in &team {
+            let granted = sims.exchange.with_org(|org| {
+                let position = org.resolve(alias).unwrap();
+                org.folder_permissions
+                    .get(&(position, "calendar".to_string()))
+                    .is_some_and(|entries| {
+                        entries
+                            .iter()
+                            .any(|e| e.user == "Adele Vance" && e.access_rights == ["Reviewer"])
+                    })
+            });
+            assert!(granted, "{alias}");
+        }
+
+        // Again: Exchange refuses each existing entry; the job completes with errors.
+        let again = run(&sims, state.path(), &args).await;
+        assert_exit(&again, 2);
+        assert!(stdout(&again).contains("CompletedWithErrors"), "{}", stdout(&again));
+        assert!(
+            stdout(&again).contains("UserAlreadyExistsInPermissionEntryException"),
+            "{}",
+            stdout(&again)
+        );
+        let statuses: Vec<JobStatus> = jobs(state.path()).iter().map(|j| j.status).collect();
+        assert!(statuses.contains(&JobStatus::CompletedWithErrors), "{statuses:?}");
+    }
+
+    #[tokio::test]
+    async fn the_quota_report_example_writes_both_reports_also_in_a_dry_run() {
+        let sims = simulators(SimulatorConfig::default()).await;
+        let state = tempfile::tempdir().unwrap();
+        edit(&sims, "adele.vance", |m| {
+            m.usage.total_item_bytes = 100 * (1 << 30);
+        });
+        let users = of_type(&sims, RecipientTypeDetails::UserMailbox).len();
+
+        for dry_run in [true, false] {
+            let mut args = vec!["mailboxes-near-quota", "--output", "json"];
+            if dry_run {
+                args.push("--dry-run");
+            }
+            let out = run(&sims, state.path(), &args).await;
+            assert_exit(&out, 0);
+            let text = stdout(&out);
+            let last: serde_json::Value =
+                serde_json::from_str(text.lines().last().unwrap()).unwrap();
+            assert_eq!(last["event"], "outcome");
+            assert_eq!(last["status"], "Completed");
+            let id = last["job_id"].as_str().unwrap();
+            let folder = state.path().join("reports").join(id);
+            let usage = std::fs::read_to_string(folder.join("usage.csv")).unwrap();
+            assert_eq!(
+                usage.lines().next(),
+                Some("DisplayName,TotalItemSize,ItemCount,StorageLimitStatus,LastLogonTime")
+            );
+            assert_eq!(usage.lines().count(), users + 1);
+            let near = std::fs::read_to_string(folder.join("near_quota.csv")).unwrap();
+            let rows: Vec<&str> = near.lines().skip(1).collect();
+            assert_eq!(rows.len(), 1, "{near}");
+            assert!(rows[0].starts_with("Adele Vance,adele.vance@contoso.com,"), "{near}");
+            assert!(text.lines().any(|l| l.contains("\"event\":\"report\"")));
+        }
+        assert!(writes(&sims.exchange.requests()).is_empty(), "a report only reads");
+    }
+
+    #[tokio::test]
+    async fn ctrl_c_cancels_the_job_cleanly_and_records_it() {
+        let sims = simulators(SimulatorConfig::default().with_latency(Duration::from_millis(500))).await;
+        let state = tempfile::tempdir().unwrap();
+        let env = sims.env(state.path(), &examples_dir());
+        let mut child = std::process::Command::new(crate::support::binary())
+            .current_dir(state.path())
+            .args(["run", "archive-for-user-mailboxes"])
+            .env_clear()
+            .envs(env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_until(Duration::from_secs(30), || async {
+                !writes(&sims.exchange.requests()).is_empty()
+            })
+            .await
+        );
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            let _ = &mut child;
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap();
+
+        assert_exit(&out, 130);
+        assert!(stdout(&out).contains("Cancelled in"), "{}", stdout(&out));
+        let jobs = jobs(state.path());
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].status, JobStatus::Cancelled);
+    }
+
+    #[tokio::test]
+    async fn a_mistyped_runbook_name_or_param_is_refused_before_anything_runs() {
+        let sims = simulators(SimulatorConfig::default()).await;
+        let state = tempfile::tempdir().unwrap();
+
+        let out = run(&sims, state.path(), &["archive-for-user-mailbox"]).await;
+        assert_exit(&out, 1);
+        assert!(
+            stderr(&out).contains("no runbook named \"archive-for-user-mailbox\"")
+                && stderr(&out).contains("did you mean \"archive-for-user-mailboxes\""),
+            "{}",
+            stderr(&out)
+        );
+        let out = run(&sims, state.path(), &["team-calendar-access", "--param", "team"]).await;
+        assert_exit(&out, 1);
+        assert!(stderr(&out).contains("expected KEY=VALUE"), "{}", stderr(&out));
+
+        // A param the runbook does not declare: the job is recorded as Failed.
+        let out = run(
+            &sims,
+            state.path(),
+            &["team-calendar-access", "--param", "team=x", "--param", "delegat=y"],
+        )
+        .await;
+        assert_exit(&out, 1);
+        assert!(stdout(&out).contains("has no param \"delegat\""), "{}", stdout(&out));
+        assert!(sims.exchange.requests().is_empty());
+        assert_eq!(jobs(state.path())[0].status, JobStatus::Failed);
+    }
 }
