@@ -69,8 +69,8 @@ pub async fn run(ctx: Context, args: RunArgs) -> anyhow::Result<ExitCode> {
     let params = parse_params(&args.params)?;
 
     let env = IdentityEnvironment::from_map(&ctx.env);
-    let executor = executor::build_from_settings(settings, &env, None)
-        .map_err(|e| anyhow!("{e}"))?;
+    let executor =
+        executor::build_from_settings(settings, &env, None).map_err(|e| anyhow!("{e}"))?;
 
     let clock: SharedClock = Arc::new(SystemClock);
     let database = history::database_path(&settings.state.dir);
@@ -177,7 +177,12 @@ fn resolve_runbook(
     let names: Vec<&str> = catalog.names().collect();
     let hint = names
         .iter()
-        .map(|n| (strsim::jaro_winkler(&n.to_lowercase(), &name_or_file.to_lowercase()), n))
+        .map(|n| {
+            (
+                strsim::jaro_winkler(&n.to_lowercase(), &name_or_file.to_lowercase()),
+                n,
+            )
+        })
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, n)| format!(" (did you mean \"{n}\"?)"))
@@ -208,10 +213,9 @@ fn parse_params(params: &[String]) -> anyhow::Result<Vec<(String, ParamInput)>> 
     params
         .iter()
         .map(|p| match p.split_once('=') {
-            Some((key, value)) if !key.trim().is_empty() => Ok((
-                key.trim().to_string(),
-                ParamInput::Text(value.to_string()),
-            )),
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok((key.trim().to_string(), ParamInput::Text(value.to_string())))
+            }
             _ => Err(anyhow!(
                 "--param {p:?}: expected KEY=VALUE such as --param team=Sales"
             )),
@@ -224,6 +228,8 @@ fn parse_params(params: &[String]) -> anyhow::Result<Vec<(String, ParamInput)>> 
 struct Terminal {
     output: Output,
     last_progress: Mutex<Option<Instant>>,
+    /// Steps with `for_each`, whose item counts are worth a progress line.
+    for_each_steps: Mutex<Vec<String>>,
 }
 
 /// How often item counts are printed while a step runs.
@@ -234,12 +240,21 @@ impl Terminal {
         Self {
             output,
             last_progress: Mutex::new(None),
+            for_each_steps: Mutex::new(Vec::new()),
         }
     }
 
     fn line(&self, text: &str) {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{text}");
+    }
+
+    fn iterates(&self, step: &str) -> bool {
+        self.for_each_steps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|s| s == step)
     }
 
     fn progress_due(&self) -> bool {
@@ -267,13 +282,24 @@ impl Terminal {
             JobEvent::StepStarted {
                 step,
                 cmdlet,
+                for_each,
                 index,
                 steps,
                 total,
-            } => Some(format!(
-                "step {index}/{steps} {step} ({cmdlet}){}",
-                total.map(|t| format!(": {t} items")).unwrap_or_default()
-            )),
+            } => {
+                let items = match (for_each, total) {
+                    (Some(source), Some(t)) => format!(": {t} items from {source}"),
+                    (Some(source), None) => format!(": items from {source} as they arrive"),
+                    (None, _) => String::new(),
+                };
+                if for_each.is_some() {
+                    self.for_each_steps
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(step.clone());
+                }
+                Some(format!("step {index}/{steps} {step} ({cmdlet}){items}"))
+            }
             JobEvent::Item {
                 step,
                 outcome: ItemOutcome::Failed,
@@ -293,7 +319,7 @@ impl Terminal {
                 counts,
                 total,
                 ..
-            } if self.progress_due() => {
+            } if self.iterates(step) && self.progress_due() => {
                 let handled = counts.done + counts.failed + counts.skipped + counts.writes_planned;
                 let of = total.map(|t| format!("/{t}")).unwrap_or_default();
                 Some(format!(

@@ -99,12 +99,10 @@ impl ExchangeClients {
             limiters: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
         };
-        clients
-            .client(None, None)
-            .map_err(|e| match e {
-                ClientError::Exchange(e) => ExecutorError::Exchange(e),
-                ClientError::Identity(e) => ExecutorError::Identity(e),
-            })?;
+        clients.client(None, None).map_err(|e| match e {
+            ClientError::Exchange(e) => ExecutorError::Exchange(e),
+            ClientError::Identity(e) => ExecutorError::Identity(e),
+        })?;
         Ok(clients)
     }
 
@@ -143,7 +141,7 @@ impl ExchangeClients {
         let tokens = self
             .tokens
             .for_identity(identity)
-            .map_err(ClientError::Identity)?;
+            .map_err(|e| ClientError::Identity(Box::new(e)))?;
         let limiter = {
             let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(
@@ -156,8 +154,8 @@ impl ExchangeClients {
         if let Some(organization) = organization {
             settings.organization = Some(organization.to_string());
         }
-        let client =
-            ExchangeClient::new(&settings, tokens, limiter).map_err(ClientError::Exchange)?;
+        let client = ExchangeClient::new(&settings, tokens, limiter)
+            .map_err(|e| ClientError::Exchange(Box::new(e)))?;
         clients.insert(key, client.clone());
         Ok(client)
     }
@@ -165,7 +163,11 @@ impl ExchangeClients {
     /// How many distinct clients and tenant limiters exist (diagnostics and tests).
     pub fn counts(&self) -> (usize, usize) {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner()).len();
-        let limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let limiters = self
+            .limiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
         (clients, limiters)
     }
 
@@ -179,9 +181,9 @@ impl ExchangeClients {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot use the runbook's identity: {0}")]
-    Identity(#[source] IdentityError),
+    Identity(#[source] Box<IdentityError>),
     #[error("{0}")]
-    Exchange(#[source] crate::exchange::ExchangeError),
+    Exchange(#[source] Box<crate::exchange::ExchangeError>),
 }
 
 #[cfg(test)]
@@ -224,7 +226,9 @@ mod tests {
             .unwrap();
         let other_identity = clients.client(None, Some(&other)).unwrap();
         let again = clients.client(None, Some(&other)).unwrap();
-        let fabrikam = clients.client(Some("fabrikam.onmicrosoft.com"), None).unwrap();
+        let fabrikam = clients
+            .client(Some("fabrikam.onmicrosoft.com"), None)
+            .unwrap();
 
         assert!(Arc::ptr_eq(default.limiter(), same_tenant.limiter()));
         assert!(Arc::ptr_eq(default.limiter(), other_identity.limiter()));

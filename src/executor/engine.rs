@@ -155,11 +155,10 @@ async fn run_attempts(
             error = result.error.as_deref().unwrap_or(""),
             "job attempt ended"
         );
-        let retry_in = (result.status == FinalStatus::Failed
-            && result.retryable
-            && !cancel.is_cancelled())
-        .then(|| retries.delay_before_retry(attempt))
-        .flatten();
+        let retry_in =
+            (result.status == FinalStatus::Failed && result.retryable && !cancel.is_cancelled())
+                .then(|| retries.delay_before_retry(attempt))
+                .flatten();
         let mut outcome = JobOutcome {
             status: result.status,
             steps: result.steps,
@@ -179,8 +178,8 @@ async fn run_attempts(
                 retry_in: delay,
             })
             .await;
-        let until = deps.clock.now()
-            + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        let until =
+            deps.clock.now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
         tokio::select! {
             () = deps.clock.sleep_until(until) => {}
             () = cancel.cancelled() => {
@@ -275,11 +274,7 @@ async fn run_attempt(
                     false,
                 )
             } else {
-                (
-                    FinalStatus::Cancelled,
-                    Some("cancelled".to_string()),
-                    false,
-                )
+                (FinalStatus::Cancelled, Some("cancelled".to_string()), false)
             }
         }
         Err(e) => {
@@ -490,7 +485,10 @@ impl<'a> AttemptRun<'a> {
                     let item = item?;
                     // A `when` that cannot be evaluated fails that item later without a
                     // call, so it is not a change.
-                    if step.matches_when(&ctx.with_item(item.value())).unwrap_or(false) {
+                    if step
+                        .matches_when(&ctx.with_item(item.value()))
+                        .unwrap_or(false)
+                    {
                         would += 1;
                     }
                 }
@@ -699,6 +697,7 @@ impl<'a> AttemptRun<'a> {
             .emit(JobEvent::StepStarted {
                 step: step.name.clone(),
                 cmdlet: step.cmdlet.clone(),
+                for_each: step.for_each.clone(),
                 index: index + 1,
                 steps: self.runbook.steps.len(),
                 total,
@@ -776,7 +775,9 @@ impl<'a> AttemptRun<'a> {
         let step = &self.runbook.steps[index];
         let (outcome, target, error) = match end {
             ItemEnd::Stopped => return,
-            ItemEnd::Failed { cancelled: true, .. } if stage.is_cancelled() => {
+            ItemEnd::Failed {
+                cancelled: true, ..
+            } if stage.is_cancelled() => {
                 *cancelled_calls += 1;
                 return;
             }
@@ -1110,8 +1111,14 @@ mod tests {
     #[test]
     fn the_max_changes_message_names_the_count_and_the_limit() {
         let cases = [
-            (0, "step \"enable\" would make 612 changes, more than max_changes = 500 allows; nothing was changed by this step"),
-            (7, "step \"enable\" would make 612 changes after the 7 this job already made, more than max_changes = 500 allows"),
+            (
+                0,
+                "step \"enable\" would make 612 changes, more than max_changes = 500 allows; nothing was changed by this step",
+            ),
+            (
+                7,
+                "step \"enable\" would make 612 changes after the 7 this job already made, more than max_changes = 500 allows",
+            ),
         ];
         for (made, expected) in cases {
             let text = JobError::MaxChanges {

@@ -47,10 +47,13 @@ pub enum JobEvent {
         retry_in: Duration,
     },
     /// A step begins. `total` is the number of items when it is known up front (a
-    /// `for_each` over a finished step), `None` while its source still streams.
+    /// `for_each` over a finished step, or 1 for a step without `for_each`), `None` while
+    /// its source still streams.
     StepStarted {
         step: String,
         cmdlet: String,
+        /// The step whose records it runs once for.
+        for_each: Option<String>,
         /// 1-based position among the runbook's steps.
         index: usize,
         steps: usize,

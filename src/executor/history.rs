@@ -115,11 +115,16 @@ impl HistoryEvents {
             JobEvent::StepStarted {
                 step,
                 cmdlet,
+                for_each,
                 index,
                 steps,
                 total,
             } => {
-                let total = total.map(|t| format!(", {t} items")).unwrap_or_default();
+                let total = match (&for_each, total) {
+                    (Some(source), Some(t)) => format!(", {t} items from \"{source}\""),
+                    (Some(source), None) => format!(", items from \"{source}\" as they arrive"),
+                    (None, _) => String::new(),
+                };
                 state.pending.push(NewStreamEntry::progress(format!(
                     "step {index}/{steps} \"{step}\" ({cmdlet}) started{total}"
                 )));
@@ -154,7 +159,10 @@ impl HistoryEvents {
                 target,
                 message,
             } => {
-                let on = target.as_deref().map(|t| format!(" ({t})")).unwrap_or_default();
+                let on = target
+                    .as_deref()
+                    .map(|t| format!(" ({t})"))
+                    .unwrap_or_default();
                 state
                     .pending
                     .push(NewStreamEntry::warning(format!("{step}{on}: {message}")));
@@ -165,7 +173,10 @@ impl HistoryEvents {
                 target,
                 parameters,
             } => {
-                let on = target.as_deref().map(|t| format!(" on '{t}'")).unwrap_or_default();
+                let on = target
+                    .as_deref()
+                    .map(|t| format!(" on '{t}'"))
+                    .unwrap_or_default();
                 state.pending.push(NewStreamEntry::plan(
                     format!("{step}: {cmdlet}{on}"),
                     json!({"step": step, "cmdlet": cmdlet, "parameters": parameters}),

@@ -126,7 +126,14 @@ pub fn describe_counts(counts: &StepCounts) -> String {
 mod tests {
     use super::*;
 
-    fn counts(step: &str, read: u64, done: u64, failed: u64, skipped: u64, planned: u64) -> StepCounts {
+    fn counts(
+        step: &str,
+        read: u64,
+        done: u64,
+        failed: u64,
+        skipped: u64,
+        planned: u64,
+    ) -> StepCounts {
         StepCounts {
             step: step.to_string(),
             records_read: read,
@@ -143,7 +150,10 @@ mod tests {
             (vec![], "nothing done"),
             (vec![counts("find", 0, 0, 0, 0, 0)], "nothing done"),
             (
-                vec![counts("find", 412, 1, 0, 0, 0), counts("enable", 0, 409, 3, 0, 0)],
+                vec![
+                    counts("find", 412, 1, 0, 0, 0),
+                    counts("enable", 0, 409, 3, 0, 0),
+                ],
                 "find: 412 read, 1 done; enable: 409 done, 3 failed",
             ),
             (

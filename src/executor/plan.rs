@@ -117,7 +117,10 @@ mod tests {
         let each = |source: &str| format!("for_each = \"{source}\"");
         let cases: Vec<(String, Expected)> = vec![
             // A lone read: nothing to send anywhere.
-            (FIND.to_string(), (vec![(false, false, false, false)], vec![0..=0])),
+            (
+                FIND.to_string(),
+                (vec![(false, false, false, false)], vec![0..=0]),
+            ),
             // Source and its only consumer right after it: one stage.
             (
                 format!("{FIND}{}", step("enable", "Enable-Mailbox", &each("find"))),

@@ -39,11 +39,9 @@ pub(crate) fn csv_cell(value: &Value) -> String {
         Value::Bool(false) => "False".to_string(),
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),
-        Value::Array(items) if items.iter().all(|v| !v.is_array() && !v.is_object()) => items
-            .iter()
-            .map(csv_cell)
-            .collect::<Vec<_>>()
-            .join("; "),
+        Value::Array(items) if items.iter().all(|v| !v.is_array() && !v.is_object()) => {
+            items.iter().map(csv_cell).collect::<Vec<_>>().join("; ")
+        }
         other => other.to_string(),
     }
 }
@@ -69,16 +67,17 @@ fn property<'a>(record: &'a Value, name: &str) -> &'a Value {
 }
 
 /// Renders one CSV row.
-fn csv_row<'a>(cells: impl IntoIterator<Item = String>, path: &'a Path) -> Result<Vec<u8>, FileError> {
+fn csv_row<'a>(
+    cells: impl IntoIterator<Item = String>,
+    path: &'a Path,
+) -> Result<Vec<u8>, FileError> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     let cells: Vec<String> = cells.into_iter().collect();
-    writer
-        .write_record(&cells)
-        .map_err(|e| FileError {
-            action: "write",
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?;
+    writer.write_record(&cells).map_err(|e| FileError {
+        action: "write",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
     writer.into_inner().map_err(|e| FileError {
         action: "write",
         path: path.to_path_buf(),
@@ -169,7 +168,10 @@ impl ReportWriter {
                 writer.write(&Value::Object(projected)).await
             }
             Kind::Csv { out, columns } => {
-                let row = csv_row(columns.iter().map(|c| csv_cell(property(record, c))), &self.partial)?;
+                let row = csv_row(
+                    columns.iter().map(|c| csv_cell(property(record, c))),
+                    &self.partial,
+                )?;
                 out.write_all(&row)
                     .await
                     .map_err(file_error("write", &self.partial))
@@ -206,7 +208,10 @@ impl ReportWriter {
                 let mut records = Box::pin(read_json_lines(&spooled).await?);
                 while let Some(record) = records.next().await {
                     let record = record?;
-                    let row = csv_row(keys.iter().map(|k| csv_cell(property(&record, k))), &self.partial)?;
+                    let row = csv_row(
+                        keys.iter().map(|k| csv_cell(property(&record, k))),
+                        &self.partial,
+                    )?;
                     out.write_all(&row)
                         .await
                         .map_err(file_error("write", &self.partial))?;
@@ -236,7 +241,9 @@ async fn create_file(path: &Path) -> Result<BufWriter<File>, FileError> {
             .await
             .map_err(file_error("create the folder of", path))?;
     }
-    let file = File::create(path).await.map_err(file_error("create", path))?;
+    let file = File::create(path)
+        .await
+        .map_err(file_error("create", path))?;
     Ok(BufWriter::new(file))
 }
 
@@ -253,8 +260,14 @@ mod tests {
             (json!(false), "False"),
             (json!(42), "42"),
             (json!(1.5), "1.5"),
-            (json!("1.2 GB (1,288,490,189 bytes)"), "1.2 GB (1,288,490,189 bytes)"),
-            (json!(["SMTP:a@contoso.com", "smtp:a@x"]), "SMTP:a@contoso.com; smtp:a@x"),
+            (
+                json!("1.2 GB (1,288,490,189 bytes)"),
+                "1.2 GB (1,288,490,189 bytes)",
+            ),
+            (
+                json!(["SMTP:a@contoso.com", "smtp:a@x"]),
+                "SMTP:a@contoso.com; smtp:a@x",
+            ),
             (json!([]), ""),
             (json!([{"a": 1}]), r#"[{"a":1}]"#),
             (json!({"Add": "x"}), r#"{"Add":"x"}"#),
@@ -326,8 +339,14 @@ mod tests {
             &records,
         )
         .await;
-        let lines: Vec<Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines, [json!({"A": 1, "B": "x"}), json!({"A": null, "B": "y"})]);
+        let lines: Vec<Value> = jsonl
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            [json!({"A": 1, "B": "x"}), json!({"A": null, "B": "y"})]
+        );
         tokio::fs::remove_dir_all(&dir).await.unwrap();
     }
 
@@ -339,7 +358,9 @@ mod tests {
             format: OutputFormat::Jsonl,
             columns: Vec::new(),
         };
-        let mut writer = ReportWriter::create(&dir, &dir, &id, "s", &spec).await.unwrap();
+        let mut writer = ReportWriter::create(&dir, &dir, &id, "s", &spec)
+            .await
+            .unwrap();
         writer.write(&json!({"a": 1})).await.unwrap();
         writer.discard().await;
         let folder = report_path(&dir, &id, "s", OutputFormat::Jsonl);

@@ -78,7 +78,10 @@ pub struct FileError {
     pub source: std::io::Error,
 }
 
-pub(crate) fn file_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FileError {
+pub(crate) fn file_error(
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> FileError {
     let path = path.to_path_buf();
     move |source| FileError {
         action,

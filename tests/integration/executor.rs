@@ -12,7 +12,9 @@ use runbook_worker::clock::{ManualClock, SharedClock};
 use runbook_worker::executor::{
     FinalStatus, HistoryEvents, JobEvent, JobEvents, JobOutcome, report_path,
 };
-use runbook_worker::history::{self, HistorySettings, HistoryStore, JobStatus, NewJob, StreamKind, Trigger};
+use runbook_worker::history::{
+    self, HistorySettings, HistoryStore, JobStatus, NewJob, StreamKind, Trigger,
+};
 use runbook_worker::runbook::{self, PolicySettings};
 use runbook_worker::simulator::exchange::{Fault, RecipientTypeDetails, SimulatorConfig};
 
@@ -61,13 +63,20 @@ async fn a_for_each_enables_archives_for_exactly_the_mailboxes_its_filter_select
         .filter(|m| m.litigation_hold_enabled && m.archive.is_none())
         .count();
 
-    let (outcome, events) = h.run(job(&example("archive-for-user-mailboxes"), false)).await;
+    let (outcome, events) = h
+        .run(job(&example("archive-for-user-mailboxes"), false))
+        .await;
 
     assert_eq!(outcome.status, FinalStatus::Completed, "{outcome:?}");
     let mut enabled: Vec<String> = h
         .writes()
         .iter()
-        .map(|r| r.parameters().unwrap()["Identity"].as_str().unwrap().to_string())
+        .map(|r| {
+            r.parameters().unwrap()["Identity"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     enabled.sort();
     expected.sort();
@@ -106,12 +115,17 @@ async fn a_dry_run_sends_the_reads_and_only_plans_the_writes() {
     let h = harness(SimulatorConfig::default()).await;
     let mut expected = archive_candidates(&h);
 
-    let (outcome, events) = h.run(job(&example("archive-for-user-mailboxes"), true)).await;
+    let (outcome, events) = h
+        .run(job(&example("archive-for-user-mailboxes"), true))
+        .await;
 
     assert_eq!(outcome.status, FinalStatus::Completed, "{outcome:?}");
     assert!(h.writes().is_empty(), "{:?}", h.writes());
     assert!(
-        h.sim().requests().iter().any(|r| r.cmdlet() == Some("Get-Mailbox")),
+        h.sim()
+            .requests()
+            .iter()
+            .any(|r| r.cmdlet() == Some("Get-Mailbox")),
         "the read ran for real"
     );
     let mut planned: Vec<String> = events
@@ -126,7 +140,10 @@ async fn a_dry_run_sends_the_reads_and_only_plans_the_writes() {
     planned.sort();
     expected.sort();
     assert_eq!(planned, expected, "each write with its rendered parameters");
-    assert_eq!(step(&outcome, "enable").writes_planned, expected.len() as u64);
+    assert_eq!(
+        step(&outcome, "enable").writes_planned,
+        expected.len() as u64
+    );
     assert_eq!(step(&outcome, "enable").done, 0);
     assert!(h.sim().mailboxes().iter().all(|m| {
         !expected.contains(&m.external_directory_object_id.to_string()) || m.archive.is_none()
@@ -169,7 +186,9 @@ async fn a_cmdlet_the_policy_now_denies_stops_the_job_before_any_call() {
     .await;
 
     // Validated under the old (default) policy, run under the new one.
-    let (outcome, _) = h.run(job(&example("archive-for-user-mailboxes"), false)).await;
+    let (outcome, _) = h
+        .run(job(&example("archive-for-user-mailboxes"), false))
+        .await;
 
     assert_eq!(outcome.status, FinalStatus::Failed);
     let error = outcome.error.clone().unwrap();
@@ -186,7 +205,10 @@ async fn an_unknown_param_fails_the_job_before_any_call() {
     let rb = example("team-calendar-access");
 
     let (outcome, _) = h
-        .run(job_with_params(&rb, &[("tema", "Sales"), ("delegate", "x@contoso.com")]))
+        .run(job_with_params(
+            &rb,
+            &[("tema", "Sales"), ("delegate", "x@contoso.com")],
+        ))
         .await;
 
     assert_eq!(outcome.status, FinalStatus::Failed);
@@ -243,7 +265,11 @@ async fn with_continue_on_error_a_failed_item_is_recorded_and_the_rest_go_on() {
 
     let (outcome, events) = h.run(job(&tag_users(4, true), false)).await;
 
-    assert_eq!(outcome.status, FinalStatus::CompletedWithErrors, "{outcome:?}");
+    assert_eq!(
+        outcome.status,
+        FinalStatus::CompletedWithErrors,
+        "{outcome:?}"
+    );
     let tag = step(&outcome, "tag");
     assert_eq!((tag.done, tag.failed), (users as u64 - 1, 1));
     let failures = events.failures();
@@ -301,7 +327,11 @@ parameters = { Identity = "adele.vance", AuditEnabled = true }
 
     let (outcome, events) = h.run(job(&rb, false)).await;
 
-    assert_eq!(outcome.status, FinalStatus::CompletedWithErrors, "{outcome:?}");
+    assert_eq!(
+        outcome.status,
+        FinalStatus::CompletedWithErrors,
+        "{outcome:?}"
+    );
     let stats = step(&outcome, "stats");
     assert_eq!((stats.records_read, stats.failed), (1, 1));
     assert!(
@@ -364,13 +394,23 @@ output = "csv"
     assert_eq!(lines.next(), Some("DisplayName,PrimarySmtpAddress"));
     assert_eq!(lines.count(), users);
     assert!(csv.contains("Adele Vance,adele.vance@contoso.com"), "{csv}");
-    let jsonl = std::fs::read_to_string(report_path(state, &id, "stats", runbook::OutputFormat::Jsonl))
-        .unwrap();
+    let jsonl = std::fs::read_to_string(report_path(
+        state,
+        &id,
+        "stats",
+        runbook::OutputFormat::Jsonl,
+    ))
+    .unwrap();
     assert_eq!(jsonl.lines().count(), users);
     let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
     assert!(first.get("TotalItemSize").is_some(), "{first}");
-    let domains = std::fs::read_to_string(report_path(state, &id, "domains", runbook::OutputFormat::Csv))
-        .unwrap();
+    let domains = std::fs::read_to_string(report_path(
+        state,
+        &id,
+        "domains",
+        runbook::OutputFormat::Csv,
+    ))
+    .unwrap();
     let header = domains.lines().next().unwrap();
     assert!(header.split(',').any(|c| c == "DomainName"), "{header}");
     assert_eq!(domains.lines().count(), 3, "{domains}");
@@ -384,7 +424,10 @@ output = "csv"
     assert_eq!(files, ["domains.csv", "stats.jsonl", "users.csv"]);
     assert_eq!(outcome.reports.len(), 3);
     assert_eq!(events.count("report"), 3);
-    assert!(!state.join("tmp").join(id.as_str()).exists(), "spools removed");
+    assert!(
+        !state.join("tmp").join(id.as_str()).exists(),
+        "spools removed"
+    );
 }
 
 #[tokio::test]
@@ -401,7 +444,11 @@ async fn the_timeout_stops_a_call_in_flight_and_the_job_ends_timed_out() {
     assert_eq!(outcome.status, FinalStatus::TimedOut, "{outcome:?}");
     let error = outcome.error.clone().unwrap();
     assert!(error.contains("timeout of 300ms"), "{error}");
-    assert_eq!(events.count("step_finished"), 1, "the step's end is recorded");
+    assert_eq!(
+        events.count("step_finished"),
+        1,
+        "the step's end is recorded"
+    );
     assert_eq!(outcome.steps.len(), 1);
     let reports = h.state.path().join("reports").join(id.as_str());
     let left: Vec<_> = std::fs::read_dir(&reports)
@@ -420,9 +467,7 @@ async fn cancelling_stops_between_calls_and_aborts_the_calls_in_flight() {
     let cancel = CancellationToken::new();
     let run = h.executor.run(job(&rb, false), &recorder, cancel.clone());
     let stop = async {
-        assert!(
-            wait_until(Duration::from_secs(20), || async { h.writes().len() >= 2 }).await
-        );
+        assert!(wait_until(Duration::from_secs(20), || async { h.writes().len() >= 2 }).await);
         cancel.cancel();
         h.sim().requests().len()
     };
@@ -430,7 +475,11 @@ async fn cancelling_stops_between_calls_and_aborts_the_calls_in_flight() {
     let (outcome, requests_at_cancel) = tokio::join!(run, stop);
 
     assert_eq!(outcome.status, FinalStatus::Cancelled, "{outcome:?}");
-    assert_eq!(h.sim().requests().len(), requests_at_cancel, "no call after the cancel");
+    assert_eq!(
+        h.sim().requests().len(),
+        requests_at_cancel,
+        "no call after the cancel"
+    );
     assert!(
         recorder
             .warnings()
@@ -468,7 +517,9 @@ async fn a_failed_job_is_retried_after_its_backoff_and_each_attempt_is_announced
         1,
     );
     let recorder = Recorder::default();
-    let run = h.executor.run(job(&rb, false), &recorder, CancellationToken::new());
+    let run = h
+        .executor
+        .run(job(&rb, false), &recorder, CancellationToken::new());
     let advance = async {
         assert!(
             wait_until(Duration::from_secs(10), || async {
@@ -495,9 +546,17 @@ async fn a_failed_job_is_retried_after_its_backoff_and_each_attempt_is_announced
         })
         .unwrap();
     assert_eq!(failed.0, Duration::from_secs(3600));
-    assert!(failed.1.contains("may or may not have been applied"), "{}", failed.1);
+    assert!(
+        failed.1.contains("may or may not have been applied"),
+        "{}",
+        failed.1
+    );
     assert_eq!(
-        h.sim().mailbox("adele.vance").unwrap().custom_attribute1.as_deref(),
+        h.sim()
+            .mailbox("adele.vance")
+            .unwrap()
+            .custom_attribute1
+            .as_deref(),
         Some("Retried")
     );
 }
@@ -531,7 +590,10 @@ impl JobEvents for Panicking {
 #[tokio::test]
 async fn a_panic_inside_a_job_is_recorded_as_failed_not_propagated() {
     let h = harness(SimulatorConfig::default()).await;
-    let rb = runbook(&format!("retries = 2\n{}", crate::support::runbook::MINIMAL));
+    let rb = runbook(&format!(
+        "retries = 2\n{}",
+        crate::support::runbook::MINIMAL
+    ));
 
     let outcome = h
         .executor
@@ -540,7 +602,10 @@ async fn a_panic_inside_a_job_is_recorded_as_failed_not_propagated() {
 
     assert_eq!(outcome.status, FinalStatus::Failed);
     let error = outcome.error.clone().unwrap();
-    assert!(error.contains("panicked") && error.contains("an event sink broke"), "{error}");
+    assert!(
+        error.contains("panicked") && error.contains("an event sink broke"),
+        "{error}"
+    );
     assert_eq!(outcome.attempts, 1, "a bug is not retried");
 }
 
@@ -592,7 +657,11 @@ async fn records_kept_for_a_max_changes_count_wait_on_disk_not_in_memory() {
     let (outcome, _) = h.run(job(&rb, false)).await;
     assert_eq!(outcome.status, FinalStatus::Failed);
     assert!(
-        outcome.error.as_deref().unwrap().contains("would make 10000 changes"),
+        outcome
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("would make 10000 changes"),
         "{:?}",
         outcome.error
     );
@@ -641,21 +710,34 @@ async fn the_history_adapter_records_the_plan_the_counts_and_the_outcome() {
     let mut spec = job(&rb, true);
     spec.id = id.clone();
 
-    let outcome = h.executor.run(spec, &events, CancellationToken::new()).await;
+    let outcome = h
+        .executor
+        .run(spec, &events, CancellationToken::new())
+        .await;
     events.finish(&outcome).await.unwrap();
 
     let detail = store.get_job(&id).await.unwrap().unwrap();
     assert_eq!(detail.job.status, JobStatus::Completed);
     assert_eq!(detail.steps, outcome.steps);
-    assert_eq!(detail.job.summary.as_deref(), Some(outcome.summary().as_str()));
+    assert_eq!(
+        detail.job.summary.as_deref(),
+        Some(outcome.summary().as_str())
+    );
     let plans: Vec<_> = detail
         .streams
         .iter()
         .filter(|s| s.kind == StreamKind::Plan)
         .collect();
     assert_eq!(plans.len() as u64, step(&outcome, "enable").writes_planned);
-    assert!(plans[0].text.starts_with("enable: Enable-Mailbox on '"), "{}", plans[0].text);
-    assert_eq!(plans[0].data.as_ref().unwrap()["parameters"]["Archive"], true);
+    assert!(
+        plans[0].text.starts_with("enable: Enable-Mailbox on '"),
+        "{}",
+        plans[0].text
+    );
+    assert_eq!(
+        plans[0].data.as_ref().unwrap()["parameters"]["Archive"],
+        true
+    );
     assert!(
         detail
             .streams
@@ -667,7 +749,6 @@ async fn the_history_adapter_records_the_plan_the_counts_and_the_outcome() {
     store.close().await.unwrap();
     writer.await.unwrap();
 }
-
 
 // ---------------------------------------------------------------------------------------
 // `runbook-worker run` through the real binary, against both simulators.
@@ -747,7 +828,12 @@ mod binary {
             .collect();
         expected.sort();
 
-        let dry = run(&sims, state.path(), &["archive-for-user-mailboxes", "--dry-run"]).await;
+        let dry = run(
+            &sims,
+            state.path(),
+            &["archive-for-user-mailboxes", "--dry-run"],
+        )
+        .await;
         assert_exit(&dry, 0);
         assert!(writes(&sims.exchange.requests()).is_empty());
         let mut planned: Vec<String> = plans(&dry);
@@ -763,7 +849,12 @@ mod binary {
         assert!(stdout(&real).contains("Completed in"), "{}", stdout(&real));
         let mut enabled: Vec<String> = writes(&sims.exchange.requests())
             .iter()
-            .map(|r| r.parameters().unwrap()["Identity"].as_str().unwrap().to_string())
+            .map(|r| {
+                r.parameters().unwrap()["Identity"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         enabled.sort();
         assert_eq!(enabled, expected);
@@ -776,7 +867,10 @@ mod binary {
 
         let jobs = jobs(state.path());
         assert_eq!(jobs.len(), 2);
-        assert!(jobs.iter().all(|j| j.status == JobStatus::Completed && j.trigger == Trigger::Manual));
+        assert!(
+            jobs.iter()
+                .all(|j| j.status == JobStatus::Completed && j.trigger == Trigger::Manual)
+        );
         assert_eq!(jobs.iter().filter(|j| j.dry_run).count(), 1);
     }
 
@@ -803,7 +897,12 @@ mod binary {
             .map(|m| m.external_directory_object_id.to_string())
             .collect();
 
-        let dry = run(&sims, state.path(), &["remove-external-forwarding", "--dry-run"]).await;
+        let dry = run(
+            &sims,
+            state.path(),
+            &["remove-external-forwarding", "--dry-run"],
+        )
+        .await;
         assert_exit(&dry, 0);
         assert!(writes(&sims.exchange.requests()).is_empty());
         assert_eq!(plans(&dry).len(), external.len(), "{}", stdout(&dry));
@@ -817,7 +916,11 @@ mod binary {
         assert_eq!(adele.forwarding_smtp_address, None);
         assert!(!adele.deliver_to_mailbox_and_forward);
         assert_eq!(
-            sims.exchange.mailbox("alex.wilber").unwrap().forwarding_smtp_address.as_deref(),
+            sims.exchange
+                .mailbox("alex.wilber")
+                .unwrap()
+                .forwarding_smtp_address
+                .as_deref(),
             Some("smtp:adele.vance@contoso.com"),
             "internal forwarding stays"
         );
@@ -840,17 +943,28 @@ mod binary {
             .count();
         assert!(protocols_on >= 1);
 
-        let dry = run(&sims, state.path(), &["shared-mailbox-hygiene", "--dry-run"]).await;
+        let dry = run(
+            &sims,
+            state.path(),
+            &["shared-mailbox-hygiene", "--dry-run"],
+        )
+        .await;
         assert_exit(&dry, 0);
         assert!(writes(&sims.exchange.requests()).is_empty());
         let planned = plans(&dry);
         assert_eq!(
-            planned.iter().filter(|p| p.starts_with("Set-Mailbox ")).count(),
+            planned
+                .iter()
+                .filter(|p| p.starts_with("Set-Mailbox "))
+                .count(),
             1,
             "{planned:?}"
         );
         assert_eq!(
-            planned.iter().filter(|p| p.starts_with("Set-CASMailbox ")).count(),
+            planned
+                .iter()
+                .filter(|p| p.starts_with("Set-CASMailbox "))
+                .count(),
             protocols_on
         );
 
@@ -858,7 +972,11 @@ mod binary {
         assert_exit(&real, 0);
         let sales = sims.exchange.mailbox("sales").unwrap();
         assert_eq!(
-            (sales.issue_warning_quota, sales.prohibit_send_quota, sales.prohibit_send_receive_quota),
+            (
+                sales.issue_warning_quota,
+                sales.prohibit_send_quota,
+                sales.prohibit_send_receive_quota
+            ),
             (Quota::gb(45), Quota::gb(49), Quota::gb(50))
         );
         for m in of_type(&sims, RecipientTypeDetails::SharedMailbox) {
@@ -881,11 +999,24 @@ mod binary {
         let sims = simulators(SimulatorConfig::default()).await;
         let state = tempfile::tempdir().unwrap();
         let users = of_type(&sims, RecipientTypeDetails::UserMailbox);
-        let team: Vec<String> = users.iter().skip(2).take(3).map(|m| m.alias.clone()).collect();
-        for alias in team.iter().chain(std::iter::once(&"adele.vance".to_string())) {
+        let team: Vec<String> = users
+            .iter()
+            .skip(2)
+            .take(3)
+            .map(|m| m.alias.clone())
+            .collect();
+        for alias in team
+            .iter()
+            .chain(std::iter::once(&"adele.vance".to_string()))
+        {
             edit(&sims, alias, |m| m.custom_attribute1 = Some("Sales".into()));
         }
-        let params = ["--param", "team=Sales", "--param", "delegate=adele.vance@contoso.com"];
+        let params = [
+            "--param",
+            "team=Sales",
+            "--param",
+            "delegate=adele.vance@contoso.com",
+        ];
 
         let mut args = vec!["team-calendar-access", "--dry-run"];
         args.extend_from_slice(&params);
@@ -893,7 +1024,10 @@ mod binary {
         assert_exit(&dry, 0);
         assert!(writes(&sims.exchange.requests()).is_empty());
         assert_eq!(plans(&dry).len(), team.len(), "{}", stdout(&dry));
-        assert!(plans(&dry)[0].starts_with("Add-MailboxFolderPermission -AccessRights 'Reviewer' -Identity '"));
+        assert!(
+            plans(&dry)[0]
+                .starts_with("Add-MailboxFolderPermission -AccessRights 'Reviewer' -Identity '")
+        );
 
         let mut args = vec!["team-calendar-access"];
         args.extend_from_slice(&params);
@@ -916,14 +1050,21 @@ mod binary {
         // Again: Exchange refuses each existing entry; the job completes with errors.
         let again = run(&sims, state.path(), &args).await;
         assert_exit(&again, 2);
-        assert!(stdout(&again).contains("CompletedWithErrors"), "{}", stdout(&again));
+        assert!(
+            stdout(&again).contains("CompletedWithErrors"),
+            "{}",
+            stdout(&again)
+        );
         assert!(
             stdout(&again).contains("UserAlreadyExistsInPermissionEntryException"),
             "{}",
             stdout(&again)
         );
         let statuses: Vec<JobStatus> = jobs(state.path()).iter().map(|j| j.status).collect();
-        assert!(statuses.contains(&JobStatus::CompletedWithErrors), "{statuses:?}");
+        assert!(
+            statuses.contains(&JobStatus::CompletedWithErrors),
+            "{statuses:?}"
+        );
     }
 
     #[tokio::test]
@@ -958,15 +1099,22 @@ mod binary {
             let near = std::fs::read_to_string(folder.join("near_quota.csv")).unwrap();
             let rows: Vec<&str> = near.lines().skip(1).collect();
             assert_eq!(rows.len(), 1, "{near}");
-            assert!(rows[0].starts_with("Adele Vance,adele.vance@contoso.com,"), "{near}");
+            assert!(
+                rows[0].starts_with("Adele Vance,adele.vance@contoso.com,"),
+                "{near}"
+            );
             assert!(text.lines().any(|l| l.contains("\"event\":\"report\"")));
         }
-        assert!(writes(&sims.exchange.requests()).is_empty(), "a report only reads");
+        assert!(
+            writes(&sims.exchange.requests()).is_empty(),
+            "a report only reads"
+        );
     }
 
     #[tokio::test]
     async fn ctrl_c_cancels_the_job_cleanly_and_records_it() {
-        let sims = simulators(SimulatorConfig::default().with_latency(Duration::from_millis(500))).await;
+        let sims =
+            simulators(SimulatorConfig::default().with_latency(Duration::from_millis(500))).await;
         let state = tempfile::tempdir().unwrap();
         let env = sims.env(state.path(), &examples_dir());
         let mut child = std::process::Command::new(crate::support::binary())
@@ -1016,19 +1164,38 @@ mod binary {
             "{}",
             stderr(&out)
         );
-        let out = run(&sims, state.path(), &["team-calendar-access", "--param", "team"]).await;
+        let out = run(
+            &sims,
+            state.path(),
+            &["team-calendar-access", "--param", "team"],
+        )
+        .await;
         assert_exit(&out, 1);
-        assert!(stderr(&out).contains("expected KEY=VALUE"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("expected KEY=VALUE"),
+            "{}",
+            stderr(&out)
+        );
 
         // A param the runbook does not declare: the job is recorded as Failed.
         let out = run(
             &sims,
             state.path(),
-            &["team-calendar-access", "--param", "team=x", "--param", "delegat=y"],
+            &[
+                "team-calendar-access",
+                "--param",
+                "team=x",
+                "--param",
+                "delegat=y",
+            ],
         )
         .await;
         assert_exit(&out, 1);
-        assert!(stdout(&out).contains("has no param \"delegat\""), "{}", stdout(&out));
+        assert!(
+            stdout(&out).contains("has no param \"delegat\""),
+            "{}",
+            stdout(&out)
+        );
         assert!(sims.exchange.requests().is_empty());
         assert_eq!(jobs(state.path())[0].status, JobStatus::Failed);
     }

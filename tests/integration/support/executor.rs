@@ -116,12 +116,14 @@ pub fn runbook(text: &str) -> Arc<Runbook> {
         allow: vec!["*".to_string(), "Remove-*".to_string()],
         deny: Vec::new(),
     });
-    Arc::new(parse_runbook("test-runbook", "test-runbook.toml", text, &policy).unwrap_or_else(
-        |errors| {
-            let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            panic!("invalid test runbook:\n{}", lines.join("\n"))
-        },
-    ))
+    Arc::new(
+        parse_runbook("test-runbook", "test-runbook.toml", text, &policy).unwrap_or_else(
+            |errors| {
+                let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                panic!("invalid test runbook:\n{}", lines.join("\n"))
+            },
+        ),
+    )
 }
 
 /// A fresh job id (a ULID made of 128 random bits).
@@ -131,7 +133,11 @@ pub fn job_id() -> JobId {
     let text: String = (0..26)
         .map(|i| {
             let shift = 5 * (25 - i);
-            let digit = if shift >= 128 { 0 } else { (value >> shift) & 0x1f };
+            let digit = if shift >= 128 {
+                0
+            } else {
+                (value >> shift) & 0x1f
+            };
             char::from(ALPHABET[digit as usize])
         })
         .collect();
@@ -235,12 +241,15 @@ fn kind(event: &JobEvent) -> String {
         JobEvent::AttemptStarted { .. } => "attempt_started".into(),
         JobEvent::AttemptFailed { .. } => "attempt_failed".into(),
         JobEvent::StepStarted { .. } => "step_started".into(),
-        JobEvent::Item { outcome, .. } => format!("item.{}", match outcome {
-            ItemOutcome::Done => "done",
-            ItemOutcome::Failed => "failed",
-            ItemOutcome::Skipped => "skipped",
-            ItemOutcome::Planned => "planned",
-        }),
+        JobEvent::Item { outcome, .. } => format!(
+            "item.{}",
+            match outcome {
+                ItemOutcome::Done => "done",
+                ItemOutcome::Failed => "failed",
+                ItemOutcome::Skipped => "skipped",
+                ItemOutcome::Planned => "planned",
+            }
+        ),
         JobEvent::Progress { .. } => "progress".into(),
         JobEvent::Warning { .. } => "warning".into(),
         JobEvent::Planned { .. } => "planned".into(),
@@ -285,12 +294,13 @@ pub async fn simulators(config: SimulatorConfig) -> Simulators {
 impl Simulators {
     /// The environment that points the binary at both simulators, with `state.dir` and
     /// the runbooks folder.
-    pub fn env(&self, state_dir: &std::path::Path, runbooks: &std::path::Path) -> Vec<(String, String)> {
+    pub fn env(
+        &self,
+        state_dir: &std::path::Path,
+        runbooks: &std::path::Path,
+    ) -> Vec<(String, String)> {
         vec![
-            (
-                "RUNBOOK_WORKER__IDENTITY__SOURCE".into(),
-                "imds".into(),
-            ),
+            ("RUNBOOK_WORKER__IDENTITY__SOURCE".into(), "imds".into()),
             (
                 "RUNBOOK_WORKER__IDENTITY__IMDS_ENDPOINT".into(),
                 self.identity.base_url(),
