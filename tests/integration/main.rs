@@ -4,10 +4,10 @@
 mod support;
 
 mod cli;
+mod coordination;
 mod deploy;
+mod exchange;
 mod history;
 mod http;
-mod runbook;
-mod coordination;
 mod identity;
-mod exchange;
+mod runbook;

@@ -4,11 +4,11 @@
 #![allow(dead_code)]
 
 pub mod deploy;
+pub mod exchange;
 pub mod history;
 pub mod http;
-pub mod runbook;
 pub mod identity;
-pub mod exchange;
+pub mod runbook;
 
 use std::path::Path;
 use std::process::{Command, Output};
