@@ -34,6 +34,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt as _;
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
@@ -322,6 +323,10 @@ impl ExchangeSimulator {
                 listener: which,
             });
             let stop = cancel.clone();
+            // Answers go out at once, as from a real front door (no Nagle delay).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             tasks.push(tokio::spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
