@@ -95,7 +95,9 @@ fn parameters(pairs: Vec<(String, ParamValue)>) -> anyhow::Result<Parameters> {
     let mut out = Parameters::new();
     for (name, value) in pairs {
         if let Some(existing) = out.keys().find(|k| k.eq_ignore_ascii_case(&name)) {
-            bail!("--param {name} is given twice (also as {existing}); give each parameter once, an array value as JSON: {name}='[\"a\",\"b\"]'");
+            bail!(
+                "--param {name} is given twice (also as {existing}); give each parameter once, an array value as JSON: {name}='[\"a\",\"b\"]'"
+            );
         }
         out.insert(name, value);
     }
@@ -107,10 +109,7 @@ pub async fn run(ctx: Context, args: InvokeArgs) -> anyhow::Result<ExitCode> {
     if let Err(denial) = CmdletPolicy::new(&ctx.settings.policy).check(&args.cmdlet) {
         // The policy governs runbook files; an operator at the console is not held to it,
         // but should know that the same step in a runbook would not load.
-        eprintln!(
-            "note: a runbook could not call {}: {denial}",
-            args.cmdlet
-        );
+        eprintln!("note: a runbook could not call {}: {denial}", args.cmdlet);
     }
 
     let env = IdentityEnvironment::from_map(&ctx.env);
@@ -219,7 +218,11 @@ fn write_json_lines(out: &mut impl Write, records: &[Record]) -> std::io::Result
     out.flush()
 }
 
-fn print_table(out: &mut impl Write, records: &[Record], properties: &[String]) -> anyhow::Result<()> {
+fn print_table(
+    out: &mut impl Write,
+    records: &[Record],
+    properties: &[String],
+) -> anyhow::Result<()> {
     if records.is_empty() {
         return Ok(());
     }
@@ -328,7 +331,10 @@ fn render_table(records: &[Record], columns: &[String]) -> String {
     };
     let mut out = line(columns.to_vec());
     out.push_str(&line(
-        columns.iter().map(|c| "-".repeat(c.chars().count())).collect(),
+        columns
+            .iter()
+            .map(|c| "-".repeat(c.chars().count()))
+            .collect(),
     ));
     for row in rows {
         out.push_str(&line(row));
@@ -352,10 +358,16 @@ mod tests {
     #[test]
     fn params_are_name_equals_value_with_json_values() {
         let table: Vec<(&str, Result<(&str, ParamValue), &str>)> = vec![
-            ("Identity=a@contoso.com", Ok(("Identity", "a@contoso.com".into()))),
+            (
+                "Identity=a@contoso.com",
+                Ok(("Identity", "a@contoso.com".into())),
+            ),
             ("Archive=true", Ok(("Archive", true.into()))),
             ("-ResultSize=10", Ok(("ResultSize", 10.into()))),
-            ("Filter=Name -eq 'a=b'", Ok(("Filter", "Name -eq 'a=b'".into()))),
+            (
+                "Filter=Name -eq 'a=b'",
+                Ok(("Filter", "Name -eq 'a=b'".into())),
+            ),
             ("Empty=", Ok(("Empty", "".into()))),
             (
                 r#"EmailAddresses={"Add":"smtp:a@contoso.com"}"#,
@@ -399,22 +411,35 @@ mod tests {
         let (columns, hidden) = default_columns(std::slice::from_ref(&wide));
         assert_eq!(
             columns,
-            vec!["DisplayName", "Alias", "PrimarySmtpAddress", "RecipientTypeDetails"]
+            vec![
+                "DisplayName",
+                "Alias",
+                "PrimarySmtpAddress",
+                "RecipientTypeDetails"
+            ]
         );
         assert_eq!(hidden, 4);
 
         let narrow = record(json!({"User": "u", "AccessRights": ["FullAccess"]}));
         // Records keep their properties in name order.
-        assert_eq!(default_columns(&[narrow]), (vec!["AccessRights".into(), "User".into()], 0));
+        assert_eq!(
+            default_columns(&[narrow]),
+            (vec!["AccessRights".into(), "User".into()], 0)
+        );
 
         let unknown = record(json!({"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7}));
-        assert_eq!(default_columns(&[unknown]).0, vec!["a", "b", "c", "d", "e", "f"]);
+        assert_eq!(
+            default_columns(&[unknown]).0,
+            vec!["a", "b", "c", "d", "e", "f"]
+        );
     }
 
     #[test]
     fn a_table_pads_columns_and_flattens_values() {
         let records = vec![
-            record(json!({"Name": "Adele", "EmailAddresses": ["SMTP:a@contoso.com", "smtp:b@contoso.com"], "Hidden": true})),
+            record(
+                json!({"Name": "Adele", "EmailAddresses": ["SMTP:a@contoso.com", "smtp:b@contoso.com"], "Hidden": true}),
+            ),
             record(json!({"Name": "Bo", "Hidden": null, "Extra": {"k": 1}})),
         ];
         let columns: Vec<String> = ["Name", "EmailAddresses", "Hidden", "Extra"]

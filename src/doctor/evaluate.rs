@@ -5,7 +5,7 @@
 //! earlier failure. Fixes are commands or settings an operator can act on, with the ids
 //! filled in from the token where the token has them.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::facts::{
     CallFacts, CoordinationFacts, Facts, IdentityFacts, RunbookFacts, RunbookSummary, StateFacts,
@@ -154,6 +154,11 @@ fn identity_source(facts: &Facts) -> Finding {
 
 // ---- 2. token --------------------------------------------------------------------------
 
+/// An instant as operators read it in logs: `2026-03-02T08:00:00Z`.
+fn stamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
 /// `in 23h 59m` or `5m ago`, to the minute.
 fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let minutes = |d: chrono::Duration| {
@@ -193,7 +198,9 @@ fn exchange_token(facts: &Facts, now: DateTime<Utc>) -> Finding {
     let check = Check::ExchangeToken;
     let resource = &facts.exchange_resource;
     let token = match &facts.identity {
-        IdentityFacts::Resolved { token: Ok(token), .. } => token,
+        IdentityFacts::Resolved {
+            token: Ok(token), ..
+        } => token,
         IdentityFacts::Resolved { token: Err(e), .. } if !endpoint_failed(e) => {
             return fail(check, format!("no token for {resource}: {e}"), token_fix(e));
         }
@@ -209,7 +216,8 @@ fn exchange_token(facts: &Facts, now: DateTime<Utc>) -> Finding {
         return warn(
             check,
             format!(
-                "got a token for {resource}, expiring {expires_on} ({}), but it is not a JWT: its audience, tenant and roles cannot be checked",
+                "got a token for {resource}, expiring {} ({}), but it is not a JWT: its audience, tenant and roles cannot be checked",
+                stamp(*expires_on),
                 relative(*expires_on, now)
             ),
             "check identity.source: managed-identity endpoints hand out JWTs",
@@ -227,7 +235,7 @@ fn exchange_token(facts: &Facts, now: DateTime<Utc>) -> Finding {
     let described = format!(
         "for {audience}, tenant {}, expires {} ({})",
         claims.tid.as_deref().unwrap_or("(none)"),
-        expires.to_rfc3339(),
+        stamp(expires),
         relative(expires, now)
     );
     if claims.tid.is_none() && facts.exchange_organization.is_none() {
@@ -303,14 +311,15 @@ fn exchange_app_role(facts: &Facts) -> Finding {
     } else {
         format!("roles has only {}", claims.roles.join(", "))
     };
-    let v2 = claims
+    let v2 = if claims
         .roles
         .iter()
         .any(|r| r.to_ascii_lowercase().contains("managev2") || r.ends_with("V2"))
-        .then_some(
-            " (the V2 permissions are for the v2.0 preview endpoint; this API wants Exchange.ManageAsApp)",
-        )
-        .unwrap_or_default();
+    {
+        " (the V2 permissions are for the v2.0 preview endpoint; this API wants Exchange.ManageAsApp)"
+    } else {
+        ""
+    };
     let role = suggested_role(claims, needs_write(&facts.runbooks));
     fail(
         check,
@@ -429,7 +438,9 @@ fn is_custom_domain(organization: &str) -> bool {
 
 fn call_fix(facts: &Facts, error: &ExchangeError) -> String {
     let claims = facts.identity.claims();
-    let grant = |claims: &TokenClaims| grant_fix(claims, suggested_role(claims, needs_write(&facts.runbooks)));
+    let grant = |claims: &TokenClaims| {
+        grant_fix(claims, suggested_role(claims, needs_write(&facts.runbooks)))
+    };
     match error {
         ExchangeError::Forbidden { .. } => match claims {
             Some(c) if !c.has_role(EXCHANGE_MANAGE_AS_APP) => grant(c),
@@ -509,10 +520,12 @@ fn exchange_call(facts: &Facts) -> Finding {
 // ---- 6. runbooks -----------------------------------------------------------------------
 
 fn unreadable_reason(runbooks: &RunbookFacts) -> Option<String> {
-    runbooks
-        .unreadable
-        .as_ref()
-        .map(|_| format!("the runbooks folder {} cannot be read (see runbooks-folder)", runbooks.dir.display()))
+    runbooks.unreadable.as_ref().map(|_| {
+        format!(
+            "the runbooks folder {} cannot be read (see runbooks-folder)",
+            runbooks.dir.display()
+        )
+    })
 }
 
 fn runbooks_folder(runbooks: &RunbookFacts) -> Finding {
@@ -526,8 +539,20 @@ fn runbooks_folder(runbooks: &RunbookFacts) -> Finding {
         ),
         None => ok(
             check,
-            format!("{dir} is readable and holds {} runbook files", runbooks.files),
+            format!(
+                "{dir} is readable and holds {} runbook files",
+                runbooks.files
+            ),
         ),
+    }
+}
+
+/// `1 error`, `2 errors`.
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
     }
 }
 
@@ -557,10 +582,10 @@ fn runbook_files(runbooks: &RunbookFacts) -> Finding {
         return fail(
             check,
             format!(
-                "{} of {} runbook files are invalid and will not run ({} errors):{}",
+                "{} of {} runbook files are invalid and will not run ({}):{}",
                 files.len(),
                 runbooks.files,
-                invalid.len(),
+                plural(invalid.len(), "error"),
                 listing(&invalid)
             ),
             format!(
@@ -572,13 +597,12 @@ fn runbook_files(runbooks: &RunbookFacts) -> Finding {
         return warn(
             check,
             format!("{dir} holds no runbook files (*.toml)"),
-            format!("put runbook files into {dir}, or point runbooks.dir at the folder that has them"),
+            format!(
+                "put runbook files into {dir}, or point runbooks.dir at the folder that has them"
+            ),
         );
     }
-    ok(
-        check,
-        format!("{} runbooks valid", runbooks.runbooks.len()),
-    )
+    ok(check, format!("{} runbooks valid", runbooks.runbooks.len()))
 }
 
 fn runbook_permissions(runbooks: &RunbookFacts) -> Finding {
@@ -655,8 +679,8 @@ fn runbook_policy(facts: &Facts) -> Finding {
     fail(
         check,
         format!(
-            "[policy] ({rules}) refuses {} cmdlet uses; those runbooks will not run:{}",
-            refused.len(),
+            "[policy] ({rules}) refuses the cmdlet of {}; their runbooks will not run:{}",
+            plural(refused.len(), "step"),
             listing(&refused)
         ),
         "change the runbook, or allow the cmdlet in [policy] allow (RUNBOOK_WORKER__POLICY__ALLOW); Remove- and New- cmdlets need an allow entry that names their verb, such as \"Remove-MailboxPermission\"",
@@ -679,7 +703,10 @@ fn state_folder(state: &StateFacts) -> Finding {
         ),
         StateFacts::NotWritable { dir, reason } => fail(
             check,
-            format!("the state folder {} is not writable: {reason}", dir.display()),
+            format!(
+                "the state folder {} is not writable: {reason}",
+                dir.display()
+            ),
             format!(
                 "make {} a folder the worker's user can write (in a container: a volume owned by the image's user 65532), or set state.dir (RUNBOOK_WORKER__STATE__DIR)",
                 dir.display()
@@ -704,8 +731,8 @@ fn clock(facts: &Facts, now: DateTime<Utc>) -> Finding {
             check,
             format!(
                 "the local clock ({}) is behind: the token just issued is valid only from {} ({} ahead)",
-                now.to_rfc3339(),
-                nbf.to_rfc3339(),
+                stamp(now),
+                stamp(nbf),
                 relative(nbf, now).trim_start_matches("in ")
             ),
             fix,
@@ -718,8 +745,8 @@ fn clock(facts: &Facts, now: DateTime<Utc>) -> Finding {
             check,
             format!(
                 "the local clock ({}) is ahead: the token just issued already expired at {}",
-                now.to_rfc3339(),
-                exp.to_rfc3339()
+                stamp(now),
+                stamp(exp)
             ),
             fix,
         );
@@ -728,7 +755,7 @@ fn clock(facts: &Facts, now: DateTime<Utc>) -> Finding {
         check,
         format!(
             "the local clock ({}) agrees with the token's validity (within {})",
-            now.to_rfc3339(),
+            stamp(now),
             humantime::format_duration(MAX_CLOCK_SKEW)
         ),
     )
@@ -737,10 +764,7 @@ fn clock(facts: &Facts, now: DateTime<Utc>) -> Finding {
 fn coordination(facts: &CoordinationFacts) -> Finding {
     let check = Check::Coordination;
     match facts {
-        CoordinationFacts::Local => ok(
-            check,
-            "kind = \"local\": one replica, no storage to reach",
-        ),
+        CoordinationFacts::Local => ok(check, "kind = \"local\": one replica, no storage to reach"),
         CoordinationFacts::Reachable { target } => ok(check, format!("{target} answered")),
         CoordinationFacts::Unreachable { target, error } => fail(
             check,
@@ -916,13 +940,36 @@ mod tests {
     #[test]
     fn each_check_reports_what_is_wrong_and_the_fix() {
         let cases: Vec<Case> = vec![
-            ("all good", |_| {}, Check::ExchangeAppRole, Status::Ok, &["Exchange.ManageAsApp"]),
-            ("all good", |_| {}, Check::DirectoryRole, Status::Ok, &["Exchange Administrator"]),
+            (
+                "all good",
+                |_| {},
+                Check::ExchangeAppRole,
+                Status::Ok,
+                &["Exchange.ManageAsApp"],
+            ),
+            (
+                "all good",
+                |_| {},
+                Check::DirectoryRole,
+                Status::Ok,
+                &["Exchange Administrator"],
+            ),
             ("all good", |_| {}, Check::Clock, Status::Ok, &["agrees"]),
-            ("all good", |_| {}, Check::ExchangeToken, Status::Ok, &[TID, RESOURCE, "in 1h"]),
+            (
+                "all good",
+                |_| {},
+                Check::ExchangeToken,
+                Status::Ok,
+                &[TID, RESOURCE, "in 1h"],
+            ),
             (
                 "nothing answers",
-                |f| f.identity = IdentityFacts::Resolved { source: source(), token: Err(no_endpoint()) },
+                |f| {
+                    f.identity = IdentityFacts::Resolved {
+                        source: source(),
+                        token: Err(no_endpoint()),
+                    }
+                },
                 Check::IdentitySource,
                 Status::Fail,
                 &["not on Azure?", "identity.source", "azure-cli"],
@@ -936,7 +983,10 @@ mod tests {
                             source_kind: SourceKind::Imds,
                             resource: RESOURCE.into(),
                             attempts: 6,
-                            last: EndpointFault::Timeout { endpoint: "x".into(), timeout: Duration::from_secs(5) },
+                            last: EndpointFault::Timeout {
+                                endpoint: "x".into(),
+                                timeout: Duration::from_secs(5),
+                            },
                         }),
                     }
                 },
@@ -994,7 +1044,11 @@ mod tests {
                 |f| f.identity = with_token(claims(&[], &[EXCHANGE_ADMIN])),
                 Check::ExchangeAppRole,
                 Status::Fail,
-                &["roles is empty", "grant-exchange-permissions.sh --principal-id 6f1e7c1a-0000-4000-8000-000000000001 --role \"Exchange Administrator\"", "24 hours"],
+                &[
+                    "roles is empty",
+                    "grant-exchange-permissions.sh --principal-id 6f1e7c1a-0000-4000-8000-000000000001 --role \"Exchange Administrator\"",
+                    "24 hours",
+                ],
             ),
             (
                 "the V2 permission instead of the app role",
@@ -1006,18 +1060,30 @@ mod tests {
             (
                 "no directory role",
                 |f| {
-                    f.identity = with_token(claims(&[EXCHANGE_MANAGE_AS_APP], &[APP_ONLY_MARKER_WID]));
-                    f.exchange_call = unauthorized("The role assigned to application x isn't supported in this scenario.");
+                    f.identity =
+                        with_token(claims(&[EXCHANGE_MANAGE_AS_APP], &[APP_ONLY_MARKER_WID]));
+                    f.exchange_call = unauthorized(
+                        "The role assigned to application x isn't supported in this scenario.",
+                    );
                 },
                 Check::DirectoryRole,
                 Status::Fail,
-                &["no Entra role", "--principal-id 6f1e7c1a-0000-4000-8000-000000000001", "role group"],
+                &[
+                    "no Entra role",
+                    "--principal-id 6f1e7c1a-0000-4000-8000-000000000001",
+                    "role group",
+                ],
             ),
             (
                 "an unknown role only",
                 |f| {
-                    f.identity = with_token(claims(&[EXCHANGE_MANAGE_AS_APP], &["11111111-0000-0000-0000-000000000000"]));
-                    f.exchange_call = unauthorized("The role assigned to application x isn't supported in this scenario.");
+                    f.identity = with_token(claims(
+                        &[EXCHANGE_MANAGE_AS_APP],
+                        &["11111111-0000-0000-0000-000000000000"],
+                    ));
+                    f.exchange_call = unauthorized(
+                        "The role assigned to application x isn't supported in this scenario.",
+                    );
                 },
                 Check::DirectoryRole,
                 Status::Fail,
@@ -1025,7 +1091,10 @@ mod tests {
             ),
             (
                 "no directory role, yet the call worked (role group)",
-                |f| f.identity = with_token(claims(&[EXCHANGE_MANAGE_AS_APP], &[APP_ONLY_MARKER_WID])),
+                |f| {
+                    f.identity =
+                        with_token(claims(&[EXCHANGE_MANAGE_AS_APP], &[APP_ONLY_MARKER_WID]))
+                },
                 Check::DirectoryRole,
                 Status::Warn,
                 &["role group"],
@@ -1035,7 +1104,11 @@ mod tests {
                 |f| f.identity = with_token(claims(&[EXCHANGE_MANAGE_AS_APP], &[GLOBAL_READER])),
                 Check::DirectoryRole,
                 Status::Warn,
-                &["Global Reader", "archive (Enable-Mailbox)", "--role \"Exchange Administrator\""],
+                &[
+                    "Global Reader",
+                    "archive (Enable-Mailbox)",
+                    "--role \"Exchange Administrator\"",
+                ],
             ),
             (
                 "read roles and only reading runbooks",
@@ -1062,14 +1135,20 @@ mod tests {
                 },
                 Check::ExchangeCall,
                 Status::Fail,
-                &["forbidden (403", "2000008", "--principal-id 6f1e7c1a-0000-4000-8000-000000000001"],
+                &[
+                    "forbidden (403",
+                    "2000008",
+                    "--principal-id 6f1e7c1a-0000-4000-8000-000000000001",
+                ],
             ),
             (
                 "401 although both permissions are there",
                 |f| f.exchange_call = unauthorized("UnAuthorized"),
                 Check::ExchangeCall,
                 Status::Fail,
-                &["New-ServicePrincipal -AppId 0b7d9f2c-0000-4000-8000-000000000002 -ObjectId 6f1e7c1a-0000-4000-8000-000000000001"],
+                &[
+                    "New-ServicePrincipal -AppId 0b7d9f2c-0000-4000-8000-000000000002 -ObjectId 6f1e7c1a-0000-4000-8000-000000000001",
+                ],
             ),
             (
                 "401 with a custom domain",
@@ -1084,7 +1163,10 @@ mod tests {
             (
                 "no token, so no call",
                 |f| {
-                    f.identity = IdentityFacts::Resolved { source: source(), token: Err(no_endpoint()) };
+                    f.identity = IdentityFacts::Resolved {
+                        source: source(),
+                        token: Err(no_endpoint()),
+                    };
                     f.exchange_call = CallFacts::NotAttempted;
                 },
                 Check::ExchangeCall,
@@ -1107,21 +1189,43 @@ mod tests {
             ),
             (
                 "an invalid file",
-                |f| f.runbooks.errors = vec![validation("/runbooks/bad.toml", ErrorKind::Syntax, "expected `=`")],
+                |f| {
+                    f.runbooks.errors = vec![validation(
+                        "/runbooks/bad.toml",
+                        ErrorKind::Syntax,
+                        "expected `=`",
+                    )]
+                },
                 Check::RunbookFiles,
                 Status::Fail,
-                &["1 of 2 runbook files are invalid", "/runbooks/bad.toml:3:1: expected `=`", "runbook-worker validate /runbooks"],
+                &[
+                    "1 of 2 runbook files are invalid",
+                    "/runbooks/bad.toml:3:1: expected `=`",
+                    "runbook-worker validate /runbooks",
+                ],
             ),
             (
                 "a policy refusal is not an invalid file",
-                |f| f.runbooks.errors = vec![validation("/runbooks/rm.toml", ErrorKind::Policy, "Remove-Mailbox is not allowed")],
+                |f| {
+                    f.runbooks.errors = vec![validation(
+                        "/runbooks/rm.toml",
+                        ErrorKind::Policy,
+                        "Remove-Mailbox is not allowed",
+                    )]
+                },
                 Check::RunbookFiles,
                 Status::Ok,
                 &["2 runbooks valid"],
             ),
             (
                 "a policy refusal",
-                |f| f.runbooks.errors = vec![validation("/runbooks/rm.toml", ErrorKind::Policy, "Remove-Mailbox is not allowed")],
+                |f| {
+                    f.runbooks.errors = vec![validation(
+                        "/runbooks/rm.toml",
+                        ErrorKind::Policy,
+                        "Remove-Mailbox is not allowed",
+                    )]
+                },
                 Check::RunbookPolicy,
                 Status::Fail,
                 &["/runbooks/rm.toml:3:1: Remove-Mailbox", "[policy] allow"],
@@ -1138,21 +1242,40 @@ mod tests {
             ),
             (
                 "a world-writable file",
-                |f| f.runbooks.loose_permissions = vec![LoosePermission { path: PathBuf::from("/runbooks/a b.toml"), mode: 0o666 }],
+                |f| {
+                    f.runbooks.loose_permissions = vec![LoosePermission {
+                        path: PathBuf::from("/runbooks/a b.toml"),
+                        mode: 0o666,
+                    }]
+                },
                 Check::RunbookPermissions,
                 Status::Warn,
-                &["/runbooks/a b.toml (mode 0666)", "Exchange admin cmdlets", "chmod go-w '/runbooks/a b.toml'"],
+                &[
+                    "/runbooks/a b.toml (mode 0666)",
+                    "Exchange admin cmdlets",
+                    "chmod go-w '/runbooks/a b.toml'",
+                ],
             ),
             (
                 "state not writable",
-                |f| f.state = StateFacts::NotWritable { dir: PathBuf::from("/state"), reason: "Permission denied".into() },
+                |f| {
+                    f.state = StateFacts::NotWritable {
+                        dir: PathBuf::from("/state"),
+                        reason: "Permission denied".into(),
+                    }
+                },
                 Check::StateFolder,
                 Status::Fail,
                 &["/state", "Permission denied", "state.dir"],
             ),
             (
                 "state created later",
-                |f| f.state = StateFacts::WillBeCreated { dir: PathBuf::from("/srv/state"), under: PathBuf::from("/srv") },
+                |f| {
+                    f.state = StateFacts::WillBeCreated {
+                        dir: PathBuf::from("/srv/state"),
+                        under: PathBuf::from("/srv"),
+                    }
+                },
                 Check::StateFolder,
                 Status::Ok,
                 &["creates it in /srv"],
@@ -1194,7 +1317,12 @@ mod tests {
             ),
             (
                 "storage unreachable",
-                |f| f.coordination = CoordinationFacts::Unreachable { target: "https://acct.blob.core.windows.net/c".into(), error: "coordination storage is unreachable".into() },
+                |f| {
+                    f.coordination = CoordinationFacts::Unreachable {
+                        target: "https://acct.blob.core.windows.net/c".into(),
+                        error: "coordination storage is unreachable".into(),
+                    }
+                },
                 Check::Coordination,
                 Status::Fail,
                 &["acct.blob", "Storage Blob Data Contributor"],
@@ -1206,7 +1334,11 @@ mod tests {
             let report = evaluate(&facts, now());
             let finding = report.finding(check).expect("every check reports");
             assert_eq!(finding.status, status, "{case}: {finding:?}");
-            let text = format!("{} {}", finding.message, finding.fix.as_deref().unwrap_or(""));
+            let text = format!(
+                "{} {}",
+                finding.message,
+                finding.fix.as_deref().unwrap_or("")
+            );
             for needle in needles {
                 assert!(text.contains(needle), "{case}: {needle:?} not in {text:?}");
             }
@@ -1215,7 +1347,11 @@ mod tests {
                 matches!(status, Status::Warn | Status::Fail),
                 "{case}: a warning or failure says what to do, nothing else does"
             );
-            assert!(!finding.message.ends_with('.'), "{case}: {:?}", finding.message);
+            assert!(
+                !finding.message.ends_with('.'),
+                "{case}: {:?}",
+                finding.message
+            );
         }
     }
 
@@ -1253,7 +1389,10 @@ mod tests {
             );
         }
         // The local checks do not depend on the identity.
-        assert_eq!(report.finding(Check::StateFolder).unwrap().status, Status::Ok);
+        assert_eq!(
+            report.finding(Check::StateFolder).unwrap().status,
+            Status::Ok
+        );
     }
 
     #[test]
@@ -1278,7 +1417,11 @@ mod tests {
             (&[GLOBAL_READER], false, "Global Reader"),
             (&[GLOBAL_READER], true, "Exchange Administrator"),
             (&[RECIPIENT_ADMIN], true, "Exchange Recipient Administrator"),
-            (&[RECIPIENT_ADMIN], false, "Exchange Recipient Administrator"),
+            (
+                &[RECIPIENT_ADMIN],
+                false,
+                "Exchange Recipient Administrator",
+            ),
         ];
         for (wids, write, expected) in table {
             assert_eq!(

@@ -28,6 +28,8 @@ pub struct Facts {
 }
 
 /// The identity source and the token it gave for Exchange.
+// One value per doctor run: boxing the larger variant would only make readers unbox it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum IdentityFacts {
     /// The settings and the environment name no usable source.
@@ -43,7 +45,9 @@ impl IdentityFacts {
     /// The token's facts, when there is a token.
     pub fn token(&self) -> Option<&TokenFacts> {
         match self {
-            Self::Resolved { token: Ok(token), .. } => Some(token),
+            Self::Resolved {
+                token: Ok(token), ..
+            } => Some(token),
             _ => None,
         }
     }
@@ -116,11 +120,19 @@ pub struct LoosePermission {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StateFacts {
     /// A file was created in the folder and removed again.
-    Writable { dir: PathBuf },
+    Writable {
+        dir: PathBuf,
+    },
     /// The folder does not exist; `under`, the nearest existing folder above it, is
     /// writable, so the worker can create it.
-    WillBeCreated { dir: PathBuf, under: PathBuf },
-    NotWritable { dir: PathBuf, reason: String },
+    WillBeCreated {
+        dir: PathBuf,
+        under: PathBuf,
+    },
+    NotWritable {
+        dir: PathBuf,
+        reason: String,
+    },
 }
 
 /// Whether the coordination storage answers.

@@ -21,9 +21,7 @@ use super::{DoctorOptions, HARMLESS_CMDLET};
 use crate::coordination::{CoordinationKind, CoordinationSettings, Coordinator, redact_url};
 use crate::duration::HumanDuration;
 use crate::exchange::{ExchangeClient, ExchangeSettings, Parameters, TenantLimiter};
-use crate::identity::{
-    IdentityEnvironment, ProviderCredential, TokenProvider, TokenSource as _,
-};
+use crate::identity::{IdentityEnvironment, ProviderCredential, TokenProvider, TokenSource as _};
 use crate::runbook::{PolicySettings, is_runbook_file, load_folder};
 use crate::settings::Settings;
 
@@ -37,12 +35,8 @@ pub async fn gather(
     let runbooks = gather_runbooks(&settings.runbooks.dir, &settings.policy);
     let state = gather_state(&settings.state.dir);
 
-    let provider = TokenProvider::with_options(
-        &settings.identity,
-        env,
-        None,
-        options.provider.clone(),
-    );
+    let provider =
+        TokenProvider::with_options(&settings.identity, env, None, options.provider.clone());
     let (identity, exchange_call, coordination) = match provider {
         Err(error) => (
             IdentityFacts::Unresolved { error },
@@ -161,7 +155,10 @@ fn describe_target(settings: &CoordinationSettings) -> String {
         );
     }
     if let Some(path) = &settings.sas_url_file {
-        return format!("the container in {} (coordination.sas_url_file)", path.display());
+        return format!(
+            "the container in {} (coordination.sas_url_file)",
+            path.display()
+        );
     }
     "coordination storage".to_string()
 }
@@ -249,7 +246,13 @@ fn gather_state(dir: &Path) -> StateFacts {
     let under = dir
         .ancestors()
         .skip(1)
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .find(|p| p.exists())
         .unwrap_or(Path::new("."))
         .to_path_buf();
@@ -266,7 +269,10 @@ fn gather_state(dir: &Path) -> StateFacts {
         },
         Err(reason) => StateFacts::NotWritable {
             dir: dir.to_path_buf(),
-            reason: format!("it does not exist and cannot be created in {}: {reason}", under.display()),
+            reason: format!(
+                "it does not exist and cannot be created in {}: {reason}",
+                under.display()
+            ),
         },
     }
 }

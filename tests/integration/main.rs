@@ -11,3 +11,4 @@ mod runbook;
 mod coordination;
 mod identity;
 mod exchange;
+mod opscli;

@@ -9,6 +9,7 @@ pub mod http;
 pub mod runbook;
 pub mod identity;
 pub mod exchange;
+pub mod opscli;
 
 use std::path::Path;
 use std::process::{Command, Output};
