@@ -170,12 +170,6 @@ mod tests {
                 Err("loopback"),
             ),
             (
-                "0.0.0.0:8080",
-                Some("http://169.254.169.254/metadata"),
-                false,
-                Err("loopback"),
-            ),
-            (
                 "127.0.0.1:8080",
                 Some("http://example.com/healthz"),
                 false,

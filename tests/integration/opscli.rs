@@ -191,6 +191,33 @@ async fn invoke_prints_a_table_with_identifying_or_chosen_columns() {
 }
 
 #[tokio::test]
+async fn invoke_prints_what_worked_and_exits_3_after_non_terminating_errors() {
+    let stack = stack(|i| i).await;
+    let mailbox = a_user_mailbox(&stack);
+
+    let out = stack
+        .run(&[
+            "invoke",
+            "Get-MailboxStatistics",
+            "--param",
+            &format!(r#"Identity=["{mailbox}","nobody@contoso.com"]"#),
+        ])
+        .await;
+
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+    let error = stderr(&out);
+    assert!(
+        error.contains("error (non-terminating):") && error.contains("nobody@contoso.com"),
+        "{error}"
+    );
+    assert!(
+        error.contains("completed with 1 non-terminating error"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_cmdlet_fails_with_the_parsed_exchange_error() {
     let stack = stack(|i| i).await;
 
