@@ -46,9 +46,21 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     /// Show one job with its step counts and streams.
     Job(jobs::JobArgs),
+    /// Run one Exchange Online cmdlet with the worker's identity and settings and print the
+    /// records (JSON lines, or a table on a terminal).
+    Invoke(invoke::InvokeArgs),
+    /// Check identity, Exchange permissions, runbooks, state, clock and coordination, and
+    /// say what to fix; exit 1 when any check fails.
+    Doctor(doctor::DoctorArgs),
+    /// GET the worker's /healthz (or /readyz) on the local listen address; exit 0 when it
+    /// answers 2xx (for HEALTHCHECK in images without curl).
+    Probe(probe::ProbeArgs),
 }
 
+mod doctor;
+mod invoke;
 mod jobs;
+mod probe;
 mod token;
 mod validate;
 
@@ -78,5 +90,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::run(ctx, args).await,
         Command::Jobs(args) => jobs::run_list(ctx, args).await,
         Command::Job(args) => jobs::run_show(ctx, args).await,
+        Command::Invoke(args) => invoke::run(ctx, args).await,
+        Command::Doctor(args) => doctor::run(ctx, args).await,
+        Command::Probe(args) => probe::run(ctx, args).await,
     }
 }
