@@ -355,9 +355,12 @@ mod tests {
         }
     }
 
+    /// Input, and the parsed parameter or a fragment of the error.
+    type ParamCase<'a> = (&'a str, Result<(&'a str, ParamValue), &'a str>);
+
     #[test]
     fn params_are_name_equals_value_with_json_values() {
-        let table: Vec<(&str, Result<(&str, ParamValue), &str>)> = vec![
+        let table: Vec<ParamCase> = vec![
             (
                 "Identity=a@contoso.com",
                 Ok(("Identity", "a@contoso.com".into())),

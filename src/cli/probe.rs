@@ -111,9 +111,12 @@ fn target(listen: &str, url: Option<&str>, ready: bool) -> Result<Url, String> {
 mod tests {
     use super::*;
 
+    /// Listen address, `--url`, `--ready`, and the URL probed or a fragment of the error.
+    type TargetCase<'a> = (&'a str, Option<&'a str>, bool, Result<&'a str, &'a str>);
+
     #[test]
     fn the_target_is_the_local_worker_only() {
-        let table: Vec<(&str, Option<&str>, bool, Result<&str, &str>)> = vec![
+        let table: Vec<TargetCase> = vec![
             (
                 "127.0.0.1:8080",
                 None,

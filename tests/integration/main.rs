@@ -7,7 +7,6 @@ mod cli;
 mod coordination;
 mod deploy;
 mod exchange;
-mod exchange;
 mod history;
 mod http;
 mod identity;

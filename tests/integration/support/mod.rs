@@ -5,7 +5,6 @@
 
 pub mod deploy;
 pub mod exchange;
-pub mod exchange;
 pub mod history;
 pub mod http;
 pub mod identity;
