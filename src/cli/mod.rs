@@ -49,9 +49,21 @@ pub enum Command {
     /// Run a runbook once, now, in the foreground (or only plan its writes with
     /// --dry-run); records the job in the history; exit 0 only when it Completed.
     Run(run::RunArgs),
+    /// Run one Exchange Online cmdlet with the worker's identity and settings and print the
+    /// records (JSON lines, or a table on a terminal).
+    Invoke(invoke::InvokeArgs),
+    /// Check identity, Exchange permissions, runbooks, state, clock and coordination, and
+    /// say what to fix; exit 1 when any check fails.
+    Doctor(doctor::DoctorArgs),
+    /// GET the worker's /healthz (or /readyz) on the local listen address; exit 0 when it
+    /// answers 2xx (for HEALTHCHECK in images without curl).
+    Probe(probe::ProbeArgs),
 }
 
+mod doctor;
+mod invoke;
 mod jobs;
+mod probe;
 mod run;
 mod token;
 mod validate;
@@ -83,5 +95,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(args) => jobs::run_list(ctx, args).await,
         Command::Job(args) => jobs::run_show(ctx, args).await,
         Command::Run(args) => run::run(ctx, args).await,
+        Command::Invoke(args) => invoke::run(ctx, args).await,
+        Command::Doctor(args) => doctor::run(ctx, args).await,
+        Command::Probe(args) => probe::run(ctx, args).await,
     }
 }

@@ -2,6 +2,6 @@
 //! Exchange Online tenant. Faithful to the documented protocols and checking what the real
 //! services check; used by tests, benchmarks and `serve --simulate`. Binds 127.0.0.1 only.
 
-pub mod identity;
 pub mod exchange;
+pub mod identity;
 pub mod jwt;

@@ -4,11 +4,12 @@
 mod support;
 
 mod cli;
-mod deploy;
-mod history;
-mod http;
-mod runbook;
 mod coordination;
-mod identity;
+mod deploy;
 mod exchange;
 mod executor;
+mod history;
+mod http;
+mod identity;
+mod opscli;
+mod runbook;

@@ -4,12 +4,13 @@
 #![allow(dead_code)]
 
 pub mod deploy;
-pub mod history;
-pub mod http;
-pub mod runbook;
-pub mod identity;
 pub mod exchange;
 pub mod executor;
+pub mod history;
+pub mod http;
+pub mod identity;
+pub mod opscli;
+pub mod runbook;
 
 use std::path::Path;
 use std::process::{Command, Output};
