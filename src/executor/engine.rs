@@ -524,7 +524,7 @@ impl<'a> AttemptRun<'a> {
             let plan = self.plan.steps[index];
             let report = match &step.output {
                 // A dry run plans writes: they have no records to report.
-                Some(spec) if !(self.job.dry_run && !step.is_read()) => Some(
+                Some(spec) if !self.job.dry_run || step.is_read() => Some(
                     ReportWriter::create(
                         &self.deps.state_dir,
                         &self.tmp,
