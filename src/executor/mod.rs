@@ -157,6 +157,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_executor_can_be_shared_by_every_job() {
+        fn assert_shareable<T: Send + Sync>() {}
+        assert_shareable::<Executor>();
+        assert_shareable::<HistoryEvents>();
+    }
+
+    #[test]
     fn a_job_can_run_on_any_worker_thread() {
         fn assert_send<T: Send>(_: &T) {}
         fn check(executor: &Executor, job: JobSpec) {

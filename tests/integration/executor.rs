@@ -220,6 +220,47 @@ async fn an_unknown_param_fails_the_job_before_any_call() {
     assert!(h.sim().requests().is_empty());
 }
 
+#[tokio::test]
+async fn templates_see_params_the_job_earlier_steps_and_now_from_the_clock() {
+    let start = Utc.with_ymd_and_hms(2026, 3, 2, 8, 0, 0).unwrap();
+    let clock: SharedClock = Arc::new(ManualClock::new(start));
+    let h = harness_with(
+        SimulatorConfig::default(),
+        Options {
+            clock,
+            ..Options::default()
+        },
+    )
+    .await;
+    let rb = runbook(
+        r#"
+[params]
+label = "weekly"
+
+[[steps]]
+name = "domains"
+cmdlet = "Get-AcceptedDomain"
+
+[[steps]]
+name = "tag"
+cmdlet = "Set-Mailbox"
+parameters = { Identity = "adele.vance", CustomAttribute1 = "{{ params.label }} {{ job.runbook }} {{ job.id }} {{ now }} {{ steps.domains.count }}" }
+"#,
+    );
+    let mut spec = job_with_params(&rb, &[("label", "manual")]);
+    spec.dry_run = true;
+    let id = spec.id.clone();
+
+    let (outcome, events) = h.run(spec).await;
+
+    assert_eq!(outcome.status, FinalStatus::Completed, "{outcome:?}");
+    let planned = events.planned();
+    assert_eq!(
+        planned[0].1["CustomAttribute1"],
+        format!("manual test-runbook {id} 2026-03-02T08:00:00Z 2")
+    );
+}
+
 const TAG_USERS: &str = r#"
 [[steps]]
 name = "find"
