@@ -9,9 +9,10 @@
 # into /etc/runbook-worker (the working directory). Secrets (the API token, a SAS URL) are
 # given at run time as variables or files, never baked into the image.
 #
-# There is no HEALTHCHECK: the runtime image has no shell and no curl. Orchestrators probe
-# GET /healthz (liveness) and GET /readyz (readiness) on port 8080 instead; see README
-# "Probes and graceful shutdown".
+# The runtime image has no shell and no curl, so the HEALTHCHECK runs the binary itself:
+# `runbook-worker probe` GETs /healthz on the local listen address and exits 0 or 1.
+# Orchestrators probe GET /healthz (liveness) and GET /readyz (readiness) on port 8080
+# directly; see README "Probes and graceful shutdown".
 
 # ---- build stage ---------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS builder
@@ -66,6 +67,8 @@ WORKDIR /etc/runbook-worker
 USER 65532:65532
 EXPOSE 8080
 VOLUME ["/runbooks", "/state"]
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["/usr/local/bin/runbook-worker", "probe"]
 
 # SIGTERM starts the graceful shutdown (worker.shutdown_grace, 25 s by default).
 STOPSIGNAL SIGTERM

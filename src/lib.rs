@@ -11,8 +11,9 @@
 //! - Adapters: [`identity`] (token endpoints), [`exchange`] (the InvokeCommand API),
 //!   [`history`] (SQLite job history), [`coordination`] (blob leases between replicas).
 //! - Orchestration: [`executor`] runs one job, [`scheduler`] decides when.
-//! - Edges: [`http`] (axum API, metrics, dashboard), [`settings`], [`telemetry`], [`app`]
-//!   (the composition root of `serve`), and the binary's `main.rs` + `cli/`.
+//! - Edges: [`http`] (axum API, metrics, dashboard), [`doctor`] (the operator's checks),
+//!   [`settings`], [`telemetry`], [`app`] (the composition root of `serve`), and the
+//!   binary's `main.rs` + `cli/`.
 //! - [`simulator`]: faithful loopback stand-ins for what cannot run here (the managed-identity
 //!   endpoints and an Exchange Online tenant), used by tests and by `serve --simulate`.
 //!
@@ -21,6 +22,7 @@
 pub mod app;
 pub mod clock;
 pub mod coordination;
+pub mod doctor;
 pub mod duration;
 pub mod exchange;
 pub mod executor;

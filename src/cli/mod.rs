@@ -51,10 +51,26 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print a runbook's next fire times in its time zone and in UTC.
     Next(next::NextArgs),
+    /// Run a runbook once, now, in the foreground (or only plan its writes with
+    /// --dry-run); records the job in the history; exit 0 only when it Completed.
+    Run(run::RunArgs),
+    /// Run one Exchange Online cmdlet with the worker's identity and settings and print the
+    /// records (JSON lines, or a table on a terminal).
+    Invoke(invoke::InvokeArgs),
+    /// Check identity, Exchange permissions, runbooks, state, clock and coordination, and
+    /// say what to fix; exit 1 when any check fails.
+    Doctor(doctor::DoctorArgs),
+    /// GET the worker's /healthz (or /readyz) on the local listen address; exit 0 when it
+    /// answers 2xx (for HEALTHCHECK in images without curl).
+    Probe(probe::ProbeArgs),
 }
 
+mod doctor;
+mod invoke;
 mod jobs;
 mod next;
+mod probe;
+mod run;
 mod serve;
 mod token;
 mod validate;
@@ -87,5 +103,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(args) => jobs::run_show(ctx, args).await,
         Command::Serve(args) => serve::run(ctx, args).await,
         Command::Next(args) => next::run(ctx, args).await,
+        Command::Run(args) => run::run(ctx, args).await,
+        Command::Invoke(args) => invoke::run(ctx, args).await,
+        Command::Doctor(args) => doctor::run(ctx, args).await,
+        Command::Probe(args) => probe::run(ctx, args).await,
     }
 }

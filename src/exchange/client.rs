@@ -685,7 +685,7 @@ impl Paging {
                     .map_err(|source| ExchangeError::Token {
                         call: self.call.clone(),
                         resource: inner.resource.clone(),
-                        source,
+                        source: Box::new(source),
                     })?,
             };
             let claims = token.claims();
@@ -753,7 +753,7 @@ impl Paging {
                         .map_err(|source| ExchangeError::Token {
                             call: self.call.clone(),
                             resource: inner.resource.clone(),
-                            source,
+                            source: Box::new(source),
                         })?;
                     refreshed_token = Some(token);
                 }

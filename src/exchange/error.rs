@@ -55,8 +55,10 @@ pub enum ExchangeError {
     Token {
         call: Box<Call>,
         resource: String,
+        // Boxed: identity errors carry enough context to make every `Result` of this
+        // module large otherwise.
         #[source]
-        source: IdentityError,
+        source: Box<IdentityError>,
     },
 
     /// Still throttled (429) after every retry the policy allows.

@@ -23,8 +23,8 @@ pub fn build_from_settings(
         clock: Arc::clone(&clock),
         ..ProviderOptions::default()
     };
-    let providers =
-        TokenProviders::new(&settings.identity, env, options).map_err(ExecutorError::Identity)?;
+    let providers = TokenProviders::new(&settings.identity, env, options)
+        .map_err(|e| ExecutorError::Identity(Box::new(e)))?;
     let clients = ExchangeClients::new(settings.exchange.clone(), Arc::new(providers))?;
     Ok(Executor::new(ExecutorDeps {
         clients: Arc::new(clients),

@@ -141,7 +141,7 @@ impl ExchangeClients {
         let tokens = self
             .tokens
             .for_identity(identity)
-            .map_err(ClientError::Identity)?;
+            .map_err(|e| ClientError::Identity(Box::new(e)))?;
         let limiter = {
             let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(
@@ -154,8 +154,8 @@ impl ExchangeClients {
         if let Some(organization) = organization {
             settings.organization = Some(organization.to_string());
         }
-        let client =
-            ExchangeClient::new(&settings, tokens, limiter).map_err(ClientError::Exchange)?;
+        let client = ExchangeClient::new(&settings, tokens, limiter)
+            .map_err(|e| ClientError::Exchange(Box::new(e)))?;
         clients.insert(key, client.clone());
         Ok(client)
     }
@@ -181,9 +181,9 @@ impl ExchangeClients {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot use the runbook's identity: {0}")]
-    Identity(#[source] IdentityError),
+    Identity(#[source] Box<IdentityError>),
     #[error("{0}")]
-    Exchange(#[source] crate::exchange::ExchangeError),
+    Exchange(#[source] Box<crate::exchange::ExchangeError>),
 }
 
 #[cfg(test)]

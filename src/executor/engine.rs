@@ -178,8 +178,10 @@ async fn run_attempts(
                 retry_in: delay,
             })
             .await;
-        let until =
-            deps.clock.now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        let until = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|d| deps.clock.now().checked_add_signed(d))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
         tokio::select! {
             () = deps.clock.sleep_until(until) => {}
             () = cancel.cancelled() => {
@@ -243,7 +245,7 @@ async fn run_attempt(
     };
     let result: Result<(), JobError> = tokio::select! {
         biased;
-        result = work => result.unwrap_or_else(|panic| Err(JobError::Panicked(panic_message(&panic)))),
+        result = work => result.unwrap_or_else(|panic| Err(JobError::Panicked(panic_message(panic.as_ref())))),
         () = grace => {
             tracing::warn!(attempt, "calls in flight did not stop in time; the attempt was dropped");
             Err(JobError::Stopped)
@@ -255,6 +257,9 @@ async fn run_attempt(
     {
         tracing::warn!(path = %tmp.display(), error = %e, "cannot remove the job's temporary folder");
     }
+    // An attempt dropped after the stop grace had no chance to discard its unfinished
+    // reports; a `.partial` file must not outlive the job.
+    remove_partial_reports(&deps.state_dir.join("reports").join(job.id.as_str())).await;
     let stopped = attempt_cancel.is_cancelled();
     let (status, error, retryable) = match result {
         Ok(()) if run.item_errors.load(Ordering::SeqCst) => (
@@ -263,7 +268,7 @@ async fn run_attempt(
             false,
         ),
         Ok(()) => (FinalStatus::Completed, None, false),
-        Err(e) if stopped && (matches!(e, JobError::Stopped) || !e.is_own_failure()) => {
+        Err(e) if stopped && !e.is_own_failure() => {
             if timed_out.load(Ordering::SeqCst) {
                 (
                     FinalStatus::TimedOut,
@@ -301,13 +306,21 @@ async fn run_attempt(
 }
 
 impl JobError {
-    /// Failures the job itself ran into, as opposed to the side effects of being stopped
-    /// (a call cancelled in flight).
+    /// Failures the job itself ran into, as opposed to having been stopped (calls
+    /// cancelled in flight are counted apart and never become a step's error).
     fn is_own_failure(&self) -> bool {
-        match self {
-            JobError::Step { message, .. } => !message.contains("cancelled before it finished"),
-            JobError::Stopped => false,
-            _ => true,
+        !matches!(self, JobError::Stopped)
+    }
+}
+
+async fn remove_partial_reports(folder: &std::path::Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(folder).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "partial") {
+            let _ = tokio::fs::remove_file(&path).await;
         }
     }
 }
@@ -524,7 +537,7 @@ impl<'a> AttemptRun<'a> {
             let plan = self.plan.steps[index];
             let report = match &step.output {
                 // A dry run plans writes: they have no records to report.
-                Some(spec) if !(self.job.dry_run && !step.is_read()) => Some(
+                Some(spec) if !self.job.dry_run || step.is_read() => Some(
                     ReportWriter::create(
                         &self.deps.state_dir,
                         &self.tmp,
@@ -697,6 +710,7 @@ impl<'a> AttemptRun<'a> {
             .emit(JobEvent::StepStarted {
                 step: step.name.clone(),
                 cmdlet: step.cmdlet.clone(),
+                for_each: step.for_each.clone(),
                 index: index + 1,
                 steps: self.runbook.steps.len(),
                 total,

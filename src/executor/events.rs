@@ -47,10 +47,13 @@ pub enum JobEvent {
         retry_in: Duration,
     },
     /// A step begins. `total` is the number of items when it is known up front (a
-    /// `for_each` over a finished step), `None` while its source still streams.
+    /// `for_each` over a finished step, or 1 for a step without `for_each`), `None` while
+    /// its source still streams.
     StepStarted {
         step: String,
         cmdlet: String,
+        /// The step whose records it runs once for.
+        for_each: Option<String>,
         /// 1-based position among the runbook's steps.
         index: usize,
         steps: usize,
@@ -155,9 +158,68 @@ impl JobEvents for tokio::sync::mpsc::Sender<JobEvent> {
     }
 }
 
+/// A planned call as an operator would type it in PowerShell, for display only (it is
+/// never run): `Set-Mailbox -Identity 'a@contoso.com' -DeliverToMailboxAndForward:$false`.
+pub fn command_line(cmdlet: &str, parameters: &Value) -> String {
+    let mut line = cmdlet.to_string();
+    if let Value::Object(map) = parameters {
+        for (name, value) in map {
+            match value {
+                Value::Bool(b) => line.push_str(&format!(" -{name}:${b}")),
+                other => line.push_str(&format!(" -{name} {}", powershell_value(other))),
+            }
+        }
+    }
+    line
+}
+
+fn powershell_value(value: &Value) -> String {
+    match value {
+        Value::Null => "$null".to_string(),
+        Value::Bool(b) => format!("${b}"),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("'{}'", s.replace('\'', "''")),
+        Value::Array(items) => items
+            .iter()
+            .map(powershell_value)
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Object(map) => {
+            let entries: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{k}={}", powershell_value(v)))
+                .collect();
+            format!("@{{{}}}", entries.join("; "))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn planned_calls_read_like_powershell() {
+        let cases = [
+            (json!({}), "Get-Mailbox"),
+            (
+                json!({"Identity": "O'Brien", "Archive": true}),
+                "Get-Mailbox -Archive:$true -Identity 'O''Brien'",
+            ),
+            (
+                json!({"ForwardingSmtpAddress": null, "Count": 5}),
+                "Get-Mailbox -Count 5 -ForwardingSmtpAddress $null",
+            ),
+            (
+                json!({"AccessRights": ["Reviewer", "Editor"], "EmailAddresses": {"Add": "smtp:a@x", "Remove": "smtp:b@x"}}),
+                "Get-Mailbox -AccessRights 'Reviewer','Editor' -EmailAddresses @{Add='smtp:a@x'; Remove='smtp:b@x'}",
+            ),
+        ];
+        for (parameters, expected) in cases {
+            assert_eq!(command_line("Get-Mailbox", &parameters), expected);
+        }
+    }
 
     #[test]
     fn events_serialise_with_an_event_tag_and_millisecond_delays() {

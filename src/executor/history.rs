@@ -115,11 +115,16 @@ impl HistoryEvents {
             JobEvent::StepStarted {
                 step,
                 cmdlet,
+                for_each,
                 index,
                 steps,
                 total,
             } => {
-                let total = total.map(|t| format!(", {t} items")).unwrap_or_default();
+                let total = match (&for_each, total) {
+                    (Some(source), Some(t)) => format!(", {t} items from \"{source}\""),
+                    (Some(source), None) => format!(", items from \"{source}\" as they arrive"),
+                    (None, _) => String::new(),
+                };
                 state.pending.push(NewStreamEntry::progress(format!(
                     "step {index}/{steps} \"{step}\" ({cmdlet}) started{total}"
                 )));

@@ -49,10 +49,11 @@ use crate::telemetry::metrics::Metrics;
 
 pub use crate::history::StepCounts;
 pub use build::build_from_settings;
-pub use clients::{ExchangeClients, FixedTokens, TokenSources};
-pub use events::{Both, ItemOutcome, JobEvent, JobEvents, NoEvents};
+pub use clients::{ClientError, ExchangeClients, FixedTokens, TokenSources};
+pub use engine::MAX_KEPT_RECORDS;
+pub use events::{Both, ItemOutcome, JobEvent, JobEvents, NoEvents, command_line};
 pub use history::HistoryEvents;
-pub use outcome::{FinalStatus, JobOutcome};
+pub use outcome::{FinalStatus, JobOutcome, describe_counts};
 pub use report::report_path;
 
 /// One job to run, as the scheduler, the API or `run` describe it.
@@ -102,22 +103,15 @@ impl std::fmt::Debug for Executor {
 }
 
 /// Why the executor cannot be built (settings that cannot work). A job's own failures
-/// are [`JobOutcome`]s, never this.
+/// are [`JobOutcome`]s, never this. The sources are boxed to keep `Result`s small.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
     /// The `[identity]` settings or the environment do not name a usable identity.
     #[error("cannot set up the managed identity: {0}")]
-    Identity(#[source] IdentityError),
-    /// A runbook's `identity = { … }` cannot be used.
-    #[error("runbook identity {identity}: {source}")]
-    RunbookIdentity {
-        identity: String,
-        #[source]
-        source: IdentityError,
-    },
+    Identity(#[source] Box<IdentityError>),
     /// The `[exchange]` settings cannot work.
     #[error("cannot set up the Exchange Online client: {0}")]
-    Exchange(#[source] crate::exchange::ExchangeError),
+    Exchange(#[source] Box<crate::exchange::ExchangeError>),
 }
 
 impl Executor {
@@ -161,6 +155,13 @@ pub(crate) fn describe_delay(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_executor_can_be_shared_by_every_job() {
+        fn assert_shareable<T: Send + Sync>() {}
+        assert_shareable::<Executor>();
+        assert_shareable::<HistoryEvents>();
+    }
 
     #[test]
     fn a_job_can_run_on_any_worker_thread() {

@@ -67,10 +67,7 @@ fn property<'a>(record: &'a Value, name: &str) -> &'a Value {
 }
 
 /// Renders one CSV row.
-fn csv_row<'a>(
-    cells: impl IntoIterator<Item = String>,
-    path: &'a Path,
-) -> Result<Vec<u8>, FileError> {
+fn csv_row(cells: impl IntoIterator<Item = String>, path: &Path) -> Result<Vec<u8>, FileError> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     let cells: Vec<String> = cells.into_iter().collect();
     writer.write_record(&cells).map_err(|e| FileError {

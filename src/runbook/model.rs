@@ -230,8 +230,8 @@ impl OutputFormat {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutputSpec {
     pub format: OutputFormat,
-    /// Record properties to keep, in this order; empty means all (for CSV: the first
-    /// record's properties).
+    /// Record properties to keep, in this order; empty means all (for CSV: the union of
+    /// the records' properties, in first-seen order).
     pub columns: Vec<String>,
 }
 

@@ -830,6 +830,12 @@ async fn no_answer_in_time_is_a_timeout_for_a_read_and_unknown_for_a_write() {
         "{write:?}"
     );
     assert!(write.to_string().contains("no answer within"), "{write}");
+    // It was right not to call it a failure: the service did apply it.
+    let applied = crate::support::wait_until(Duration::from_secs(5), || async {
+        t.sim.mailbox("sales").is_some_and(|m| !m.audit_enabled)
+    })
+    .await;
+    assert!(applied);
 }
 
 // ---------------------------------------------------------------------------------------

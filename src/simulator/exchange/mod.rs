@@ -34,6 +34,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt as _;
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
@@ -322,6 +323,10 @@ impl ExchangeSimulator {
                 listener: which,
             });
             let stop = cancel.clone();
+            // Answers go out at once, as from a real front door (no Nagle delay).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             tasks.push(tokio::spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
@@ -1073,6 +1078,9 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Latency is the service's whole answer time, counted from arrival: its own work
+    // happens inside it, as on the real service.
+    let arrived = tokio::time::Instant::now();
     let shared = &*ctx.shared;
     shared.total.fetch_add(1, Ordering::SeqCst);
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
@@ -1124,14 +1132,16 @@ async fn handle(
     let Some(_slot) = shared.enter(knobs.max_concurrent) else {
         return shared.throttle_response(Some(knobs.throttle_retry_after));
     };
-    if !knobs.latency.is_zero() {
-        tokio::time::sleep(knobs.latency).await;
-    }
     let json_format = headers
         .get("x-responseformat")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("json"));
     let result = shared.execute(ctx.listener, &uri, &tenant, &envelope, page_size(&headers));
+    // The cmdlet has run; the answer leaves when the latency is up (a client that gives
+    // up earlier does not undo what the service did).
+    if !knobs.latency.is_zero() {
+        tokio::time::sleep_until(arrived + knobs.latency).await;
+    }
     if let Some(fault) = after_executing {
         return shared.fault_response(fault, &uri, &headers);
     }

@@ -146,5 +146,9 @@ pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, CapturedLogs) {
         .with_ansi(false)
         .with_writer(logs.clone())
         .finish();
-    (tracing::subscriber::set_default(subscriber), logs)
+    let guard = tracing::subscriber::set_default(subscriber);
+    // Other tests create and drop subscribers concurrently; a callsite first seen while none
+    // of them wanted it may have cached "never". Recompute with this one in place.
+    tracing::callsite::rebuild_interest_cache();
+    (guard, logs)
 }

@@ -5,9 +5,11 @@
 
 pub mod deploy;
 pub mod exchange;
+pub mod executor;
 pub mod history;
 pub mod http;
 pub mod identity;
+pub mod opscli;
 pub mod runbook;
 
 use std::path::Path;

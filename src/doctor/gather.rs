@@ -1,0 +1,336 @@
+//! The I/O of `doctor`: asks each module what it sees and records it as [`Facts`]. Never
+//! fails: whatever goes wrong is a fact for [`super::evaluate`] to judge.
+//!
+//! Order matters only where one step needs another's result: the token comes first (the
+//! Exchange call and the coordination credential use the same provider), the local checks
+//! need nothing. The provider's background work is shut down before returning.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use azure_core::credentials::TokenCredential;
+use secrecy::ExposeSecret as _;
+
+use super::facts::{
+    CallFacts, CoordinationFacts, Facts, IdentityFacts, LoosePermission, RunbookFacts,
+    RunbookSummary, StateFacts, TokenFacts,
+};
+use super::{DoctorOptions, HARMLESS_CMDLET};
+use crate::coordination::{CoordinationKind, CoordinationSettings, Coordinator, redact_url};
+use crate::duration::HumanDuration;
+use crate::exchange::{ExchangeClient, ExchangeSettings, Parameters, TenantLimiter};
+use crate::identity::{IdentityEnvironment, ProviderCredential, TokenProvider, TokenSource as _};
+use crate::runbook::{PolicySettings, is_runbook_file, load_folder};
+use crate::settings::Settings;
+
+/// Looks at everything the checks need. `env` holds the identity variables of the process.
+pub async fn gather(
+    settings: &Settings,
+    env: &IdentityEnvironment,
+    options: &DoctorOptions,
+) -> Facts {
+    let resource = settings.exchange.cloud.resource();
+    let runbooks = gather_runbooks(&settings.runbooks.dir, &settings.policy);
+    let state = gather_state(&settings.state.dir);
+
+    let provider =
+        TokenProvider::with_options(&settings.identity, env, None, options.provider.clone());
+    let (identity, exchange_call, coordination) = match provider {
+        Err(error) => (
+            IdentityFacts::Unresolved { error },
+            CallFacts::NotAttempted,
+            gather_coordination(&settings.coordination, None, options).await,
+        ),
+        Ok(provider) => {
+            let token = provider.token(&resource).await.map(|token| TokenFacts {
+                claims: token.claims(),
+                expires_on: token.expires_on,
+            });
+            let call = if token.is_ok() {
+                harmless_call(&settings.exchange, provider.clone(), options).await
+            } else {
+                CallFacts::NotAttempted
+            };
+            let credential: Arc<dyn TokenCredential> = ProviderCredential::new(provider.clone());
+            let coordination =
+                gather_coordination(&settings.coordination, Some(credential), options).await;
+            provider.shutdown().await;
+            let identity = IdentityFacts::Resolved {
+                source: provider.describe().clone(),
+                token,
+            };
+            (identity, call, coordination)
+        }
+    };
+
+    Facts {
+        identity,
+        exchange_resource: resource,
+        exchange_organization: settings
+            .exchange
+            .organization
+            .clone()
+            .filter(|o| !o.trim().is_empty()),
+        exchange_call,
+        runbooks,
+        policy: settings.policy.clone(),
+        state,
+        coordination,
+    }
+}
+
+/// One read every role Exchange accepts may run, with the configured client but a short
+/// timeout and few retries: the operator is waiting.
+async fn harmless_call(
+    settings: &ExchangeSettings,
+    tokens: Arc<TokenProvider>,
+    options: &DoctorOptions,
+) -> CallFacts {
+    let mut settings = settings.clone();
+    settings.max_retries = settings.max_retries.min(options.call_retries);
+    settings.timeout = HumanDuration::from(settings.timeout.get().min(options.call_timeout));
+    let limiter = Arc::new(TenantLimiter::from_settings(&settings));
+    let cmdlet = HARMLESS_CMDLET.to_string();
+    let client = match ExchangeClient::new(&settings, tokens, limiter) {
+        Ok(client) => client,
+        Err(error) => return CallFacts::Failed { cmdlet, error },
+    };
+    match client.invoke_all(HARMLESS_CMDLET, Parameters::new()).await {
+        Ok(output) => {
+            let organization = output.records.first().and_then(|record| {
+                ["Name", "Identity", "DisplayName"]
+                    .iter()
+                    .find_map(|key| record.get(*key).and_then(|v| v.as_str()))
+                    .map(str::to_string)
+            });
+            CallFacts::Answered {
+                cmdlet,
+                organization,
+                warnings: output.warnings,
+            }
+        }
+        Err(error) => CallFacts::Failed { cmdlet, error },
+    }
+}
+
+async fn gather_coordination(
+    settings: &CoordinationSettings,
+    credential: Option<Arc<dyn TokenCredential>>,
+    options: &DoctorOptions,
+) -> CoordinationFacts {
+    if settings.kind == CoordinationKind::Local {
+        return CoordinationFacts::Local;
+    }
+    let target = describe_target(settings);
+    let coordinator = match Coordinator::from_settings(settings, credential, options.clock.clone())
+    {
+        Ok(coordinator) => coordinator,
+        Err(error) => {
+            return CoordinationFacts::Unreachable {
+                target,
+                error: error.to_string(),
+            };
+        }
+    };
+    match coordinator.probe().await {
+        Ok(()) => CoordinationFacts::Reachable { target },
+        Err(error) => CoordinationFacts::Unreachable {
+            target,
+            error: error.to_string(),
+        },
+    }
+}
+
+/// The container, without any SAS.
+fn describe_target(settings: &CoordinationSettings) -> String {
+    if let Some(url) = &settings.container_url {
+        return format!("container {}", redact_url(url));
+    }
+    if let Some(url) = &settings.sas_url {
+        return format!(
+            "container {} (coordination.sas_url)",
+            redact_url(url.expose_secret())
+        );
+    }
+    if let Some(path) = &settings.sas_url_file {
+        return format!(
+            "the container in {} (coordination.sas_url_file)",
+            path.display()
+        );
+    }
+    "coordination storage".to_string()
+}
+
+fn gather_runbooks(dir: &Path, policy: &PolicySettings) -> RunbookFacts {
+    let mut facts = RunbookFacts {
+        dir: dir.to_path_buf(),
+        ..RunbookFacts::default()
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            facts.unreadable = Some(e.to_string());
+            return facts;
+        }
+    };
+    let files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| is_runbook_file(path) && path.is_file())
+        .collect();
+    facts.files = files.len();
+
+    let (catalog, errors) = load_folder(dir, policy);
+    facts.errors = errors;
+    facts.runbooks = catalog
+        .iter()
+        .map(|runbook| {
+            let writes: BTreeSet<&str> = runbook
+                .steps
+                .iter()
+                .filter(|step| !step.is_read())
+                .map(|step| step.cmdlet.as_str())
+                .collect();
+            RunbookSummary {
+                name: runbook.name.clone(),
+                writes: writes.into_iter().map(str::to_string).collect(),
+            }
+        })
+        .collect();
+
+    let mut paths = vec![dir.to_path_buf()];
+    paths.extend(files);
+    paths.sort();
+    facts.loose_permissions = paths
+        .into_iter()
+        .filter_map(|path| loose_mode(&path).map(|mode| LoosePermission { path, mode }))
+        .collect();
+    facts
+}
+
+/// The permission bits of `path` when group or others may write it.
+#[cfg(unix)]
+fn loose_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o022 != 0).then_some(mode)
+}
+
+/// Without Unix modes there is nothing to read; the ACLs are the platform's business.
+#[cfg(not(unix))]
+fn loose_mode(_path: &Path) -> Option<u32> {
+    None
+}
+
+fn gather_state(dir: &Path) -> StateFacts {
+    if dir.is_dir() {
+        return match probe_write(dir) {
+            Ok(()) => StateFacts::Writable {
+                dir: dir.to_path_buf(),
+            },
+            Err(reason) => StateFacts::NotWritable {
+                dir: dir.to_path_buf(),
+                reason,
+            },
+        };
+    }
+    if dir.exists() {
+        return StateFacts::NotWritable {
+            dir: dir.to_path_buf(),
+            reason: "it exists but is not a folder".to_string(),
+        };
+    }
+    // The history store creates a missing folder: what matters is the nearest existing one.
+    let under = dir
+        .ancestors()
+        .skip(1)
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    if !under.is_dir() {
+        return StateFacts::NotWritable {
+            dir: dir.to_path_buf(),
+            reason: format!("{} is not a folder", under.display()),
+        };
+    }
+    match probe_write(&under) {
+        Ok(()) => StateFacts::WillBeCreated {
+            dir: dir.to_path_buf(),
+            under,
+        },
+        Err(reason) => StateFacts::NotWritable {
+            dir: dir.to_path_buf(),
+            reason: format!(
+                "it does not exist and cannot be created in {}: {reason}",
+                under.display()
+            ),
+        },
+    }
+}
+
+/// Creates a file in `dir`, writes to it and removes it again.
+fn probe_write(dir: &Path) -> Result<(), String> {
+    let path = dir.join(format!(".doctor-{}.tmp", uuid::Uuid::new_v4().simple()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut file| {
+            file.write_all(b"runbook-worker doctor\n")?;
+            file.sync_all()
+        });
+    let removed = std::fs::remove_file(&path);
+    match (written, removed) {
+        (Err(e), _) => Err(format!("cannot create a file in it: {e}")),
+        (Ok(()), Err(e)) => Err(format!(
+            "created {} but cannot remove it: {e}",
+            path.display()
+        )),
+        (Ok(()), Ok(())) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_state_folder_is_judged_by_the_folder_it_would_be_created_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("a/b/state");
+        assert_eq!(
+            gather_state(&missing),
+            StateFacts::WillBeCreated {
+                dir: missing.clone(),
+                under: dir.path().to_path_buf()
+            }
+        );
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(matches!(
+            gather_state(&file),
+            StateFacts::NotWritable { .. }
+        ));
+        assert!(matches!(
+            gather_state(&file.join("state")),
+            StateFacts::NotWritable { .. }
+        ));
+        assert_eq!(
+            gather_state(dir.path()),
+            StateFacts::Writable {
+                dir: dir.path().to_path_buf()
+            }
+        );
+        // The probe leaves nothing behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
