@@ -47,6 +47,11 @@ use super::sweep;
 /// An occurrence found more than this late by the loop (a suspended VM, a stalled host) is
 /// not fired as a normal occurrence: it is treated as missed (see `missed`).
 const LATE_LIMIT: Duration = Duration::from_secs(30);
+/// How long before its fire time an occurrence of an idle runbook is prepared: claimed and
+/// recorded Queued, so that at the instant itself the job only has to start. A burst of a
+/// thousand runbooks due at the same second costs a thousand claims and history writes;
+/// doing them ahead keeps every start on time.
+pub const PREPARE_AHEAD: Duration = Duration::from_millis(500);
 
 /// How the scheduler behaves.
 #[derive(Clone, Debug)]
@@ -263,6 +268,8 @@ fn same_timing(a: &Runbook, b: &Runbook) -> bool {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Claimed and recorded ahead of its fire time, waiting for it.
+    Prepared,
     /// Waiting behind a running job of the same runbook.
     Queued,
     /// Claiming its occurrence or being recorded.
@@ -293,6 +300,11 @@ struct RunbookJobs {
 struct Slot {
     runbook: Arc<Runbook>,
     next: Option<Due>,
+    /// The key of this runbook's entry in the timer set, while it has one.
+    timer: Option<DateTime<Utc>>,
+    /// The pending occurrence could not be prepared ahead (a job of the runbook was active):
+    /// it is decided at its fire time instead.
+    deciding: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +314,29 @@ enum Stopping {
     Grace(DateTime<Utc>),
     /// Jobs were cancelled; they may record their end until then.
     Cancelling(DateTime<Utc>),
+}
+
+/// When a spawned job starts.
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    Now,
+    /// Prepared ahead: claimed and recorded now, started at this instant.
+    At(DateTime<Utc>),
+    /// Behind the active jobs of its runbook.
+    Queued,
+}
+
+/// What the loop decided about one job.
+struct JobPlan {
+    runbook: Arc<Runbook>,
+    trigger: Trigger,
+    claim: ClaimKind,
+    scheduled_for: Option<DateTime<Utc>>,
+    due_at: DateTime<Utc>,
+    params: std::collections::BTreeMap<String, Value>,
+    dry_run: bool,
+    reply: Option<oneshot::Sender<Result<JobId, RunError>>>,
+    start: Start,
 }
 
 /// The scheduler loop and its state; see the module documentation.
@@ -526,26 +561,74 @@ impl Scheduler {
     }
 
     /// Fires every timer that is due.
+    /// When the timer of a pending occurrence wakes the loop: `PREPARE_AHEAD` before its
+    /// fire time, or at the fire time when it is decided then.
+    fn wake_at(due: &Due, deciding: bool) -> DateTime<Utc> {
+        if deciding {
+            due.fire_at
+        } else {
+            due.fire_at - chrono::Duration::from_std(PREPARE_AHEAD).unwrap_or_default()
+        }
+    }
+
+    /// Sets the pending occurrence of `name` (replacing its timer), or clears it.
+    fn arm(&mut self, name: &str, due: Option<Due>) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        if let Some(key) = slot.timer.take() {
+            self.timers.remove(&(key, name.to_string()));
+        }
+        slot.next = due;
+        slot.deciding = false;
+        if let Some(due) = due {
+            let key = Self::wake_at(&due, false);
+            slot.timer = Some(key);
+            self.timers.insert((key, name.to_string()));
+        }
+    }
+
     fn fire_due(&mut self) {
         let now = self.ctx.clock.now();
-        let mut fired = Vec::new();
+        let mut woken = Vec::new();
         while let Some((at, name)) = self.timers.first().cloned() {
             if at > now {
                 break;
             }
             self.timers.pop_first();
-            if let Some(due) = self.slots.get_mut(&name).and_then(|slot| slot.next.take()) {
-                fired.push((name, due));
+            if let Some(slot) = self.slots.get_mut(&name) {
+                slot.timer = None;
+                if let Some(due) = slot.next {
+                    woken.push((name, due, slot.deciding));
+                }
             }
         }
-        // Start every job of this instant first and plan the next instants afterwards: with
-        // many runbooks due together, planning is the slower part and no job should wait
-        // for it.
-        for (name, due) in &fired {
-            self.fire(name, *due, now);
+        // Start (or prepare) every job of this wake-up first and plan the next instants
+        // afterwards: with many runbooks due together, planning is the slower part and no
+        // job should wait for it.
+        let mut done = Vec::new();
+        for (name, due, deciding) in woken {
+            let late = (now - due.fire_at).to_std().unwrap_or_default();
+            if !deciding && late <= LATE_LIMIT {
+                if self.prepare(&name, due) {
+                    done.push((name, due));
+                    continue;
+                }
+                if due.fire_at > now {
+                    // Something of this runbook is active: decide at the fire time itself.
+                    if let Some(slot) = self.slots.get_mut(&name) {
+                        slot.deciding = true;
+                        slot.timer = Some(due.fire_at);
+                    }
+                    self.timers.insert((due.fire_at, name));
+                    continue;
+                }
+            }
+            self.fire(&name, due, now);
+            done.push((name, due));
         }
-        for (name, due) in fired {
-            let Some(slot) = self.slots.get_mut(&name) else {
+        for (name, due) in done {
+            let Some(slot) = self.slots.get(&name) else {
                 continue;
             };
             let late = (now - due.fire_at).to_std().unwrap_or_default();
@@ -556,11 +639,51 @@ impl Scheduler {
             } else {
                 due.instant
             };
-            slot.next = plan_next(&slot.runbook, after.max(due.instant));
-            if let Some(next) = slot.next {
-                self.timers.insert((next.fire_at, name));
-            }
+            let next = plan_next(&slot.runbook, after.max(due.instant));
+            self.arm(&name, next);
         }
+    }
+
+    /// Prepares the occurrence `due` of an idle runbook ahead of its fire time (see
+    /// [`PREPARE_AHEAD`]); false when the runbook has an active or queued job, so that the
+    /// overlap policy is applied at the fire time with the state of that moment.
+    fn prepare(&mut self, name: &str, due: Due) -> bool {
+        if self.stopping != Stopping::Running {
+            return true;
+        }
+        let idle = self
+            .by_runbook
+            .get(name)
+            .is_none_or(|j| j.active.is_empty() && j.queued.is_none());
+        if !idle {
+            return false;
+        }
+        let Some(runbook) = self.slots.get(name).map(|s| s.runbook.clone()) else {
+            return true;
+        };
+        if let Some(reason) = self.coordination_unreachable() {
+            tracing::warn!(runbook = %name, instant = %due.instant, reason, "not claiming an occurrence while the coordination storage is unreachable");
+            return true;
+        }
+        let params = match runbook.resolve_params(Vec::new()) {
+            Ok(params) => params,
+            Err(e) => {
+                tracing::error!(runbook = %name, error = %e, "cannot resolve the default parameters of a scheduled run");
+                return true;
+            }
+        };
+        self.spawn(JobPlan {
+            runbook,
+            trigger: Trigger::Schedule,
+            claim: ClaimKind::Occurrence(due.instant),
+            scheduled_for: Some(due.instant),
+            due_at: due.fire_at,
+            params,
+            dry_run: false,
+            reply: None,
+            start: Start::At(due.fire_at),
+        });
+        true
     }
 
     /// One due occurrence: a normal run, or, when the loop found it far too late, the
@@ -685,27 +808,22 @@ impl Scheduler {
                     let keep = same_timing(&slot.runbook, &live.runbook);
                     slot.runbook = live.runbook.clone();
                     if !keep {
-                        if let Some(old) = slot.next.take() {
-                            self.timers.remove(&(old.fire_at, name.clone()));
-                        }
-                        slot.next = plan_next(&slot.runbook, now);
-                        if let Some(next) = slot.next {
-                            self.timers.insert((next.fire_at, name.clone()));
-                        }
+                        let next = plan_next(&slot.runbook, now);
+                        self.arm(&name, next);
                     }
                 }
                 None => {
-                    let next = plan_next(&live.runbook, now);
-                    if let Some(next) = next {
-                        self.timers.insert((next.fire_at, name.clone()));
-                    }
                     self.slots.insert(
-                        name,
+                        name.clone(),
                         Slot {
                             runbook: live.runbook.clone(),
-                            next,
+                            next: None,
+                            timer: None,
+                            deciding: false,
                         },
                     );
+                    let next = plan_next(&live.runbook, now);
+                    self.arm(&name, next);
                 }
             }
         }
@@ -716,15 +834,17 @@ impl Scheduler {
             .cloned()
             .collect();
         for name in removed {
-            if let Some(slot) = self.slots.remove(&name)
-                && let Some(next) = slot.next
-            {
-                self.timers.remove(&(next.fire_at, name.clone()));
-            }
-            if let Some(queued) = self.by_runbook.get(&name).and_then(|j| j.queued)
-                && let Some(job) = self.jobs.get(&queued)
-            {
-                job.cancel.cancel();
+            self.arm(&name, None);
+            self.slots.remove(&name);
+            // Its queued or prepared occurrence belongs to the schedule that stopped.
+            if let Some(jobs) = self.by_runbook.get(&name) {
+                for key in jobs.active.iter().chain(jobs.queued.iter()) {
+                    if let Some(job) = self.jobs.get(key)
+                        && matches!(job.phase, Phase::Queued | Phase::Prepared)
+                    {
+                        job.cancel.cancel();
+                    }
+                }
             }
         }
 
@@ -776,46 +896,12 @@ impl Scheduler {
             }
         };
         let (running, queued) = self.overlap_state(name);
-        match decide_overlap(runbook.overlap, running, queued) {
-            OverlapDecision::Start => {
-                self.spawn_job(
-                    runbook,
-                    trigger,
-                    claim,
-                    Some(instant),
-                    due_at,
-                    params,
-                    false,
-                    None,
-                    false,
-                );
-            }
-            OverlapDecision::Queue => {
-                self.spawn_job(
-                    runbook,
-                    trigger,
-                    claim,
-                    Some(instant),
-                    due_at,
-                    params,
-                    false,
-                    None,
-                    true,
-                );
-            }
+        let start = match decide_overlap(runbook.overlap, running, queued) {
+            OverlapDecision::Start => Start::Now,
+            OverlapDecision::Queue => Start::Queued,
             OverlapDecision::CancelRunningThenStart => {
                 self.cancel_runbook_jobs(name);
-                self.spawn_job(
-                    runbook,
-                    trigger,
-                    claim,
-                    Some(instant),
-                    due_at,
-                    params,
-                    false,
-                    None,
-                    true,
-                );
+                Start::Queued
             }
             OverlapDecision::Skip { reason } => {
                 let job = NewJob {
@@ -831,8 +917,20 @@ impl Scheduler {
                     job,
                     reason.describe(),
                 ));
+                return;
             }
-        }
+        };
+        self.spawn(JobPlan {
+            runbook,
+            trigger,
+            claim,
+            scheduled_for: Some(instant),
+            due_at,
+            params,
+            dry_run: false,
+            reply: None,
+            start,
+        });
     }
 
     /// (a job of `name` holds its occurrence and runs, a job of `name` is queued).
@@ -844,7 +942,7 @@ impl Scheduler {
             .active
             .iter()
             .filter_map(|k| self.jobs.get(k))
-            .any(|j| j.phase == Phase::Running);
+            .any(|j| matches!(j.phase, Phase::Running | Phase::Prepared));
         (running, jobs.queued.is_some())
     }
 
@@ -861,39 +959,29 @@ impl Scheduler {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn spawn_job(
-        &mut self,
-        runbook: Arc<Runbook>,
-        trigger: Trigger,
-        claim: ClaimKind,
-        scheduled_for: Option<DateTime<Utc>>,
-        due_at: DateTime<Utc>,
-        params: std::collections::BTreeMap<String, Value>,
-        dry_run: bool,
-        reply: Option<oneshot::Sender<Result<JobId, RunError>>>,
-        queued: bool,
-    ) {
+    fn spawn(&mut self, plan: JobPlan) {
         let key = self.key();
-        let name = runbook.name.clone();
+        let name = plan.runbook.name.clone();
         let cancel = CancellationToken::new();
-        let (start, go) = if queued {
-            let (go, signal) = oneshot::channel();
-            (StartWhen::Signalled(signal), Some(go))
-        } else {
-            (StartWhen::Now, None)
+        let (start, go, phase) = match plan.start {
+            Start::Now => (StartWhen::Now, None, Phase::Starting),
+            Start::At(at) => (StartWhen::At(at), None, Phase::Prepared),
+            Start::Queued => {
+                let (go, signal) = oneshot::channel();
+                (StartWhen::Signalled(signal), Some(go), Phase::Queued)
+            }
         };
         let order = JobOrder {
             key,
-            runbook,
-            trigger,
-            claim,
-            scheduled_for,
-            due_at,
-            params,
-            dry_run,
+            runbook: plan.runbook,
+            trigger: plan.trigger,
+            claim: plan.claim,
+            scheduled_for: plan.scheduled_for,
+            due_at: plan.due_at,
+            params: plan.params,
+            dry_run: plan.dry_run,
             start,
-            reply,
+            reply: plan.reply,
             cancel: cancel.clone(),
         };
         let handle = self.tracker.spawn(run_job(self.ctx.clone(), order));
@@ -901,11 +989,7 @@ impl Scheduler {
             key,
             JobSlot {
                 runbook: name.clone(),
-                phase: if queued {
-                    Phase::Queued
-                } else {
-                    Phase::Starting
-                },
+                phase,
                 job_id: None,
                 cancel,
                 go,
@@ -913,7 +997,7 @@ impl Scheduler {
             },
         );
         let jobs = self.by_runbook.entry(name.clone()).or_default();
-        if queued {
+        if phase == Phase::Queued {
             if let Some(previous) = jobs.queued.replace(key)
                 && let Some(job) = self.jobs.get(&previous)
             {
@@ -972,42 +1056,12 @@ impl Scheduler {
         };
         let now = self.ctx.clock.now();
         let (running, queued) = self.overlap_state(&name);
-        match decide_overlap(runbook.overlap, running, queued) {
-            OverlapDecision::Start => self.spawn_job(
-                runbook,
-                trigger,
-                ClaimKind::Nothing,
-                None,
-                now,
-                params,
-                dry_run,
-                Some(reply),
-                false,
-            ),
-            OverlapDecision::Queue => self.spawn_job(
-                runbook,
-                trigger,
-                ClaimKind::Nothing,
-                None,
-                now,
-                params,
-                dry_run,
-                Some(reply),
-                true,
-            ),
+        let start = match decide_overlap(runbook.overlap, running, queued) {
+            OverlapDecision::Start => Start::Now,
+            OverlapDecision::Queue => Start::Queued,
             OverlapDecision::CancelRunningThenStart => {
                 self.cancel_runbook_jobs(&name);
-                self.spawn_job(
-                    runbook,
-                    trigger,
-                    ClaimKind::Nothing,
-                    None,
-                    now,
-                    params,
-                    dry_run,
-                    Some(reply),
-                    true,
-                )
+                Start::Queued
             }
             OverlapDecision::Skip { reason } => {
                 let message = match runbook.overlap {
@@ -1020,8 +1074,20 @@ impl Scheduler {
                     ),
                 };
                 let _ = reply.send(Err(RunError::Busy(message)));
+                return;
             }
-        }
+        };
+        self.spawn(JobPlan {
+            runbook,
+            trigger,
+            claim: ClaimKind::Nothing,
+            scheduled_for: None,
+            due_at: now,
+            params,
+            dry_run,
+            reply: Some(reply),
+            start,
+        });
     }
 
     /// A sweep marked an orphaned occurrence Interrupted: run it again when the runbook
@@ -1135,7 +1201,9 @@ impl Scheduler {
         let now = self.ctx.clock.now();
         let grace = chrono::Duration::from_std(self.options.shutdown_grace).unwrap_or_default();
         self.stopping = Stopping::Grace(now + grace);
-        // Queued jobs would never start: end them now.
+        // Queued jobs would never start: end them now. Prepared ones are already this
+        // replica's occurrences (no other replica will run them): they start at their
+        // instant and count as running for the grace period.
         for job in self.jobs.values().filter(|j| j.phase == Phase::Queued) {
             job.cancel.cancel();
         }

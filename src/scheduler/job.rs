@@ -95,6 +95,9 @@ pub(crate) enum ClaimKind {
 /// When a job may start.
 pub(crate) enum StartWhen {
     Now,
+    /// Prepared ahead of its fire time: claimed and recorded at once, started at this
+    /// instant (cancelling before then ends it Cancelled without running).
+    At(DateTime<Utc>),
     /// Queued behind a running job of the same runbook: recorded Queued at once, started
     /// when the engine sends the signal (a dropped sender cancels it).
     Signalled(oneshot::Receiver<()>),
@@ -225,7 +228,10 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
 
     // 1. Queued behind another job: in the history from the moment it is due.
     let mut job_id = None;
-    if let StartWhen::Signalled(go) = start {
+    let mut start_at = None;
+    if let StartWhen::At(at) = start {
+        start_at = Some(at);
+    } else if let StartWhen::Signalled(go) = start {
         let id = match record_queued(&ctx, &new_job, key, &mut reply).await {
             Some(id) => id,
             None => return notice.send(None),
@@ -287,6 +293,24 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
         },
     };
     notice.job_id = Some(job_id.clone());
+
+    // Prepared ahead: wait for the fire time itself.
+    if let Some(at) = start_at {
+        let cancelled = tokio::select! {
+            biased;
+            () = cancel.cancelled() => true,
+            () = ctx.clock.sleep_until(at) => false,
+        };
+        if cancelled {
+            let outcome = Outcome::new(JobStatus::Cancelled)
+                .with_error("cancelled before its start time: it never started");
+            if let Some(guard) = guard {
+                complete_occurrence(&name, guard, FinalState::Interrupted, Some(&job_id)).await;
+            }
+            finish(&ctx, &name, &job_id, outcome, None).await;
+            return notice.send(Some(JobStatus::Cancelled));
+        }
+    }
 
     // The job starts now; its Running record is written alongside. The history's writer
     // takes commands in order, so the runner's first stream entries still land after it.
