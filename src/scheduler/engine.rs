@@ -47,8 +47,9 @@ use super::sweep;
 /// An occurrence found more than this late by the loop (a suspended VM, a stalled host) is
 /// not fired as a normal occurrence: it is treated as missed (see `missed`).
 const LATE_LIMIT: Duration = Duration::from_secs(30);
-/// How long before its fire time an occurrence of an idle runbook is prepared: claimed and
-/// recorded Queued, so that at the instant itself the job only has to start. A burst of a
+/// How long before its fire time an occurrence of an idle runbook is prepared (with local
+/// coordination): claimed and recorded Queued, so that at the instant itself the job only has
+/// to start. A burst of a
 /// thousand runbooks due at the same second costs a thousand claims and history writes;
 /// doing them ahead keeps every start on time.
 pub const PREPARE_AHEAD: Duration = Duration::from_millis(500);
@@ -356,6 +357,11 @@ pub struct Scheduler {
     stopping: Stopping,
     load_in_flight: bool,
     load_again: bool,
+    /// Occurrences are prepared ahead only with local coordination: with several replicas a
+    /// claim made early would be lost with a replica that dies before the instant, and
+    /// recording before claiming would fill every replica's history with occurrences
+    /// another one ran.
+    prepare_ahead: bool,
 }
 
 impl Scheduler {
@@ -404,8 +410,10 @@ impl Scheduler {
             stopping: Stopping::Running,
             load_in_flight: false,
             load_again: false,
+            prepare_ahead: false,
         };
         let mut scheduler = scheduler;
+        scheduler.prepare_ahead = scheduler.ctx.coordinator.kind() == CoordinationKind::Local;
         scheduler.install(catalog, &ReloadSummary::default());
         (scheduler, handle)
     }
@@ -580,9 +588,9 @@ impl Scheduler {
             self.timers.remove(&(key, name.to_string()));
         }
         slot.next = due;
-        slot.deciding = false;
+        slot.deciding = !self.prepare_ahead;
         if let Some(due) = due {
-            let key = Self::wake_at(&due, false);
+            let key = Self::wake_at(&due, slot.deciding);
             slot.timer = Some(key);
             self.timers.insert((key, name.to_string()));
         }
