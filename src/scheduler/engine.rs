@@ -1325,3 +1325,151 @@ fn log_reload(catalog: &LiveCatalog, summary: &ReloadSummary) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runbook::{Catalog, CmdletPolicy, parse_runbook};
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap_or_else(|e| panic!("bad test instant {text}: {e}"))
+            .with_timezone(&Utc)
+    }
+
+    fn runbook(name: &str, top: &str) -> Runbook {
+        let text = format!("{top}\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\n");
+        parse_runbook(
+            name,
+            &format!("{name}.toml"),
+            &text,
+            &CmdletPolicy::new(&PolicySettings::default()),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn the_next_occurrence_follows_the_schedule_window_enabled_flag_and_jitter() {
+        // (top-level keys, after, expected instant, expected fire time, why)
+        let cases: &[(&str, &str, Option<&str>, Option<&str>, &str)] = &[
+            (
+                "schedule = \"0 6 * * *\"",
+                "2026-03-05T05:00:00Z",
+                Some("2026-03-05T06:00:00Z"),
+                Some("2026-03-05T06:00:00Z"),
+                "the next instant, fired on time",
+            ),
+            (
+                "schedule = \"0 6 * * *\"",
+                "2026-03-05T06:00:00Z",
+                Some("2026-03-06T06:00:00Z"),
+                Some("2026-03-06T06:00:00Z"),
+                "strictly after the given instant",
+            ),
+            (
+                "schedule = \"0 6 * * *\"\nenabled = false",
+                "2026-03-05T05:00:00Z",
+                None,
+                None,
+                "a disabled runbook has no next occurrence",
+            ),
+            (
+                "",
+                "2026-03-05T05:00:00Z",
+                None,
+                None,
+                "an on-demand runbook has no next occurrence",
+            ),
+            (
+                "schedule = \"0 6 * * *\"\nstart_at = 2026-03-08T00:00:00Z",
+                "2026-03-05T05:00:00Z",
+                Some("2026-03-08T06:00:00Z"),
+                Some("2026-03-08T06:00:00Z"),
+                "nothing before start_at",
+            ),
+            (
+                "schedule = \"0 6 * * *\"\nend_at = 2026-03-05T07:00:00Z",
+                "2026-03-05T06:00:00Z",
+                None,
+                None,
+                "nothing at or after end_at",
+            ),
+        ];
+        for (top, after, instant, fire_at, why) in cases {
+            let due = plan_next(&runbook("r", top), utc(after));
+            assert_eq!(due.map(|d| d.instant), instant.map(utc), "{why}");
+            assert_eq!(due.map(|d| d.fire_at), fire_at.map(utc), "{why}");
+        }
+    }
+
+    #[test]
+    fn jitter_delays_the_fire_time_within_its_span_but_not_the_instant() {
+        let r = runbook("spread", "schedule = \"0 6 * * *\"\njitter = \"10m\"");
+        let due = plan_next(&r, utc("2026-03-05T05:00:00Z")).unwrap();
+        assert_eq!(due.instant, utc("2026-03-05T06:00:00Z"));
+        let delay = due.fire_at - due.instant;
+        assert!(
+            delay >= chrono::Duration::zero() && delay < chrono::Duration::minutes(10),
+            "{delay}"
+        );
+        assert_eq!(
+            plan_next(&r, utc("2026-03-05T05:00:00Z")),
+            Some(due),
+            "deterministic"
+        );
+    }
+
+    #[test]
+    fn timing_changes_are_told_apart_from_other_edits() {
+        let base = runbook("r", "schedule = \"0 6 * * *\"\ndescription = \"a\"");
+        let cases = [
+            ("schedule = \"0 6 * * *\"\ndescription = \"b\"", true),
+            ("schedule = \"0 7 * * *\"", false),
+            (
+                "schedule = \"0 6 * * *\"\ntimezone = \"Europe/Berlin\"",
+                false,
+            ),
+            ("schedule = \"0 6 * * *\"\nenabled = false", false),
+            ("schedule = \"0 6 * * *\"\njitter = \"1m\"", false),
+            (
+                "schedule = \"0 6 * * *\"\nend_at = 2030-01-01T00:00:00Z",
+                false,
+            ),
+        ];
+        for (top, same) in cases {
+            assert_eq!(same_timing(&base, &runbook("r", top)), same, "{top}");
+        }
+    }
+
+    #[test]
+    fn catch_ups_come_from_the_last_fired_occurrence_and_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, top: &str| {
+            std::fs::write(
+                dir.path().join(format!("{name}.toml")),
+                format!("{top}\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\n"),
+            )
+            .unwrap();
+        };
+        write("once", "schedule = \"0 6 * * *\"\nmissed = \"run-once\"");
+        write("skip", "schedule = \"0 6 * * *\"");
+        write(
+            "never-fired",
+            "schedule = \"0 6 * * *\"\nmissed = \"run-once\"",
+        );
+        write(
+            "off",
+            "schedule = \"0 6 * * *\"\nmissed = \"run-once\"\nenabled = false",
+        );
+        let (loaded, errors): (Catalog, _) =
+            crate::runbook::load_folder(dir.path(), &PolicySettings::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        let catalog = LiveCatalog::first(dir.path(), loaded, errors);
+        let last: std::collections::BTreeMap<String, DateTime<Utc>> = ["once", "skip", "off"]
+            .iter()
+            .map(|n| (n.to_string(), utc("2026-03-01T06:00:00Z")))
+            .collect();
+        let found = catch_ups(&catalog, &last, utc("2026-03-05T08:00:00Z"));
+        assert_eq!(found, [("once".to_string(), utc("2026-03-05T06:00:00Z"))]);
+    }
+}
