@@ -1350,8 +1350,15 @@ mod tests {
 
     #[test]
     fn the_next_occurrence_follows_the_schedule_window_enabled_flag_and_jitter() {
-        // (top-level keys, after, expected instant, expected fire time, why)
-        let cases: &[(&str, &str, Option<&str>, Option<&str>, &str)] = &[
+        /// (top-level keys, after, expected instant, expected fire time, why)
+        type Case = (
+            &'static str,
+            &'static str,
+            Option<&'static str>,
+            Option<&'static str>,
+            &'static str,
+        );
+        let cases: &[Case] = &[
             (
                 "schedule = \"0 6 * * *\"",
                 "2026-03-05T05:00:00Z",
