@@ -106,7 +106,7 @@ async fn the_engine_fires_at_the_dst_aware_instants_of_several_zones() {
         for want in *expected {
             let next = engine.next_run("dst").expect("a next run");
             assert_eq!(next, utc(want), "{zone} {expr}: {why}");
-            engine.fire("dst", next).await;
+            engine.fire_and_finish("dst", next).await;
         }
         let jobs = engine
             .wait_jobs("dst", "three completed jobs", |jobs| {

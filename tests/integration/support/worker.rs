@@ -216,6 +216,26 @@ impl Engine {
         .await
     }
 
+    /// As [`Engine::fire`], then waits until the scheduler itself has seen that job end (not
+    /// only the history), so the next occurrence never meets it as "still running".
+    pub async fn fire_and_finish(&self, runbook: &str, at: DateTime<Utc>) {
+        let jobs = self.fire(runbook, at).await;
+        let Some(job) = jobs.iter().find(|j| j.scheduled_for == Some(at)) else {
+            panic!("no job for {runbook} at {at}");
+        };
+        let id = job.id.clone();
+        let ended = wait_until(SOON, || async {
+            self.handle
+                .last_job(runbook)
+                .is_some_and(|last| last.job_id == id && last.status.is_final())
+        })
+        .await;
+        assert!(
+            ended,
+            "the scheduler did not see the job of {runbook} at {at} end"
+        );
+    }
+
     /// Stops the scheduler (graceful shutdown) and closes the history.
     pub async fn stop(self) {
         self.stop.cancel();
