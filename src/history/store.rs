@@ -1004,6 +1004,11 @@ fn read_list(conn: &Connection, filter: &JobFilter) -> Result<Vec<JobSummary>, H
 
 fn read_detail(conn: &Connection, id: &JobId) -> Result<Option<JobDetail>, HistoryError> {
     let err = sql("read a job");
+    // The job row and its streams are read in several statements; one read transaction
+    // gives them one snapshot, so a prune (or a finish) between them cannot make the
+    // second statement miss the row the first one found.
+    let snapshot = conn.unchecked_transaction().map_err(&err)?;
+    let conn: &Connection = &snapshot;
     let sql_text = format!("SELECT {SUMMARY_COLUMNS} FROM jobs WHERE id = ?1");
     let Some(job) = query_summaries(conn, &sql_text, [id.as_str()])?
         .into_iter()
