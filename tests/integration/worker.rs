@@ -1241,3 +1241,67 @@ async fn a_replica_paused_past_its_lease_writes_nothing_for_its_occurrence_after
         assert!(worker.wait_exit(Duration::from_secs(40)).await.success());
     }
 }
+
+#[tokio::test]
+async fn the_dashboard_of_a_running_worker_renders_in_chromium() {
+    use crate::support::http::{artifacts_dir, chromium};
+
+    let description = "Enable the archive for user mailboxes";
+    let app = InProcess::start(
+        &[
+            (
+                "archive.toml",
+                &runbook(&format!("description = \"{description}\"")),
+            ),
+            ("broken.toml", "schedule = \"61 * * * *\"\n"),
+        ],
+        |s| {
+            s.http.api_token = Some(TOKEN.to_string().into());
+        },
+    )
+    .await;
+    let accepted = app
+        .http
+        .post(app.url("/api/runbooks/archive/run"))
+        .header("authorization", bearer(TOKEN))
+        .json(&json!({"params": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let body: Value = accepted.json().await.unwrap();
+    let id = body["job_id"].as_str().unwrap().to_string();
+    let done = wait_until(SOON, || async {
+        app.get_json(&format!("/api/jobs/{id}")).await["status"] == "Completed"
+    })
+    .await;
+    assert!(done, "the job ran to completion");
+
+    // The real worker's pages, rendered by a real browser.
+    let home = chromium(&app.url("/"), &["--dump-dom".to_string()]).await;
+    assert!(home.contains(description), "runbook table:\n{home}");
+    assert!(home.contains("broken.toml"), "invalid files:\n{home}");
+    assert!(home.contains(&id), "recent jobs link the job:\n{home}");
+    let job = chromium(
+        &app.url(&format!("/jobs/{id}")),
+        &["--dump-dom".to_string()],
+    )
+    .await;
+    assert!(
+        job.contains(&id) && job.contains("Completed"),
+        "job page:\n{job}"
+    );
+
+    let shot = artifacts_dir().join("worker-dashboard.png");
+    chromium(
+        &app.url("/"),
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1280,900".to_string(),
+        ],
+    )
+    .await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 0);
+    println!("dashboard of a running worker: {}", shot.display());
+    app.stop().await;
+}
