@@ -129,7 +129,7 @@ pub struct App {
     clock: SharedClock,
     listener: TcpListener,
     http_addr: SocketAddr,
-    router: axum::Router,
+    router: crate::http::Router,
     scheduler: Scheduler,
     handle: SchedulerHandle,
     history: HistoryStore,

@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
@@ -34,6 +33,8 @@ use tokio_util::sync::CancellationToken;
 use crate::telemetry::metrics::Metrics;
 
 pub use auth::ApiAuth;
+/// The router type `serve` hands to [`serve`]; re-exported so no other module names axum.
+pub use axum::Router;
 
 /// `[http]` settings.
 #[derive(Clone, Debug, Deserialize)]
