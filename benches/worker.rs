@@ -57,8 +57,15 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// The worker binary to measure: `RUNBOOK_WORKER_BIN` (e.g. the release build, to measure
+/// what ships) or the bench-profile build cargo made for this benchmark.
+fn worker_binary() -> String {
+    std::env::var("RUNBOOK_WORKER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_runbook-worker").to_string())
+}
+
 fn spawn(dir: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_runbook-worker"))
+    Command::new(worker_binary())
         .current_dir(dir)
         .args(["--config", "worker.toml", "--log-format", "json", "serve"])
         .env_clear()
