@@ -152,6 +152,18 @@ fn validation(string_id: &str, message: impl Into<String>) -> Failure {
     json_form(400, VALIDATION, string_id, message)
 }
 
+/// The mailbox `identity` names, with its position: the target of every write cmdlet.
+fn target_mailbox<'o>(
+    org: &'o Organisation,
+    identity: &str,
+) -> Result<(usize, &'o Mailbox), Failure> {
+    let position = resolve(org, identity)?;
+    let mailbox = org
+        .mailbox_at(position)
+        .ok_or_else(|| not_found(identity))?;
+    Ok((position, mailbox))
+}
+
 fn resolve(org: &Organisation, identity: &str) -> Result<usize, Failure> {
     org.resolve(identity).map_err(|e| match e {
         ResolveError::NotFound => not_found(identity),
@@ -850,11 +862,8 @@ fn set_mailbox(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, Failu
         true,
     )?;
     let identity = args.required_text("Identity")?;
-    let position = resolve(org, &identity)?;
-    let original = org
-        .mailbox_at(position)
-        .cloned()
-        .ok_or_else(|| not_found(&identity))?;
+    let (position, original) = target_mailbox(org, &identity)?;
+    let original = original.clone();
     let mut m = original.clone();
 
     if let Some(value) = args.get("EmailAddresses") {
@@ -1009,11 +1018,8 @@ fn enable_mailbox(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, Fa
             "Parameter set cannot be resolved using the specified named parameters. One or more parameters issued cannot be used together or an insufficient number of parameters were provided.",
         ));
     }
-    let position = resolve(org, &identity)?;
-    let mut m = org
-        .mailbox_at(position)
-        .cloned()
-        .ok_or_else(|| not_found(&identity))?;
+    let (position, m) = target_mailbox(org, &identity)?;
+    let mut m = m.clone();
     if archive {
         if m.archive.is_some() {
             return Err(pipe(
@@ -1172,10 +1178,7 @@ fn permission_record(m: &Mailbox, p: &MailboxPermission) -> Value {
 fn get_mailbox_permission(org: &Organisation, args: &Args<'_>) -> Result<Outcome, Failure> {
     args.check(&["Identity", "User", "Owner", "ResultSize"], false)?;
     let identity = args.required_text("Identity")?;
-    let position = resolve(org, &identity)?;
-    let m = org
-        .mailbox_at(position)
-        .ok_or_else(|| not_found(&identity))?;
+    let (position, m) = target_mailbox(org, &identity)?;
     let user = match args.text("User")? {
         Some(user) => Some(trustee(org, &user)?),
         None => None,
@@ -1318,11 +1321,8 @@ fn set_cas_mailbox(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, F
         true,
     )?;
     let identity = args.required_text("Identity")?;
-    let position = resolve(org, &identity)?;
-    let original = org
-        .mailbox_at(position)
-        .cloned()
-        .ok_or_else(|| not_found(&identity))?;
+    let (position, original) = target_mailbox(org, &identity)?;
+    let original = original.clone();
     let mut m = original.clone();
     let c = &mut m.cas;
     for (name, slot) in [
