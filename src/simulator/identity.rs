@@ -257,6 +257,19 @@ impl RecordedRequest {
     }
 }
 
+/// The `resource` parameter both managed-identity endpoints require.
+fn required_resource(query: &[(String, String)]) -> Result<&str, Refusal> {
+    lookup(query, "resource")
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| {
+            error(
+                400,
+                "invalid_request",
+                "Required audience parameter not specified",
+            )
+        })
+}
+
 fn lookup<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
@@ -677,13 +690,7 @@ fn imds(
             ));
         }
     }
-    let Some(resource) = lookup(query, "resource").filter(|r| !r.is_empty()) else {
-        return Err(error(
-            400,
-            "invalid_request",
-            "Required audience parameter not specified",
-        ));
-    };
+    let resource = required_resource(query)?;
     let identity = choose_identity(
         state,
         &selectors(
@@ -741,13 +748,7 @@ fn app_service(
             "api-version must be 2019-08-01",
         ));
     }
-    let Some(resource) = lookup(query, "resource").filter(|r| !r.is_empty()) else {
-        return Err(error(
-            400,
-            "invalid_request",
-            "Required audience parameter not specified",
-        ));
-    };
+    let resource = required_resource(query)?;
     // App Service takes mi_res_id and ignores msi_res_id (then answering for the
     // system-assigned identity), as the real one does.
     let chosen = selectors(
