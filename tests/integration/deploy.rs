@@ -1060,6 +1060,7 @@ fn the_container_app_environment_is_valid_settings() {
             "contoso.onmicrosoft.com",
         ),
         ("RUNBOOK_WORKER__COORDINATION__KIND", "azure-blob"),
+        // Only parsed by the settings loader; nothing connects to it.
         (
             "RUNBOOK_WORKER__COORDINATION__CONTAINER_URL",
             "https://rwstore.blob.core.windows.net/runbook-worker-coordination",

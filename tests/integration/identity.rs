@@ -27,6 +27,8 @@ use crate::support::identity::{
 };
 use crate::support::{stderr, stdout, wait_until};
 
+// Resource identifiers (token audiences and scopes), never addresses: every request in these
+// tests goes to the simulator on 127.0.0.1.
 const EXCHANGE: &str = "https://outlook.office365.com";
 const STORAGE: &str = "https://storage.azure.com";
 const PATIENCE: Duration = Duration::from_secs(10);
