@@ -6,7 +6,7 @@
 //! Imports point from the pure core towards the edges, never back:
 //!
 //! - Pure core, no I/O, `now` passed in: [`duration`], [`clock`] (the abstraction itself),
-//!   the runbook model and parser in [`runbook`], cron maths in [`scheduler::schedule`],
+//!   the runbook model and parser in [`runbook`], cron maths and scheduling policies in [`timing`],
 //!   token-cache policy in [`identity`], parameter encoding in [`exchange`].
 //! - Adapters: [`identity`] (token endpoints), [`exchange`] (the InvokeCommand API),
 //!   [`history`] (SQLite job history), [`coordination`] (blob leases between replicas).
@@ -34,3 +34,4 @@ pub mod scheduler;
 pub mod settings;
 pub mod simulator;
 pub mod telemetry;
+pub mod timing;

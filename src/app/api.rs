@@ -17,7 +17,7 @@ use crate::http::{
     RequestedVia, RunAccepted, RunRequest, RunbookView, RunbooksView, WorkerApi,
 };
 use crate::runbook::{ParamInput, ValidationError};
-use crate::scheduler::schedule::describe_upcoming;
+use crate::timing::schedule::describe_upcoming;
 use crate::scheduler::{RunError, SchedulerHandle, plan_next, window};
 
 use super::runner::IdentityHealth;

@@ -13,6 +13,7 @@
 //! process environment: the binary passes the environment map and the shutdown future in.
 
 mod api;
+mod components;
 mod runner;
 
 use std::collections::HashMap;
@@ -27,28 +28,24 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{SharedClock, SystemClock};
-use crate::coordination::{self, CoordinationError, CoordinationKind, Coordinator};
-use crate::executor::{ExchangeClients, Executor, ExecutorDeps, ExecutorError};
-use crate::history::{self, HistoryError, HistoryStore};
+use crate::coordination::{self, CoordinationKind};
+use crate::executor::Executor;
+use crate::history::{self, HistoryStore};
 use crate::http::{self, ApiAuth, HttpError};
-use crate::identity::{
-    IdentityEnvironment, IdentityError, ProviderCredential, ProviderOptions, TokenProviders,
-};
 use crate::runbook::load_folder;
 use crate::scheduler::{
     DEFAULT_DEBOUNCE, JobRunner, LiveCatalog, Scheduler, SchedulerHandle, SchedulerOptions,
     SchedulerParts, watch_folder,
 };
 use crate::settings::Settings;
-use crate::simulator::exchange::{ExchangeSimulator, SimulatorConfig};
-use crate::simulator::identity::{IdentitySimulator, IdentitySimulatorConfig, SIMULATED_TENANT_ID};
-use crate::telemetry::metrics::Metrics;
+
+pub use components::{
+    ComponentError, ComponentOptions, Components, SIMULATED_MAILBOXES, Target,
+};
 
 use api::{Api, Lifecycle};
-use runner::{ExecutorRunner, IdentityHealth, ReportingTokens};
+use runner::ExecutorRunner;
 
-/// Mailboxes the tenant of `serve --simulate` is seeded with.
-pub const SIMULATED_MAILBOXES: usize = 300;
 /// How long the HTTP server may take to finish requests in flight at the very end.
 const HTTP_STOP_WAIT: Duration = Duration::from_secs(5);
 /// How long cancelled jobs get to record their end after the grace period.
@@ -59,9 +56,9 @@ const CANCEL_WAIT: Duration = Duration::from_secs(5);
 pub struct AppOptions {
     /// Wall-clock time for schedules and the history (tests: a `ManualClock`).
     pub clock: SharedClock,
-    /// Start the in-process simulated identity endpoint and Exchange tenant and point the
-    /// identity and Exchange settings at them (`serve --simulate`).
-    pub simulate: bool,
+    /// Where identity and Exchange point: the settings' endpoints, or the in-process
+    /// simulators (`serve --simulate`).
+    pub target: Target,
     /// Runs jobs instead of the executor (tests).
     pub runner: Option<Arc<dyn JobRunner>>,
     /// The host name, the default replica id.
@@ -74,7 +71,7 @@ impl Default for AppOptions {
     fn default() -> Self {
         Self {
             clock: Arc::new(SystemClock),
-            simulate: false,
+            target: Target::Settings,
             runner: None,
             host_name: None,
             watch_debounce: DEFAULT_DEBOUNCE,
@@ -85,14 +82,8 @@ impl Default for AppOptions {
 /// Why the worker cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("cannot open the job history")]
-    History(#[source] HistoryError),
-    #[error("cannot set up the managed identity")]
-    Identity(#[source] IdentityError),
-    #[error("cannot set up the job executor")]
-    Executor(#[source] ExecutorError),
-    #[error("cannot set up replica coordination")]
-    Coordination(#[source] CoordinationError),
+    #[error(transparent)]
+    Component(#[from] ComponentError),
     #[error("cannot set up the HTTP API")]
     Http(#[source] HttpError),
     #[error(
@@ -100,12 +91,6 @@ pub enum AppError {
     )]
     Listen {
         listen: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot start the simulated {what}")]
-    Simulator {
-        what: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -117,16 +102,9 @@ pub enum AppError {
     },
 }
 
-/// The simulators of `serve --simulate`.
-struct Simulators {
-    identity: IdentitySimulator,
-    exchange: ExchangeSimulator,
-}
-
 /// A built worker, ready to run.
 pub struct App {
-    settings: Settings,
-    clock: SharedClock,
+    components: Components,
     listener: TcpListener,
     http_addr: SocketAddr,
     router: crate::http::Router,
@@ -134,10 +112,8 @@ pub struct App {
     handle: SchedulerHandle,
     history: HistoryStore,
     history_task: JoinHandle<()>,
-    providers: Arc<TokenProviders>,
     executor: Option<Arc<Executor>>,
     lifecycle: Arc<Lifecycle>,
-    simulators: Option<Simulators>,
     watch_debounce: Duration,
 }
 
@@ -150,61 +126,44 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// Builds the worker; see the module documentation. `env` is the process environment
-    /// (the identity reads its variables from it).
+    /// Builds the worker from `settings`; see the module documentation. `env` is the
+    /// process environment (the identity reads its variables from it).
     pub async fn build(
-        mut settings: Settings,
+        settings: Settings,
         env: &HashMap<String, String>,
         options: AppOptions,
     ) -> Result<App, AppError> {
-        let clock = options.clock.clone();
-        let simulators = if options.simulate {
-            Some(start_simulators(&mut settings).await?)
-        } else {
-            None
-        };
-        let metrics = Arc::new(Metrics::new());
-
-        let identity_env = IdentityEnvironment::from_map(env);
-        let providers = Arc::new(
-            TokenProviders::new(
-                &settings.identity,
-                &identity_env,
-                ProviderOptions {
-                    clock: clock.clone(),
-                    ..ProviderOptions::default()
-                },
-            )
-            .map_err(AppError::Identity)?,
-        );
-        let identity_health = Arc::new(IdentityHealth::default());
-
-        let (history, history_task) = HistoryStore::open(
-            &history::database_path(&settings.state.dir),
-            &settings.history,
-            clock.clone(),
+        let components = Components::build(
+            settings,
+            env,
+            ComponentOptions {
+                clock: options.clock.clone(),
+                target: options.target,
+                ..ComponentOptions::default()
+            },
         )
-        .await
-        .map_err(AppError::History)?;
+        .await?;
+        Self::from_components(components, options).await
+    }
+
+    /// Builds the worker from parts already chosen (the clock and target of `options` are
+    /// those of `components`).
+    pub async fn from_components(
+        components: Components,
+        options: AppOptions,
+    ) -> Result<App, AppError> {
+        let settings = components.settings();
+        let clock = components.clock();
+        let metrics = components.metrics();
+
+        let (history, history_task) = components.open_history().await?;
         let lifecycle = Arc::new(Lifecycle::default());
         lifecycle.history_open.store(true, Ordering::SeqCst);
 
         let (runner, executor): (Arc<dyn JobRunner>, Option<Arc<Executor>>) = match options.runner {
             Some(runner) => (runner, None),
             None => {
-                let tokens = Arc::new(ReportingTokens {
-                    providers: providers.clone(),
-                    health: identity_health.clone(),
-                });
-                let clients = ExchangeClients::new(settings.exchange.clone(), tokens)
-                    .map_err(AppError::Executor)?;
-                let executor = Arc::new(Executor::new(ExecutorDeps {
-                    clients: Arc::new(clients),
-                    policy: settings.policy.clone(),
-                    state_dir: settings.state.dir.clone(),
-                    clock: clock.clone(),
-                    metrics: Some(metrics.clone()),
-                }));
+                let executor = Arc::new(components.executor()?);
                 let runner = Arc::new(ExecutorRunner {
                     executor: executor.clone(),
                     history: history.clone(),
@@ -213,14 +172,7 @@ impl App {
             }
         };
 
-        let credential = settings
-            .coordination
-            .container_url
-            .is_some()
-            .then(|| ProviderCredential::new(providers.default_provider()) as _);
-        let coordinator =
-            Coordinator::from_settings(&settings.coordination, credential, clock.clone())
-                .map_err(AppError::Coordination)?;
+        let coordinator = components.coordinator()?;
         if coordinator.kind() == CoordinationKind::AzureBlob {
             // Health starts Unknown; one call tells readiness where it stands. A failure is
             // not fatal: the replica takes no work and keeps probing until the store answers.
@@ -282,14 +234,13 @@ impl App {
             history: history.reader().clone(),
             coordinator,
             clock: clock.clone(),
-            identity: identity_health,
+            identity: components.identity_health(),
             lifecycle: lifecycle.clone(),
         });
         let router = http::router(api, metrics, auth);
 
         Ok(App {
-            settings,
-            clock,
+            components,
             listener,
             http_addr,
             router,
@@ -297,10 +248,8 @@ impl App {
             handle,
             history,
             history_task,
-            providers,
             executor,
             lifecycle,
-            simulators,
             watch_debounce: options.watch_debounce,
         })
     }
@@ -317,9 +266,7 @@ impl App {
 
     /// The endpoints of `--simulate`'s identity endpoint and Exchange tenant.
     pub fn simulator_urls(&self) -> Option<(String, String)> {
-        self.simulators
-            .as_ref()
-            .map(|s| (s.identity.base_url(), s.exchange.base_url()))
+        self.components.simulator_urls()
     }
 
     /// Runs until `shutdown` completes, then stops in order (see the module documentation).
@@ -328,8 +275,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AppError> {
         let App {
-            settings,
-            clock,
+            components,
             listener,
             http_addr,
             router,
@@ -337,12 +283,12 @@ impl App {
             handle,
             history,
             history_task,
-            providers,
             executor,
             lifecycle,
-            simulators,
             watch_debounce,
         } = self;
+        let settings = components.settings();
+        let clock = components.clock();
 
         let http_stop = CancellationToken::new();
         let http_task = tokio::spawn(http::serve(listener, router, http_stop.clone()));
@@ -403,52 +349,11 @@ impl App {
         if let Some(executor) = executor {
             executor.shutdown().await;
         }
-        providers.shutdown().await;
-        if let Some(simulators) = simulators {
-            simulators.identity.stop().await;
-            simulators.exchange.shutdown().await;
-        }
+        components.shutdown().await;
         tracing::info!("runbook-worker stopped");
         scheduler_result.map_err(|source| AppError::Task {
             what: "scheduler",
             source,
         })
     }
-}
-
-/// Starts the simulated identity endpoint and Exchange tenant and points the settings at
-/// them: IMDS for the identity, the tenant's URL for Exchange.
-async fn start_simulators(settings: &mut Settings) -> Result<Simulators, AppError> {
-    let identity = IdentitySimulator::start(IdentitySimulatorConfig::default())
-        .await
-        .map_err(|source| AppError::Simulator {
-            what: "identity endpoint",
-            source,
-        })?;
-    let exchange = ExchangeSimulator::start(SimulatorConfig {
-        tenant_id: SIMULATED_TENANT_ID.to_string(),
-        mailboxes: SIMULATED_MAILBOXES,
-        // A long-running demo must not keep every request in memory.
-        record_requests: false,
-        ..SimulatorConfig::default()
-    })
-    .await
-    .map_err(|source| AppError::Simulator {
-        what: "Exchange tenant",
-        source,
-    })?;
-    settings.identity = crate::identity::IdentitySettings {
-        source: crate::identity::SourceKind::Imds,
-        imds_endpoint: identity.base_url(),
-        ..crate::identity::IdentitySettings::default()
-    };
-    settings.exchange.endpoint = Some(exchange.base_url());
-    settings.exchange.organization = None;
-    tracing::info!(
-        identity = %identity.base_url(),
-        exchange = %exchange.base_url(),
-        mailboxes = SIMULATED_MAILBOXES,
-        "simulating the managed identity and an Exchange Online tenant on 127.0.0.1"
-    );
-    Ok(Simulators { identity, exchange })
 }

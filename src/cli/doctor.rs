@@ -7,9 +7,8 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use runbook_worker::doctor::{self, DoctorOptions, Report, Status};
-use runbook_worker::identity::IdentityEnvironment;
 
-use super::Context;
+use super::{Context, TargetArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
@@ -17,6 +16,8 @@ pub struct DoctorArgs {
     /// one of ok, warn, fail, skipped.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -26,8 +27,9 @@ pub enum Format {
 }
 
 pub async fn run(ctx: Context, args: DoctorArgs) -> anyhow::Result<ExitCode> {
-    let env = IdentityEnvironment::from_map(&ctx.env);
-    let report = doctor::run(&ctx.settings, &env, &DoctorOptions::default()).await;
+    let components = ctx.components(args.target).await?;
+    let report = doctor::run(&components, &DoctorOptions::default()).await;
+    components.shutdown().await;
     let text = match args.format {
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",
         Format::Text => text(&report),

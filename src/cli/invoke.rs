@@ -10,20 +10,16 @@
 use std::collections::BTreeSet;
 use std::io::{IsTerminal as _, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
 use futures::StreamExt as _;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use runbook_worker::exchange::{
-    ExchangeClient, InvokeOptions, ParamValue, Parameters, Record, TenantLimiter,
-};
-use runbook_worker::identity::{IdentityEnvironment, TokenProvider};
+use runbook_worker::exchange::{ExchangeClient, InvokeOptions, ParamValue, Parameters, Record};
 use runbook_worker::runbook::CmdletPolicy;
 
-use super::Context;
+use super::{Context, TargetArgs};
 
 /// Exit status of a call that ran but reported non-terminating errors.
 const COMPLETED_WITH_ERRORS: u8 = 3;
@@ -66,6 +62,8 @@ pub struct InvokeArgs {
     /// properties of the records.
     #[arg(long = "property", value_name = "NAME", value_delimiter = ',')]
     pub properties: Vec<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -112,11 +110,9 @@ pub async fn run(ctx: Context, args: InvokeArgs) -> anyhow::Result<ExitCode> {
         eprintln!("note: a runbook could not call {}: {denial}", args.cmdlet);
     }
 
-    let env = IdentityEnvironment::from_map(&ctx.env);
-    let provider =
-        TokenProvider::from_settings(&ctx.settings.identity, &env).map_err(|e| anyhow!("{e}"))?;
-    let limiter = Arc::new(TenantLimiter::from_settings(&ctx.settings.exchange));
-    let client = ExchangeClient::new(&ctx.settings.exchange, provider.clone(), limiter)
+    let components = ctx.components(args.target).await?;
+    let client = components
+        .exchange_client(|_| {})
         .map_err(|e| anyhow!("{e}"))?;
     let format = args.output.unwrap_or(if std::io::stdout().is_terminal() {
         OutputFormat::Table
@@ -125,7 +121,7 @@ pub async fn run(ctx: Context, args: InvokeArgs) -> anyhow::Result<ExitCode> {
     });
 
     let outcome = call(&client, &args.cmdlet, parameters, format, &args.properties).await;
-    provider.shutdown().await;
+    components.shutdown().await;
     outcome
 }
 

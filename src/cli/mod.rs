@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use runbook_worker::app::{ComponentOptions, Components, SIMULATED_MAILBOXES, Target};
 use runbook_worker::settings::{self, LogFormat, Settings};
 use runbook_worker::telemetry;
 
@@ -76,10 +77,51 @@ mod token;
 mod validate;
 
 /// What every subcommand gets.
-#[allow(dead_code)] // fields are read as subcommands land
 pub struct Context {
     pub settings: Settings,
     pub env: HashMap<String, String>,
+}
+
+/// `--simulate`, for every command that talks to Azure.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct TargetArgs {
+    /// Talk to an in-process simulated managed identity and Exchange Online tenant (a few
+    /// hundred mailboxes) on 127.0.0.1 instead of Azure: try anything without a subscription.
+    #[arg(long)]
+    pub simulate: bool,
+}
+
+impl TargetArgs {
+    pub fn target(self) -> Target {
+        if self.simulate {
+            Target::Simulated
+        } else {
+            Target::Settings
+        }
+    }
+}
+
+impl Context {
+    /// The worker's parts for a command (see `runbook_worker::app::Components`), pointing at
+    /// Azure or at the simulators.
+    pub async fn components(self, target: TargetArgs) -> anyhow::Result<Components> {
+        let simulated = target.simulate;
+        let components = Components::build(
+            self.settings,
+            &self.env,
+            ComponentOptions {
+                target: target.target(),
+                ..ComponentOptions::default()
+            },
+        )
+        .await?;
+        if simulated {
+            eprintln!(
+                "runbook-worker: simulating the managed identity and an Exchange Online tenant with {SIMULATED_MAILBOXES} mailboxes on 127.0.0.1"
+            );
+        }
+        Ok(components)
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

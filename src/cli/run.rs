@@ -17,15 +17,13 @@ use chrono::Utc;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-use runbook_worker::clock::{SharedClock, SystemClock};
 use runbook_worker::executor::{
     self, Both, FinalStatus, HistoryEvents, ItemOutcome, JobEvent, JobEvents, JobOutcome, JobSpec,
 };
-use runbook_worker::history::{self, HistoryStore, NewJob, Trigger};
-use runbook_worker::identity::IdentityEnvironment;
+use runbook_worker::history::{self, NewJob, Trigger};
 use runbook_worker::runbook::{self, ParamInput, Runbook};
 
-use super::Context;
+use super::{Context, TargetArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -44,6 +42,8 @@ pub struct RunArgs {
     /// outcome last.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -64,17 +64,14 @@ fn exit_code(status: FinalStatus) -> ExitCode {
 }
 
 pub async fn run(ctx: Context, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let settings = &ctx.settings;
-    let runbook = Arc::new(resolve_runbook(&args.runbook, settings)?);
+    let runbook = Arc::new(resolve_runbook(&args.runbook, &ctx.settings)?);
     let params = parse_params(&args.params)?;
 
-    let env = IdentityEnvironment::from_map(&ctx.env);
-    let executor =
-        executor::build_from_settings(settings, &env, None).map_err(|e| anyhow!("{e}"))?;
-
-    let clock: SharedClock = Arc::new(SystemClock);
-    let database = history::database_path(&settings.state.dir);
-    let (store, writer) = HistoryStore::open(&database, &settings.history, clock)
+    let components = ctx.components(args.target).await?;
+    let executor = components.executor().map_err(|e| anyhow!("{e}"))?;
+    let database = history::database_path(&components.settings().state.dir);
+    let (store, writer) = components
+        .open_history()
         .await
         .with_context(|| format!("cannot record the job in {}", database.display()))?;
     let recorded_params = match runbook.resolve_params(params.clone()) {
@@ -137,6 +134,7 @@ pub async fn run(ctx: Context, args: RunArgs) -> anyhow::Result<ExitCode> {
     let closed = store.close().await;
     let _ = writer.await;
     executor.shutdown().await;
+    components.shutdown().await;
 
     terminal.summary(&outcome, &id.to_string(), &database);
     recorded.context("cannot record the job's outcome in the history")?;

@@ -7,16 +7,14 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use runbook_worker::app::{App, AppOptions, SIMULATED_MAILBOXES};
+use runbook_worker::app::{App, AppOptions};
 
-use super::Context;
+use super::{Context, TargetArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Run against an in-process simulated managed identity and Exchange Online tenant
-    /// (a few hundred mailboxes) on 127.0.0.1, so the whole worker works without Azure.
-    #[arg(long)]
-    pub simulate: bool,
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 pub async fn run(ctx: Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -28,7 +26,6 @@ pub async fn run(ctx: Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty());
     let options = AppOptions {
-        simulate: args.simulate,
         host_name,
         ..AppOptions::default()
     };
@@ -38,14 +35,15 @@ pub async fn run(ctx: Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
 
-    let app = App::build(ctx.settings, &ctx.env, options)
+    let components = ctx
+        .components(args.target)
         .await
         .context("the worker cannot start")?;
-    if args.simulate {
-        eprintln!(
-            "runbook-worker: simulating the managed identity and an Exchange Online tenant with {SIMULATED_MAILBOXES} mailboxes; dashboard at http://{}/",
-            app.http_addr()
-        );
+    let app = App::from_components(components, options)
+        .await
+        .context("the worker cannot start")?;
+    if args.target.simulate {
+        eprintln!("runbook-worker: dashboard at http://{}/", app.http_addr());
     }
 
     let scheduler = app.scheduler();

@@ -12,10 +12,10 @@ use serde::Serialize;
 
 use runbook_worker::identity::claims::{self, EXCHANGE_MANAGE_AS_APP, EXCHANGE_MANAGE_AS_APP_ID};
 use runbook_worker::identity::{
-    IdentityEnvironment, ProviderDescription, SourceKind, TokenClaims, TokenProvider, TokenSource,
+    ProviderDescription, SourceKind, TokenClaims, TokenSource,
 };
 
-use super::Context;
+use super::{Context, TargetArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
@@ -28,6 +28,8 @@ pub struct TokenArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -37,13 +39,12 @@ pub enum OutputFormat {
 }
 
 pub async fn run(ctx: Context, args: TokenArgs) -> anyhow::Result<ExitCode> {
-    let env = IdentityEnvironment::from_map(&ctx.env);
+    let components = ctx.components(args.target).await?;
     // Identity errors are printed by their own message: it already says what to configure,
     // and the SDK's cause chain would only repeat it with a troubleshooting link.
-    let provider =
-        TokenProvider::from_settings(&ctx.settings.identity, &env).map_err(|e| anyhow!("{e}"))?;
+    let provider = components.token_provider().map_err(|e| anyhow!("{e}"))?;
     let fetched = provider.token(&args.resource).await;
-    provider.shutdown().await;
+    components.shutdown().await;
     let description = provider.describe().clone();
     let token = fetched.map_err(|e| {
         anyhow!("{e}").context(format!(

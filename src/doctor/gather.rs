@@ -8,9 +8,7 @@
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use azure_core::credentials::TokenCredential;
 use secrecy::ExposeSecret as _;
 
 use super::facts::{
@@ -18,58 +16,47 @@ use super::facts::{
     RunbookSummary, StateFacts, TokenFacts,
 };
 use super::{DoctorOptions, HARMLESS_CMDLET};
-use crate::coordination::{CoordinationKind, CoordinationSettings, Coordinator, redact_url};
+use crate::app::{ComponentError, Components};
+use crate::coordination::{CoordinationKind, CoordinationSettings, redact_url};
 use crate::duration::HumanDuration;
-use crate::exchange::{ExchangeClient, ExchangeSettings, Parameters, TenantLimiter};
-use crate::identity::{IdentityEnvironment, ProviderCredential, TokenProvider, TokenSource as _};
+use crate::exchange::Parameters;
+use crate::identity::TokenSource as _;
 use crate::runbook::{PolicySettings, is_runbook_file, load_folder};
-use crate::settings::Settings;
 
-/// Looks at everything the checks need. `env` holds the identity variables of the process.
-pub async fn gather(
-    settings: &Settings,
-    env: &IdentityEnvironment,
-    options: &DoctorOptions,
-) -> Facts {
-    let resource = settings.exchange.cloud.resource();
+/// Looks at everything the checks need, through the parts `components` builds (the same
+/// identity, Exchange client and coordination store the worker would use).
+pub async fn gather(components: &Components, options: &DoctorOptions) -> Facts {
+    let settings = components.settings();
+    let exchange_settings = components.exchange_settings();
+    let resource = exchange_settings.cloud.resource();
     let runbooks = gather_runbooks(&settings.runbooks.dir, &settings.policy);
     let state = gather_state(&settings.state.dir);
 
-    let provider =
-        TokenProvider::with_options(&settings.identity, env, None, options.provider.clone());
-    let (identity, exchange_call, coordination) = match provider {
-        Err(error) => (
-            IdentityFacts::Unresolved { error },
-            CallFacts::NotAttempted,
-            gather_coordination(&settings.coordination, None, options).await,
-        ),
+    let (identity, exchange_call) = match components.token_provider() {
+        Err(error) => (IdentityFacts::Unresolved { error }, CallFacts::NotAttempted),
         Ok(provider) => {
             let token = provider.token(&resource).await.map(|token| TokenFacts {
                 claims: token.claims(),
                 expires_on: token.expires_on,
             });
             let call = if token.is_ok() {
-                harmless_call(&settings.exchange, provider.clone(), options).await
+                harmless_call(components, options).await
             } else {
                 CallFacts::NotAttempted
             };
-            let credential: Arc<dyn TokenCredential> = ProviderCredential::new(provider.clone());
-            let coordination =
-                gather_coordination(&settings.coordination, Some(credential), options).await;
-            provider.shutdown().await;
             let identity = IdentityFacts::Resolved {
                 source: provider.describe().clone(),
                 token,
             };
-            (identity, call, coordination)
+            (identity, call)
         }
     };
+    let coordination = gather_coordination(components).await;
 
     Facts {
         identity,
         exchange_resource: resource,
-        exchange_organization: settings
-            .exchange
+        exchange_organization: exchange_settings
             .organization
             .clone()
             .filter(|o| !o.trim().is_empty()),
@@ -83,19 +70,16 @@ pub async fn gather(
 
 /// One read every role Exchange accepts may run, with the configured client but a short
 /// timeout and few retries: the operator is waiting.
-async fn harmless_call(
-    settings: &ExchangeSettings,
-    tokens: Arc<TokenProvider>,
-    options: &DoctorOptions,
-) -> CallFacts {
-    let mut settings = settings.clone();
-    settings.max_retries = settings.max_retries.min(options.call_retries);
-    settings.timeout = HumanDuration::from(settings.timeout.get().min(options.call_timeout));
-    let limiter = Arc::new(TenantLimiter::from_settings(&settings));
+async fn harmless_call(components: &Components, options: &DoctorOptions) -> CallFacts {
     let cmdlet = HARMLESS_CMDLET.to_string();
-    let client = match ExchangeClient::new(&settings, tokens, limiter) {
+    let client = match components.exchange_client(|settings| {
+        settings.max_retries = settings.max_retries.min(options.call_retries);
+        settings.timeout = HumanDuration::from(settings.timeout.get().min(options.call_timeout));
+    }) {
         Ok(client) => client,
-        Err(error) => return CallFacts::Failed { cmdlet, error },
+        Err(ComponentError::Exchange(error)) => return CallFacts::Failed { cmdlet, error },
+        // The token was just had from the same provider, so nothing else can fail here.
+        Err(_) => return CallFacts::NotAttempted,
     };
     match client.invoke_all(HARMLESS_CMDLET, Parameters::new()).await {
         Ok(output) => {
@@ -115,17 +99,13 @@ async fn harmless_call(
     }
 }
 
-async fn gather_coordination(
-    settings: &CoordinationSettings,
-    credential: Option<Arc<dyn TokenCredential>>,
-    options: &DoctorOptions,
-) -> CoordinationFacts {
+async fn gather_coordination(components: &Components) -> CoordinationFacts {
+    let settings = &components.settings().coordination;
     if settings.kind == CoordinationKind::Local {
         return CoordinationFacts::Local;
     }
     let target = describe_target(settings);
-    let coordinator = match Coordinator::from_settings(settings, credential, options.clock.clone())
-    {
+    let coordinator = match components.coordinator() {
         Ok(coordinator) => coordinator,
         Err(error) => {
             return CoordinationFacts::Unreachable {

@@ -21,9 +21,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::clock::{SharedClock, SystemClock};
-use crate::identity::{IdentityEnvironment, ProviderOptions};
-use crate::settings::Settings;
+use crate::app::Components;
 
 pub use evaluate::{evaluate, grant_command, suggested_role};
 pub use facts::{
@@ -171,10 +169,6 @@ impl Report {
 /// How `doctor` does its I/O; [`DoctorOptions::default`] is what the command uses.
 #[derive(Clone, Debug)]
 pub struct DoctorOptions {
-    /// Token fetching (tests scale the retries down).
-    pub provider: ProviderOptions,
-    /// The local clock the token's times are compared with.
-    pub clock: SharedClock,
     /// Bounds the harmless Exchange call (`exchange.timeout` is meant for long jobs).
     pub call_timeout: Duration,
     /// Retries of the harmless call (at most `exchange.max_retries`): enough to ride out
@@ -185,20 +179,14 @@ pub struct DoctorOptions {
 impl Default for DoctorOptions {
     fn default() -> Self {
         Self {
-            provider: ProviderOptions::default(),
-            clock: std::sync::Arc::new(SystemClock),
             call_timeout: Duration::from_secs(60),
             call_retries: 1,
         }
     }
 }
 
-/// Gathers the facts and evaluates them at the clock's current time.
-pub async fn run(
-    settings: &Settings,
-    env: &IdentityEnvironment,
-    options: &DoctorOptions,
-) -> Report {
-    let facts = gather(settings, env, options).await;
-    evaluate(&facts, options.clock.now())
+/// Gathers the facts and evaluates them at the components' clock's current time.
+pub async fn run(components: &Components, options: &DoctorOptions) -> Report {
+    let facts = gather(components, options).await;
+    evaluate(&facts, components.clock().now())
 }

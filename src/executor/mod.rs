@@ -18,13 +18,12 @@
 //! Layout: `plan` decides (purely, from the runbook) where each step's records go;
 //! `engine` runs the steps; `spool` and `report` are the files; `clients` hands out one
 //! [`ExchangeClient`](crate::exchange::ExchangeClient) per (organization, identity);
-//! `history` is the [`HistoryEvents`] adapter; `build` wires everything from
-//! [`Settings`](crate::settings::Settings) for `run` and `serve`.
+//! `history` is the [`HistoryEvents`] adapter. The composition root
+//! (`app::Components`) builds it for `run`, `serve` and the API.
 //!
 //! Knows nothing of schedules (when a job runs is the scheduler's business), of HTTP, or
 //! of the InvokeCommand wire format (that is the exchange module's).
 
-mod build;
 mod clients;
 mod engine;
 mod events;
@@ -48,7 +47,6 @@ use crate::runbook::{ParamInput, PolicySettings, Runbook};
 use crate::telemetry::metrics::Metrics;
 
 pub use crate::history::StepCounts;
-pub use build::build_from_settings;
 pub use clients::{ClientError, ExchangeClients, FixedTokens, TokenSources};
 pub use engine::MAX_KEPT_RECORDS;
 pub use events::{Both, ItemOutcome, JobEvent, JobEvents, NoEvents, command_line};

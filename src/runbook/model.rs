@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::exchange::params::Parameters;
-use crate::scheduler::schedule::Schedule;
+use crate::timing::schedule::Schedule;
 
 use super::template::{TemplateContext, TemplateError, TemplateSet, ValueTemplate};
 
@@ -157,7 +157,7 @@ impl Retries {
 
 // The scheduling policies are the scheduler's types: one definition for the file format, the
 // schema and the decisions.
-pub use crate::scheduler::policy::{MissedPolicy as Missed, OnInterrupt, OverlapPolicy as Overlap};
+pub use crate::timing::policy::{MissedPolicy as Missed, OnInterrupt, OverlapPolicy as Overlap};
 
 /// The type of a declared runbook parameter; overrides are checked against it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

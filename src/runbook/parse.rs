@@ -23,7 +23,7 @@ use toml::value::{Datetime, Offset};
 
 use crate::duration::HumanDuration;
 use crate::exchange::params::ParamValue;
-use crate::scheduler::schedule::Schedule;
+use crate::timing::schedule::Schedule;
 
 use super::error::{ErrorKind, SourceMap, ValidationError};
 use super::model::{

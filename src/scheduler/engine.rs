@@ -39,7 +39,7 @@ use super::catalog::{LiveCatalog, ReloadSummary};
 use super::job::{
     ClaimKind, JobContext, JobEvent, JobOrder, JobRunner, StartWhen, record_overlap_skip, run_job,
 };
-use super::policy::{
+use crate::timing::policy::{
     MissedPolicy, OverlapDecision, OverlapPolicy, Window, decide_overlap, jitter_offset, missed_run,
 };
 use super::sweep;

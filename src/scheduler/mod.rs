@@ -1,5 +1,5 @@
-//! Deciding when jobs run: cron maths in time zones ([`schedule`], pure), overlap and
-//! missed-run policies ([`policy`], pure), the worker's view of the runbooks folder across
+//! Deciding when jobs run, on the pure maths of [`crate::timing`] (cron in time zones,
+//! overlap and missed-run policies): the worker's view of the runbooks folder across
 //! reloads ([`catalog`], pure), the scheduler loop ([`engine`]) with the tasks it spawns
 //! ([`job`] for one job's life, `sweep` for the coordination store's background work) and
 //! the folder watcher ([`watch`]). The executor decides how a job runs: the loop only sees
@@ -8,8 +8,6 @@
 pub mod catalog;
 pub mod engine;
 pub mod job;
-pub mod policy;
-pub mod schedule;
 mod sweep;
 pub mod watch;
 

@@ -16,7 +16,7 @@ use crate::coordination::Coordinator;
 use crate::runbook::Runbook;
 
 use super::engine::{Event, Shared, window};
-use super::policy::missed_run;
+use crate::timing::policy::missed_run;
 
 /// Runbooks swept at once.
 const SWEEP_CONCURRENCY: usize = 4;

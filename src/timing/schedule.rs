@@ -880,7 +880,7 @@ mod tests {
         assert_eq!(s.latest_at_or_before(DateTime::<Utc>::MIN_UTC), None);
         assert_eq!(s.next_after(utc("5001-01-01T00:00:00Z")), None);
         assert!(s.upcoming(DateTime::<Utc>::MAX_UTC, 3).is_empty());
-        let window = super::super::policy::Window {
+        let window = crate::timing::policy::Window {
             start_at: Some(DateTime::<Utc>::MIN_UTC),
             end_at: None,
         };

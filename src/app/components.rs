@@ -1,0 +1,339 @@
+//! The one place that builds the worker's parts from checked settings: token providers,
+//! Exchange clients, the executor, the job history and the coordination store. `serve`
+//! ([`super::App`]), `run`, `invoke`, `doctor`, `token`, the tests and the benchmarks all
+//! build through [`Components`], so a change to how a part is made is made once.
+//!
+//! Where the Azure-facing parts point is decided before anything is built, by [`Target`]:
+//! the real endpoints the settings name, or the in-process simulators (`--simulate`), whose
+//! addresses are known only once they listen. The loaded [`Settings`] are never edited:
+//! the simulated target only changes the identity and Exchange sections the parts are
+//! built from.
+//!
+//! Parts are built on first use, so a command pays only for what it touches (`token` never
+//! builds an Exchange client; `validate` builds nothing at all).
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use tokio::task::JoinHandle;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::coordination::{CoordinationError, Coordinator};
+use crate::exchange::{ExchangeClient, ExchangeError, ExchangeSettings, TenantLimiter};
+use crate::executor::{ExchangeClients, Executor, ExecutorDeps, ExecutorError};
+use crate::history::{self, HistoryError, HistoryStore};
+use crate::identity::{
+    IdentityEnvironment, IdentityError, IdentitySettings, ProviderCredential, ProviderOptions,
+    SourceKind, TokenProvider, TokenProviders,
+};
+use crate::settings::Settings;
+use crate::simulator::exchange::{ExchangeSimulator, SimulatorConfig};
+use crate::simulator::identity::{IdentitySimulator, IdentitySimulatorConfig, SIMULATED_TENANT_ID};
+use crate::telemetry::metrics::Metrics;
+
+use super::runner::{IdentityHealth, ReportingTokens};
+
+/// Mailboxes the simulated tenant of `--simulate` is seeded with.
+pub const SIMULATED_MAILBOXES: usize = 300;
+
+/// Where the identity and Exchange parts point.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Target {
+    /// The endpoints `[identity]` and `[exchange]` name (Azure, in production).
+    #[default]
+    Settings,
+    /// A simulated managed-identity endpoint and Exchange Online tenant started in this
+    /// process on 127.0.0.1 (`--simulate`): no Azure subscription needed.
+    Simulated,
+}
+
+/// How the parts are built beyond the settings.
+#[derive(Clone)]
+pub struct ComponentOptions {
+    /// Wall-clock time for tokens, schedules and the history (tests: a `ManualClock`).
+    pub clock: SharedClock,
+    /// Where identity and Exchange point.
+    pub target: Target,
+    /// Token retry timings (tests scale them down); its clock is replaced by `clock`.
+    pub provider: ProviderOptions,
+}
+
+impl Default for ComponentOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            target: Target::Settings,
+            provider: ProviderOptions::default(),
+        }
+    }
+}
+
+/// Why a part cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error("cannot set up the managed identity: {0}")]
+    Identity(#[source] IdentityError),
+    #[error("cannot set up the Exchange Online client: {0}")]
+    Exchange(#[source] ExchangeError),
+    #[error("cannot set up the job executor: {0}")]
+    Executor(#[source] ExecutorError),
+    #[error("cannot open the job history")]
+    History(#[source] HistoryError),
+    #[error("cannot set up replica coordination")]
+    Coordination(#[source] CoordinationError),
+    #[error("cannot start the simulated {what}")]
+    Simulator {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The simulators of [`Target::Simulated`].
+struct Simulators {
+    identity: IdentitySimulator,
+    exchange: ExchangeSimulator,
+}
+
+/// The worker's parts, built on first use from the settings and the target. See the module
+/// documentation.
+pub struct Components {
+    settings: Settings,
+    /// `[identity]` and `[exchange]` as the parts are built from them: the settings' own, or
+    /// pointing at the simulators.
+    identity: IdentitySettings,
+    exchange: ExchangeSettings,
+    env: IdentityEnvironment,
+    clock: SharedClock,
+    provider_options: ProviderOptions,
+    metrics: Arc<Metrics>,
+    identity_health: Arc<IdentityHealth>,
+    simulators: Option<Simulators>,
+    providers: OnceLock<Arc<TokenProviders>>,
+    exchange_clients: OnceLock<Arc<ExchangeClients>>,
+}
+
+impl std::fmt::Debug for Components {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Components")
+            .field("simulated", &self.simulators.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Components {
+    /// The parts for `settings`; `env` is the process environment (the identity reads its
+    /// variables from it). Starts the simulators when the target is simulated; builds
+    /// nothing else yet.
+    pub async fn build(
+        settings: Settings,
+        env: &HashMap<String, String>,
+        options: ComponentOptions,
+    ) -> Result<Self, ComponentError> {
+        let (identity, exchange, simulators) = match options.target {
+            Target::Settings => (settings.identity.clone(), settings.exchange.clone(), None),
+            Target::Simulated => {
+                let simulators = start_simulators().await?;
+                let identity = IdentitySettings {
+                    source: SourceKind::Imds,
+                    imds_endpoint: simulators.identity.base_url(),
+                    ..IdentitySettings::default()
+                };
+                let exchange = ExchangeSettings {
+                    endpoint: Some(simulators.exchange.base_url()),
+                    organization: None,
+                    ..settings.exchange.clone()
+                };
+                (identity, exchange, Some(simulators))
+            }
+        };
+        let provider_options = ProviderOptions {
+            clock: options.clock.clone(),
+            ..options.provider
+        };
+        Ok(Self {
+            settings,
+            identity,
+            exchange,
+            env: IdentityEnvironment::from_map(env),
+            clock: options.clock,
+            provider_options,
+            metrics: Arc::new(Metrics::new()),
+            identity_health: Arc::new(IdentityHealth::default()),
+            simulators,
+            providers: OnceLock::new(),
+            exchange_clients: OnceLock::new(),
+        })
+    }
+
+    /// The settings as loaded (never edited, whatever the target).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// `[identity]` as the token providers are built from it.
+    pub fn identity_settings(&self) -> &IdentitySettings {
+        &self.identity
+    }
+
+    /// `[exchange]` as the Exchange clients are built from it.
+    pub fn exchange_settings(&self) -> &ExchangeSettings {
+        &self.exchange
+    }
+
+    /// The identity variables of the process environment.
+    pub fn identity_environment(&self) -> &IdentityEnvironment {
+        &self.env
+    }
+
+    /// The wall clock every part uses.
+    pub fn clock(&self) -> SharedClock {
+        self.clock.clone()
+    }
+
+    /// The metrics every part reports to and `/metrics` renders.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    pub(crate) fn identity_health(&self) -> Arc<IdentityHealth> {
+        self.identity_health.clone()
+    }
+
+    /// The endpoints of the simulated identity and Exchange tenant, when simulated.
+    pub fn simulator_urls(&self) -> Option<(String, String)> {
+        self.simulators
+            .as_ref()
+            .map(|s| (s.identity.base_url(), s.exchange.base_url()))
+    }
+
+    /// The token providers: the worker's own identity and each runbook's, on first use.
+    pub fn token_providers(&self) -> Result<Arc<TokenProviders>, IdentityError> {
+        if let Some(providers) = self.providers.get() {
+            return Ok(providers.clone());
+        }
+        let providers = Arc::new(TokenProviders::new(
+            &self.identity,
+            &self.env,
+            self.provider_options.clone(),
+        )?);
+        // A concurrent first caller may have won; both built the same thing.
+        Ok(self.providers.get_or_init(|| providers).clone())
+    }
+
+    /// The worker's own identity.
+    pub fn token_provider(&self) -> Result<Arc<TokenProvider>, IdentityError> {
+        Ok(self.token_providers()?.default_provider())
+    }
+
+    /// The Exchange clients of runbooks, one per (tenant, identity), sharing one limiter per
+    /// tenant; the worker's own identity reports to readiness.
+    pub fn exchange_clients(&self) -> Result<Arc<ExchangeClients>, ComponentError> {
+        if let Some(clients) = self.exchange_clients.get() {
+            return Ok(clients.clone());
+        }
+        let tokens = Arc::new(ReportingTokens {
+            providers: self.token_providers().map_err(ComponentError::Identity)?,
+            health: self.identity_health.clone(),
+        });
+        let clients = Arc::new(
+            ExchangeClients::new(self.exchange.clone(), tokens)
+                .map_err(ComponentError::Executor)?,
+        );
+        Ok(self.exchange_clients.get_or_init(|| clients).clone())
+    }
+
+    /// A client for the worker's own identity and tenant, built from `[exchange]` as
+    /// `tune` adjusts it (`doctor` shortens the timeout), with a limiter of its own.
+    pub fn exchange_client(
+        &self,
+        tune: impl FnOnce(&mut ExchangeSettings),
+    ) -> Result<ExchangeClient, ComponentError> {
+        let mut settings = self.exchange.clone();
+        tune(&mut settings);
+        let limiter = Arc::new(TenantLimiter::from_settings(&settings));
+        let tokens = self.token_provider().map_err(ComponentError::Identity)?;
+        ExchangeClient::new(&settings, tokens, limiter).map_err(ComponentError::Exchange)
+    }
+
+    /// The executor that runs jobs for `run`, the scheduler and the API.
+    pub fn executor(&self) -> Result<Executor, ComponentError> {
+        Ok(Executor::new(ExecutorDeps {
+            clients: self.exchange_clients()?,
+            policy: self.settings.policy.clone(),
+            state_dir: self.settings.state.dir.clone(),
+            clock: self.clock.clone(),
+            metrics: Some(self.metrics.clone()),
+        }))
+    }
+
+    /// Opens the job history under `state.dir` (marking what a dead process left running
+    /// Interrupted). The returned task is the history's writer; it ends after
+    /// [`HistoryStore::close`].
+    pub async fn open_history(&self) -> Result<(HistoryStore, JoinHandle<()>), ComponentError> {
+        HistoryStore::open(
+            &history::database_path(&self.settings.state.dir),
+            &self.settings.history,
+            self.clock.clone(),
+        )
+        .await
+        .map_err(ComponentError::History)
+    }
+
+    /// The coordination store `[coordination]` names; Azure storage authenticates with the
+    /// worker's own identity unless a SAS URL is set.
+    pub fn coordinator(&self) -> Result<Coordinator, ComponentError> {
+        let credential = if self.settings.coordination.container_url.is_some() {
+            let provider = self.token_provider().map_err(ComponentError::Identity)?;
+            Some(ProviderCredential::new(provider) as _)
+        } else {
+            None
+        };
+        Coordinator::from_settings(&self.settings.coordination, credential, self.clock.clone())
+            .map_err(ComponentError::Coordination)
+    }
+
+    /// Stops the background work of whatever was built (token refreshes, simulators) and
+    /// waits for it.
+    pub async fn shutdown(self) {
+        if let Some(clients) = self.exchange_clients.get() {
+            clients.shutdown().await;
+        }
+        if let Some(providers) = self.providers.get() {
+            providers.shutdown().await;
+        }
+        if let Some(simulators) = self.simulators {
+            simulators.identity.stop().await;
+            simulators.exchange.shutdown().await;
+        }
+    }
+}
+
+/// Starts the simulated identity endpoint and Exchange tenant on 127.0.0.1.
+async fn start_simulators() -> Result<Simulators, ComponentError> {
+    let identity = IdentitySimulator::start(IdentitySimulatorConfig::default())
+        .await
+        .map_err(|source| ComponentError::Simulator {
+            what: "identity endpoint",
+            source,
+        })?;
+    let exchange = ExchangeSimulator::start(SimulatorConfig {
+        tenant_id: SIMULATED_TENANT_ID.to_string(),
+        mailboxes: SIMULATED_MAILBOXES,
+        // A long-running demo must not keep every request in memory.
+        record_requests: false,
+        ..SimulatorConfig::default()
+    })
+    .await
+    .map_err(|source| ComponentError::Simulator {
+        what: "Exchange tenant",
+        source,
+    })?;
+    tracing::info!(
+        identity = %identity.base_url(),
+        exchange = %exchange.base_url(),
+        mailboxes = SIMULATED_MAILBOXES,
+        "simulating the managed identity and an Exchange Online tenant on 127.0.0.1"
+    );
+    Ok(Simulators { identity, exchange })
+}
