@@ -18,6 +18,8 @@ use crate::history::HistorySettings;
 use crate::http::HttpSettings;
 use crate::identity::IdentitySettings;
 use crate::runbook::{PolicySettings, RunbooksSettings};
+pub use crate::telemetry::LogFormat;
+use crate::telemetry::LogSettings;
 
 /// Prefix of environment overrides: `RUNBOOK_WORKER__IDENTITY__CLIENT_ID`.
 pub const ENV_PREFIX: &str = "RUNBOOK_WORKER";
@@ -67,34 +69,6 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             shutdown_grace: HumanDuration::from_secs(25),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    /// Human-readable on a terminal, JSON otherwise.
-    #[default]
-    Auto,
-    Human,
-    Json,
-}
-
-/// `[log]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSettings {
-    pub format: LogFormat,
-    /// A `tracing` filter: `info`, `runbook_worker=debug,info`, …
-    pub level: String,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Auto,
-            level: "info".to_string(),
         }
     }
 }

@@ -17,8 +17,8 @@ use crate::http::{
     RequestedVia, RunAccepted, RunRequest, RunbookView, RunbooksView, WorkerApi,
 };
 use crate::runbook::{ParamInput, ValidationError};
-use crate::timing::schedule::describe_upcoming;
 use crate::scheduler::{RunError, SchedulerHandle, plan_next, window};
+use crate::timing::schedule::describe_upcoming;
 
 use super::runner::IdentityHealth;
 

@@ -39,9 +39,7 @@ use crate::scheduler::{
 };
 use crate::settings::Settings;
 
-pub use components::{
-    ComponentError, ComponentOptions, Components, SIMULATED_MAILBOXES, Target,
-};
+pub use components::{ComponentError, ComponentOptions, Components, SIMULATED_MAILBOXES, Target};
 
 use api::{Api, Lifecycle};
 use runner::ExecutorRunner;

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use runbook_worker::clock::{Clock, SystemClock};
 use runbook_worker::runbook::{self, Runbook};
-use runbook_worker::timing::schedule::describe_upcoming;
 use runbook_worker::scheduler::window;
+use runbook_worker::timing::schedule::describe_upcoming;
 
 use super::Context;
 

@@ -11,9 +11,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use runbook_worker::identity::claims::{self, EXCHANGE_MANAGE_AS_APP, EXCHANGE_MANAGE_AS_APP_ID};
-use runbook_worker::identity::{
-    ProviderDescription, SourceKind, TokenClaims, TokenSource,
-};
+use runbook_worker::identity::{ProviderDescription, SourceKind, TokenClaims, TokenSource};
 
 use super::{Context, TargetArgs};
 

@@ -39,10 +39,10 @@ use super::catalog::{LiveCatalog, ReloadSummary};
 use super::job::{
     ClaimKind, JobContext, JobEvent, JobOrder, JobRunner, StartWhen, record_overlap_skip, run_job,
 };
+use super::sweep;
 use crate::timing::policy::{
     MissedPolicy, OverlapDecision, OverlapPolicy, Window, decide_overlap, jitter_offset, missed_run,
 };
-use super::sweep;
 
 /// An occurrence found more than this late by the loop (a suspended VM, a stalled host) is
 /// not fired as a normal occurrence: it is treated as missed (see `missed`).

@@ -111,3 +111,101 @@ fn identity_knows_nothing_of_exchange_and_exchange_nothing_of_runbooks() {
         );
     }
 }
+
+/// The library's modules by layer, lowest first. A module may import modules of its own
+/// layer or below, never above: the pure core knows no adapter, adapters know no
+/// orchestration, orchestration knows no edge. (Within a layer the finer rules above hold,
+/// e.g. identity knows nothing of exchange.)
+const LAYERS: &[(&str, &[&str])] = &[
+    ("pure core", &["duration", "clock", "timing"]),
+    (
+        "adapters",
+        &[
+            "identity",
+            "exchange",
+            "coordination",
+            "history",
+            "telemetry",
+        ],
+    ),
+    ("runbook model", &["runbook"]),
+    ("orchestration", &["executor", "scheduler"]),
+    ("edges", &["http", "doctor", "settings", "simulator", "app"]),
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS
+        .iter()
+        .position(|(_, modules)| modules.contains(&module))
+}
+
+/// The top-level module a file under `src/` belongs to (`src/app/mod.rs` → `app`).
+fn module_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("src/")?;
+    let first = rest.split('/').next()?;
+    Some(first.strip_suffix(".rs").unwrap_or(first))
+}
+
+/// The top-level modules a file's code names as `crate::module`.
+fn imported_modules(code: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            out.insert(name);
+        }
+    }
+    out
+}
+
+#[test]
+fn every_library_module_has_a_layer() {
+    let unplaced: Vec<String> = sources()
+        .iter()
+        .filter_map(|(path, _)| module_of(path))
+        .filter(|m| !["lib", "main", "cli"].contains(m) && layer_of(m).is_none())
+        .map(str::to_string)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(unplaced, Vec::<String>::new(), "add them to LAYERS");
+}
+
+#[test]
+fn no_module_imports_one_from_a_layer_above_it() {
+    let mut upward = Vec::new();
+    for (path, code) in sources() {
+        let Some(module) = module_of(&path) else {
+            continue;
+        };
+        let Some(own) = layer_of(module) else {
+            continue;
+        };
+        for imported in imported_modules(&code) {
+            if let Some(theirs) = layer_of(&imported)
+                && theirs > own
+            {
+                upward.push(format!(
+                    "{path} ({}) imports {imported} ({})",
+                    LAYERS[own].0, LAYERS[theirs].0
+                ));
+            }
+        }
+    }
+    assert_eq!(upward, Vec::<String>::new());
+}
+
+#[test]
+fn the_layer_check_sees_an_upward_import() {
+    // The check above must be able to fail: a runbook file naming the scheduler is upward.
+    let imported =
+        imported_modules("use crate::scheduler::Scheduler;\nfn f() { crate::timing::x() }");
+    assert!(imported.contains("scheduler") && imported.contains("timing"));
+    assert!(layer_of("scheduler") > layer_of("runbook"));
+    assert!(layer_of("timing") < layer_of("runbook"));
+}
