@@ -32,3 +32,69 @@ fn a_missing_config_file_is_reported_by_name() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
 }
+
+/// A working folder with the repository's example runbooks and its own state folder, for
+/// commands run with `--simulate`.
+fn simulated_workspace() -> (tempfile::TempDir, Vec<(&'static str, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let runbooks = concat!(env!("CARGO_MANIFEST_DIR"), "/runbooks");
+    let env = vec![
+        ("RUNBOOK_WORKER__RUNBOOKS__DIR", runbooks.to_string()),
+        (
+            "RUNBOOK_WORKER__STATE__DIR",
+            dir.path().join("state").display().to_string(),
+        ),
+    ];
+    (dir, env)
+}
+
+fn run_simulated(args: &[&str]) -> std::process::Output {
+    let (dir, env) = simulated_workspace();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    run_binary(dir.path(), args, &env)
+}
+
+#[test]
+fn a_newcomer_dry_runs_an_example_runbook_with_simulate_and_no_subscription() {
+    let out = run_simulated(&["run", "mailboxes-near-quota", "--dry-run", "--simulate"]);
+    let (out_text, err) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{out_text}\n{err}");
+    assert!(err.contains("simulating the managed identity"), "{err}");
+    assert!(out_text.contains("Completed"), "{out_text}");
+    assert!(!err.contains("169.254.169.254"), "{err}");
+}
+
+#[test]
+fn token_invoke_and_doctor_work_against_the_simulators_with_simulate() {
+    let token = run_simulated(&["token", "--simulate", "--output", "json"]);
+    assert!(token.status.success(), "{}", stderr(&token));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&token)).unwrap();
+    assert_eq!(report["source"], "imds", "{report}");
+    assert!(
+        report["endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:"),
+        "{report}"
+    );
+
+    let invoke = run_simulated(&[
+        "invoke",
+        "Get-Mailbox",
+        "--simulate",
+        "--param",
+        "ResultSize=5",
+        "--output",
+        "json",
+    ]);
+    assert!(invoke.status.success(), "{}", stderr(&invoke));
+    assert_eq!(stdout(&invoke).lines().count(), 5, "{}", stdout(&invoke));
+
+    let doctor = run_simulated(&["doctor", "--simulate", "--format", "json"]);
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&stdout(&doctor)).unwrap();
+    let call = findings
+        .iter()
+        .find(|f| f["check"] == "exchange-call")
+        .unwrap_or_else(|| panic!("no exchange-call check in {findings:?}"));
+    assert_eq!(call["status"], "ok", "{call}");
+}
