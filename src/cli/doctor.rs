@@ -8,31 +8,25 @@ use std::process::ExitCode;
 
 use runbook_worker::doctor::{self, DoctorOptions, Report, Status};
 
-use super::{Context, TargetArgs};
+use super::{Context, Output, TargetArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
     /// `text` for people; `json`: an array of {check, status, message, fix} with status
     /// one of ok, warn, fail, skipped.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    #[arg(long = "output", alias = "format", value_enum, default_value_t = Output::Human)]
+    pub output: Output,
     #[command(flatten)]
     pub target: TargetArgs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
 }
 
 pub async fn run(ctx: Context, args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let components = ctx.components(args.target).await?;
     let report = doctor::run(&components, &DoctorOptions::default()).await;
     components.shutdown().await;
-    let text = match args.format {
-        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
-        Format::Text => text(&report),
+    let text = match args.output {
+        Output::Json => serde_json::to_string_pretty(&report)? + "\n",
+        Output::Human => text(&report),
     };
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(if report.passed() {

@@ -5,7 +5,7 @@
 //! Records go to stdout as they arrive (JSON lines) or, for a table, once all pages are in;
 //! warnings and non-terminating errors go to stderr. Exit status: 0 success, 1 the call
 //! failed (the parsed error on stderr), 3 the call ran but reported non-terminating errors
-//! (2 is clap's for a command-line mistake).
+//! (64 is a mistake on the command line).
 
 use std::collections::BTreeSet;
 use std::io::{IsTerminal as _, Write};
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use runbook_worker::exchange::{ExchangeClient, InvokeOptions, ParamValue, Parameters, Record};
 use runbook_worker::runbook::CmdletPolicy;
 
-use super::{Context, TargetArgs};
+use super::{Context, Output, TargetArgs};
 
 /// Exit status of a call that ran but reported non-terminating errors.
 const COMPLETED_WITH_ERRORS: u8 = 3;
@@ -54,22 +54,16 @@ pub struct InvokeArgs {
     /// anything else as a string. A switch is NAME=true.
     #[arg(long = "param", short = 'p', value_name = "NAME=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, ParamValue)>,
-    /// `json`: one JSON object per line; `table`: a few columns for reading. Default: a
-    /// table on a terminal, JSON lines otherwise.
-    #[arg(long, value_enum)]
-    pub output: Option<OutputFormat>,
+    /// `json`: one JSON object per line; `human`: a table of a few columns for reading.
+    /// Default: a table on a terminal, JSON lines otherwise.
+    #[arg(long = "output", alias = "format", value_enum)]
+    pub output: Option<Output>,
     /// The table's columns (comma-separated or repeated); default: a few identifying
     /// properties of the records.
     #[arg(long = "property", value_name = "NAME", value_delimiter = ',')]
     pub properties: Vec<String>,
     #[command(flatten)]
     pub target: TargetArgs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    Json,
-    Table,
 }
 
 /// `NAME=VALUE` → the parameter (the value as [`ParamValue::from_cli`] reads it).
@@ -115,9 +109,9 @@ pub async fn run(ctx: Context, args: InvokeArgs) -> anyhow::Result<ExitCode> {
         .exchange_client(|_| {})
         .map_err(|e| anyhow!("{e}"))?;
     let format = args.output.unwrap_or(if std::io::stdout().is_terminal() {
-        OutputFormat::Table
+        Output::Human
     } else {
-        OutputFormat::Json
+        Output::Json
     });
 
     let outcome = call(&client, &args.cmdlet, parameters, format, &args.properties).await;
@@ -130,7 +124,7 @@ async fn call(
     client: &ExchangeClient,
     cmdlet: &str,
     parameters: Parameters,
-    format: OutputFormat,
+    format: Output,
     properties: &[String],
 ) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
@@ -165,7 +159,7 @@ async fn call(
             None => break,
             Some(Ok(page)) => page,
             Some(Err(error)) => {
-                if format == OutputFormat::Table {
+                if format == Output::Human {
                     print_table(&mut stdout.lock(), &table, properties)?;
                 }
                 // The exchange error's own message names the call and what to do; its
@@ -182,7 +176,7 @@ async fn call(
             eprintln!("error (non-terminating): {issue}");
         }
         match format {
-            OutputFormat::Json => {
+            Output::Json => {
                 if let Err(e) = write_json_lines(&mut stdout.lock(), &page.records) {
                     if e.kind() == std::io::ErrorKind::BrokenPipe {
                         // The reader stopped (`| head`): stop fetching pages too.
@@ -191,10 +185,10 @@ async fn call(
                     return Err(anyhow!("cannot write to stdout: {e}"));
                 }
             }
-            OutputFormat::Table => table.extend(page.records),
+            Output::Human => table.extend(page.records),
         }
     }
-    if format == OutputFormat::Table {
+    if format == Output::Human {
         print_table(&mut stdout.lock(), &table, properties)?;
     }
     if non_terminating > 0 {

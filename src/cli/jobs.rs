@@ -13,16 +13,7 @@ use runbook_worker::history::{
     self, HistoryReader, JobDetail, JobFilter, JobId, JobStatus, JobSummary,
 };
 
-use super::Context;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    /// Aligned columns for people.
-    #[default]
-    Table,
-    /// The same JSON as the HTTP API.
-    Json,
-}
+use super::{Context, Output};
 
 #[derive(Debug, clap::Args)]
 pub struct JobsArgs {
@@ -39,16 +30,16 @@ pub struct JobsArgs {
     /// Only jobs created before this job id (the last id of the previous page).
     #[arg(long, value_name = "ID")]
     pub before: Option<JobId>,
-    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[arg(long = "output", alias = "format", value_enum, default_value_t = Output::Human)]
+    pub output: Output,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct JobArgs {
     /// The job's id, as listed by `runbook-worker jobs`.
     pub id: JobId,
-    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[arg(long = "output", alias = "format", value_enum, default_value_t = Output::Human)]
+    pub output: Output,
 }
 
 fn open_history(ctx: &Context) -> anyhow::Result<HistoryReader> {
@@ -71,9 +62,9 @@ pub async fn run_list(ctx: Context, args: JobsArgs) -> anyhow::Result<ExitCode> 
         .await
         .with_context(|| format!("cannot list jobs from {}", reader.path().display()))?;
     match args.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&jobs)?),
-        OutputFormat::Table if jobs.is_empty() => println!("no jobs match"),
-        OutputFormat::Table => print!("{}", render_list(&jobs)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&jobs)?),
+        Output::Human if jobs.is_empty() => println!("no jobs match"),
+        Output::Human => print!("{}", render_list(&jobs)),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -95,8 +86,8 @@ pub async fn run_show(ctx: Context, args: JobArgs) -> anyhow::Result<ExitCode> {
         );
     };
     match args.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&job)?),
-        OutputFormat::Table => print!("{}", render_detail(&job)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&job)?),
+        Output::Human => print!("{}", render_detail(&job)),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -82,6 +82,21 @@ pub struct Context {
     pub env: HashMap<String, String>,
 }
 
+/// The exit status of a mistake on the command line (an unknown flag, a missing argument):
+/// sysexits' EX_USAGE, apart from every command's own statuses (README, "Exit codes").
+pub const EXIT_USAGE: u8 = 64;
+
+/// `--output` of every command: `human` for people, `json` for programs. `text` and
+/// `table` (the older names) are accepted for `human`, and `--format` for `--output`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For people: aligned columns, summaries, colours on a terminal.
+    #[value(alias = "text", alias = "table")]
+    Human,
+    /// For programs: the same JSON as the HTTP API where there is an equivalent.
+    Json,
+}
+
 /// `--simulate`, for every command that talks to Azure.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct TargetArgs {

@@ -15,7 +15,7 @@ use runbook_worker::runbook::{self, Runbook};
 use runbook_worker::scheduler::window;
 use runbook_worker::timing::schedule::describe_upcoming;
 
-use super::Context;
+use super::{Context, Output};
 
 #[derive(Debug, clap::Args)]
 pub struct NextArgs {
@@ -29,14 +29,8 @@ pub struct NextArgs {
     /// 2026-03-28T00:00:00Z), to check a daylight-saving change ahead of time.
     #[arg(long, value_name = "INSTANT")]
     pub from: Option<String>,
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
+    #[arg(long = "output", alias = "format", value_enum, default_value_t = Output::Human)]
+    pub output: Output,
 }
 
 #[derive(Debug, Serialize)]
@@ -102,9 +96,9 @@ pub async fn run(ctx: Context, args: NextArgs) -> anyhow::Result<ExitCode> {
         next,
     };
 
-    let text = match args.format {
-        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
-        Format::Text => human(&report),
+    let text = match args.output {
+        Output::Json => serde_json::to_string_pretty(&report)? + "\n",
+        Output::Human => human(&report),
     };
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)

@@ -23,7 +23,7 @@ use runbook_worker::executor::{
 use runbook_worker::history::{self, NewJob, Trigger};
 use runbook_worker::runbook::{self, ParamInput, Runbook};
 
-use super::{Context, TargetArgs};
+use super::{Context, Output, TargetArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -40,16 +40,10 @@ pub struct RunArgs {
     pub params: Vec<String>,
     /// `text`: progress and a summary for people; `json`: one JSON event per line, the
     /// outcome last.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
+    #[arg(long = "output", alias = "format", value_enum, default_value_t = Output::Human)]
     pub output: Output,
     #[command(flatten)]
     pub target: TargetArgs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
 }
 
 /// The exit status of each final status.
@@ -98,7 +92,7 @@ pub async fn run(ctx: Context, args: RunArgs) -> anyhow::Result<ExitCode> {
     store.mark_running(&id).await?;
 
     let terminal = Terminal::new(args.output);
-    if args.output == Output::Text {
+    if args.output == Output::Human {
         terminal.line(&format!(
             "job {id}: {}{}",
             runbook.name,
@@ -372,7 +366,7 @@ impl Terminal {
                 }
                 self.line(&value.to_string());
             }
-            Output::Text => {
+            Output::Human => {
                 let mut text = format!(
                     "{} in {} (job {id}, recorded in {})",
                     outcome.status,
@@ -405,7 +399,7 @@ impl JobEvents for Terminal {
                     self.line(&text);
                 }
             }
-            Output::Text => {
+            Output::Human => {
                 if let Some(text) = self.text(&event) {
                     self.line(&text);
                 }

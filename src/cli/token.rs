@@ -13,7 +13,7 @@ use serde::Serialize;
 use runbook_worker::identity::claims::{self, EXCHANGE_MANAGE_AS_APP, EXCHANGE_MANAGE_AS_APP_ID};
 use runbook_worker::identity::{ProviderDescription, SourceKind, TokenClaims, TokenSource};
 
-use super::{Context, TargetArgs};
+use super::{Context, Output, TargetArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
@@ -24,16 +24,10 @@ pub struct TokenArgs {
     #[arg(long)]
     pub raw: bool,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
-    pub output: OutputFormat,
+    #[arg(long = "output", alias = "format", value_enum, default_value_t = Output::Human)]
+    pub output: Output,
     #[command(flatten)]
     pub target: TargetArgs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    Human,
-    Json,
 }
 
 pub async fn run(ctx: Context, args: TokenArgs) -> anyhow::Result<ExitCode> {
@@ -60,8 +54,8 @@ pub async fn run(ctx: Context, args: TokenArgs) -> anyhow::Result<ExitCode> {
         args.raw.then(|| token.expose()),
     );
     let text = match args.output {
-        OutputFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
-        OutputFormat::Human => report.human(),
+        Output::Json => serde_json::to_string_pretty(&report)? + "\n",
+        Output::Human => report.human(),
     };
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use runbook_worker::runbook::{self, Runbook, ValidationError};
 
-use super::Context;
+use super::{Context, Output};
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
@@ -21,14 +21,8 @@ pub struct ValidateArgs {
     pub paths: Vec<PathBuf>,
     /// `text`: one `file:line:column: message` line per error; `json`: one JSON document
     /// with the valid runbooks and every error.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
+    #[arg(long = "output", alias = "format", value_enum, default_value_t = Output::Human)]
+    pub output: Output,
 }
 
 /// One valid runbook, as `--format json` lists it.
@@ -91,8 +85,8 @@ pub async fn run(ctx: Context, args: ValidateArgs) -> anyhow::Result<ExitCode> {
 
     let all_valid = errors.is_empty();
     let mut stdout = std::io::stdout().lock();
-    match args.format {
-        Format::Text => {
+    match args.output {
+        Output::Human => {
             for error in &errors {
                 writeln!(stdout, "{error}").context("cannot write to stdout")?;
             }
@@ -111,7 +105,7 @@ pub async fn run(ctx: Context, args: ValidateArgs) -> anyhow::Result<ExitCode> {
             };
             eprintln!("{summary}");
         }
-        Format::Json => {
+        Output::Json => {
             let report = Report {
                 valid: errors.is_empty(),
                 runbooks,

@@ -98,3 +98,65 @@ fn token_invoke_and_doctor_work_against_the_simulators_with_simulate() {
         .unwrap_or_else(|| panic!("no exchange-call check in {findings:?}"));
     assert_eq!(call["status"], "ok", "{call}");
 }
+
+#[test]
+fn a_mistake_on_the_command_line_exits_64_not_a_job_status() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["run"][..],
+        &["run", "x", "--no-such-flag"],
+        &["frobnicate"],
+    ] {
+        let out = run_binary(dir.path(), args, &[]);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("Usage"), "{args:?}: {}", stderr(&out));
+    }
+    let help = run_binary(dir.path(), &["run", "--help"], &[]);
+    assert_eq!(help.status.code(), Some(0), "{}", stderr(&help));
+}
+
+#[test]
+fn every_command_takes_output_human_or_json_and_the_old_spellings_still_work() {
+    let (dir, env) = simulated_workspace();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // One job, so that `jobs` has a history to print.
+    let run = [
+        "run",
+        "mailboxes-near-quota",
+        "--dry-run",
+        "--simulate",
+        "--output",
+        "json",
+    ];
+    let out = run_binary(dir.path(), &run, &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for command in ["validate", "next mailboxes-near-quota", "jobs"] {
+        let mut human: Vec<&str> = command.split(' ').collect();
+        human.extend(["--output", "human"]);
+        let out = run_binary(dir.path(), &human, &env);
+        assert!(out.status.success(), "{human:?}: {}", stderr(&out));
+
+        for (flag, value) in [("--output", "json"), ("--format", "json")] {
+            let mut json: Vec<&str> = command.split(' ').collect();
+            json.extend([flag, value]);
+            let out = run_binary(dir.path(), &json, &env);
+            assert!(out.status.success(), "{json:?}: {}", stderr(&out));
+            serde_json::from_str::<serde_json::Value>(&stdout(&out))
+                .unwrap_or_else(|e| panic!("{json:?} printed no JSON ({e}): {}", stdout(&out)));
+        }
+        for old in ["text", "table"] {
+            let mut legacy: Vec<&str> = command.split(' ').collect();
+            legacy.extend(["--format", old]);
+            let out = run_binary(dir.path(), &legacy, &env);
+            assert!(out.status.success(), "{legacy:?}: {}", stderr(&out));
+        }
+        let mut help: Vec<&str> = command.split(' ').collect();
+        help.push("--help");
+        let text = stdout(&run_binary(dir.path(), &help, &env));
+        assert!(text.contains("--output"), "{help:?}: {text}");
+        assert!(
+            !text.contains("--format"),
+            "{help:?} shows the old flag: {text}"
+        );
+    }
+}
