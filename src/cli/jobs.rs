@@ -62,7 +62,11 @@ pub async fn run_list(ctx: Context, args: JobsArgs) -> anyhow::Result<ExitCode> 
         .await
         .with_context(|| format!("cannot list jobs from {}", reader.path().display()))?;
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&jobs)?),
+        // The same document as GET /api/jobs.
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "jobs": jobs }))?
+        ),
         Output::Human if jobs.is_empty() => println!("no jobs match"),
         Output::Human => print!("{}", render_list(&jobs)),
     }

@@ -59,8 +59,9 @@ async fn jobs_filters_by_runbook_status_and_limit_and_prints_json() {
         let out = run_binary(dir.path(), args, &env);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
         let jobs: Value = serde_json::from_str(&stdout(&out)).expect("JSON output");
-        jobs.as_array()
-            .expect("a JSON array")
+        jobs["jobs"]
+            .as_array()
+            .expect("{\"jobs\": [...]}, as GET /api/jobs")
             .iter()
             .map(|j| j["id"].as_str().unwrap_or_default().to_string())
             .collect()
@@ -92,7 +93,7 @@ async fn jobs_filters_by_runbook_status_and_limit_and_prints_json() {
 
     let out = run_binary(dir.path(), &["jobs", "--output", "json"], &env);
     let jobs: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let dry_run = &jobs[1];
+    let dry_run = &jobs["jobs"][1];
     assert_eq!(dry_run["status"], "CompletedWithErrors");
     assert_eq!(dry_run["trigger"], "catch-up");
     assert_eq!(dry_run["past_due"], true);
