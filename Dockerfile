@@ -29,6 +29,10 @@ RUN rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
 
+# .git is not in the build context (.dockerignore); `--version` names the commit it is given.
+ARG GIT_COMMIT=unknown
+ENV RUNBOOK_WORKER_GIT_COMMIT=${GIT_COMMIT}
+
 # The cache mounts keep the registry and target/ between builds (BuildKit, or Podman); the
 # binary is copied out of the cache because cache mounts are not part of the layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -113,10 +113,14 @@ if ! engine_info=$("$engine" info 2>&1); then
     die 3 "'$engine info' failed: start the engine (for Docker: the docker service) or check your permissions on its socket"
 fi
 
-echo "Building $tag (version $version) with $engine"
+# The build context leaves .git out, so the commit `--version` prints is passed in.
+git_commit=$(git -C "$repo_root" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+
+echo "Building $tag (version $version, commit $git_commit) with $engine"
 "$engine" build \
     --file "$repo_root/Dockerfile" \
     --build-arg "VERSION=$version" \
+    --build-arg "GIT_COMMIT=$git_commit" \
     --tag "$tag" \
     "$repo_root" || die 1 "the image build failed (see the output above)"
 

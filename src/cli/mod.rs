@@ -15,7 +15,7 @@ use runbook_worker::telemetry;
 #[derive(Debug, Parser)]
 #[command(
     name = "runbook-worker",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RUNBOOK_WORKER_GIT_COMMIT"), ")"),
     about = "Runs Exchange Online admin runbooks on a schedule with an Azure managed identity"
 )]
 pub struct Cli {
@@ -64,6 +64,16 @@ pub enum Command {
     /// GET the worker's /healthz (or /readyz) on the local listen address; exit 0 when it
     /// answers 2xx (for HEALTHCHECK in images without curl).
     Probe(probe::ProbeArgs),
+    /// Print a shell completion script: `runbook-worker completions bash >
+    /// /etc/bash_completion.d/runbook-worker` (also zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 mod doctor;
@@ -140,6 +150,10 @@ impl Context {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Completions(args) = &cli.command {
+        // Needs no settings: it must work before any are written.
+        return Ok(completions(args));
+    }
     let env: HashMap<String, String> = std::env::vars().collect();
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     let settings = settings::load(cli.config.as_deref(), &cwd, &env)?;
@@ -164,5 +178,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoke(args) => invoke::run(ctx, args).await,
         Command::Doctor(args) => doctor::run(ctx, args).await,
         Command::Probe(args) => probe::run(ctx, args).await,
+        Command::Completions(args) => Ok(completions(&args)),
     }
+}
+
+fn completions(args: &CompletionsArgs) -> ExitCode {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(
+        args.shell,
+        &mut command,
+        "runbook-worker",
+        &mut std::io::stdout(),
+    );
+    ExitCode::SUCCESS
 }

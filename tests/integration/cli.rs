@@ -160,3 +160,41 @@ fn every_command_takes_output_human_or_json_and_the_old_spellings_still_work() {
         );
     }
 }
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_binary(dir.path(), &["--version"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("runbook-worker "), "{text}");
+    let commit = text
+        .split("(commit ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no commit in {text:?}"));
+    // A hash from git (possibly marked dirty), or what the image build passed in; never empty.
+    assert!(!commit.is_empty(), "{text}");
+    let hex = commit.trim_end_matches("-dirty");
+    assert!(
+        hex == "unknown" || hex.chars().all(|c| c.is_ascii_hexdigit()),
+        "{text}"
+    );
+}
+
+#[test]
+fn completions_are_printed_for_bash_zsh_and_fish_without_any_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run_binary(
+            dir.path(),
+            &["--config", "does-not-exist.toml", "completions", shell],
+            &[],
+        );
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        for word in ["serve", "validate", "doctor", "--simulate"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+}

@@ -342,6 +342,15 @@ fn build_image_tags_with_the_package_version_and_prints_the_size() {
     let tag = format!("runbook-worker:{version}");
     let version_arg = format!("VERSION={version}");
     let dockerfile = format!("{root}/Dockerfile");
+    // The commit the binary's --version names (the build context has no .git).
+    let commit = std::process::Command::new("git")
+        .args(["-C", root.as_str(), "rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+    let commit_arg = format!("GIT_COMMIT={commit}");
     assert_eq!(
         build,
         &vec![
@@ -350,6 +359,8 @@ fn build_image_tags_with_the_package_version_and_prints_the_size() {
             dockerfile.as_str(),
             "--build-arg",
             version_arg.as_str(),
+            "--build-arg",
+            commit_arg.as_str(),
             "--tag",
             tag.as_str(),
             root.as_str()
