@@ -11,6 +11,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages the tests use: headless Chromium for the dashboard tests
+# and shellcheck for the deployment scripts. Installed when missing, so that a clone plus this
+# command is all the set-up there is (apt-get needs root, or sudo).
+missing=()
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+if [[ ${#missing[@]} -gt 0 ]]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "scripts/test.sh: the tests need ${missing[*]}; install them with your package manager" >&2
+        exit 1
+    fi
+    sudo=()
+    if [[ "$(id -u)" -ne 0 ]]; then
+        sudo=(sudo)
+    fi
+    echo "scripts/test.sh: installing ${missing[*]} (apt-get)" >&2
+    "${sudo[@]}" apt-get update -qq >&2
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
 azurite_dir=tools/azurite
 installed_lock="$azurite_dir/node_modules/.runbook-worker-installed-lock.json"
 
