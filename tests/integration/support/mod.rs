@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod app;
 pub mod deploy;
 pub mod exchange;
 pub mod executor;
