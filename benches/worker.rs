@@ -7,25 +7,21 @@
 //! (start to ready < 100 ms, idle RSS < 20 MB, lateness p99 < 50 ms); timings depend on the
 //! machine, so it reports rather than fails, except when the worker does not run at all.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
-use runbook_worker::clock::{SharedClock, SystemClock};
-use runbook_worker::coordination::{Coordinator, LocalCoordinator};
-use runbook_worker::history::{self, HistoryReader, HistoryStore, JobFilter, JobStatus, Outcome};
-use runbook_worker::runbook::{PolicySettings, load_folder};
-use runbook_worker::scheduler::{
-    JobRunner, JobSpec, LiveCatalog, RunEnd, Scheduler, SchedulerOptions, SchedulerParts,
-};
+use runbook_worker::app::{ComponentOptions, Components};
+use runbook_worker::history::{self, HistoryReader, JobFilter, JobStatus, Outcome};
+use runbook_worker::scheduler::{JobRunner, JobSpec, RunEnd};
+use runbook_worker::settings::Settings;
 use runbook_worker::simulator::exchange::{ExchangeSimulator, SimulatorConfig};
 use runbook_worker::simulator::identity::{
     IdentitySimulator, IdentitySimulatorConfig, SIMULATED_TENANT_ID,
 };
-use runbook_worker::telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 const IDLE_RUNBOOKS: usize = 100;
@@ -339,32 +335,24 @@ async fn precision_in_process() -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
     }
-    let clock: SharedClock = Arc::new(SystemClock);
-    let (history, writer) = HistoryStore::open(
-        &history::database_path(&dir.path().join("state")),
-        &Default::default(),
-        clock.clone(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let (loaded, errors) = load_folder(&runbooks, &PolicySettings::default());
-    let (scheduler, _handle) = Scheduler::new(
-        SchedulerParts {
-            clock: clock.clone(),
-            history: history.clone(),
-            coordinator: Coordinator::Local(LocalCoordinator::new(clock.clone())),
-            runner: Arc::new(NoOp),
-            metrics: Arc::new(Metrics::new()),
-        },
-        SchedulerOptions {
-            replica_id: "bench".to_string(),
-            shutdown_grace: Duration::from_secs(5),
-            cancel_wait: Duration::from_secs(1),
-            sweep_interval: Duration::from_secs(15),
-            runbooks_dir: runbooks.clone(),
-            policy: PolicySettings::default(),
-        },
-        LiveCatalog::first(&runbooks, loaded, errors),
+    let mut settings = Settings::default();
+    settings.runbooks.dir = runbooks.clone();
+    settings.state.dir = dir.path().join("state");
+    settings.worker.shutdown_grace = Duration::from_secs(5).into();
+    // Jobs are no-ops: nothing asks for a token, but nothing may point off this machine.
+    settings.identity.imds_endpoint = "http://127.0.0.1:9".to_string();
+    let components = Components::build(settings, &HashMap::new(), ComponentOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (history, writer) = components.open_history().await.map_err(|e| e.to_string())?;
+    let catalog = components.load_catalog().await.map_err(|e| e.to_string())?;
+    let coordinator = components.coordinator().map_err(|e| e.to_string())?;
+    let (scheduler, _handle) = components.scheduler(
+        history.clone(),
+        coordinator,
+        Arc::new(NoOp),
+        catalog,
+        "bench".to_string(),
     );
     let stop = CancellationToken::new();
     let task = tokio::spawn(scheduler.run(stop.clone()));

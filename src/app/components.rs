@@ -14,17 +14,22 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
 use crate::clock::{SharedClock, SystemClock};
-use crate::coordination::{CoordinationError, Coordinator};
+use crate::coordination::{self, CoordinationError, Coordinator};
 use crate::exchange::{ExchangeClient, ExchangeError, ExchangeSettings, TenantLimiter};
 use crate::executor::{ExchangeClients, Executor, ExecutorDeps, ExecutorError};
 use crate::history::{self, HistoryError, HistoryStore};
 use crate::identity::{
     IdentityEnvironment, IdentityError, IdentitySettings, ProviderCredential, ProviderOptions,
     SourceKind, TokenProvider, TokenProviders,
+};
+use crate::runbook::load_folder;
+use crate::scheduler::{
+    JobRunner, LiveCatalog, Scheduler, SchedulerHandle, SchedulerOptions, SchedulerParts,
 };
 use crate::settings::Settings;
 use crate::simulator::exchange::{ExchangeSimulator, SimulatorConfig};
@@ -33,6 +38,8 @@ use crate::telemetry::metrics::Metrics;
 
 use super::runner::{IdentityHealth, ReportingTokens};
 
+/// How long cancelled jobs get to record their end after the grace period.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
 /// Mailboxes the simulated tenant of `--simulate` is seeded with.
 pub const SIMULATED_MAILBOXES: usize = 300;
 
@@ -81,6 +88,8 @@ pub enum ComponentError {
     History(#[source] HistoryError),
     #[error("cannot set up replica coordination")]
     Coordination(#[source] CoordinationError),
+    #[error("loading the runbooks folder failed")]
+    Loading(#[source] tokio::task::JoinError),
     #[error("cannot start the simulated {what}")]
     Simulator {
         what: &'static str,
@@ -291,6 +300,65 @@ impl Components {
         };
         Coordinator::from_settings(&self.settings.coordination, credential, self.clock.clone())
             .map_err(ComponentError::Coordination)
+    }
+
+    /// The runbooks folder as the scheduler starts with it: valid runbooks plus the errors
+    /// of the files that are not (read off the async runtime: a folder may be slow).
+    pub async fn load_catalog(&self) -> Result<LiveCatalog, ComponentError> {
+        let dir = self.settings.runbooks.dir.clone();
+        let policy = self.settings.policy.clone();
+        let load_dir = dir.clone();
+        let (runbooks, errors) =
+            tokio::task::spawn_blocking(move || load_folder(&load_dir, &policy))
+                .await
+                .map_err(ComponentError::Loading)?;
+        Ok(LiveCatalog::first(&dir, runbooks, errors))
+    }
+
+    /// The name this replica records as the owner of its occurrences:
+    /// `coordination.replica_id`, else one made of the host name and process id.
+    pub fn replica_id(&self, host_name: Option<&str>) -> String {
+        self.settings
+            .coordination
+            .replica_id
+            .clone()
+            .unwrap_or_else(|| coordination::default_replica_id(host_name, std::process::id()))
+    }
+
+    /// The scheduler over `catalog`, recording in `history`, claiming through `coordinator`
+    /// and running jobs with `runner` (the executor, or a test's). Timings come from
+    /// `[worker]` and `[coordination]`.
+    pub fn scheduler(
+        &self,
+        history: HistoryStore,
+        coordinator: Coordinator,
+        runner: Arc<dyn JobRunner>,
+        catalog: LiveCatalog,
+        replica_id: String,
+    ) -> (Scheduler, SchedulerHandle) {
+        Scheduler::new(
+            SchedulerParts {
+                clock: self.clock.clone(),
+                history,
+                coordinator,
+                runner,
+                metrics: self.metrics.clone(),
+            },
+            SchedulerOptions {
+                replica_id,
+                shutdown_grace: self.settings.worker.shutdown_grace.get(),
+                cancel_wait: CANCEL_WAIT,
+                // Orphans are looked for at the pace a claimer that stalled is given up.
+                sweep_interval: self
+                    .settings
+                    .coordination
+                    .orphan_grace()
+                    .max(Duration::from_secs(1)),
+                runbooks_dir: self.settings.runbooks.dir.clone(),
+                policy: self.settings.policy.clone(),
+            },
+            catalog,
+        )
     }
 
     /// Stops the background work of whatever was built (token refreshes, simulators) and

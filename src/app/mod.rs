@@ -28,15 +28,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{SharedClock, SystemClock};
-use crate::coordination::{self, CoordinationKind};
+use crate::coordination::CoordinationKind;
 use crate::executor::Executor;
 use crate::history::{self, HistoryStore};
 use crate::http::{self, ApiAuth, HttpError};
-use crate::runbook::load_folder;
-use crate::scheduler::{
-    DEFAULT_DEBOUNCE, JobRunner, LiveCatalog, Scheduler, SchedulerHandle, SchedulerOptions,
-    SchedulerParts, watch_folder,
-};
+use crate::scheduler::{DEFAULT_DEBOUNCE, JobRunner, Scheduler, SchedulerHandle, watch_folder};
 use crate::settings::Settings;
 
 pub use components::{ComponentError, ComponentOptions, Components, SIMULATED_MAILBOXES, Target};
@@ -46,8 +42,6 @@ use runner::ExecutorRunner;
 
 /// How long the HTTP server may take to finish requests in flight at the very end.
 const HTTP_STOP_WAIT: Duration = Duration::from_secs(5);
-/// How long cancelled jobs get to record their end after the grace period.
-const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// How the app is built beyond the settings.
 #[derive(Clone)]
@@ -179,41 +173,14 @@ impl App {
             }
         }
 
-        let dir = settings.runbooks.dir.clone();
-        let policy = settings.policy.clone();
-        let load_dir = dir.clone();
-        let (loaded, errors) = tokio::task::spawn_blocking(move || load_folder(&load_dir, &policy))
-            .await
-            .map_err(|source| AppError::Task {
-                what: "runbook loading",
-                source,
-            })?;
-        let catalog = LiveCatalog::first(&dir, loaded, errors);
-
-        let replica_id = settings.coordination.replica_id.clone().unwrap_or_else(|| {
-            coordination::default_replica_id(options.host_name.as_deref(), std::process::id())
-        });
-        let (scheduler, handle) = Scheduler::new(
-            SchedulerParts {
-                clock: clock.clone(),
-                history: history.clone(),
-                coordinator: coordinator.clone(),
-                runner,
-                metrics: metrics.clone(),
-            },
-            SchedulerOptions {
-                replica_id,
-                shutdown_grace: settings.worker.shutdown_grace.get(),
-                cancel_wait: CANCEL_WAIT,
-                // Orphans are looked for at the pace a claimer that stalled is given up.
-                sweep_interval: settings
-                    .coordination
-                    .orphan_grace()
-                    .max(Duration::from_secs(1)),
-                runbooks_dir: dir,
-                policy: settings.policy.clone(),
-            },
+        let catalog = components.load_catalog().await?;
+        let replica_id = components.replica_id(options.host_name.as_deref());
+        let (scheduler, handle) = components.scheduler(
+            history.clone(),
+            coordinator.clone(),
+            runner,
             catalog,
+            replica_id,
         );
 
         let listener = TcpListener::bind(&settings.http.listen)

@@ -15,17 +15,11 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use runbook_worker::app::{App, AppOptions};
-use runbook_worker::clock::{Clock as _, ManualClock, SharedClock};
-use runbook_worker::coordination::{Coordinator, LocalCoordinator};
-use runbook_worker::history::{self, HistoryStore, JobFilter, JobStatus, JobSummary, Outcome};
-use runbook_worker::runbook::{PolicySettings, load_folder};
-use runbook_worker::scheduler::{
-    JobRunner, JobSpec, LiveCatalog, RunEnd, Scheduler, SchedulerHandle, SchedulerOptions,
-    SchedulerParts,
-};
+use runbook_worker::app::{App, AppOptions, ComponentOptions, Components};
+use runbook_worker::clock::{Clock as _, ManualClock};
+use runbook_worker::history::{HistoryStore, JobFilter, JobStatus, JobSummary, Outcome};
+use runbook_worker::scheduler::{JobRunner, JobSpec, RunEnd, SchedulerHandle};
 use runbook_worker::settings::Settings;
-use runbook_worker::telemetry::metrics::Metrics;
 
 use super::wait_until;
 
@@ -126,34 +120,32 @@ impl Engine {
         let dir = root.join("runbooks");
         std::fs::create_dir_all(&dir).unwrap();
         let clock = ManualClock::new(now);
-        let shared: SharedClock = Arc::new(clock.clone());
-        let (history, history_task) = HistoryStore::open(
-            &history::database_path(&root.join("state")),
-            &Default::default(),
-            shared.clone(),
+        let mut settings = Settings::default();
+        settings.runbooks.dir = dir.clone();
+        settings.state.dir = root.join("state");
+        settings.worker.shutdown_grace = grace.into();
+        // Never the real IMDS address: the fake runner asks for no token.
+        settings.identity.imds_endpoint = "http://127.0.0.1:9".to_string();
+        let components = Components::build(
+            settings,
+            &HashMap::new(),
+            ComponentOptions {
+                clock: Arc::new(clock.clone()),
+                ..ComponentOptions::default()
+            },
         )
         .await
-        .expect("open the history");
-        let (loaded, errors) = load_folder(&dir, &PolicySettings::default());
-        assert!(errors.is_empty(), "test runbooks must be valid: {errors:?}");
+        .expect("build the components");
+        let (history, history_task) = components.open_history().await.expect("open the history");
+        let catalog = components.load_catalog().await.expect("load the runbooks");
+        assert!(catalog.invalid_count() == 0, "test runbooks must be valid");
         let runner = FakeRunner::new();
-        let (scheduler, handle) = Scheduler::new(
-            SchedulerParts {
-                clock: shared.clone(),
-                history: history.clone(),
-                coordinator: Coordinator::Local(LocalCoordinator::new(shared.clone())),
-                runner: runner.clone(),
-                metrics: Arc::new(Metrics::new()),
-            },
-            SchedulerOptions {
-                replica_id: "test".to_string(),
-                shutdown_grace: grace,
-                cancel_wait: Duration::from_secs(5),
-                sweep_interval: Duration::from_secs(1),
-                runbooks_dir: dir.clone(),
-                policy: PolicySettings::default(),
-            },
-            LiveCatalog::first(&dir, loaded, errors),
+        let (scheduler, handle) = components.scheduler(
+            history.clone(),
+            components.coordinator().expect("local coordination"),
+            runner.clone(),
+            catalog,
+            "test".to_string(),
         );
         let stop = CancellationToken::new();
         let task = tokio::spawn(scheduler.run(stop.clone()));
