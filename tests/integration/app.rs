@@ -4,27 +4,13 @@
 use serde_json::json;
 
 use crate::support::app::{TestAppOptions, spawn_app_with};
-
-const TWO_STEPS: &str = r#"
-description = "Find the shared mailboxes and hide them"
-schedule = "0 0 3 * * *"
-
-[[steps]]
-name = "find"
-cmdlet = "Get-Mailbox"
-parameters = { RecipientTypeDetails = "SharedMailbox", ResultSize = "Unlimited" }
-
-[[steps]]
-name = "hide"
-cmdlet = "Set-Mailbox"
-for_each = "find"
-parameters = { Identity = "{{ item.ExternalDirectoryObjectId }}", HiddenFromAddressListsEnabled = true }
-"#;
+use crate::support::opscli::WRITING_RUNBOOK;
 
 #[tokio::test]
 async fn the_job_page_shows_each_steps_real_counts_after_a_dry_run() {
     let app =
-        spawn_app_with(TestAppOptions::default().runbook("hide-shared.toml", TWO_STEPS)).await;
+        spawn_app_with(TestAppOptions::default().runbook("hide-shared.toml", WRITING_RUNBOOK))
+            .await;
     let id = app
         .run_runbook("hide-shared", json!({ "dry_run": true }))
         .await;
