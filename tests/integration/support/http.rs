@@ -115,7 +115,7 @@ impl FakeWorker {
                 "id": "job-3", "runbook": "archive-old-mailboxes", "trigger": "manual",
                 "status": "Running", "scheduled_for": "2024-05-01T02:40:00Z",
                 "started_at": "2024-05-01T02:40:00.020Z", "ended_at": null, "dry_run": false,
-                "steps": [{"name": "find", "read": 120, "done": 0, "failed": 0, "skipped": 0, "planned": 0}],
+                "steps": [{"step": "find", "records_read": 120, "done": 0, "failed": 0, "skipped": 0, "writes_planned": 0}],
                 "error": null, "streams": [],
             }),
             json!({
@@ -123,7 +123,7 @@ impl FakeWorker {
                 "status": "Failed", "scheduled_for": "2024-05-01T02:15:00Z",
                 "started_at": "2024-05-01T02:15:00.012Z", "ended_at": "2024-05-01T02:15:09.500Z",
                 "dry_run": false,
-                "steps": [{"name": "clear-forwarding", "read": 40, "done": 12, "failed": 1, "skipped": 27, "planned": 0}],
+                "steps": [{"step": "clear-forwarding", "records_read": 40, "done": 12, "failed": 1, "skipped": 27, "writes_planned": 0}],
                 "error": "Set-Mailbox failed for 1 mailbox: access denied",
                 "streams": [
                     {"seq": 1, "kind": "output", "time": "2024-05-01T02:15:03Z", "text": "40 mailboxes with forwarding"},
@@ -136,8 +136,8 @@ impl FakeWorker {
                 "started_at": "2024-05-01T00:30:00.008Z", "ended_at": "2024-05-01T00:32:05Z",
                 "dry_run": false,
                 "steps": [
-                    {"name": "find-inactive", "read": 412, "done": 0, "failed": 0, "skipped": 0, "planned": 0},
-                    {"name": "enable-archive", "read": 0, "done": 37, "failed": 0, "skipped": 3, "planned": 0},
+                    {"step": "find-inactive", "records_read": 412, "done": 0, "failed": 0, "skipped": 0, "writes_planned": 0},
+                    {"step": "enable-archive", "records_read": 0, "done": 37, "failed": 0, "skipped": 3, "writes_planned": 0},
                 ],
                 "error": null,
                 "streams": [
