@@ -13,7 +13,8 @@ use runbook_worker::clock::{Clock, SystemClock};
 use runbook_worker::identity::claims::EXCHANGE_MANAGE_AS_APP;
 use runbook_worker::identity::{
     AccessToken, IdentityEnvironment, IdentityError, IdentitySelector, IdentitySettings,
-    ProviderCredential, SourceKind, TokenProvider, TokenProviders, TokenSource,
+    ProviderCredential, ProviderOptions, RetryPolicy, SourceKind, TokenProvider, TokenProviders,
+    TokenSource,
 };
 use runbook_worker::simulator::identity::{
     EXCHANGE_ADMINISTRATOR_WID, IdentitySimulator, IdentitySimulatorConfig, SIMULATED_TENANT_ID,
@@ -464,20 +465,36 @@ async fn gone_for_a_while_is_retried_until_the_endpoint_is_back() {
 async fn gone_is_retried_for_the_whole_window_before_giving_up() {
     let sim = simulator(IdentitySimulatorConfig::default()).await;
     sim.script([Step::status(410).forever()]);
-    let provider = imds_provider(&sim, imds_settings(&sim));
+    // One retry allowed for other faults, and a window that leaves room for several 410
+    // retries even when every request is slow on a loaded machine.
+    let policy = RetryPolicy {
+        max_retries: 1,
+        gone_window: Duration::from_millis(300),
+        ..fast_retry()
+    };
+    let provider = TokenProvider::with_options(
+        &imds_settings(&sim),
+        &IdentityEnvironment::default(),
+        None,
+        ProviderOptions {
+            retry: policy.clone(),
+            ..options(Arc::new(SystemClock))
+        },
+    )
+    .expect("provider");
 
     let started = Instant::now();
     let error = provider.token(EXCHANGE).await.unwrap_err();
 
     // A lower bound the policy guarantees (it keeps retrying until the window has passed
     // since the first 410), not a timing measurement.
-    assert!(started.elapsed() >= fast_retry().gone_window);
+    assert!(started.elapsed() >= policy.gone_window);
     let IdentityError::Exhausted { attempts, .. } = error else {
         panic!("expected Exhausted, got {error:?}");
     };
     assert_eq!(attempts as usize, sim.token_requests());
     assert!(
-        attempts > fast_retry().max_retries + 1,
+        attempts > policy.max_retries + 1,
         "410 outlasts the retry count: {attempts}"
     );
 }
