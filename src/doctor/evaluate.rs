@@ -611,30 +611,83 @@ fn runbook_permissions(runbooks: &RunbookFacts) -> Finding {
         return skipped(check, reason);
     }
     let dir = runbooks.dir.display();
+    if let Some(group) = runbooks.authors_group.as_ref().filter(|g| !g.exists) {
+        return warn(
+            check,
+            format!(
+                "runbooks.authors_group names the group {:?}, which this machine does not have",
+                group.name
+            ),
+            format!(
+                "create it (groupadd --system {}) or correct runbooks.authors_group",
+                shell_quote(&group.name)
+            ),
+        );
+    }
+    let authors = runbooks
+        .authors_group
+        .as_ref()
+        .map(|g| {
+            format!(
+                " (group-writable for {} only, runbooks.authors_group)",
+                g.name
+            )
+        })
+        .unwrap_or_default();
     if runbooks.loose_permissions.is_empty() {
         return ok(
             check,
-            format!("neither {dir} nor its runbook files are writable by group or others"),
+            format!(
+                "neither {dir} nor its runbook files are writable by others{}",
+                if authors.is_empty() {
+                    " or a group".to_string()
+                } else {
+                    authors
+                }
+            ),
         );
     }
     let listed: Vec<String> = runbooks
         .loose_permissions
         .iter()
-        .map(|p| format!("{} (mode {:04o})", p.path.display(), p.mode))
+        .map(|p| match &p.group {
+            // The group matters only where others cannot write anyway.
+            Some(group) if p.mode & 0o002 == 0 => {
+                format!("{} (mode {:04o}, group {group})", p.path.display(), p.mode)
+            }
+            _ => format!("{} (mode {:04o})", p.path.display(), p.mode),
+        })
         .collect();
     let paths: Vec<String> = runbooks
         .loose_permissions
         .iter()
         .map(|p| shell_quote(&p.path.display().to_string()))
         .collect();
+    // Group-write alone may be meant: the fix then names the setting that says so.
+    let group_only = runbooks
+        .loose_permissions
+        .iter()
+        .filter(|p| p.mode & 0o002 == 0)
+        .find_map(|p| p.group.as_deref());
+    let authors_hint = match (group_only, &runbooks.authors_group) {
+        (Some(group), None) => format!(
+            "; or, if members of {group} are meant to write runbooks, set runbooks.authors_group = \"{group}\""
+        ),
+        _ => String::new(),
+    };
     warn(
         check,
         format!(
-            "writable by group or others: {}; anyone who can write there can run Exchange admin cmdlets with the worker's identity",
+            "writable by {}: {}; anyone who can write there can run Exchange admin cmdlets with the worker's identity",
+            if runbooks.authors_group.is_some() {
+                "others or a group other than the authors'"
+            } else {
+                "group or others"
+            },
             listed.join(", ")
         ),
         format!(
-            "chmod go-w {} (on an Azure Files share the mode bits do not say who can write: limit write access to the share instead)",
+            "chmod go-w {}{authors_hint} (on an Azure Files share the mode bits do not say who can write: limit write access to the share instead)",
             paths.join(" ")
         ),
     )
@@ -783,7 +836,7 @@ mod tests {
 
     use super::*;
     use crate::doctor::HARMLESS_CMDLET;
-    use crate::doctor::facts::LoosePermission;
+    use crate::doctor::facts::{AuthorsGroup, LoosePermission};
     use crate::exchange::error::Call;
     use crate::identity::claims::APP_ONLY_MARKER_WID;
     use crate::identity::{ProviderDescription, SourceKind};
@@ -866,6 +919,7 @@ mod tests {
                 ],
                 errors: vec![],
                 loose_permissions: vec![],
+                authors_group: None,
             },
             policy: PolicySettings::default(),
             state: StateFacts::Writable {
@@ -1241,10 +1295,51 @@ mod tests {
                 &["no runbook files"],
             ),
             (
+                "a group-writable folder of another group, no authors group set",
+                |f| {
+                    f.runbooks.loose_permissions = vec![LoosePermission {
+                        path: PathBuf::from("/runbooks"),
+                        group: Some("staff".into()),
+                        mode: 0o2775,
+                    }]
+                },
+                Check::RunbookPermissions,
+                Status::Warn,
+                &[
+                    "/runbooks (mode 2775, group staff)",
+                    "runbooks.authors_group = \"staff\"",
+                ],
+            ),
+            (
+                "an authors group that does not exist",
+                |f| {
+                    f.runbooks.authors_group = Some(AuthorsGroup {
+                        name: "runbook-authors".into(),
+                        exists: false,
+                    })
+                },
+                Check::RunbookPermissions,
+                Status::Warn,
+                &["runbook-authors", "groupadd --system runbook-authors"],
+            ),
+            (
+                "the authors group writes and nobody else",
+                |f| {
+                    f.runbooks.authors_group = Some(AuthorsGroup {
+                        name: "runbook-authors".into(),
+                        exists: true,
+                    })
+                },
+                Check::RunbookPermissions,
+                Status::Ok,
+                &["group-writable for runbook-authors only"],
+            ),
+            (
                 "a world-writable file",
                 |f| {
                     f.runbooks.loose_permissions = vec![LoosePermission {
                         path: PathBuf::from("/runbooks/a b.toml"),
+                        group: None,
                         mode: 0o666,
                     }]
                 },
@@ -1401,6 +1496,7 @@ mod tests {
         facts.identity = with_token(claims(&[EXCHANGE_MANAGE_AS_APP], &[GLOBAL_READER]));
         facts.runbooks.loose_permissions = vec![LoosePermission {
             path: PathBuf::from("/runbooks"),
+            group: None,
             mode: 0o777,
         }];
         let report = evaluate(&facts, now());

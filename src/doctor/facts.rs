@@ -96,8 +96,18 @@ pub struct RunbookFacts {
     pub runbooks: Vec<RunbookSummary>,
     /// Every validation error, policy refusals included (kind `policy`).
     pub errors: Vec<ValidationError>,
-    /// The folder or runbook files that group or others may write.
+    /// The folder or runbook files that others, or a group other than the authors', may
+    /// write.
     pub loose_permissions: Vec<LoosePermission>,
+    /// `runbooks.authors_group`, when set.
+    pub authors_group: Option<AuthorsGroup>,
+}
+
+/// The group `runbooks.authors_group` names, and whether this machine knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorsGroup {
+    pub name: String,
+    pub exists: bool,
 }
 
 /// One valid runbook, as far as the checks care.
@@ -112,6 +122,8 @@ pub struct RunbookSummary {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoosePermission {
     pub path: PathBuf,
+    /// The path's group, by name when this machine knows it.
+    pub group: Option<String>,
     /// The permission bits (`0o666`).
     pub mode: u32,
 }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use secrecy::ExposeSecret as _;
 
 use super::facts::{
-    CallFacts, CoordinationFacts, Facts, IdentityFacts, LoosePermission, RunbookFacts,
-    RunbookSummary, StateFacts, TokenFacts,
+    AuthorsGroup, CallFacts, CoordinationFacts, Facts, IdentityFacts, LoosePermission,
+    RunbookFacts, RunbookSummary, StateFacts, TokenFacts,
 };
 use super::{DoctorOptions, HARMLESS_CMDLET};
 use crate::app::{ComponentError, Components};
@@ -21,7 +21,7 @@ use crate::coordination::{CoordinationKind, CoordinationSettings, redact_url};
 use crate::duration::HumanDuration;
 use crate::exchange::Parameters;
 use crate::identity::TokenSource as _;
-use crate::runbook::{PolicySettings, is_runbook_file, load_folder};
+use crate::runbook::{PolicySettings, RunbooksSettings, is_runbook_file, load_folder};
 
 /// Looks at everything the checks need, through the parts `components` builds (the same
 /// identity, Exchange client and coordination store the worker would use).
@@ -29,7 +29,7 @@ pub async fn gather(components: &Components, options: &DoctorOptions) -> Facts {
     let settings = components.settings();
     let exchange_settings = components.exchange_settings();
     let resource = exchange_settings.cloud.resource();
-    let runbooks = gather_runbooks(&settings.runbooks.dir, &settings.policy);
+    let runbooks = gather_runbooks(&settings.runbooks, &settings.policy);
     let state = gather_state(&settings.state.dir);
 
     let (identity, exchange_call) = match components.token_provider() {
@@ -143,11 +143,24 @@ fn describe_target(settings: &CoordinationSettings) -> String {
     "coordination storage".to_string()
 }
 
-fn gather_runbooks(dir: &Path, policy: &PolicySettings) -> RunbookFacts {
+fn gather_runbooks(settings: &RunbooksSettings, policy: &PolicySettings) -> RunbookFacts {
+    let dir = settings.dir.as_path();
+    let authors = settings.authors_group.as_deref().map(|name| {
+        let gid = group_id(name);
+        (
+            AuthorsGroup {
+                name: name.to_string(),
+                exists: gid.is_some(),
+            },
+            gid,
+        )
+    });
     let mut facts = RunbookFacts {
         dir: dir.to_path_buf(),
+        authors_group: authors.as_ref().map(|(group, _)| group.clone()),
         ..RunbookFacts::default()
     };
+    let authors_gid = authors.and_then(|(_, gid)| gid);
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -185,22 +198,47 @@ fn gather_runbooks(dir: &Path, policy: &PolicySettings) -> RunbookFacts {
     paths.sort();
     facts.loose_permissions = paths
         .into_iter()
-        .filter_map(|path| loose_mode(&path).map(|mode| LoosePermission { path, mode }))
+        .filter_map(|path| loose_permission(path, authors_gid))
         .collect();
     facts
 }
 
-/// The permission bits of `path` when group or others may write it.
+/// `path`, when others may write it, or a group other than the authors' (`authors_gid`).
 #[cfg(unix)]
-fn loose_mode(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
-    (mode & 0o022 != 0).then_some(mode)
+fn loose_permission(path: PathBuf, authors_gid: Option<u32>) -> Option<LoosePermission> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let metadata = std::fs::metadata(&path).ok()?;
+    let mode = metadata.permissions().mode() & 0o7777;
+    let others_write = mode & 0o002 != 0;
+    let group_write = mode & 0o020 != 0;
+    let authors_write = group_write && Some(metadata.gid()) == authors_gid;
+    if !others_write && (!group_write || authors_write) {
+        return None;
+    }
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(metadata.gid()))
+        .ok()
+        .flatten()
+        .map(|g| g.name);
+    Some(LoosePermission { path, group, mode })
 }
 
 /// Without Unix modes there is nothing to read; the ACLs are the platform's business.
 #[cfg(not(unix))]
-fn loose_mode(_path: &Path) -> Option<u32> {
+fn loose_permission(_path: PathBuf, _authors_gid: Option<u32>) -> Option<LoosePermission> {
+    None
+}
+
+/// The id of the Unix group `name`, when this machine has one.
+#[cfg(unix)]
+fn group_id(name: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
+#[cfg(not(unix))]
+fn group_id(_name: &str) -> Option<u32> {
     None
 }
 

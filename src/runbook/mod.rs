@@ -52,12 +52,17 @@ pub use template::{
 pub struct RunbooksSettings {
     /// The drop folder ops teams put runbook files in.
     pub dir: PathBuf,
+    /// The Unix group whose members are meant to write runbook files (the VM's cloud-init
+    /// makes the folder `2775 root:runbook-authors`). `doctor` accepts group-write for this
+    /// group and still warns for any other group and for others.
+    pub authors_group: Option<String>,
 }
 
 impl Default for RunbooksSettings {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("runbooks"),
+            authors_group: None,
         }
     }
 }

@@ -462,6 +462,43 @@ async fn doctor_warns_about_a_world_writable_runbook_file() {
 }
 
 #[tokio::test]
+async fn doctor_accepts_a_folder_writable_by_the_authors_group_and_names_the_setting_otherwise() {
+    use std::os::unix::fs::MetadataExt as _;
+    let stack = stack(|i| i).await;
+    stack.runbook("read.toml", READING_RUNBOOK);
+    // The folder as cloud-init makes it (2775), owned by a group this machine has: the
+    // test process's own.
+    set_mode(&stack.runbooks_dir(), 0o2775);
+    let gid = std::fs::metadata(stack.runbooks_dir()).unwrap().gid();
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .unwrap()
+        .expect("the folder's group has a name")
+        .name;
+
+    let (_, report) = stack.doctor().await;
+    assert_eq!(status_of(&report, "runbook-permissions"), "warn");
+    let text = text_of(&report, "runbook-permissions");
+    assert!(
+        text.contains(&format!("runbooks.authors_group = \"{group}\"")),
+        "{text}"
+    );
+
+    let stack = stack.with_env("RUNBOOK_WORKER__RUNBOOKS__AUTHORS_GROUP", &group);
+    let (_, report) = stack.doctor().await;
+    assert_eq!(
+        status_of(&report, "runbook-permissions"),
+        "ok",
+        "{}",
+        text_of(&report, "runbook-permissions")
+    );
+
+    // Others may still not write, whatever the group.
+    set_mode(&stack.runbooks_dir(), 0o2777);
+    let (_, report) = stack.doctor().await;
+    assert_eq!(status_of(&report, "runbook-permissions"), "warn");
+}
+
+#[tokio::test]
 async fn doctor_fails_on_an_invalid_runbook_file_and_on_a_cmdlet_the_policy_refuses() {
     let stack = stack(|i| i).await;
     stack.runbook("good.toml", READING_RUNBOOK);
