@@ -29,6 +29,7 @@ pub mod executor;
 pub mod history;
 pub mod http;
 pub mod identity;
+pub mod notify;
 pub mod runbook;
 pub mod scheduler;
 pub mod settings;

@@ -17,6 +17,7 @@ use crate::exchange::ExchangeSettings;
 use crate::history::HistorySettings;
 use crate::http::HttpSettings;
 use crate::identity::IdentitySettings;
+use crate::notify::NotifySettings;
 use crate::runbook::{PolicySettings, RunbooksSettings};
 
 /// Prefix of environment overrides: `RUNBOOK_WORKER__IDENTITY__CLIENT_ID`.
@@ -38,6 +39,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub coordination: CoordinationSettings,
     pub log: LogSettings,
+    pub notify: NotifySettings,
 }
 
 /// `[state]`: where the worker keeps its history database and reports.
@@ -235,7 +237,7 @@ fn describe_config_error(
             SettingsError::Unreadable {
                 origin: "settings file or RUNBOOK_WORKER__* environment".to_string(),
                 message: format!(
-                    "{message} (sections: identity, exchange, runbooks, policy, state, history, http, worker, coordination, log)"
+                    "{message} (sections: identity, exchange, runbooks, policy, state, history, http, worker, coordination, log, notify)"
                 ),
             }
         }
@@ -303,6 +305,7 @@ impl Settings {
         }
         out.extend(self.coordination.problems());
         out.extend(self.history.problems());
+        out.extend(self.notify.problems());
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             out.push((
                 "log.level".to_string(),
