@@ -12,6 +12,7 @@ mod executor;
 mod history;
 mod http;
 mod identity;
+mod notify;
 mod opscli;
 mod runbook;
 mod worker;
