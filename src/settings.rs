@@ -157,6 +157,7 @@ pub fn load(
             .list_separator(",")
             .with_list_parse_key("policy.allow")
             .with_list_parse_key("policy.deny")
+            .with_list_parse_key("notify.default")
             .try_parsing(true)
             .source(Some(overrides.clone())),
     );

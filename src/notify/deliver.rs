@@ -189,7 +189,11 @@ pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Durat
         return Some(Duration::from_secs(secs));
     }
     let at = DateTime::parse_from_rfc2822(value).ok()?;
-    Some((at.with_timezone(&Utc) - now).to_std().unwrap_or(Duration::ZERO))
+    Some(
+        (at.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// The wait before attempt `attempt + 1` (attempts count from 1).
@@ -331,15 +335,19 @@ impl Dispatcher {
 
     /// Sends a test message to the target `name` (one message, with retries).
     pub async fn send_test(&self, name: &str) -> Result<DeliveryReport, NotifyError> {
-        let target = self.target(name).ok_or_else(|| NotifyError::UnknownTarget {
-            name: name.to_string(),
-            known: self.targets.iter().map(|t| t.name.clone()).collect(),
-        })?;
+        let target = self
+            .target(name)
+            .ok_or_else(|| NotifyError::UnknownTarget {
+                name: name.to_string(),
+                known: self.targets.iter().map(|t| t.name.clone()).collect(),
+            })?;
         let now = self.clock.now();
         let mut notice = JobNotice::new("notify-test", None, JobStatus::Failed);
         notice.started_at = Some(now);
         notice.ended_at = Some(now);
-        notice.error = Some("This is a test message from `runbook-worker notify test`; no job failed.".to_string());
+        notice.error = Some(
+            "This is a test message from `runbook-worker notify test`; no job failed.".to_string(),
+        );
         let message = Message {
             notice: &notice,
             event: NotifyEvent::Test,
@@ -363,8 +371,16 @@ impl Dispatcher {
             match verdict {
                 Verdict::Delivered { status } => break DeliveryOutcome::Delivered { status },
                 Verdict::Gone { status } => break DeliveryOutcome::Gone { status },
-                Verdict::Fail { status, error, hint } => {
-                    break DeliveryOutcome::Failed { status, error, hint };
+                Verdict::Fail {
+                    status,
+                    error,
+                    hint,
+                } => {
+                    break DeliveryOutcome::Failed {
+                        status,
+                        error,
+                        hint,
+                    };
                 }
                 Verdict::Retry {
                     status,
@@ -373,7 +389,11 @@ impl Dispatcher {
                     hint,
                 } => {
                     if attempts >= self.max_attempts {
-                        break DeliveryOutcome::Failed { status, error, hint };
+                        break DeliveryOutcome::Failed {
+                            status,
+                            error,
+                            hint,
+                        };
                     }
                     let wait = backoff(attempts, after, self.retry_delay, self.max_retry_delay);
                     tracing::debug!(
@@ -539,14 +559,26 @@ mod tests {
     #[test]
     fn answers_are_classified_per_standard_webhooks() {
         let k = TargetKind::Webhook;
-        assert_eq!(classify(k, 202, None, ""), Verdict::Delivered { status: 202 });
-        assert_eq!(classify(k, 204, None, ""), Verdict::Delivered { status: 204 });
+        assert_eq!(
+            classify(k, 202, None, ""),
+            Verdict::Delivered { status: 202 }
+        );
+        assert_eq!(
+            classify(k, 204, None, ""),
+            Verdict::Delivered { status: 204 }
+        );
         assert_eq!(classify(k, 410, None, ""), Verdict::Gone { status: 410 });
         for status in [408, 429, 500, 502, 503, 504] {
-            assert!(matches!(classify(k, status, None, ""), Verdict::Retry { .. }), "{status}");
+            assert!(
+                matches!(classify(k, status, None, ""), Verdict::Retry { .. }),
+                "{status}"
+            );
         }
         for status in [301, 400, 401, 404] {
-            assert!(matches!(classify(k, status, None, ""), Verdict::Fail { .. }), "{status}");
+            assert!(
+                matches!(classify(k, status, None, ""), Verdict::Fail { .. }),
+                "{status}"
+            );
         }
         let Verdict::Retry { after, .. } = classify(k, 429, Some(Duration::from_secs(7)), "")
         else {
@@ -583,6 +615,9 @@ mod tests {
         let url = Url::parse("https://h.example/workflows/abc123/invoke?sig=SECRETSIG").unwrap();
         let text = "bad request to /workflows/abc123/invoke?sig=SECRETSIG";
         let out = redact(text, &url);
-        assert!(!out.contains("SECRETSIG") && !out.contains("abc123"), "{out}");
+        assert!(
+            !out.contains("SECRETSIG") && !out.contains("abc123"),
+            "{out}"
+        );
     }
 }

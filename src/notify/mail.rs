@@ -45,7 +45,9 @@ impl MailError {
     pub fn retry(&self) -> Option<Option<Duration>> {
         match self {
             MailError::Refused {
-                status, retry_after, ..
+                status,
+                retry_after,
+                ..
             } if *status == 429 || *status >= 500 => Some(*retry_after),
             MailError::Refused { .. } => None,
             MailError::Transport(_) | MailError::Token(_) => Some(None),
@@ -213,7 +215,10 @@ mod tests {
         };
         assert!(e.retry().is_none());
         let hint = e.hint().unwrap();
-        assert!(hint.contains("Mail.Send") && hint.contains("RBAC for Applications"), "{hint}");
+        assert!(
+            hint.contains("Mail.Send") && hint.contains("RBAC for Applications"),
+            "{hint}"
+        );
         assert_eq!(parse_graph_error("oops").1, "oops");
         let throttled = MailError::Refused {
             status: 429,

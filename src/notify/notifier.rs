@@ -84,7 +84,13 @@ impl Shared {
         self.events.delivered(&report);
     }
 
-    fn report_without_sending(&self, notice: &JobNotice, event: NotifyEvent, target: usize, outcome: DeliveryOutcome) {
+    fn report_without_sending(
+        &self,
+        notice: &JobNotice,
+        event: NotifyEvent,
+        target: usize,
+        outcome: DeliveryOutcome,
+    ) {
         let target = &self.dispatcher.targets()[target];
         self.report(DeliveryReport {
             runbook: notice.runbook.clone(),
@@ -162,7 +168,9 @@ impl Notifier {
                     }
                 }
                 Some(_) => {}
-                None => tracing::warn!(runbook = %notice.runbook, target_name = %name, "the runbook names a notification target that [[notify.targets]] does not define"),
+                None => {
+                    tracing::warn!(runbook = %notice.runbook, target_name = %name, "the runbook names a notification target that [[notify.targets]] does not define")
+                }
             }
         }
         if chosen.is_empty() {
@@ -176,8 +184,12 @@ impl Notifier {
             Ok(()) => Submitted::Queued,
             Err(mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q)) => {
                 for &i in &q.targets {
-                    self.shared
-                        .report_without_sending(&q.notice, q.event, i, DeliveryOutcome::Dropped);
+                    self.shared.report_without_sending(
+                        &q.notice,
+                        q.event,
+                        i,
+                        DeliveryOutcome::Dropped,
+                    );
                 }
                 Submitted::Dropped
             }
@@ -226,8 +238,21 @@ impl Worker {
         while let Ok(queued) = rx.try_recv() {
             for (target, message_id, suppressed, notice) in self.admit(queued) {
                 next_id += 1;
-                pending.insert(next_id, Pending { notice: notice.clone(), target });
-                in_flight.push(send(self.shared.clone(), next_id, notice, target, message_id, suppressed));
+                pending.insert(
+                    next_id,
+                    Pending {
+                        notice: notice.clone(),
+                        target,
+                    },
+                );
+                in_flight.push(send(
+                    self.shared.clone(),
+                    next_id,
+                    notice,
+                    target,
+                    message_id,
+                    suppressed,
+                ));
             }
         }
         let drained = tokio::time::timeout(self.drain_timeout, async {
@@ -239,7 +264,12 @@ impl Worker {
         if drained.is_err() {
             drop(in_flight);
             for (_, p) in pending.drain() {
-                self.shared.report_without_sending(&p.notice.notice, p.notice.event, p.target, DeliveryOutcome::Abandoned);
+                self.shared.report_without_sending(
+                    &p.notice.notice,
+                    p.notice.event,
+                    p.target,
+                    DeliveryOutcome::Abandoned,
+                );
             }
         }
     }
@@ -260,7 +290,12 @@ impl Worker {
         match self.throttle.admit(&queued.notice.runbook, now, bypass) {
             Admit::Suppress => {
                 for &i in &queued.targets {
-                    self.shared.report_without_sending(&queued.notice, queued.event, i, DeliveryOutcome::Suppressed);
+                    self.shared.report_without_sending(
+                        &queued.notice,
+                        queued.event,
+                        i,
+                        DeliveryOutcome::Suppressed,
+                    );
                 }
                 Vec::new()
             }
@@ -272,7 +307,12 @@ impl Worker {
                 let mut out = Vec::new();
                 for i in queued.targets {
                     if self.gone.contains(&i) {
-                        self.shared.report_without_sending(&notice.notice, notice.event, i, DeliveryOutcome::Disabled);
+                        self.shared.report_without_sending(
+                            &notice.notice,
+                            notice.event,
+                            i,
+                            DeliveryOutcome::Disabled,
+                        );
                     } else {
                         out.push((i, new_message_id(), suppressed, notice.clone()));
                     }

@@ -62,7 +62,10 @@ impl<'a> Message<'a> {
     }
 
     fn error(&self) -> Option<String> {
-        self.notice.error.as_deref().map(|e| cap(e, MAX_ERROR_CHARS))
+        self.notice
+            .error
+            .as_deref()
+            .map(|e| cap(e, MAX_ERROR_CHARS))
     }
 
     fn hint(&self) -> Option<String> {
@@ -124,10 +127,13 @@ impl<'a> Message<'a> {
             facts.push(("Ended", at.to_rfc3339()));
         }
         if let Some(ms) = n.duration_ms() {
-            facts.push(("Duration", humantime::format_duration(std::time::Duration::from_secs(
-                u64::try_from(ms / 1000).unwrap_or(0),
-            ))
-            .to_string()));
+            facts.push((
+                "Duration",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    u64::try_from(ms / 1000).unwrap_or(0),
+                ))
+                .to_string(),
+            ));
         }
         if n.dry_run {
             facts.push(("Dry run", "yes".to_string()));
@@ -153,7 +159,10 @@ impl<'a> Message<'a> {
         if self.suppressed > 0 {
             facts.push((
                 "Suppressed",
-                format!("{} earlier message(s) held back by notify.min_interval", self.suppressed),
+                format!(
+                    "{} earlier message(s) held back by notify.min_interval",
+                    self.suppressed
+                ),
             ));
         }
         facts
@@ -282,7 +291,10 @@ mod tests {
         assert_eq!(body["duration_ms"], 90_000);
         assert_eq!(body["hint"], "grant the role");
         assert_eq!(body["steps"][0]["failed"], 3);
-        assert_eq!(body["item_errors"].as_array().unwrap().len(), MAX_ITEM_ERRORS);
+        assert_eq!(
+            body["item_errors"].as_array().unwrap().len(),
+            MAX_ITEM_ERRORS
+        );
         assert_eq!(body["url"], "https://worker.example/jobs/j-42");
         assert_eq!(body["suppressed"], 2);
     }
@@ -299,12 +311,19 @@ mod tests {
         let card = m.teams_card();
         assert_eq!(card["type"], "message");
         let content = &card["attachments"][0]["content"];
-        assert_eq!(card["attachments"][0]["contentType"], "application/vnd.microsoft.card.adaptive");
+        assert_eq!(
+            card["attachments"][0]["contentType"],
+            "application/vnd.microsoft.card.adaptive"
+        );
         assert_eq!(content["type"], "AdaptiveCard");
         assert_eq!(content["body"][1]["type"], "FactSet");
         assert_eq!(content["actions"][0]["type"], "Action.OpenUrl");
         m.job_url = None;
-        assert!(m.teams_card()["attachments"][0]["content"].get("actions").is_none());
+        assert!(
+            m.teams_card()["attachments"][0]["content"]
+                .get("actions")
+                .is_none()
+        );
     }
 
     #[test]
@@ -320,7 +339,11 @@ mod tests {
         let mail = m.email(&["ops@contoso.com".into()]);
         assert_eq!(mail.subject, "Job failed: a<b>");
         assert!(!mail.html_body.contains("<script>"), "{}", mail.html_body);
-        assert!(mail.html_body.contains("&lt;script&gt;"), "{}", mail.html_body);
+        assert!(
+            mail.html_body.contains("&lt;script&gt;"),
+            "{}",
+            mail.html_body
+        );
         assert!(mail.html_body.contains("a&lt;b&gt;"), "{}", mail.html_body);
         assert!(mail.html_body.contains("&amp; more"), "{}", mail.html_body);
     }

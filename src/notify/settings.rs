@@ -186,10 +186,7 @@ impl NotifySettings {
         if self.targets.len() > MAX_TARGETS {
             out.push((
                 "notify.targets".to_string(),
-                format!(
-                    "at most {MAX_TARGETS} targets, got {}",
-                    self.targets.len()
-                ),
+                format!("at most {MAX_TARGETS} targets, got {}", self.targets.len()),
             ));
         }
         let mut names = HashSet::new();
@@ -207,10 +204,7 @@ impl NotifySettings {
         if !(1..=100_000).contains(&self.queue_capacity) {
             out.push((
                 "notify.queue_capacity".to_string(),
-                format!(
-                    "must be between 1 and 100000, got {}",
-                    self.queue_capacity
-                ),
+                format!("must be between 1 and 100000, got {}", self.queue_capacity),
             ));
         }
         if !(1..=20).contains(&self.max_attempts) {
@@ -254,9 +248,7 @@ fn target_problems(
     {
         out.push((
             key("name"),
-            format!(
-                "{who}: use at most {MAX_NAME_LEN} letters, digits, '-', '_' or '.'"
-            ),
+            format!("{who}: use at most {MAX_NAME_LEN} letters, digits, '-', '_' or '.'"),
         ));
     } else if !names.insert(t.name.clone()) {
         out.push((
@@ -267,10 +259,7 @@ fn target_problems(
     let Some(kind) = TargetKind::parse(&t.kind) else {
         out.push((
             key("kind"),
-            format!(
-                "{who}: expected webhook, teams or email, got {:?}",
-                t.kind
-            ),
+            format!("{who}: expected webhook, teams or email, got {:?}", t.kind),
         ));
         return out;
     };
@@ -340,7 +329,11 @@ fn target_problems(
     }
     if kind != TargetKind::Webhook && (t.secret.is_some() || t.secret_file.is_some()) {
         out.push((
-            key(if t.secret.is_some() { "secret" } else { "secret_file" }),
+            key(if t.secret.is_some() {
+                "secret"
+            } else {
+                "secret_file"
+            }),
             format!("{who}: a signing secret is for webhook targets only"),
         ));
     }
@@ -360,12 +353,17 @@ fn target_problems(
         if events.is_empty() {
             out.push((
                 key("events"),
-                format!("{who}: an empty list never sends anything; list events or remove the target"),
+                format!(
+                    "{who}: an empty list never sends anything; list events or remove the target"
+                ),
             ));
         }
         for event in events {
             if NotifyEvent::parse(event).is_none() {
-                let known: Vec<_> = NotifyEvent::SUBSCRIBABLE.iter().map(|e| e.as_str()).collect();
+                let known: Vec<_> = NotifyEvent::SUBSCRIBABLE
+                    .iter()
+                    .map(|e| e.as_str())
+                    .collect();
                 out.push((
                     key("events"),
                     format!(
@@ -438,7 +436,8 @@ fn resolve_target(i: usize, t: &TargetSettings) -> Result<Target, NotifyError> {
         Some(list) => list
             .iter()
             .map(|e| {
-                NotifyEvent::parse(e).ok_or_else(|| invalid("events", format!("unknown event {e:?}")))
+                NotifyEvent::parse(e)
+                    .ok_or_else(|| invalid("events", format!("unknown event {e:?}")))
             })
             .collect::<Result<_, _>>()?,
     };
@@ -454,16 +453,19 @@ fn resolve_target(i: usize, t: &TargetSettings) -> Result<Target, NotifyError> {
     let endpoint = match kind {
         TargetKind::Webhook => {
             let secret = match (&t.secret, &t.secret_file) {
-                (Some(s), _) => Some(
-                    SigningKey::parse(s.expose_secret()).map_err(|m| invalid("secret", m))?,
-                ),
+                (Some(s), _) => {
+                    Some(SigningKey::parse(s.expose_secret()).map_err(|m| invalid("secret", m))?)
+                }
                 (None, Some(path)) => Some(
                     SigningKey::parse(&read_secret_file(i, t, "secret_file", path)?)
                         .map_err(|m| invalid("secret_file", m))?,
                 ),
                 (None, None) => None,
             };
-            Endpoint::Webhook { url: url()?, secret }
+            Endpoint::Webhook {
+                url: url()?,
+                secret,
+            }
         }
         TargetKind::Teams => Endpoint::Teams { url: url()? },
         TargetKind::Email => Endpoint::Email {
@@ -542,7 +544,11 @@ mod tests {
         ] {
             assert!(check_url(ok).is_ok(), "{ok}");
         }
-        for bad in ["http://hooks.example.net/x?sig=abc", "ftp://x/y", "not a url"] {
+        for bad in [
+            "http://hooks.example.net/x?sig=abc",
+            "ftp://x/y",
+            "not a url",
+        ] {
             let message = check_url(bad).unwrap_err();
             assert!(!message.contains("sig=abc"), "{message}");
         }

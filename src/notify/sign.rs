@@ -25,9 +25,9 @@ impl SigningKey {
     pub fn parse(text: &str) -> Result<SigningKey, String> {
         let text = text.trim();
         let encoded = text.strip_prefix(SECRET_PREFIX).unwrap_or(text);
-        let key = STANDARD
-            .decode(encoded)
-            .map_err(|_| "expected a Standard Webhooks secret: whsec_ followed by base64".to_string())?;
+        let key = STANDARD.decode(encoded).map_err(|_| {
+            "expected a Standard Webhooks secret: whsec_ followed by base64".to_string()
+        })?;
         if !(24..=64).contains(&key.len()) {
             return Err(format!(
                 "the secret decodes to {} bytes; Standard Webhooks secrets hold 24 to 64 random bytes",
@@ -74,7 +74,10 @@ mod tests {
     fn bad_secrets_are_refused_without_being_repeated() {
         for bad in ["whsec_not base64!", "whsec_c2hvcnQ=", ""] {
             let err = SigningKey::parse(bad).unwrap_err();
-            assert!(!err.contains("c2hvcnQ") && !err.contains("not base64!"), "{err}");
+            assert!(
+                !err.contains("c2hvcnQ") && !err.contains("not base64!"),
+                "{err}"
+            );
         }
         let key = SigningKey::parse("C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
         assert_eq!(format!("{key:?}"), "SigningKey([redacted])");

@@ -40,8 +40,7 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 impl Throttle {
     pub fn new(min_interval: Duration, capacity: usize) -> Self {
         Self {
-            min_interval: chrono::Duration::from_std(min_interval)
-                .unwrap_or(chrono::Duration::MAX),
+            min_interval: chrono::Duration::from_std(min_interval).unwrap_or(chrono::Duration::MAX),
             capacity: capacity.max(1),
             runbooks: HashMap::new(),
         }
@@ -105,7 +104,8 @@ mod tests {
     use super::*;
 
     fn t(minutes: i64) -> DateTime<Utc> {
-        DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap() + chrono::Duration::minutes(minutes)
+        DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap()
+            + chrono::Duration::minutes(minutes)
     }
 
     #[test]
@@ -139,7 +139,10 @@ mod tests {
             th.admit(&format!("r{i}"), t(10 + i), false);
             assert!(th.len() <= 3, "{}", th.len());
         }
-        assert_eq!(th.admit("keep", t(100), false), Admit::Send { suppressed: 1 });
+        assert_eq!(
+            th.admit("keep", t(100), false),
+            Admit::Send { suppressed: 1 }
+        );
     }
 
     #[test]

@@ -52,12 +52,22 @@ async fn a_webhook_target_gets_a_signed_json_message_and_the_metric_counts_it() 
     let receiver = Receiver::start(vec![Reply::Status(204)]).await;
     let s = settings(&format!(
         "default = [\"hook\"]\n{}",
-        webhook_target("hook", &receiver.url("/hook"), &format!("secret = \"{SECRET}\""))
+        webhook_target(
+            "hook",
+            &receiver.url("/hook"),
+            &format!("secret = \"{SECRET}\"")
+        )
     ));
     let started = start(&s, system_clock(), Some("https://worker.example/"));
-    assert_eq!(started.notifier.job_ended(failed("convert-shared", "j1")), Submitted::Queued);
+    assert_eq!(
+        started.notifier.job_ended(failed("convert-shared", "j1")),
+        Submitted::Queued
+    );
     let reports = started.reports.wait_for(1).await;
-    assert_eq!(reports[0].outcome, DeliveryOutcome::Delivered { status: 204 });
+    assert_eq!(
+        reports[0].outcome,
+        DeliveryOutcome::Delivered { status: 204 }
+    );
     assert_eq!(reports[0].event, NotifyEvent::Failed);
 
     let requests = receiver.requests();
@@ -65,12 +75,22 @@ async fn a_webhook_target_gets_a_signed_json_message_and_the_metric_counts_it() 
     let request = &requests[0];
     assert_eq!(request.method, "POST");
     assert_eq!(request.header("content-type"), Some("application/json"));
-    assert!(verify_standard_webhook(SECRET, request, Utc::now()), "{request:?}");
     assert!(
-        !verify_standard_webhook("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", request, Utc::now()),
+        verify_standard_webhook(SECRET, request, Utc::now()),
+        "{request:?}"
+    );
+    assert!(
+        !verify_standard_webhook(
+            "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            request,
+            Utc::now()
+        ),
         "another key must not verify"
     );
-    assert_eq!(request.header("webhook-id"), Some(reports[0].message_id.as_str()));
+    assert_eq!(
+        request.header("webhook-id"),
+        Some(reports[0].message_id.as_str())
+    );
     let body = request.json();
     assert_eq!(body["type"], "job.failed");
     assert_eq!(body["runbook"], "convert-shared");
@@ -106,17 +126,28 @@ async fn a_teams_target_gets_an_adaptive_card_that_links_to_the_job() {
     notice.targets = vec!["teams-ops".to_string()];
     started.notifier.job_ended(notice);
     let reports = started.reports.wait_for(1).await;
-    assert_eq!(reports[0].outcome, DeliveryOutcome::Delivered { status: 202 });
+    assert_eq!(
+        reports[0].outcome,
+        DeliveryOutcome::Delivered { status: 202 }
+    );
     let request = &receiver.requests()[0];
     assert!(request.uri.ends_with("sig=xyz"), "{}", request.uri);
     assert_eq!(request.header("webhook-signature"), None);
     let card = request.json();
     assert_eq!(card["type"], "message");
     let attachment = &card["attachments"][0];
-    assert_eq!(attachment["contentType"], "application/vnd.microsoft.card.adaptive");
+    assert_eq!(
+        attachment["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
     assert_eq!(attachment["content"]["type"], "AdaptiveCard");
-    assert_eq!(attachment["content"]["body"][0]["text"], "Job failed: convert-shared");
-    let facts = attachment["content"]["body"][1]["facts"].as_array().unwrap();
+    assert_eq!(
+        attachment["content"]["body"][0]["text"],
+        "Job failed: convert-shared"
+    );
+    let facts = attachment["content"]["body"][1]["facts"]
+        .as_array()
+        .unwrap();
     assert!(facts.iter().any(|f| f["title"] == "Error"), "{facts:?}");
     let action = &attachment["content"]["actions"][0];
     assert_eq!(action["type"], "Action.OpenUrl");
@@ -144,7 +175,10 @@ async fn an_email_target_sends_through_graph_send_mail_with_the_identity_token()
     notice.error = Some("<b>bold</b>".to_string());
     started.notifier.job_ended(notice);
     let reports = started.reports.wait_for(1).await;
-    assert_eq!(reports[0].outcome, DeliveryOutcome::Delivered { status: 202 });
+    assert_eq!(
+        reports[0].outcome,
+        DeliveryOutcome::Delivered { status: 202 }
+    );
 
     let request = &graph.requests()[0];
     assert_eq!(request.uri, "/v1.0/users/noreply@contoso.com/sendMail");
@@ -157,7 +191,10 @@ async fn an_email_target_sends_through_graph_send_mail_with_the_identity_token()
     assert_eq!(body["message"]["subject"], "Job failed: a<b>");
     assert_eq!(body["message"]["body"]["contentType"], "HTML");
     let html = body["message"]["body"]["content"].as_str().unwrap();
-    assert!(html.contains("&lt;b&gt;bold&lt;/b&gt;") && !html.contains("<b>bold"), "{html}");
+    assert!(
+        html.contains("&lt;b&gt;bold&lt;/b&gt;") && !html.contains("<b>bold"),
+        "{html}"
+    );
     assert_eq!(
         body["message"]["toRecipients"][1]["emailAddress"]["address"],
         "owner@contoso.com"
@@ -166,13 +203,21 @@ async fn an_email_target_sends_through_graph_send_mail_with_the_identity_token()
     // The second message is refused: no retry, and the hint names Mail.Send and RBAC.
     started.notifier.job_ended(failed("other", "j4"));
     let reports = started.reports.wait_for(2).await;
-    let DeliveryOutcome::Failed { status, error, hint } = &reports[1].outcome else {
+    let DeliveryOutcome::Failed {
+        status,
+        error,
+        hint,
+    } = &reports[1].outcome
+    else {
         panic!("{reports:?}");
     };
     assert_eq!(*status, Some(403));
     assert!(error.contains("ErrorAccessDenied"), "{error}");
     let hint = hint.as_deref().unwrap();
-    assert!(hint.contains("Mail.Send") && hint.contains("RBAC for Applications"), "{hint}");
+    assert!(
+        hint.contains("Mail.Send") && hint.contains("RBAC for Applications"),
+        "{hint}"
+    );
     assert_eq!(reports[1].attempts, 1);
     assert_eq!(graph.requests().len(), 2);
     started.stop().await;
@@ -183,17 +228,31 @@ async fn a_receiver_that_answers_500_then_200_gets_the_message_once_more_with_th
     let receiver = Receiver::start(vec![Reply::Status(500), Reply::Status(200)]).await;
     let s = settings(&format!(
         "default = [\"hook\"]\n{}",
-        webhook_target("hook", &receiver.url("/hook"), &format!("secret = \"{SECRET}\""))
+        webhook_target(
+            "hook",
+            &receiver.url("/hook"),
+            &format!("secret = \"{SECRET}\"")
+        )
     ));
     let started = start(&s, system_clock(), None);
     started.notifier.job_ended(failed("r", "j"));
     let reports = started.reports.wait_for(1).await;
-    assert_eq!(reports[0].outcome, DeliveryOutcome::Delivered { status: 200 });
+    assert_eq!(
+        reports[0].outcome,
+        DeliveryOutcome::Delivered { status: 200 }
+    );
     assert_eq!(reports[0].attempts, 2);
     let requests = receiver.requests();
     assert_eq!(requests.len(), 2, "one retry, then nothing more");
-    assert_eq!(requests[0].header("webhook-id"), requests[1].header("webhook-id"));
-    assert!(requests.iter().all(|r| verify_standard_webhook(SECRET, r, Utc::now())));
+    assert_eq!(
+        requests[0].header("webhook-id"),
+        requests[1].header("webhook-id")
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| verify_standard_webhook(SECRET, r, Utc::now()))
+    );
     started.stop().await;
 }
 
@@ -229,10 +288,26 @@ async fn receivers_that_hang_or_are_down_never_block_job_ended_and_are_reported_
     // No await between the calls: the notifier's task cannot take anything yet, so the
     // queue holds two notices and the rest are dropped at once instead of waiting.
     let submitted: Vec<Submitted> = (0..20)
-        .map(|i| started.notifier.job_ended(failed(&format!("r{i}"), &format!("j{i}"))))
+        .map(|i| {
+            started
+                .notifier
+                .job_ended(failed(&format!("r{i}"), &format!("j{i}")))
+        })
         .collect();
-    assert_eq!(submitted.iter().filter(|s| **s == Submitted::Queued).count(), 2);
-    assert_eq!(submitted.iter().filter(|s| **s == Submitted::Dropped).count(), 18);
+    assert_eq!(
+        submitted
+            .iter()
+            .filter(|s| **s == Submitted::Queued)
+            .count(),
+        2
+    );
+    assert_eq!(
+        submitted
+            .iter()
+            .filter(|s| **s == Submitted::Dropped)
+            .count(),
+        18
+    );
 
     let reports = started.reports.wait_for(40).await;
     let count = |target: &str, outcome: &str| {
@@ -250,12 +325,17 @@ async fn receivers_that_hang_or_are_down_never_block_job_ended_and_are_reported_
         let DeliveryOutcome::Failed { error, .. } = &r.outcome else {
             unreachable!()
         };
-        let expected = if r.target == "slow" { "no answer" } else { "cannot connect" };
+        let expected = if r.target == "slow" {
+            "no answer"
+        } else {
+            "cannot connect"
+        };
         assert!(error.contains(expected), "{error}");
     }
     let metrics = started.metrics.render();
     assert!(
-        metrics.contains("runbook_worker_notifications_total{target=\"dead\",outcome=\"dropped\"} 18"),
+        metrics
+            .contains("runbook_worker_notifications_total{target=\"dead\",outcome=\"dropped\"} 18"),
         "{metrics}"
     );
     started.stop().await;
@@ -271,10 +351,18 @@ async fn a_burst_of_failures_sends_one_message_and_the_next_one_counts_the_rest(
     let clock = ManualClock::new(Utc::now());
     let started = start(&s, Arc::new(clock.clone()), None);
     for i in 0..4 {
-        started.notifier.job_ended(failed("burst", &format!("j{i}")));
+        started
+            .notifier
+            .job_ended(failed("burst", &format!("j{i}")));
     }
     let reports = started.reports.wait_for(4).await;
-    assert_eq!(reports.iter().filter(|r| r.outcome == DeliveryOutcome::Suppressed).count(), 3);
+    assert_eq!(
+        reports
+            .iter()
+            .filter(|r| r.outcome == DeliveryOutcome::Suppressed)
+            .count(),
+        3
+    );
     assert_eq!(receiver.requests().len(), 1);
 
     clock.advance(Duration::from_secs(15 * 60));
@@ -314,7 +402,11 @@ async fn dry_runs_and_unsubscribed_events_notify_nobody_unless_asked() {
 
     let s = settings(&format!(
         "default = [\"hook\"]\n{}",
-        webhook_target("hook", &receiver.url("/hook"), "dry_runs = true\nevents = [\"failed\", \"skipped\"]")
+        webhook_target(
+            "hook",
+            &receiver.url("/hook"),
+            "dry_runs = true\nevents = [\"failed\", \"skipped\"]"
+        )
     ));
     let started = start(&s, system_clock(), None);
     let mut dry = failed("r", "j4");
@@ -352,16 +444,32 @@ async fn secrets_never_reach_logs_errors_or_debug_output() {
     let started = start(&s, system_clock(), None);
     started.notifier.job_ended(failed("r", "j"));
     let reports = started.reports.wait_for(2).await;
-    assert!(reports.iter().all(|r| r.outcome.as_str() == "failed"), "{reports:?}");
+    assert!(
+        reports.iter().all(|r| r.outcome.as_str() == "failed"),
+        "{reports:?}"
+    );
 
     let debug = format!("{s:?} {:?}", started.notifier);
     let report_text = format!("{reports:?} {}", serde_json::to_string(&reports).unwrap());
     let lines: String = reports.iter().map(|r| r.line()).collect();
     started.stop().await;
     let logs = capture.text();
-    assert!(logs.contains("teams") && logs.contains("hook"), "the logs were captured: {logs}");
-    for (what, text) in [("logs", &logs), ("reports", &report_text), ("lines", &lines), ("debug", &debug)] {
-        for secret in ["SECRETSIG", "SECRETPATH", "TOKENINPATH", "C2FVsBQIhrscChlQIMV"] {
+    assert!(
+        logs.contains("teams") && logs.contains("hook"),
+        "the logs were captured: {logs}"
+    );
+    for (what, text) in [
+        ("logs", &logs),
+        ("reports", &report_text),
+        ("lines", &lines),
+        ("debug", &debug),
+    ] {
+        for secret in [
+            "SECRETSIG",
+            "SECRETPATH",
+            "TOKENINPATH",
+            "C2FVsBQIhrscChlQIMV",
+        ] {
             assert!(!text.contains(secret), "{secret} in {what}: {text}");
         }
     }
@@ -441,16 +549,50 @@ async fn notify_test_sends_a_test_message_and_says_what_happened() {
     assert_eq!(request.json()["type"], "notify.test");
     assert!(verify_standard_webhook(SECRET, request, Utc::now()));
 
-    let out = run(&["notify", "test", "bad", "--output", "json"]).await.unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    let out = run(&["notify", "test", "bad", "--output", "json"])
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(report["outcome"], "failed");
     assert_eq!(report["status"], 403);
-    assert!(report["error"].as_str().unwrap().contains("bad signature"), "{report}");
-    assert!(report["hint"].as_str().unwrap().contains("Workflows"), "{report}");
+    assert!(
+        report["error"].as_str().unwrap().contains("bad signature"),
+        "{report}"
+    );
+    assert!(
+        report["hint"].as_str().unwrap().contains("Workflows"),
+        "{report}"
+    );
     assert!(!stdout(&out).contains("SECRETSIG") && !stderr(&out).contains("SECRETSIG"));
 
     let out = run(&["notify", "test", "nobody"]).await.unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("good, bad"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_default_targets_can_come_from_the_environment_as_a_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("worker.toml");
+    std::fs::write(
+        &file,
+        "[[notify.targets]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"https://h.example/a\"\n[[notify.targets]]\nname = \"b\"\nkind = \"teams\"\nurl = \"https://h.example/b\"\n",
+    )
+    .unwrap();
+    let env = [(
+        "RUNBOOK_WORKER__NOTIFY__DEFAULT".to_string(),
+        "a,b".to_string(),
+    )]
+    .into_iter()
+    .collect();
+    let s = runbook_worker::settings::load(Some(&file), dir.path(), &env).unwrap();
+    assert_eq!(s.notify.default, vec!["a", "b"]);
+    assert_eq!(s.notify.targets.len(), 2);
 }

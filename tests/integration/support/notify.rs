@@ -218,7 +218,10 @@ pub struct FixedTokens;
 #[async_trait]
 impl TokenSource for FixedTokens {
     async fn token(&self, _resource: &str) -> Result<AccessToken, IdentityError> {
-        Ok(AccessToken::new(GRAPH_TOKEN, Utc::now() + chrono::Duration::hours(1)))
+        Ok(AccessToken::new(
+            GRAPH_TOKEN,
+            Utc::now() + chrono::Duration::hours(1),
+        ))
     }
 
     async fn refresh(
@@ -232,7 +235,22 @@ impl TokenSource for FixedTokens {
 
 /// `[notify]` settings from TOML, with retries fast enough for tests.
 pub fn settings(toml_text: &str) -> NotifySettings {
-    let text = format!("retry_delay = \"20ms\"\nmax_retry_delay = \"100ms\"\ntimeout = \"2s\"\ndrain_timeout = \"2s\"\n{toml_text}");
+    let fast = [
+        ("retry_delay", "\"20ms\""),
+        ("max_retry_delay", "\"100ms\""),
+        ("timeout", "\"2s\""),
+        ("drain_timeout", "\"2s\""),
+    ];
+    let mut text = String::new();
+    for (key, value) in fast {
+        if !toml_text
+            .lines()
+            .any(|l| l.starts_with(&format!("{key} =")))
+        {
+            text.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    text.push_str(toml_text);
     let settings: NotifySettings = toml::from_str(&text).expect("test settings parse");
     let problems = settings.problems();
     assert!(problems.is_empty(), "{problems:?}");
@@ -258,11 +276,7 @@ impl Started {
     }
 }
 
-pub fn start(
-    settings: &NotifySettings,
-    clock: SharedClock,
-    public_url: Option<&str>,
-) -> Started {
+pub fn start(settings: &NotifySettings, clock: SharedClock, public_url: Option<&str>) -> Started {
     let mail: Arc<dyn MailSender> = Arc::new(GraphMailSender::new(
         Arc::new(FixedTokens),
         url::Url::parse(&settings.graph_endpoint).unwrap(),
