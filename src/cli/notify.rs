@@ -15,6 +15,7 @@ use runbook_worker::notify::{
 };
 
 use super::Context;
+use super::token::OutputFormat;
 
 #[derive(Debug, clap::Args)]
 pub struct NotifyArgs {
@@ -35,12 +36,6 @@ pub struct TestArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    Human,
-    Json,
 }
 
 pub async fn run(ctx: Context, args: NotifyArgs) -> anyhow::Result<ExitCode> {

@@ -196,6 +196,15 @@ pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Durat
     )
 }
 
+/// The answer's `Retry-After`, if it has a readable one.
+pub(crate) fn retry_after(response: &reqwest::Response, now: DateTime<Utc>) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, now))
+}
+
 /// The wait before attempt `attempt + 1` (attempts count from 1).
 pub(crate) fn backoff(
     attempt: u32,
@@ -507,11 +516,7 @@ impl Dispatcher {
         if (200..300).contains(&status) {
             return Verdict::Delivered { status };
         }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, self.clock.now()));
+        let retry_after = retry_after(&response, self.clock.now());
         let text = read_capped(response).await;
         let (code, detail) = parse_graph_error(&text);
         let detail = match code {

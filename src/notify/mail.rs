@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde_json::json;
 use url::Url;
 
-use super::deliver::{parse_retry_after, read_capped};
+use super::deliver::{read_capped, retry_after};
 use crate::clock::SharedClock;
 use crate::identity::TokenSource;
 
@@ -157,11 +157,7 @@ impl MailSender for GraphMailSender {
         if (200..300).contains(&status) {
             return Ok(());
         }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, self.clock.now()));
+        let retry_after = retry_after(&response, self.clock.now());
         let text = read_capped(response).await;
         let (code, message) = parse_graph_error(&text);
         Err(MailError::Refused {

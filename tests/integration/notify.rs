@@ -13,7 +13,8 @@ use runbook_worker::history::{JobStatus, StepCounts, Trigger};
 use runbook_worker::notify::{DeliveryOutcome, JobNotice, NotifyEvent, Submitted};
 
 use crate::support::notify::{
-    GRAPH_TOKEN, LogCapture, Receiver, Reply, down_url, settings, start, verify_standard_webhook,
+    GRAPH_TOKEN, LogCapture, Receiver, Reply, Started, down_url, in_own_process, settings, start,
+    verify_standard_webhook,
 };
 use crate::support::{run_binary, stderr, stdout};
 
@@ -47,18 +48,34 @@ fn webhook_target(name: &str, url: &str, extra: &str) -> String {
     format!("[[targets]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{url}\"\n{extra}\n")
 }
 
+/// A receiver answering `replies` and a notifier whose default target `hook` (a webhook with
+/// `target_extra` keys) posts to it; `notify_extra` adds `[notify]` keys.
+async fn hook_notifier(
+    replies: Vec<Reply>,
+    notify_extra: &str,
+    target_extra: &str,
+    clock: SharedClock,
+    public_url: Option<&str>,
+) -> (Receiver, Started) {
+    let receiver = Receiver::start(replies).await;
+    let s = settings(&format!(
+        "default = [\"hook\"]\n{notify_extra}\n{}",
+        webhook_target("hook", &receiver.url("/hook"), target_extra)
+    ));
+    let started = start(&s, clock, public_url);
+    (receiver, started)
+}
+
 #[tokio::test]
 async fn a_webhook_target_gets_a_signed_json_message_and_the_metric_counts_it() {
-    let receiver = Receiver::start(vec![Reply::Status(204)]).await;
-    let s = settings(&format!(
-        "default = [\"hook\"]\n{}",
-        webhook_target(
-            "hook",
-            &receiver.url("/hook"),
-            &format!("secret = \"{SECRET}\"")
-        )
-    ));
-    let started = start(&s, system_clock(), Some("https://worker.example/"));
+    let (receiver, started) = hook_notifier(
+        vec![Reply::Status(204)],
+        "",
+        &format!("secret = \"{SECRET}\""),
+        system_clock(),
+        Some("https://worker.example/"),
+    )
+    .await;
     assert_eq!(
         started.notifier.job_ended(failed("convert-shared", "j1")),
         Submitted::Queued
@@ -225,16 +242,14 @@ async fn an_email_target_sends_through_graph_send_mail_with_the_identity_token()
 
 #[tokio::test]
 async fn a_receiver_that_answers_500_then_200_gets_the_message_once_more_with_the_same_id() {
-    let receiver = Receiver::start(vec![Reply::Status(500), Reply::Status(200)]).await;
-    let s = settings(&format!(
-        "default = [\"hook\"]\n{}",
-        webhook_target(
-            "hook",
-            &receiver.url("/hook"),
-            &format!("secret = \"{SECRET}\"")
-        )
-    ));
-    let started = start(&s, system_clock(), None);
+    let (receiver, started) = hook_notifier(
+        vec![Reply::Status(500), Reply::Status(200)],
+        "",
+        &format!("secret = \"{SECRET}\""),
+        system_clock(),
+        None,
+    )
+    .await;
     started.notifier.job_ended(failed("r", "j"));
     let reports = started.reports.wait_for(1).await;
     assert_eq!(
@@ -258,12 +273,14 @@ async fn a_receiver_that_answers_500_then_200_gets_the_message_once_more_with_th
 
 #[tokio::test]
 async fn a_410_stops_sending_to_that_target() {
-    let receiver = Receiver::start(vec![Reply::Status(410)]).await;
-    let s = settings(&format!(
-        "default = [\"hook\"]\nmin_interval = \"0s\"\n{}",
-        webhook_target("hook", &receiver.url("/hook"), "")
-    ));
-    let started = start(&s, system_clock(), None);
+    let (receiver, started) = hook_notifier(
+        vec![Reply::Status(410)],
+        "min_interval = \"0s\"",
+        "",
+        system_clock(),
+        None,
+    )
+    .await;
     started.notifier.job_ended(failed("r", "j1"));
     let reports = started.reports.wait_for(1).await;
     assert_eq!(reports[0].outcome, DeliveryOutcome::Gone { status: 410 });
@@ -343,13 +360,15 @@ async fn receivers_that_hang_or_are_down_never_block_job_ended_and_are_reported_
 
 #[tokio::test]
 async fn a_burst_of_failures_sends_one_message_and_the_next_one_counts_the_rest() {
-    let receiver = Receiver::start(vec![Reply::Status(200)]).await;
-    let s = settings(&format!(
-        "default = [\"hook\"]\nmin_interval = \"15m\"\n{}",
-        webhook_target("hook", &receiver.url("/hook"), "")
-    ));
     let clock = ManualClock::new(Utc::now());
-    let started = start(&s, Arc::new(clock.clone()), None);
+    let (receiver, started) = hook_notifier(
+        vec![Reply::Status(200)],
+        "min_interval = \"15m\"",
+        "",
+        Arc::new(clock.clone()),
+        None,
+    )
+    .await;
     for i in 0..4 {
         started
             .notifier
@@ -384,12 +403,8 @@ async fn a_burst_of_failures_sends_one_message_and_the_next_one_counts_the_rest(
 
 #[tokio::test]
 async fn dry_runs_and_unsubscribed_events_notify_nobody_unless_asked() {
-    let receiver = Receiver::start(vec![Reply::Status(200)]).await;
-    let s = settings(&format!(
-        "default = [\"hook\"]\n{}",
-        webhook_target("hook", &receiver.url("/hook"), "")
-    ));
-    let started = start(&s, system_clock(), None);
+    let (receiver, started) =
+        hook_notifier(vec![Reply::Status(200)], "", "", system_clock(), None).await;
     let mut dry = failed("r", "j1");
     dry.dry_run = true;
     assert_eq!(started.notifier.job_ended(dry), Submitted::NotNeeded);
@@ -417,10 +432,18 @@ async fn dry_runs_and_unsubscribed_events_notify_nobody_unless_asked() {
     started.stop().await;
 }
 
-#[tokio::test]
-async fn secrets_never_reach_logs_errors_or_debug_output() {
-    let capture = LogCapture::default();
-    let _guard = capture.install();
+#[test]
+fn secrets_never_reach_logs_errors_or_debug_output() {
+    if in_own_process("notify::secrets_never_reach_logs_errors_or_debug_output") {
+        let capture = LogCapture::default();
+        capture.install_globally();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(secrets_stay_out_of(capture));
+    }
+}
+
+async fn secrets_stay_out_of(capture: LogCapture) {
     // The Teams receiver refuses and echoes the request line back, as some proxies do.
     let teams = Receiver::start(vec![Reply::Full(
         400,

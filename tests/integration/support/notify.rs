@@ -307,7 +307,9 @@ pub fn start(settings: &NotifySettings, clock: SharedClock, public_url: Option<&
     }
 }
 
-/// Captures everything `tracing` writes on this thread while the guard lives.
+/// Captures everything `tracing` writes in this process. Installed as the global
+/// subscriber, so only in a process of its own ([`in_own_process`]): a thread-local one
+/// misses events whose callsites other tests' threads registered first.
 #[derive(Clone, Default)]
 pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
@@ -323,17 +325,49 @@ impl Write for LogCapture {
 }
 
 impl LogCapture {
-    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+    pub fn install_globally(&self) {
         let writer = self.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
             .with_ansi(false)
             .with_writer(move || writer.clone())
             .finish();
-        tracing::subscriber::set_default(subscriber)
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("the child process has no subscriber yet");
     }
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
+}
+
+/// Set in the child process [`in_own_process`] starts.
+const CHILD_ENV: &str = "RUNBOOK_WORKER_TEST_OWN_PROCESS";
+
+/// True in the child: run the test's body. In the parent, re-runs the test binary for just
+/// `test` (its path below the crate, `notify::name`), asserts that it passed and returns
+/// false.
+pub fn in_own_process(test: &str) -> bool {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .output()
+        .expect("re-run the test binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{test} failed in its own process:\n{text}"
+    );
+    assert!(
+        text.contains("1 passed"),
+        "{test} did not run in its own process:\n{text}"
+    );
+    false
 }
