@@ -12,6 +12,7 @@
 //!   [`history`] (SQLite job history), [`coordination`] (blob leases between replicas).
 //! - Orchestration: [`executor`] runs one job, [`scheduler`] decides when.
 //! - Edges: [`http`] (axum API, metrics, dashboard), [`doctor`] (the operator's checks),
+//!   [`notify`] (email, Teams and webhook notifications when a job needs a person),
 //!   [`settings`], [`telemetry`], [`app`] (the composition root of `serve`), and the
 //!   binary's `main.rs` + `cli/`.
 //! - [`simulator`]: faithful loopback stand-ins for what cannot run here (the managed-identity
@@ -29,6 +30,7 @@ pub mod executor;
 pub mod history;
 pub mod http;
 pub mod identity;
+pub mod notify;
 pub mod runbook;
 pub mod scheduler;
 pub mod settings;

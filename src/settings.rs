@@ -17,6 +17,7 @@ use crate::exchange::ExchangeSettings;
 use crate::history::HistorySettings;
 use crate::http::HttpSettings;
 use crate::identity::IdentitySettings;
+use crate::notify::NotifySettings;
 use crate::runbook::{PolicySettings, RunbooksSettings};
 pub use crate::telemetry::LogFormat;
 use crate::telemetry::LogSettings;
@@ -40,6 +41,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub coordination: CoordinationSettings,
     pub log: LogSettings,
+    pub notify: NotifySettings,
 }
 
 /// `[state]`: where the worker keeps its history database and reports.
@@ -129,6 +131,7 @@ pub fn load(
             .list_separator(",")
             .with_list_parse_key("policy.allow")
             .with_list_parse_key("policy.deny")
+            .with_list_parse_key("notify.default")
             .try_parsing(true)
             .source(Some(overrides.clone())),
     );
@@ -209,7 +212,7 @@ fn describe_config_error(
             SettingsError::Unreadable {
                 origin: "settings file or RUNBOOK_WORKER__* environment".to_string(),
                 message: format!(
-                    "{message} (sections: identity, exchange, runbooks, policy, state, history, http, worker, coordination, log)"
+                    "{message} (sections: identity, exchange, runbooks, policy, state, history, http, worker, coordination, log, notify)"
                 ),
             }
         }
@@ -277,6 +280,7 @@ impl Settings {
         }
         out.extend(self.coordination.problems());
         out.extend(self.history.problems());
+        out.extend(self.notify.problems());
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             out.push((
                 "log.level".to_string(),

@@ -64,6 +64,9 @@ pub enum Command {
     /// GET the worker's /healthz (or /readyz) on the local listen address; exit 0 when it
     /// answers 2xx (for HEALTHCHECK in images without curl).
     Probe(probe::ProbeArgs),
+    /// Notification targets: `notify test TARGET` sends a test message and prints what
+    /// happened; exit 0 when it was delivered.
+    Notify(notify::NotifyArgs),
     /// Print a shell completion script: `runbook-worker completions bash >
     /// /etc/bash_completion.d/runbook-worker` (also zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
@@ -80,6 +83,7 @@ mod doctor;
 mod invoke;
 mod jobs;
 mod next;
+mod notify;
 mod probe;
 mod run;
 mod serve;
@@ -178,6 +182,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoke(args) => invoke::run(ctx, args).await,
         Command::Doctor(args) => doctor::run(ctx, args).await,
         Command::Probe(args) => probe::run(ctx, args).await,
+        Command::Notify(args) => notify::run(ctx, args).await,
         Command::Completions(args) => Ok(completions(&args)),
     }
 }

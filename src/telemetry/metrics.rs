@@ -54,6 +54,12 @@ struct CmdletOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetOutcomeLabels {
+    target: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
 }
@@ -75,6 +81,7 @@ pub struct Metrics {
     runbooks_loaded: Gauge,
     runbooks_invalid: Gauge,
     jobs_running: Gauge,
+    notifications: Family<TargetOutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -143,6 +150,12 @@ impl Metrics {
         );
         let jobs_running = Gauge::default();
         registry.register("jobs_running", "Jobs running now", jobs_running.clone());
+        let notifications = Family::<TargetOutcomeLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notifications, by target and outcome (delivered, failed, gone, suppressed, dropped, disabled, abandoned)",
+            notifications.clone(),
+        );
         Self {
             registry,
             jobs,
@@ -154,6 +167,7 @@ impl Metrics {
             runbooks_loaded,
             runbooks_invalid,
             jobs_running,
+            notifications,
         }
     }
 
@@ -216,6 +230,16 @@ impl Metrics {
     /// time: callers pass `Duration::ZERO` rather than a negative value).
     pub fn schedule_lateness(&self, lateness: Duration) {
         self.schedule_lateness.observe(lateness.as_secs_f64());
+    }
+
+    /// A notification to `target` (a `[[notify.targets]]` name) ended with `outcome`.
+    pub fn notification(&self, target: &str, outcome: &str) {
+        self.notifications
+            .get_or_create(&TargetOutcomeLabels {
+                target: label(target),
+                outcome: label(outcome),
+            })
+            .inc();
     }
 
     /// The catalog now holds `loaded` runbooks and `invalid` files that fail validation.

@@ -13,6 +13,7 @@ mod executor;
 mod history;
 mod http;
 mod identity;
+mod notify;
 mod opscli;
 mod runbook;
 mod worker;

@@ -10,6 +10,7 @@ pub mod executor;
 pub mod history;
 pub mod http;
 pub mod identity;
+pub mod notify;
 pub mod opscli;
 pub mod runbook;
 
