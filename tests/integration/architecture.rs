@@ -126,6 +126,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "coordination",
             "history",
             "telemetry",
+            "notify",
         ],
     ),
     ("runbook model", &["runbook"]),
