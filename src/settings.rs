@@ -301,6 +301,7 @@ impl Settings {
                 ),
             ));
         }
+        out.extend(self.http.problems());
         out.extend(self.coordination.problems());
         out.extend(self.history.problems());
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

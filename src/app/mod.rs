@@ -345,7 +345,12 @@ impl App {
         } = self;
 
         let http_stop = CancellationToken::new();
-        let http_task = tokio::spawn(http::serve(listener, router, http_stop.clone()));
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            router,
+            http::ServerLimits::from_settings(&settings.http),
+            http_stop.clone(),
+        ));
         let background = CancellationToken::new();
         let pruner = history::spawn_pruner(
             history.clone(),

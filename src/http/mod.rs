@@ -13,11 +13,12 @@
 mod api;
 mod auth;
 mod dashboard;
+mod server;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, header};
@@ -27,12 +28,11 @@ use axum::routing::{MethodRouter, get, post};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
+use crate::duration::HumanDuration;
 use crate::telemetry::metrics::Metrics;
 
 pub use auth::ApiAuth;
+pub use server::{ServerLimits, serve};
 /// The router type `serve` hands to [`serve`]; re-exported so no other module names axum.
 pub use axum::Router;
 
@@ -45,6 +45,19 @@ pub struct HttpSettings {
     pub api_token: Option<SecretString>,
     /// File holding the API token (preferred over `api_token` in files that are shared).
     pub api_token_file: Option<PathBuf>,
+    /// Reads without a token on a loopback listener, from a loopback peer naming a loopback
+    /// host. Off behind a reverse proxy on the same host, which makes every client look local.
+    pub anonymous_reads: bool,
+    /// A client must send a whole request header within this (and start its next request on
+    /// a kept-alive connection within it).
+    pub header_read_timeout: HumanDuration,
+    /// A connection with nothing in progress and no byte moved for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// A request without a response after this gets a JSON 503.
+    pub request_timeout: HumanDuration,
+    /// Connections served at once; more get a JSON 503. Lowered at start to half the
+    /// process's open-file limit so jobs always find file descriptors.
+    pub max_connections: usize,
 }
 
 impl Default for HttpSettings {
@@ -53,7 +66,54 @@ impl Default for HttpSettings {
             listen: "127.0.0.1:8080".to_string(),
             api_token: None,
             api_token_file: None,
+            anonymous_reads: true,
+            header_read_timeout: HumanDuration::from_secs(10),
+            idle_timeout: HumanDuration::from_secs(60),
+            request_timeout: HumanDuration::from_secs(30),
+            max_connections: 256,
         }
+    }
+}
+
+/// Bounds of the `[http]` timeouts: below the minimum a slow but honest client fails, above
+/// the maximum a stalled one holds its connection for too long.
+const HTTP_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
+/// Most connections `http.max_connections` may allow.
+const MAX_MAX_CONNECTIONS: usize = 65_536;
+
+impl HttpSettings {
+    /// Values that parse but make no sense, as (`http.key`, message), for
+    /// [`crate::settings::Settings::problems`].
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let (min, max) = HTTP_TIMEOUT_RANGE;
+        for (key, value) in [
+            ("http.header_read_timeout", self.header_read_timeout),
+            ("http.idle_timeout", self.idle_timeout),
+            ("http.request_timeout", self.request_timeout),
+        ] {
+            if !(min..=max).contains(&value.get()) {
+                out.push((
+                    key.to_string(),
+                    format!(
+                        "must be between {} and {}, got {value}",
+                        HumanDuration(min),
+                        HumanDuration(max)
+                    ),
+                ));
+            }
+        }
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&self.max_connections) {
+            out.push((
+                "http.max_connections".to_string(),
+                format!(
+                    "must be between 1 and {MAX_MAX_CONNECTIONS}, got {}",
+                    self.max_connections
+                ),
+            ));
+        }
+        out
     }
 }
 
@@ -406,18 +466,6 @@ pub fn router(api: Arc<dyn WorkerApi>, metrics: Arc<Metrics>, auth: ApiAuth) -> 
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and
-/// waits for requests in flight (the caller bounds that wait if it must).
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
 }
 
 /// Headers every response gets: the pages load only their own script and stylesheet, cannot

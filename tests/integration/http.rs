@@ -7,14 +7,15 @@ use std::time::Duration;
 use axum::response::Html;
 use runbook_worker::http::{
     ApiAuth, CoordinationReadiness, IdentityReadiness, JobFilter, Readiness, RequestedVia,
-    RunRequest,
+    RunRequest, ServerLimits,
 };
 use serde_json::{Value, json};
 
 use crate::support::http::{
     Call, FakeWorker, HOSTILE_DESCRIPTION, TOKEN, WRONG_TOKEN, artifacts_dir, bearer, chromium,
-    params, spawn, spawn_with,
+    open_half_requests, params, read_until_closed, spawn, spawn_limited, spawn_with, still_open,
 };
+use crate::support::wait_until;
 
 fn loopback_with_token() -> ApiAuth {
     ApiAuth::new(Some(TOKEN.into()), true)
@@ -956,5 +957,210 @@ async fn the_run_now_button_starts_a_job_from_a_real_browser() {
     );
     println!("screenshot: {}", png.display());
     assert_eq!(server.worker.changes().len(), 2);
+    server.stop().await;
+}
+
+/// Limits for the stall tests: small timeouts so they end quickly.
+fn limits(max_connections: usize, header_read_timeout: Duration) -> ServerLimits {
+    ServerLimits {
+        header_read_timeout,
+        idle_timeout: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(30),
+        max_connections,
+    }
+}
+
+/// 300 connections that send half a request header (the attack that used to hold every
+/// connection for ever and starve the worker of file descriptors) are closed by the server
+/// once the header-read timeout passes, and `/healthz` answers all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_closed_after_the_header_timeout_while_healthz_answers() {
+    const SLOW: usize = 300;
+    let server = spawn_limited(
+        FakeWorker::canned(),
+        loopback_with_token(),
+        None,
+        limits(400, Duration::from_secs(5)),
+    )
+    .await;
+    let opened = tokio::time::Instant::now();
+    let slow = open_half_requests(server.addr, SLOW).await;
+
+    for _ in 0..3 {
+        let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
+        let response = fresh
+            .get(server.url("/healthz"))
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .expect("healthz answers while the slow connections are open");
+        assert_eq!(response.status(), 200);
+    }
+    // Checked after the probes: what is open now was open while they were answered.
+    let open_during_probes = slow.iter().filter(|s| still_open(s)).count();
+    assert!(
+        open_during_probes > 0,
+        "the slow connections were closed before healthz was asked, so this proves nothing"
+    );
+
+    let waiting_since = opened.elapsed();
+    let ended = futures::future::join_all(
+        slow.into_iter()
+            .map(|s| read_until_closed(s, Duration::from_secs(60), 512)),
+    )
+    .await;
+    let closed = ended.iter().filter(|e| e.closed).count();
+    let first = ended.iter().map(|e| e.after).min().unwrap_or_default() + waiting_since;
+    let last = ended.iter().map(|e| e.after).max().unwrap_or_default() + waiting_since;
+    let refused = ended
+        .iter()
+        .filter(|e| e.received.starts_with(b"HTTP/1.1 503"))
+        .count();
+    eprintln!(
+        "stall figures: {SLOW} half requests opened; 3 of 3 healthz answered; {open_during_probes} \
+         still open after them; {closed} closed by the server between {:.1} s and {:.1} s \
+         after opening (header_read_timeout 5 s)",
+        first.as_secs_f64(),
+        last.as_secs_f64()
+    );
+    assert_eq!(closed, SLOW, "every half request is closed by the server");
+    assert_eq!(refused, 0, "below the cap no connection is refused");
+
+    let response = server.get("/healthz").await;
+    assert_eq!(response.status(), 200);
+    server.stop().await;
+}
+
+/// Beyond `max_connections` a new connection gets a JSON 503 at once instead of waiting
+/// in the kernel's queue, and connections are served again once the slow ones are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_get_a_json_503_and_service_resumes_when_they_go() {
+    use tokio::io::AsyncWriteExt as _;
+    const CAP: usize = 20;
+    // A long header timeout: nothing may time out while the cap is full.
+    let server = spawn_limited(
+        FakeWorker::canned(),
+        loopback_with_token(),
+        None,
+        limits(CAP, Duration::from_secs(300)),
+    )
+    .await;
+    let slow = open_half_requests(server.addr, CAP).await;
+
+    // The server accepts in order, so these come after the slow ones hold every slot.
+    for _ in 0..5 {
+        let mut extra = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        extra
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let ended = read_until_closed(extra, Duration::from_secs(30), 4096).await;
+        assert!(ended.closed, "a connection beyond the cap is answered and closed");
+        let text = String::from_utf8_lossy(&ended.received);
+        let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        let error: Value = serde_json::from_str(body).expect("a JSON body");
+        assert!(
+            error["error"]
+                .as_str()
+                .unwrap()
+                .contains("http.max_connections"),
+            "{error}"
+        );
+    }
+    let full = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = full.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 503, "the cap holds for probes too");
+
+    drop(slow);
+    let served = wait_until(Duration::from_secs(30), || async {
+        let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
+        matches!(
+            fresh.get(server.url("/healthz")).send().await,
+            Ok(r) if r.status() == 200
+        )
+    })
+    .await;
+    assert!(served, "healthz answers once the slow connections are gone");
+    server.stop().await;
+}
+
+/// A handler that never answers is cut by `request_timeout` with a JSON 503.
+#[tokio::test]
+async fn a_request_that_outlives_the_request_timeout_gets_a_json_503() {
+    let slow_route = axum::Router::new().route(
+        "/api/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            "never"
+        }),
+    );
+    let server = spawn_limited(
+        FakeWorker::canned(),
+        loopback_with_token(),
+        Some(slow_route),
+        ServerLimits {
+            request_timeout: Duration::from_secs(1),
+            ..ServerLimits::default()
+        },
+    )
+    .await;
+    let response = server.get("/api/slow").await;
+    assert_eq!(response.status(), 503);
+    let body = json_of(response).await;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("http.request_timeout"),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+/// A client that asks for a large response and never reads it is cut off after the idle
+/// timeout instead of holding its connection for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt as _;
+    const BIG: usize = 32 * 1024 * 1024;
+    let big_route = axum::Router::new().route(
+        "/api/big",
+        axum::routing::get(|| async { vec![b'x'; BIG] }),
+    );
+    let server = spawn_limited(
+        FakeWorker::canned(),
+        loopback_with_token(),
+        Some(big_route),
+        ServerLimits {
+            idle_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            ..ServerLimits::default()
+        },
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /api/big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    // The socket buffers fill and the server's writes stall. With a cap of one connection,
+    // a probe is refused until the watchdog has closed the stalled one.
+    let freed = wait_until(Duration::from_secs(60), || async {
+        let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
+        matches!(
+            fresh.get(server.url("/healthz")).send().await,
+            Ok(r) if r.status() == 200
+        )
+    })
+    .await;
+    assert!(freed, "the stalled connection is closed and its slot freed");
+    let ended = read_until_closed(stream, Duration::from_secs(60), 0).await;
+    assert!(ended.closed, "the stalled connection is closed by the server");
+    assert!(
+        ended.total < BIG,
+        "the whole body arrived ({} bytes): the client was not cut off",
+        ended.total
+    );
     server.stop().await;
 }
