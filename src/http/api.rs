@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -60,6 +61,56 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         error_response(self.status(), &self.public_message())
     }
+}
+
+/// Longest error text of axum's own rejections that is passed on.
+const MAX_REJECTION_TEXT: usize = 1024;
+
+/// Turns the errors axum produces itself (405, 413, malformed paths and queries, …), which
+/// are plain text or empty, into `{"error": "…"}` so every API error is JSON. HTML error
+/// pages of the dashboard and JSON errors of the handlers pass unchanged.
+pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("application/json") || content_type.starts_with("text/html") {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match status {
+        // The Allow header is added after this layer has run, so it is named, not quoted.
+        StatusCode::METHOD_NOT_ALLOWED => format!(
+            "method {method} is not allowed on this route: the Allow header lists the methods it takes"
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the request body is larger than {} KiB",
+            super::MAX_BODY_BYTES / 1024
+        ),
+        _ if text.is_empty() => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase(),
+        _ => text,
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let json = error_response(status, &message);
+    let (json_parts, json_body) = json.into_parts();
+    for (name, value) in &json_parts.headers {
+        parts.headers.insert(name, value.clone());
+    }
+    Response::from_parts(parts, json_body)
 }
 
 pub(crate) async fn healthz() -> Response {

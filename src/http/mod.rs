@@ -20,6 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::duration::HumanDuration;
+use crate::telemetry::metrics::Metrics;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
@@ -28,13 +30,11 @@ use axum::routing::{MethodRouter, get, post};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use crate::duration::HumanDuration;
-use crate::telemetry::metrics::Metrics;
 
 pub use auth::ApiAuth;
-pub use server::{ServerLimits, serve};
 /// The router type `serve` hands to [`serve`]; re-exported so no other module names axum.
 pub use axum::Router;
+pub use server::{ServerLimits, serve};
 
 /// `[http]` settings.
 #[derive(Clone, Debug, Deserialize)]
@@ -463,6 +463,7 @@ pub fn router(api: Arc<dyn WorkerApi>, metrics: Arc<Metrics>, auth: ApiAuth) -> 
         .merge(api)
         .fallback(api::no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(api::json_errors))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
@@ -560,6 +561,42 @@ mod tests {
             }
             assert_eq!(readiness.is_ready(), wanted.is_empty());
         }
+    }
+
+    #[test]
+    fn http_limits_out_of_range_are_reported_under_their_key() {
+        assert_eq!(HttpSettings::default().problems(), vec![]);
+        let bad = HttpSettings {
+            header_read_timeout: HumanDuration::from_secs(0),
+            idle_timeout: HumanDuration::from_secs(7200),
+            request_timeout: HumanDuration(Duration::from_millis(500)),
+            max_connections: 0,
+            ..HttpSettings::default()
+        };
+        let problems = bad.problems();
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "http.header_read_timeout",
+                "http.idle_timeout",
+                "http.request_timeout",
+                "http.max_connections"
+            ]
+        );
+        assert!(problems[1].1.contains("between 1s and 1h"), "{problems:?}");
+        assert!(problems[1].1.contains("2h"), "{problems:?}");
+
+        // The settings check at load includes them.
+        let settings = crate::settings::Settings {
+            http: bad,
+            ..crate::settings::Settings::default()
+        };
+        let all = settings.problems();
+        assert!(
+            all.iter().any(|(k, _)| k == "http.max_connections"),
+            "{all:?}"
+        );
     }
 
     #[test]

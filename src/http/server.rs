@@ -106,9 +106,12 @@ pub(crate) fn effective_max_connections(
     )
 }
 
-/// The soft limit on open files, if the platform reports one.
+/// The soft limit on open files, if the platform reports one (a seccomp filter may refuse
+/// to: then there is nothing to adjust to).
 fn fd_limit() -> Option<u64> {
-    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    let (soft, _hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+    (soft != nix::sys::resource::RLIM_INFINITY).then_some(soft)
 }
 
 /// Logs one line per [`LOG_EVERY`] at most and counts what it leaves out.
@@ -148,15 +151,16 @@ fn is_connection_error(error: &io::Error) -> bool {
 
 /// What an accept error means, in words an operator can act on.
 fn describe_accept_error(error: &io::Error) -> String {
-    match rustix::io::Errno::from_io_error(error) {
-        Some(rustix::io::Errno::MFILE) => format!(
+    use nix::errno::Errno;
+    match error.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::EMFILE) => format!(
             "too many open files: the process has reached its limit of {} open files (RLIMIT_NOFILE); raise LimitNOFILE= in the systemd unit or lower http.max_connections",
             fd_limit().map_or_else(|| "?".to_string(), |l| l.to_string())
         ),
-        Some(rustix::io::Errno::NFILE) => {
+        Some(Errno::ENFILE) => {
             "too many open files in the whole system (fs.file-max): the host is out of file descriptors".to_string()
         }
-        Some(rustix::io::Errno::NOBUFS | rustix::io::Errno::NOMEM) => {
+        Some(Errno::ENOBUFS | Errno::ENOMEM) => {
             "the kernel is out of memory for sockets".to_string()
         }
         _ => error.to_string(),
@@ -343,9 +347,10 @@ async fn serve_connection(
 
 /// Answers the one request of a connection beyond the cap with a 503, then closes it.
 async fn refuse_connection(stream: TcpStream, max_connections: usize, cut: CancellationToken) {
-    let service = hyper::service::service_fn(move |_request: hyper::Request<Incoming>| async move {
-        Ok::<Response, Infallible>(refusal(max_connections))
-    });
+    let service =
+        hyper::service::service_fn(move |_request: hyper::Request<Incoming>| async move {
+            Ok::<Response, Infallible>(refusal(max_connections))
+        });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(REFUSAL_HEADER_TIMEOUT)
@@ -524,7 +529,7 @@ mod tests {
 
     #[test]
     fn accept_errors_name_their_cause() {
-        let emfile = io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        let emfile = io::Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32);
         let text = describe_accept_error(&emfile);
         assert!(text.contains("too many open files"), "{text}");
         assert!(text.contains("LimitNOFILE"), "{text}");

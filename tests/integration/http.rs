@@ -1055,7 +1055,10 @@ async fn connections_beyond_the_cap_get_a_json_503_and_service_resumes_when_they
             .await
             .unwrap();
         let ended = read_until_closed(extra, Duration::from_secs(30), 4096).await;
-        assert!(ended.closed, "a connection beyond the cap is answered and closed");
+        assert!(
+            ended.closed,
+            "a connection beyond the cap is answered and closed"
+        );
         let text = String::from_utf8_lossy(&ended.received);
         let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
         assert!(head.starts_with("HTTP/1.1 503"), "{head}");
@@ -1124,10 +1127,8 @@ async fn a_request_that_outlives_the_request_timeout_gets_a_json_503() {
 async fn a_client_that_stops_reading_is_closed_after_the_idle_timeout() {
     use tokio::io::AsyncWriteExt as _;
     const BIG: usize = 32 * 1024 * 1024;
-    let big_route = axum::Router::new().route(
-        "/api/big",
-        axum::routing::get(|| async { vec![b'x'; BIG] }),
-    );
+    let big_route =
+        axum::Router::new().route("/api/big", axum::routing::get(|| async { vec![b'x'; BIG] }));
     let server = spawn_limited(
         FakeWorker::canned(),
         loopback_with_token(),
@@ -1156,11 +1157,125 @@ async fn a_client_that_stops_reading_is_closed_after_the_idle_timeout() {
     .await;
     assert!(freed, "the stalled connection is closed and its slot freed");
     let ended = read_until_closed(stream, Duration::from_secs(60), 0).await;
-    assert!(ended.closed, "the stalled connection is closed by the server");
+    assert!(
+        ended.closed,
+        "the stalled connection is closed by the server"
+    );
     assert!(
         ended.total < BIG,
         "the whole body arrived ({} bytes): the client was not cut off",
         ended.total
     );
     server.stop().await;
+}
+
+/// Every error on the API is `{"error": …}`, including the ones axum produces itself.
+#[tokio::test]
+async fn every_api_error_is_json_even_the_ones_axum_makes() {
+    let server = spawn(loopback_with_token()).await;
+    let auth = bearer(TOKEN);
+    let too_big = format!("{{\"params\": {{\"x\": \"{}\"}}}}", "a".repeat(300 * 1024));
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            server.client.get(server.url("/api/nothing-here")),
+            404,
+            "no such route",
+        ),
+        (
+            server
+                .client
+                .get(server.url("/api/runbooks/archive-old-mailboxes/run")),
+            405,
+            "method GET is not allowed",
+        ),
+        (
+            server.client.post(server.url("/healthz")),
+            405,
+            "method POST is not allowed",
+        ),
+        (
+            server
+                .client
+                .post(server.url("/api/runbooks/archive-old-mailboxes/run"))
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .body(too_big),
+            413,
+            "larger than 256 KiB",
+        ),
+        (server.client.get(server.url("/api/jobs/%FF")), 400, ""),
+    ];
+    for (request, status, needle) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{:?}", response.url().path());
+        if status == 405 {
+            assert!(response.headers().contains_key("allow"));
+        }
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            content_type.starts_with("application/json"),
+            "{content_type}"
+        );
+        let body = json_of(response).await;
+        let error = body["error"].as_str().expect("an error message");
+        assert!(
+            !error.is_empty() && error.contains(needle),
+            "{status}: {error}"
+        );
+    }
+    assert_eq!(
+        server.worker.changes(),
+        vec![],
+        "an oversized run reached the worker"
+    );
+    server.stop().await;
+}
+
+/// Anonymous reads rest on the peer and a strictly parsed Host, not on a header that
+/// mentions localhost; proxy headers and `http.anonymous_reads = false` turn them off.
+#[tokio::test]
+async fn anonymous_reads_refuse_hostile_hosts_proxied_requests_and_can_be_turned_off() {
+    let open = spawn(ApiAuth::new(None, true)).await;
+    for (header, value, want) in [
+        ("host", "localhost:1@evil.com", 403),
+        ("host", "localhost:99999", 403),
+        ("host", "evil.com#@127.0.0.1", 403),
+        ("x-forwarded-for", "203.0.113.9", 403),
+        ("forwarded", "for=203.0.113.9", 403),
+        ("host", "localhost:8080", 200),
+    ] {
+        let response = open
+            .client
+            .get(open.url("/api/runbooks"))
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), want, "{header}: {value}");
+        if want == 403 {
+            assert!(json_of(response).await["error"].is_string());
+        }
+    }
+    open.stop().await;
+
+    let closed = spawn(ApiAuth::new(Some(TOKEN.into()), true).without_anonymous_reads()).await;
+    let response = closed.get("/api/runbooks").await;
+    assert_eq!(response.status(), 401);
+    let response = closed
+        .client
+        .get(closed.url("/api/runbooks"))
+        .header("authorization", bearer(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        closed.worker.calls(),
+        vec![],
+        "runbooks are not a worker call"
+    );
+    closed.stop().await;
 }
