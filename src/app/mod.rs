@@ -284,6 +284,7 @@ impl App {
             clock: clock.clone(),
             identity: identity_health,
             lifecycle: lifecycle.clone(),
+            runbooks_dir: settings.runbooks.dir.clone(),
         });
         let router = http::router(api, metrics, auth);
 

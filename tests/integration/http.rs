@@ -16,6 +16,8 @@ use crate::support::http::{
     open_half_requests, params, read_until_closed, spawn, spawn_limited, spawn_with, still_open,
 };
 use crate::support::wait_until;
+use crate::support::worker::{InProcess, runbook};
+use runbook_worker::history::Trigger;
 
 fn loopback_with_token() -> ApiAuth {
     ApiAuth::new(Some(TOKEN.into()), true)
@@ -1278,4 +1280,50 @@ async fn anonymous_reads_refuse_hostile_hosts_proxied_requests_and_can_be_turned
         "runbooks are not a worker call"
     );
     closed.stop().await;
+}
+
+/// Over the real worker: runbook files are shown relative to the runbooks folder (never the
+/// host's absolute path), and `?before=` earlier than 1970 lists no job rather than the
+/// newest ones.
+#[tokio::test]
+async fn the_worker_api_shows_relative_files_and_lists_nothing_before_1970() {
+    let app = InProcess::start(
+        &[
+            ("a.toml", &runbook("description = \"fine\"")),
+            ("bad.toml", "this is not toml = = ="),
+        ],
+        |_| {},
+    )
+    .await;
+    let view = app.get_json("/api/runbooks").await;
+    assert_eq!(view["runbooks"][0]["file"], "a.toml", "{view:#}");
+    assert_eq!(view["invalid_files"][0]["file"], "bad.toml", "{view:#}");
+    let root = app.root.path().display().to_string();
+    assert!(!view.to_string().contains(&root), "{view:#}");
+
+    app.handle
+        .run("a", Vec::new(), false, Trigger::Manual)
+        .await
+        .expect("run a");
+    let listed = wait_until(Duration::from_secs(30), || async {
+        app.get_json("/api/jobs").await["jobs"]
+            .as_array()
+            .is_some_and(|jobs| jobs.len() == 1)
+    })
+    .await;
+    assert!(listed, "the job is listed");
+    for (before, count) in [
+        ("1969-12-31T23:59:59Z", 0),
+        ("1900-01-01T00:00:00Z", 0),
+        ("1970-01-01T00:00:00Z", 0),
+        ("9999-12-31T23:59:59Z", 1),
+    ] {
+        let jobs = app.get_json(&format!("/api/jobs?before={before}")).await;
+        assert_eq!(
+            jobs["jobs"].as_array().map(Vec::len),
+            Some(count),
+            "before={before}: {jobs}"
+        );
+    }
+    app.stop().await;
 }
