@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::bounds;
 use super::{
     ApiError, AppState, CancelOutcome, DEFAULT_JOBS_LIMIT, JOB_STATUSES, JobFilter, MAX_JOBS_LIMIT,
     RequestedVia, RunRequest,
@@ -152,7 +153,14 @@ pub(crate) async fn no_route() -> Response {
 }
 
 pub(crate) async fn list_runbooks(State(state): State<AppState>) -> Response {
-    Json(state.api.runbooks()).into_response()
+    let bounded = bounds::bound_runbooks(state.api.runbooks());
+    Json(json!({
+        "runbooks": bounded.view.runbooks,
+        "invalid_files": bounded.view.invalid_files,
+        "more_runbooks": bounded.more_runbooks,
+        "more_invalid_files": bounded.more_invalid_files,
+    }))
+    .into_response()
 }
 
 pub(crate) async fn get_runbook(
@@ -165,7 +173,12 @@ pub(crate) async fn get_runbook(
         .runbooks
         .into_iter()
         .find(|r| r.name == name)
-        .map(|r| Json(r).into_response())
+        .map(|mut r| {
+            if let Some(error) = r.validation_error.as_mut() {
+                bounds::bound_file_error(error);
+            }
+            Json(r).into_response()
+        })
         .ok_or_else(|| no_runbook(&name))
 }
 
@@ -330,7 +343,10 @@ pub(crate) async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     match state.api.get_job(&id).await? {
-        Some(job) => Ok(Json(job).into_response()),
+        Some(mut job) => {
+            bounds::bound_job(&mut job);
+            Ok(Json(job).into_response())
+        }
         None => Err(no_job(&id)),
     }
 }

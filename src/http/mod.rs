@@ -7,11 +7,13 @@
 //! opens the history itself. [`ApiAuth`] decides who may read and who may change things; the
 //! API token never leaves it (only a digest is kept).
 //!
-//! Layout: `api` holds the JSON and probe handlers, `auth` the access rules, `dashboard` the
-//! server-rendered pages with their embedded templates, CSS and script.
+//! Layout: `api` holds the JSON and probe handlers, `auth` the access rules, `bounds` the
+//! caps on what one response lists, `dashboard` the server-rendered pages with their embedded
+//! templates, CSS and script, `server` the accept loop with its connection cap and timeouts.
 
 mod api;
 mod auth;
+mod bounds;
 mod dashboard;
 mod server;
 

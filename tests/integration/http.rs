@@ -1327,3 +1327,51 @@ async fn the_worker_api_shows_relative_files_and_lists_nothing_before_1970() {
     }
     app.stop().await;
 }
+
+/// A catalog with hundreds of runbooks and a job with a huge stream give bounded responses
+/// that say how much they leave out, on the API and the dashboard.
+#[tokio::test]
+async fn long_lists_and_streams_are_cut_with_a_count_of_what_is_left_out() {
+    let worker = FakeWorker::canned();
+    {
+        let mut view = worker.runbooks.lock().unwrap();
+        let template = view.runbooks[2].clone();
+        for i in 0..600 {
+            view.runbooks.push(runbook_worker::http::RunbookView {
+                name: format!("extra-{i:03}"),
+                ..template.clone()
+            });
+        }
+        let entries: Vec<Value> = (0..6000)
+            .map(|i| json!({"seq": i, "kind": "output", "time": "2024-05-01T00:30:01Z", "text": "line"}))
+            .collect();
+        worker.jobs.lock().unwrap().push(json!({
+            "id": "job-big", "runbook": "quota-report", "trigger": "manual", "status": "Completed",
+            "scheduled_for": "2024-05-01T00:30:00Z", "dry_run": false, "steps": [], "error": null,
+            "streams": entries,
+        }));
+    }
+    let server = spawn_with(worker, loopback_with_token(), None).await;
+
+    let view = json_of(server.get("/api/runbooks").await).await;
+    let listed = view["runbooks"].as_array().unwrap().len();
+    assert_eq!(listed, 500);
+    assert_eq!(view["more_runbooks"], 603 - 500);
+    assert_eq!(view["more_invalid_files"], 0);
+
+    let job = json_of(server.get("/api/jobs/job-big").await).await;
+    assert_eq!(job["streams"].as_array().unwrap().len(), 5000);
+    assert_eq!(job["streams_more"], 1000);
+
+    let index = server.get("/").await.text().await.unwrap();
+    assert!(
+        index.contains("and 103 more runbooks"),
+        "no marker on the index page"
+    );
+    let page = server.get("/jobs/job-big").await.text().await.unwrap();
+    assert!(
+        page.contains("and 1000 more stream records"),
+        "no marker on the job page"
+    );
+    server.stop().await;
+}
