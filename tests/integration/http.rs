@@ -1249,13 +1249,7 @@ async fn anonymous_reads_refuse_hostile_hosts_proxied_requests_and_can_be_turned
         ("forwarded", "for=203.0.113.9", 403),
         ("host", "localhost:8080", 200),
     ] {
-        let response = open
-            .client
-            .get(open.url("/api/runbooks"))
-            .header(header, value)
-            .send()
-            .await
-            .unwrap();
+        let response = open.get_with("/api/runbooks", &[(header, value)]).await;
         assert_eq!(response.status(), want, "{header}: {value}");
         if want == 403 {
             assert!(json_of(response).await["error"].is_string());
@@ -1267,12 +1261,8 @@ async fn anonymous_reads_refuse_hostile_hosts_proxied_requests_and_can_be_turned
     let response = closed.get("/api/runbooks").await;
     assert_eq!(response.status(), 401);
     let response = closed
-        .client
-        .get(closed.url("/api/runbooks"))
-        .header("authorization", bearer(TOKEN))
-        .send()
-        .await
-        .unwrap();
+        .get_with("/api/runbooks", &[("authorization", &bearer(TOKEN))])
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         closed.worker.calls(),

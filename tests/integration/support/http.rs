@@ -347,6 +347,15 @@ impl TestServer {
         self.client.get(self.url(path)).send().await.expect("GET")
     }
 
+    /// GETs `path` with extra request headers.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.client.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("GET")
+    }
+
     /// POSTs `body` (JSON text, or nothing) with an optional `Authorization` header value.
     pub async fn post(
         &self,
