@@ -278,6 +278,7 @@ impl Settings {
                 ),
             ));
         }
+        out.extend(self.http.problems());
         out.extend(self.coordination.problems());
         out.extend(self.history.problems());
         out.extend(self.notify.problems());

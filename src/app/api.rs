@@ -2,6 +2,7 @@
 //! catalog, the history's readers, the coordination store's occurrence records, and run and
 //! cancel requests sent through the scheduler's event channel (never run from a handler).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,11 +37,23 @@ pub(crate) struct Api {
     pub clock: SharedClock,
     pub identity: Arc<IdentityHealth>,
     pub lifecycle: Arc<Lifecycle>,
+    /// The runbooks folder: files are shown relative to it.
+    pub runbooks_dir: PathBuf,
+}
+
+/// `file` as the API shows it: relative to the runbooks folder, so that responses do not
+/// tell how the host is laid out; unchanged when it lies elsewhere.
+fn shown_path(dir: &Path, file: &str) -> String {
+    match Path::new(file).strip_prefix(dir) {
+        Ok(relative) if relative.as_os_str().is_empty() => ".".to_string(),
+        Ok(relative) => relative.display().to_string(),
+        Err(_) => file.to_string(),
+    }
 }
 
 /// The file error shown for a runbook or an invalid file: the first problem's line, and
 /// every problem in the message.
-fn file_error(file: &str, errors: &[ValidationError]) -> FileErrorView {
+fn file_error(dir: &Path, file: &str, errors: &[ValidationError]) -> FileErrorView {
     let line = errors
         .iter()
         .map(|e| e.line)
@@ -58,7 +71,7 @@ fn file_error(file: &str, errors: &[ValidationError]) -> FileErrorView {
         .collect::<Vec<_>>()
         .join("; ");
     FileErrorView {
-        file: file.to_string(),
+        file: shown_path(dir, file),
         line,
         message,
     }
@@ -68,11 +81,28 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// What `?before=` means in the history's id order.
+#[derive(Debug, PartialEq, Eq)]
+enum Before {
+    /// Before 1970: no job was created then.
+    Nothing,
+    /// Beyond what a job id can hold (year 10889): every job.
+    Everything,
+    /// Jobs with an id below this one.
+    Id(JobId),
+}
+
 /// The smallest job id created at or after `at`: ids are ULIDs, so "created before `at`" is
-/// "id below this one".
-fn first_id_at(at: DateTime<Utc>) -> Option<JobId> {
+/// "id below this one". Instants a ULID's 48-bit millisecond time cannot hold are not
+/// wrapped or dropped but mean "nothing" or "everything".
+fn before_bound(at: DateTime<Utc>) -> Before {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let millis = u128::try_from(at.timestamp_millis()).ok()? & ((1u128 << 48) - 1);
+    let Ok(millis) = u128::try_from(at.timestamp_millis()) else {
+        return Before::Nothing;
+    };
+    if millis >= 1u128 << 48 {
+        return Before::Everything;
+    }
     let value = millis << 80;
     let text: String = (0..26)
         .map(|i| {
@@ -80,7 +110,10 @@ fn first_id_at(at: DateTime<Utc>) -> Option<JobId> {
             char::from(ALPHABET[((value >> shift) & 0x1f) as usize])
         })
         .collect();
-    text.parse().ok()
+    match text.parse() {
+        Ok(id) => Before::Id(id),
+        Err(_) => Before::Everything,
+    }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, ApiError> {
@@ -104,24 +137,29 @@ impl WorkerApi for Api {
                 RunbookView {
                     name: r.name.clone(),
                     description: Some(r.description.clone()).filter(|d| !d.is_empty()),
-                    file: r.file.clone(),
+                    file: shown_path(&self.runbooks_dir, &r.file),
                     schedule: r.schedule.as_ref().map(|s| s.expressions().join(", ")),
                     time_zone: r.timezone.name().to_string(),
                     next_run: plan_next(r, now).map(|due| due.instant),
                     enabled: r.enabled,
                     last_status: last.as_ref().map(|l| l.status.as_str().to_string()),
                     last_job_id: last.map(|l| l.job_id.as_str().to_string()),
-                    validation_error: (!live.errors.is_empty())
-                        .then(|| file_error(&live.errors[0].file, &live.errors)),
+                    validation_error: (!live.errors.is_empty()).then(|| {
+                        file_error(&self.runbooks_dir, &live.errors[0].file, &live.errors)
+                    }),
                 }
             })
             .collect();
         let mut invalid_files: Vec<FileErrorView> = catalog
             .invalid_files()
-            .map(|(file, errors)| file_error(file, errors))
+            .map(|(file, errors)| file_error(&self.runbooks_dir, file, errors))
             .collect();
         if let Some(error) = catalog.folder_error() {
-            invalid_files.push(file_error(&error.file, std::slice::from_ref(error)));
+            invalid_files.push(file_error(
+                &self.runbooks_dir,
+                &error.file,
+                std::slice::from_ref(error),
+            ));
         }
         RunbooksView {
             runbooks,
@@ -161,11 +199,16 @@ impl WorkerApi for Api {
                     .map_err(|e| ApiError::BadRequest(e.to_string()))?,
             ),
         };
+        let before = match filter.before.map(before_bound) {
+            Some(Before::Nothing) => return Ok(Vec::new()),
+            Some(Before::Id(id)) => Some(id),
+            Some(Before::Everything) | None => None,
+        };
         let filter = history::JobFilter {
             runbook: filter.runbook,
             status,
             limit: filter.limit,
-            before: filter.before.and_then(first_id_at),
+            before,
         };
         let jobs = self.history.list_jobs(&filter).await.map_err(internal)?;
         jobs.iter().map(to_json).collect()
@@ -287,12 +330,47 @@ mod tests {
 
     #[test]
     fn a_before_instant_becomes_the_first_id_of_that_millisecond() {
+        let id = |at| match before_bound(at) {
+            Before::Id(id) => id,
+            other => panic!("{at}: {other:?}"),
+        };
         let at = Utc.with_ymd_and_hms(2026, 3, 29, 10, 0, 0).unwrap();
-        let bound = first_id_at(at).unwrap();
-        let earlier = first_id_at(at - chrono::Duration::milliseconds(1)).unwrap();
-        let later = first_id_at(at + chrono::Duration::milliseconds(1)).unwrap();
+        let bound = id(at);
+        let earlier = id(at - chrono::Duration::milliseconds(1));
+        let later = id(at + chrono::Duration::milliseconds(1));
         assert!(earlier < bound && bound < later);
         assert!(bound.as_str().ends_with("0000000000000000"), "{bound}");
+        assert!(id(DateTime::UNIX_EPOCH).as_str().starts_with("0000000000"));
+    }
+
+    #[test]
+    fn instants_a_job_id_cannot_hold_mean_nothing_or_everything() {
+        for at in [
+            Utc.with_ymd_and_hms(1969, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(1900, 1, 1, 0, 0, 0).unwrap(),
+            DateTime::<Utc>::MIN_UTC,
+        ] {
+            assert_eq!(before_bound(at), Before::Nothing, "{at}");
+        }
+        for at in [
+            Utc.with_ymd_and_hms(10890, 1, 1, 0, 0, 0).unwrap(),
+            DateTime::<Utc>::MAX_UTC,
+        ] {
+            assert_eq!(before_bound(at), Before::Everything, "{at}");
+        }
+    }
+
+    #[test]
+    fn files_are_shown_relative_to_the_runbooks_folder() {
+        let dir = Path::new("/srv/runbooks");
+        for (file, shown) in [
+            ("/srv/runbooks/a.toml", "a.toml"),
+            ("/srv/runbooks/team/b.toml", "team/b.toml"),
+            ("/srv/runbooks", "."),
+            ("/elsewhere/c.toml", "/elsewhere/c.toml"),
+        ] {
+            assert_eq!(shown_path(dir, file), shown, "{file}");
+        }
     }
 
     #[test]
@@ -306,6 +384,7 @@ mod tests {
             message: message.to_string(),
         };
         let view = file_error(
+            Path::new("/srv/runbooks"),
             "runbooks/a.toml",
             &[error(4, "bad cron"), error(9, "bad zone")],
         );
@@ -314,7 +393,11 @@ mod tests {
             view.message,
             "line 4, column 3: bad cron; line 9, column 3: bad zone"
         );
-        let whole = file_error("runbooks/a.toml", &[error(0, "cannot read the file")]);
+        let whole = file_error(
+            Path::new("/srv/runbooks"),
+            "runbooks/a.toml",
+            &[error(0, "cannot read the file")],
+        );
         assert_eq!(whole.line, None);
         assert_eq!(whole.message, "cannot read the file");
     }

@@ -201,6 +201,7 @@ impl App {
             clock: clock.clone(),
             identity: components.identity_health(),
             lifecycle: lifecycle.clone(),
+            runbooks_dir: settings.runbooks.dir.clone(),
         });
         let router = http::router(api, metrics, auth);
 
@@ -256,7 +257,12 @@ impl App {
         let clock = components.clock();
 
         let http_stop = CancellationToken::new();
-        let http_task = tokio::spawn(http::serve(listener, router, http_stop.clone()));
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            router,
+            http::ServerLimits::from_settings(&settings.http),
+            http_stop.clone(),
+        ));
         let background = CancellationToken::new();
         let pruner = history::spawn_pruner(
             history.clone(),

@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::bounds;
 use super::{
     ApiError, AppState, CancelOutcome, DEFAULT_JOBS_LIMIT, JOB_STATUSES, JobFilter, MAX_JOBS_LIMIT,
     RequestedVia, RunRequest,
@@ -62,6 +64,56 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Longest error text of axum's own rejections that is passed on.
+const MAX_REJECTION_TEXT: usize = 1024;
+
+/// Turns the errors axum produces itself (405, 413, malformed paths and queries, …), which
+/// are plain text or empty, into `{"error": "…"}` so every API error is JSON. HTML error
+/// pages of the dashboard and JSON errors of the handlers pass unchanged.
+pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("application/json") || content_type.starts_with("text/html") {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match status {
+        // The Allow header is added after this layer has run, so it is named, not quoted.
+        StatusCode::METHOD_NOT_ALLOWED => format!(
+            "method {method} is not allowed on this route: the Allow header lists the methods it takes"
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the request body is larger than {} KiB",
+            super::MAX_BODY_BYTES / 1024
+        ),
+        _ if text.is_empty() => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase(),
+        _ => text,
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let json = error_response(status, &message);
+    let (json_parts, json_body) = json.into_parts();
+    for (name, value) in &json_parts.headers {
+        parts.headers.insert(name, value.clone());
+    }
+    Response::from_parts(parts, json_body)
+}
+
 pub(crate) async fn healthz() -> Response {
     Json(json!({ "status": "alive" })).into_response()
 }
@@ -101,7 +153,14 @@ pub(crate) async fn no_route() -> Response {
 }
 
 pub(crate) async fn list_runbooks(State(state): State<AppState>) -> Response {
-    Json(state.api.runbooks()).into_response()
+    let bounded = bounds::bound_runbooks(state.api.runbooks());
+    Json(json!({
+        "runbooks": bounded.view.runbooks,
+        "invalid_files": bounded.view.invalid_files,
+        "more_runbooks": bounded.more_runbooks,
+        "more_invalid_files": bounded.more_invalid_files,
+    }))
+    .into_response()
 }
 
 pub(crate) async fn get_runbook(
@@ -114,7 +173,12 @@ pub(crate) async fn get_runbook(
         .runbooks
         .into_iter()
         .find(|r| r.name == name)
-        .map(|r| Json(r).into_response())
+        .map(|mut r| {
+            if let Some(error) = r.validation_error.as_mut() {
+                bounds::bound_file_error(error);
+            }
+            Json(r).into_response()
+        })
         .ok_or_else(|| no_runbook(&name))
 }
 
@@ -279,7 +343,10 @@ pub(crate) async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     match state.api.get_job(&id).await? {
-        Some(job) => Ok(Json(job).into_response()),
+        Some(mut job) => {
+            bounds::bound_job(&mut job);
+            Ok(Json(job).into_response())
+        }
         None => Err(no_job(&id)),
     }
 }

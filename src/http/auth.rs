@@ -4,15 +4,19 @@
 //! configured they are off. Only a bearer header counts for changes: browsers attach Basic
 //! credentials and cookies to cross-site form posts on their own, a bearer header only when a
 //! script of this origin sets it, so requiring it also rules out cross-site request forgery.
-//! Reads are open when the worker listens on loopback (for requests that name a loopback host,
-//! so a rebound DNS name cannot reach them from a web page); elsewhere they need the token too,
-//! as a bearer header or as the password of HTTP Basic (any user name), so that a browser can
-//! open the dashboard. Tokens are compared as SHA-256 digests in constant time; the token itself
+//! Reads are open without a token ("anonymous reads") only when all of these hold: the worker
+//! listens on loopback, `http.anonymous_reads` is on, the TCP peer is on loopback, the request
+//! names only loopback hosts (a strictly parsed `host[:port]`, so a rebound DNS name or a
+//! `localhost:1@evil.com` cannot reach them from a web page) and it carries no proxy headers
+//! (`Forwarded`, `X-Forwarded-For`, …). Otherwise reads need the token too, as a bearer header
+//! or as the password of HTTP Basic (any user name), so that a browser can open the dashboard.
+//! A reverse proxy on the same host makes every client look local, which is why the setting
+//! exists. Tokens are compared as SHA-256 digests in constant time; the token itself
 //! is not kept and never logged.
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -32,9 +36,39 @@ pub const MIN_TOKEN_LEN: usize = 16;
 pub struct ApiAuth {
     /// SHA-256 of the API token; `None` turns every change route off.
     token_digest: Option<[u8; 32]>,
-    /// Reads are open without a token (the listener is on loopback).
-    open_reads: bool,
+    /// Whether reads may be open without a token, and if not why.
+    anonymous: Anonymous,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Anonymous {
+    /// Open to local requests (the listener is on loopback).
+    Open,
+    /// The listener is not on loopback.
+    NotLoopback,
+    /// `http.anonymous_reads = false`.
+    TurnedOff,
+}
+
+/// Where a request comes from, as far as the access rules care.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Origin<'a> {
+    /// Every host the request names: its Host headers and the authority of an absolute-form
+    /// target. An invalid header is passed as an empty string.
+    pub hosts: &'a [&'a str],
+    /// The TCP peer, when known.
+    pub peer: Option<IpAddr>,
+    /// Whether it carries headers a proxy adds (`Forwarded`, `X-Forwarded-For`, …).
+    pub forwarded: bool,
+}
+
+/// Headers that say a proxy passed the request on.
+const PROXY_HEADERS: [&str; 4] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-real-ip",
+];
 
 impl std::fmt::Debug for ApiAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,7 +81,7 @@ impl std::fmt::Debug for ApiAuth {
                     "none"
                 },
             )
-            .field("open_reads", &self.open_reads)
+            .field("anonymous_reads", &self.anonymous)
             .finish()
     }
 }
@@ -81,6 +115,8 @@ const WRONG_TOKEN: &str = "the API token is wrong";
 const READS_OFF: &str = "reads are open without a token only when the worker listens on loopback: set http.api_token_file (or http.api_token) and send it, or listen on 127.0.0.1";
 const NEED_TOKEN: &str = "this worker does not listen on loopback, so reads need the API token (`Authorization: Bearer <token>`, or as the password of HTTP Basic)";
 const FOREIGN_HOST: &str = "reads without a token are served only to requests for a loopback host (localhost, 127.0.0.1, [::1]); send the API token or use a loopback address";
+const FORWARDED: &str = "this request came through a proxy (it has a Forwarded or X-Forwarded-For header), so reads need the API token; set http.anonymous_reads = false on a worker behind a proxy";
+const ANONYMOUS_OFF: &str = "reads without a token are turned off (http.anonymous_reads = false): send the API token (`Authorization: Bearer <token>`, or as the password of HTTP Basic)";
 
 impl ApiAuth {
     /// Rules for a listener: `token` is the API token (none turns the change routes off),
@@ -88,7 +124,19 @@ impl ApiAuth {
     pub fn new(token: Option<SecretString>, listen_is_loopback: bool) -> Self {
         Self {
             token_digest: token.map(|t| digest(t.expose_secret().as_bytes())),
-            open_reads: listen_is_loopback,
+            anonymous: if listen_is_loopback {
+                Anonymous::Open
+            } else {
+                Anonymous::NotLoopback
+            },
+        }
+    }
+
+    /// The same rules with reads always needing the token (`http.anonymous_reads = false`).
+    pub fn without_anonymous_reads(self) -> Self {
+        Self {
+            anonymous: Anonymous::TurnedOff,
+            ..self
         }
     }
 
@@ -108,7 +156,12 @@ impl ApiAuth {
             }
             (None, None) => None,
         };
-        Ok(Self::new(token, listen.ip().is_loopback()))
+        let auth = Self::new(token, listen.ip().is_loopback());
+        Ok(if settings.anonymous_reads {
+            auth
+        } else {
+            auth.without_anonymous_reads()
+        })
     }
 
     /// Whether a token is configured (the change routes are on).
@@ -118,16 +171,32 @@ impl ApiAuth {
 
     /// Whether reads are open without a token.
     pub fn reads_are_open(&self) -> bool {
-        self.open_reads
+        self.anonymous == Anonymous::Open
     }
 
-    /// The rules, without I/O: `authorization` is the request's header, `host` the host it
-    /// names (Host header or URI authority).
+    /// Why a read without a token from `origin` is refused, or `None` when it is allowed.
+    fn anonymous_refusal(&self, origin: &Origin<'_>) -> Option<&'static str> {
+        match self.anonymous {
+            Anonymous::NotLoopback => Some(READS_OFF),
+            Anonymous::TurnedOff => Some(ANONYMOUS_OFF),
+            Anonymous::Open if origin.forwarded => Some(FORWARDED),
+            Anonymous::Open
+                if !origin.peer.is_none_or(|p| p.is_loopback())
+                    || !origin.hosts.iter().all(|h| is_loopback_host(h)) =>
+            {
+                Some(FOREIGN_HOST)
+            }
+            Anonymous::Open => None,
+        }
+    }
+
+    /// The rules, without I/O: `authorization` is the request's header, `origin` where it
+    /// comes from.
     pub(crate) fn decide(
         &self,
         access: Access,
         authorization: Option<&[u8]>,
-        host: Option<&str>,
+        origin: &Origin<'_>,
     ) -> Verdict {
         match access {
             Access::Change => {
@@ -145,18 +214,15 @@ impl ApiAuth {
                 }
             }
             Access::Read => {
-                if self.open_reads && host.is_none_or(is_loopback_host) {
+                let Some(refusal) = self.anonymous_refusal(origin) else {
                     return Verdict::Allow;
-                }
+                };
                 let Some(expected) = &self.token_digest else {
-                    return Verdict::Forbidden(if self.open_reads {
-                        FOREIGN_HOST
-                    } else {
-                        READS_OFF
-                    });
+                    return Verdict::Forbidden(refusal);
                 };
                 match authorization.map(parse_credentials) {
-                    None if self.open_reads => Verdict::Forbidden(FOREIGN_HOST),
+                    // A local client refused for its host gets the reason, not a login prompt.
+                    None if self.anonymous == Anonymous::Open => Verdict::Forbidden(refusal),
                     None => Verdict::Unauthorized {
                         message: NEED_TOKEN,
                         basic: true,
@@ -216,41 +282,94 @@ fn parse_credentials(header: &[u8]) -> Credentials<'_> {
     Credentials::Other
 }
 
-/// `localhost`, a `*.localhost` name or a loopback IP, with or without a port.
-fn is_loopback_host(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        // `[::1]:8080`
-        rest.split(']').next().unwrap_or(rest)
-    } else if host.matches(':').count() == 1 {
-        host.split(':').next().unwrap_or(host)
+/// The host of an HTTP authority `host[:port]` (RFC 9110 §7.2), lower-cased and without a
+/// trailing dot; `None` for anything else: user info (`localhost:1@evil.com`), a path, an
+/// unbracketed IPv6 address, an empty or out-of-range port, stray characters.
+fn authority_host(authority: &str) -> Option<String> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        inside.parse::<std::net::Ipv6Addr>().ok()?;
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':')?),
+        };
+        (inside, port)
     } else {
-        host
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
     };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(port) = port
+        && !(port.len() <= 5
+            && !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| p <= 65_535))
+    {
+        return None;
+    }
+    if !authority.starts_with('[')
+        && (host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')))
+    {
+        return None;
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    Some(host.to_ascii_lowercase())
+}
+
+/// Whether `authority` is a valid `host[:port]` naming `localhost`, a `*.localhost` name or a
+/// loopback IP.
+fn is_loopback_host(authority: &str) -> bool {
+    let Some(name) = authority_host(authority) else {
+        return false;
+    };
     if name == "localhost" || name.ends_with(".localhost") {
         return true;
     }
     name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-fn request_host(headers: &HeaderMap, request: &Request) -> Option<String> {
-    headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| request.uri().authority().map(|a| a.as_str().to_string()))
+/// Every host `request` names: its Host headers (an unreadable one as "") and the authority
+/// of an absolute-form target, which RFC 9112 §3.2.2 puts before the header.
+fn request_hosts(request: &Request) -> Vec<&str> {
+    let mut hosts: Vec<&str> = request
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .map(|h| h.to_str().unwrap_or(""))
+        .collect();
+    if let Some(authority) = request.uri().authority() {
+        hosts.push(authority.as_str());
+    }
+    hosts
+}
+
+fn is_forwarded(headers: &HeaderMap) -> bool {
+    PROXY_HEADERS.iter().any(|name| headers.contains_key(*name))
 }
 
 async fn enforce(state: &AppState, access: Access, request: Request, next: Next) -> Response {
-    let host = request_host(request.headers(), &request);
+    let hosts = request_hosts(&request);
+    let origin = Origin {
+        hosts: &hosts,
+        peer: request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip()),
+        forwarded: is_forwarded(request.headers()),
+    };
     let verdict = state.auth.decide(
         access,
         request
             .headers()
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes),
-        host.as_deref(),
+        &origin,
     );
+    drop(hosts);
     match verdict {
         Verdict::Allow => next.run(request).await,
         Verdict::Unauthorized { message, basic } => {
@@ -318,22 +437,19 @@ mod tests {
         let wrong = "Bearer 0123456789abcdef-wrong".to_string();
         let right_basic = basic("anyone", TOKEN);
         let wrong_basic = basic("anyone", "nope");
-        let local = Some("127.0.0.1:8080");
-        let foreign = Some("evil.example:8080");
+        let local = at(&["127.0.0.1:8080"]);
+        let foreign = at(&["evil.example:8080"]);
+        let without_anonymous_reads =
+            ApiAuth::new(Some(TOKEN.into()), true).without_anonymous_reads();
+        let anonymous_off_without_token = ApiAuth::new(None, true).without_anonymous_reads();
 
         use Access::{Change, Read};
         let unauthorized = |basic| Verdict::Unauthorized {
             message: if basic { NEED_TOKEN } else { NEED_BEARER },
             basic,
         };
-        // (rules, access, Authorization header, host, decision)
-        type Case<'a> = (
-            &'a ApiAuth,
-            Access,
-            Option<&'a String>,
-            Option<&'a str>,
-            Verdict,
-        );
+        // (rules, access, Authorization header, origin, decision)
+        type Case<'a> = (&'a ApiAuth, Access, Option<&'a String>, Origin<'a>, Verdict);
         let cases: Vec<Case> = vec![
             // Changes.
             (
@@ -398,17 +514,17 @@ mod tests {
                 &without_token_loopback,
                 Read,
                 None,
-                Some("localhost:1"),
+                at(&["localhost:1"]),
                 Verdict::Allow,
             ),
             (
                 &without_token_loopback,
                 Read,
                 None,
-                Some("[::1]:1"),
+                at(&["[::1]:1"]),
                 Verdict::Allow,
             ),
-            (&without_token_loopback, Read, None, None, Verdict::Allow),
+            (&without_token_loopback, Read, None, at(&[]), Verdict::Allow),
             (
                 &without_token_loopback,
                 Read,
@@ -436,6 +552,81 @@ mod tests {
                 Some(&wrong),
                 foreign,
                 Verdict::Forbidden(WRONG_TOKEN),
+            ),
+            // Anonymous reads rest on the peer and strictly parsed hosts, not on a header
+            // that merely mentions localhost.
+            (
+                &without_token_loopback,
+                Read,
+                None,
+                at(&["localhost:1@evil.com"]),
+                Verdict::Forbidden(FOREIGN_HOST),
+            ),
+            (
+                &without_token_loopback,
+                Read,
+                None,
+                at(&["127.0.0.1:8080", "evil.example"]),
+                Verdict::Forbidden(FOREIGN_HOST),
+            ),
+            (
+                &without_token_loopback,
+                Read,
+                None,
+                at(&[""]),
+                Verdict::Forbidden(FOREIGN_HOST),
+            ),
+            (
+                &without_token_loopback,
+                Read,
+                None,
+                Origin {
+                    peer: Some(IpAddr::from([10, 0, 0, 7])),
+                    ..local
+                },
+                Verdict::Forbidden(FOREIGN_HOST),
+            ),
+            (
+                &with_token_loopback,
+                Read,
+                None,
+                Origin {
+                    forwarded: true,
+                    ..local
+                },
+                Verdict::Forbidden(FORWARDED),
+            ),
+            (
+                &with_token_loopback,
+                Read,
+                Some(&right),
+                Origin {
+                    forwarded: true,
+                    ..local
+                },
+                Verdict::Allow,
+            ),
+            // http.anonymous_reads = false: a local request needs the token like any other.
+            (
+                &without_anonymous_reads,
+                Read,
+                None,
+                local,
+                unauthorized(true),
+            ),
+            (
+                &without_anonymous_reads,
+                Read,
+                Some(&right),
+                local,
+                Verdict::Allow,
+            ),
+            (
+                &anonymous_off_without_token,
+                Read,
+                None,
+                local,
+                Verdict::Forbidden(ANONYMOUS_OFF),
             ),
             // Reads elsewhere.
             (
@@ -483,11 +674,20 @@ mod tests {
             ),
         ];
         for (i, (auth, access, header, host, want)) in cases.into_iter().enumerate() {
-            let got = auth.decide(access, header.map(|h| h.as_bytes()), host);
+            let got = auth.decide(access, header.map(|h| h.as_bytes()), &host);
             assert_eq!(
                 got, want,
                 "case {i}: {auth:?} {access:?} {header:?} {host:?}"
             );
+        }
+    }
+
+    /// A request from a loopback peer naming `hosts`.
+    fn at<'a>(hosts: &'a [&'a str]) -> Origin<'a> {
+        Origin {
+            hosts,
+            peer: Some(IpAddr::from([127, 0, 0, 1])),
+            forwarded: false,
         }
     }
 
@@ -501,8 +701,24 @@ mod tests {
             ("LOCALHOST:8080", true),
             ("app.localhost:80", true),
             ("[::1]:8080", true),
-            ("::1", true),
+            ("localhost.:80", true),
+            // Not an authority: a bare IPv6 address must be bracketed.
+            ("::1", false),
             ("10.0.0.1:8080", false),
+            ("localhost:1@evil.com", false),
+            ("user@localhost", false),
+            ("evil.com#@localhost", false),
+            ("localhost/evil", false),
+            ("localhost:", false),
+            ("localhost:99999", false),
+            ("localhost:123456", false),
+            ("localhost:80:80", false),
+            ("localhost:+80", false),
+            ("[::1]x", false),
+            ("[::1]:", false),
+            ("[localhost]:80", false),
+            (" localhost", false),
+            ("", false),
             ("example.com", false),
             ("localhost.example.com", false),
             ("[::2]:80", false),
@@ -534,7 +750,7 @@ mod tests {
         assert!(auth.has_token() && !auth.reads_are_open());
         let bearer = format!("Bearer {TOKEN}");
         assert_eq!(
-            auth.decide(Access::Change, Some(bearer.as_bytes()), None),
+            auth.decide(Access::Change, Some(bearer.as_bytes()), &at(&[])),
             Verdict::Allow
         );
 
@@ -571,6 +787,17 @@ mod tests {
         assert!(err.to_string().contains("nope"), "{err}");
 
         let none = ApiAuth::from_settings(&HttpSettings::default(), loopback).unwrap();
-        assert!(!none.has_token());
+        assert!(!none.has_token() && none.reads_are_open());
+
+        let closed = HttpSettings {
+            anonymous_reads: false,
+            ..HttpSettings::default()
+        };
+        let auth = ApiAuth::from_settings(&closed, loopback).unwrap();
+        assert!(!auth.reads_are_open());
+        assert_eq!(
+            auth.decide(Access::Read, None, &at(&["127.0.0.1:8080"])),
+            Verdict::Forbidden(ANONYMOUS_OFF)
+        );
     }
 }

@@ -18,6 +18,7 @@ use minijinja::{Environment, UndefinedBehavior, Value, context};
 use serde::Serialize;
 
 use super::api::path_segment;
+use super::bounds;
 use super::{ApiError, AppState, FileErrorView, JobFilter, RunbookView, RunbooksView};
 
 const STYLESHEET: &str = include_str!("assets/dashboard.css");
@@ -185,7 +186,8 @@ pub(crate) async fn index(
         .ok()
         .and_then(|Query(q)| q.get("runbook").cloned())
         .filter(|r| !r.is_empty());
-    let view = state.api.runbooks();
+    let bounded = bounds::bound_runbooks(state.api.runbooks());
+    let view = bounded.view;
     let invalid = invalid_rows(&view);
     let runbooks: Vec<RunbookRow> = view.runbooks.into_iter().map(runbook_row).collect();
     let filter = JobFilter {
@@ -206,6 +208,8 @@ pub(crate) async fn index(
         context! {
             runbooks,
             invalid,
+            more_runbooks => bounded.more_runbooks,
+            more_invalid_files => bounded.more_invalid_files,
             jobs => Value::from_serialize(&jobs),
             jobs_error,
             runbook_filter,
@@ -216,7 +220,10 @@ pub(crate) async fn index(
 
 pub(crate) async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let job = match state.api.get_job(&id).await {
-        Ok(Some(job)) => job,
+        Ok(Some(mut job)) => {
+            bounds::bound_job(&mut job);
+            job
+        }
         Ok(None) => {
             return state.pages.error_page(
                 &state,

@@ -7,18 +7,23 @@
 //! opens the history itself. [`ApiAuth`] decides who may read and who may change things; the
 //! API token never leaves it (only a digest is kept).
 //!
-//! Layout: `api` holds the JSON and probe handlers, `auth` the access rules, `dashboard` the
-//! server-rendered pages with their embedded templates, CSS and script.
+//! Layout: `api` holds the JSON and probe handlers, `auth` the access rules, `bounds` the
+//! caps on what one response lists, `dashboard` the server-rendered pages with their embedded
+//! templates, CSS and script, `server` the accept loop with its connection cap and timeouts.
 
 mod api;
 mod auth;
+mod bounds;
 mod dashboard;
+mod server;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::duration::HumanDuration;
+use crate::telemetry::metrics::Metrics;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
@@ -27,14 +32,11 @@ use axum::routing::{MethodRouter, get, post};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-use crate::telemetry::metrics::Metrics;
 
 pub use auth::ApiAuth;
 /// The router type `serve` hands to [`serve`]; re-exported so no other module names axum.
 pub use axum::Router;
+pub use server::{ServerLimits, serve};
 
 /// `[http]` settings.
 #[derive(Clone, Debug, Deserialize)]
@@ -45,6 +47,19 @@ pub struct HttpSettings {
     pub api_token: Option<SecretString>,
     /// File holding the API token (preferred over `api_token` in files that are shared).
     pub api_token_file: Option<PathBuf>,
+    /// Reads without a token on a loopback listener, from a loopback peer naming a loopback
+    /// host. Off behind a reverse proxy on the same host, which makes every client look local.
+    pub anonymous_reads: bool,
+    /// A client must send a whole request header within this (and start its next request on
+    /// a kept-alive connection within it).
+    pub header_read_timeout: HumanDuration,
+    /// A connection with nothing in progress and no byte moved for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// A request without a response after this gets a JSON 503.
+    pub request_timeout: HumanDuration,
+    /// Connections served at once; more get a JSON 503. Lowered at start to half the
+    /// process's open-file limit so jobs always find file descriptors.
+    pub max_connections: usize,
 }
 
 impl Default for HttpSettings {
@@ -53,7 +68,54 @@ impl Default for HttpSettings {
             listen: "127.0.0.1:8080".to_string(),
             api_token: None,
             api_token_file: None,
+            anonymous_reads: true,
+            header_read_timeout: HumanDuration::from_secs(10),
+            idle_timeout: HumanDuration::from_secs(60),
+            request_timeout: HumanDuration::from_secs(30),
+            max_connections: 256,
         }
+    }
+}
+
+/// Bounds of the `[http]` timeouts: below the minimum a slow but honest client fails, above
+/// the maximum a stalled one holds its connection for too long.
+const HTTP_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
+/// Most connections `http.max_connections` may allow.
+const MAX_MAX_CONNECTIONS: usize = 65_536;
+
+impl HttpSettings {
+    /// Values that parse but make no sense, as (`http.key`, message), for
+    /// [`crate::settings::Settings::problems`].
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let (min, max) = HTTP_TIMEOUT_RANGE;
+        for (key, value) in [
+            ("http.header_read_timeout", self.header_read_timeout),
+            ("http.idle_timeout", self.idle_timeout),
+            ("http.request_timeout", self.request_timeout),
+        ] {
+            if !(min..=max).contains(&value.get()) {
+                out.push((
+                    key.to_string(),
+                    format!(
+                        "must be between {} and {}, got {value}",
+                        HumanDuration(min),
+                        HumanDuration(max)
+                    ),
+                ));
+            }
+        }
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&self.max_connections) {
+            out.push((
+                "http.max_connections".to_string(),
+                format!(
+                    "must be between 1 and {MAX_MAX_CONNECTIONS}, got {}",
+                    self.max_connections
+                ),
+            ));
+        }
+        out
     }
 }
 
@@ -403,21 +465,10 @@ pub fn router(api: Arc<dyn WorkerApi>, metrics: Arc<Metrics>, auth: ApiAuth) -> 
         .merge(api)
         .fallback(api::no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(api::json_errors))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and
-/// waits for requests in flight (the caller bounds that wait if it must).
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
 }
 
 /// Headers every response gets: the pages load only their own script and stylesheet, cannot
@@ -512,6 +563,42 @@ mod tests {
             }
             assert_eq!(readiness.is_ready(), wanted.is_empty());
         }
+    }
+
+    #[test]
+    fn http_limits_out_of_range_are_reported_under_their_key() {
+        assert_eq!(HttpSettings::default().problems(), vec![]);
+        let bad = HttpSettings {
+            header_read_timeout: HumanDuration::from_secs(0),
+            idle_timeout: HumanDuration::from_secs(7200),
+            request_timeout: HumanDuration(Duration::from_millis(500)),
+            max_connections: 0,
+            ..HttpSettings::default()
+        };
+        let problems = bad.problems();
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "http.header_read_timeout",
+                "http.idle_timeout",
+                "http.request_timeout",
+                "http.max_connections"
+            ]
+        );
+        assert!(problems[1].1.contains("between 1s and 1h"), "{problems:?}");
+        assert!(problems[1].1.contains("2h"), "{problems:?}");
+
+        // The settings check at load includes them.
+        let settings = crate::settings::Settings {
+            http: bad,
+            ..crate::settings::Settings::default()
+        };
+        let all = settings.problems();
+        assert!(
+            all.iter().any(|(k, _)| k == "http.max_connections"),
+            "{all:?}"
+        );
     }
 
     #[test]

@@ -1277,6 +1277,15 @@ fn the_systemd_unit_is_hardened() {
         "TimeoutStopSec={timeout} vs shutdown_grace {grace}s"
     );
 
+    // Enough open files for the default connection cap to stay whole: the worker lowers it to
+    // half the limit so jobs keep the other half.
+    let nofile: usize = one("LimitNOFILE").parse().unwrap();
+    let cap = runbook_worker::http::HttpSettings::default().max_connections;
+    assert!(
+        nofile >= 4 * cap,
+        "LimitNOFILE={nofile} vs http.max_connections {cap}"
+    );
+
     // Its Environment= lines are real settings.
     let env: Vec<(String, String)> = values(&unit, "Environment")
         .iter()

@@ -7,14 +7,17 @@ use std::time::Duration;
 use axum::response::Html;
 use runbook_worker::http::{
     ApiAuth, CoordinationReadiness, IdentityReadiness, JobFilter, Readiness, RequestedVia,
-    RunRequest,
+    RunRequest, ServerLimits,
 };
 use serde_json::{Value, json};
 
 use crate::support::http::{
     Call, FakeWorker, HOSTILE_DESCRIPTION, TOKEN, WRONG_TOKEN, artifacts_dir, bearer, chromium,
-    params, spawn, spawn_with,
+    open_half_requests, params, read_until_closed, spawn, spawn_limited, spawn_with, still_open,
 };
+use crate::support::wait_until;
+use crate::support::worker::{InProcess, runbook};
+use runbook_worker::history::Trigger;
 
 fn loopback_with_token() -> ApiAuth {
     ApiAuth::new(Some(TOKEN.into()), true)
@@ -956,5 +959,409 @@ async fn the_run_now_button_starts_a_job_from_a_real_browser() {
     );
     println!("screenshot: {}", png.display());
     assert_eq!(server.worker.changes().len(), 2);
+    server.stop().await;
+}
+
+/// Limits for the stall tests: small timeouts so they end quickly.
+fn limits(max_connections: usize, header_read_timeout: Duration) -> ServerLimits {
+    ServerLimits {
+        header_read_timeout,
+        idle_timeout: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(30),
+        max_connections,
+    }
+}
+
+/// 300 connections that send half a request header (the attack that used to hold every
+/// connection for ever and starve the worker of file descriptors) are closed by the server
+/// once the header-read timeout passes, and `/healthz` answers all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_closed_after_the_header_timeout_while_healthz_answers() {
+    const SLOW: usize = 300;
+    let server = spawn_limited(
+        FakeWorker::canned(),
+        loopback_with_token(),
+        None,
+        limits(400, Duration::from_secs(5)),
+    )
+    .await;
+    let opened = tokio::time::Instant::now();
+    let slow = open_half_requests(server.addr, SLOW).await;
+
+    for _ in 0..3 {
+        let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
+        let response = fresh
+            .get(server.url("/healthz"))
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .expect("healthz answers while the slow connections are open");
+        assert_eq!(response.status(), 200);
+    }
+    // Checked after the probes: what is open now was open while they were answered.
+    let open_during_probes = slow.iter().filter(|s| still_open(s)).count();
+    assert!(
+        open_during_probes > 0,
+        "the slow connections were closed before healthz was asked, so this proves nothing"
+    );
+
+    let waiting_since = opened.elapsed();
+    let ended = futures::future::join_all(
+        slow.into_iter()
+            .map(|s| read_until_closed(s, Duration::from_secs(60), 512)),
+    )
+    .await;
+    let closed = ended.iter().filter(|e| e.closed).count();
+    let first = ended.iter().map(|e| e.after).min().unwrap_or_default() + waiting_since;
+    let last = ended.iter().map(|e| e.after).max().unwrap_or_default() + waiting_since;
+    let refused = ended
+        .iter()
+        .filter(|e| e.received.starts_with(b"HTTP/1.1 503"))
+        .count();
+    eprintln!(
+        "stall figures: {SLOW} half requests opened; 3 of 3 healthz answered; {open_during_probes} \
+         still open after them; {closed} closed by the server between {:.1} s and {:.1} s \
+         after opening (header_read_timeout 5 s)",
+        first.as_secs_f64(),
+        last.as_secs_f64()
+    );
+    assert_eq!(closed, SLOW, "every half request is closed by the server");
+    assert_eq!(refused, 0, "below the cap no connection is refused");
+
+    let response = server.get("/healthz").await;
+    assert_eq!(response.status(), 200);
+    server.stop().await;
+}
+
+/// Beyond `max_connections` a new connection gets a JSON 503 at once instead of waiting
+/// in the kernel's queue, and connections are served again once the slow ones are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_get_a_json_503_and_service_resumes_when_they_go() {
+    use tokio::io::AsyncWriteExt as _;
+    const CAP: usize = 20;
+    // A long header timeout: nothing may time out while the cap is full.
+    let server = spawn_limited(
+        FakeWorker::canned(),
+        loopback_with_token(),
+        None,
+        limits(CAP, Duration::from_secs(300)),
+    )
+    .await;
+    let slow = open_half_requests(server.addr, CAP).await;
+
+    // The server accepts in order, so these come after the slow ones hold every slot.
+    for _ in 0..5 {
+        let mut extra = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        extra
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let ended = read_until_closed(extra, Duration::from_secs(30), 4096).await;
+        assert!(
+            ended.closed,
+            "a connection beyond the cap is answered and closed"
+        );
+        let text = String::from_utf8_lossy(&ended.received);
+        let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        let error: Value = serde_json::from_str(body).expect("a JSON body");
+        assert!(
+            error["error"]
+                .as_str()
+                .unwrap()
+                .contains("http.max_connections"),
+            "{error}"
+        );
+    }
+    let full = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = full.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 503, "the cap holds for probes too");
+
+    drop(slow);
+    let served = wait_until(Duration::from_secs(30), || async {
+        let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
+        matches!(
+            fresh.get(server.url("/healthz")).send().await,
+            Ok(r) if r.status() == 200
+        )
+    })
+    .await;
+    assert!(served, "healthz answers once the slow connections are gone");
+    server.stop().await;
+}
+
+/// A handler that never answers is cut by `request_timeout` with a JSON 503.
+#[tokio::test]
+async fn a_request_that_outlives_the_request_timeout_gets_a_json_503() {
+    let slow_route = axum::Router::new().route(
+        "/api/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            "never"
+        }),
+    );
+    let server = spawn_limited(
+        FakeWorker::canned(),
+        loopback_with_token(),
+        Some(slow_route),
+        ServerLimits {
+            request_timeout: Duration::from_secs(1),
+            ..ServerLimits::default()
+        },
+    )
+    .await;
+    let response = server.get("/api/slow").await;
+    assert_eq!(response.status(), 503);
+    let body = json_of(response).await;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("http.request_timeout"),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+/// A client that asks for a large response and never reads it is cut off after the idle
+/// timeout instead of holding its connection for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt as _;
+    const BIG: usize = 32 * 1024 * 1024;
+    let big_route =
+        axum::Router::new().route("/api/big", axum::routing::get(|| async { vec![b'x'; BIG] }));
+    let server = spawn_limited(
+        FakeWorker::canned(),
+        loopback_with_token(),
+        Some(big_route),
+        ServerLimits {
+            idle_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            ..ServerLimits::default()
+        },
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /api/big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    // The socket buffers fill and the server's writes stall. With a cap of one connection,
+    // a probe is refused until the watchdog has closed the stalled one.
+    let freed = wait_until(Duration::from_secs(60), || async {
+        let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
+        matches!(
+            fresh.get(server.url("/healthz")).send().await,
+            Ok(r) if r.status() == 200
+        )
+    })
+    .await;
+    assert!(freed, "the stalled connection is closed and its slot freed");
+    let ended = read_until_closed(stream, Duration::from_secs(60), 0).await;
+    assert!(
+        ended.closed,
+        "the stalled connection is closed by the server"
+    );
+    assert!(
+        ended.total < BIG,
+        "the whole body arrived ({} bytes): the client was not cut off",
+        ended.total
+    );
+    server.stop().await;
+}
+
+/// Every error on the API is `{"error": …}`, including the ones axum produces itself.
+#[tokio::test]
+async fn every_api_error_is_json_even_the_ones_axum_makes() {
+    let server = spawn(loopback_with_token()).await;
+    let auth = bearer(TOKEN);
+    let too_big = format!("{{\"params\": {{\"x\": \"{}\"}}}}", "a".repeat(300 * 1024));
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            server.client.get(server.url("/api/nothing-here")),
+            404,
+            "no such route",
+        ),
+        (
+            server
+                .client
+                .get(server.url("/api/runbooks/archive-old-mailboxes/run")),
+            405,
+            "method GET is not allowed",
+        ),
+        (
+            server.client.post(server.url("/healthz")),
+            405,
+            "method POST is not allowed",
+        ),
+        (
+            server
+                .client
+                .post(server.url("/api/runbooks/archive-old-mailboxes/run"))
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .body(too_big),
+            413,
+            "larger than 256 KiB",
+        ),
+        (server.client.get(server.url("/api/jobs/%FF")), 400, ""),
+    ];
+    for (request, status, needle) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{:?}", response.url().path());
+        if status == 405 {
+            assert!(response.headers().contains_key("allow"));
+        }
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            content_type.starts_with("application/json"),
+            "{content_type}"
+        );
+        let body = json_of(response).await;
+        let error = body["error"].as_str().expect("an error message");
+        assert!(
+            !error.is_empty() && error.contains(needle),
+            "{status}: {error}"
+        );
+    }
+    assert_eq!(
+        server.worker.changes(),
+        vec![],
+        "an oversized run reached the worker"
+    );
+    server.stop().await;
+}
+
+/// Anonymous reads rest on the peer and a strictly parsed Host, not on a header that
+/// mentions localhost; proxy headers and `http.anonymous_reads = false` turn them off.
+#[tokio::test]
+async fn anonymous_reads_refuse_hostile_hosts_proxied_requests_and_can_be_turned_off() {
+    let open = spawn(ApiAuth::new(None, true)).await;
+    for (header, value, want) in [
+        ("host", "localhost:1@evil.com", 403),
+        ("host", "localhost:99999", 403),
+        ("host", "evil.com#@127.0.0.1", 403),
+        ("x-forwarded-for", "203.0.113.9", 403),
+        ("forwarded", "for=203.0.113.9", 403),
+        ("host", "localhost:8080", 200),
+    ] {
+        let response = open.get_with("/api/runbooks", &[(header, value)]).await;
+        assert_eq!(response.status(), want, "{header}: {value}");
+        if want == 403 {
+            assert!(json_of(response).await["error"].is_string());
+        }
+    }
+    open.stop().await;
+
+    let closed = spawn(ApiAuth::new(Some(TOKEN.into()), true).without_anonymous_reads()).await;
+    let response = closed.get("/api/runbooks").await;
+    assert_eq!(response.status(), 401);
+    let response = closed
+        .get_with("/api/runbooks", &[("authorization", &bearer(TOKEN))])
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        closed.worker.calls(),
+        vec![],
+        "runbooks are not a worker call"
+    );
+    closed.stop().await;
+}
+
+/// Over the real worker: runbook files are shown relative to the runbooks folder (never the
+/// host's absolute path), and `?before=` earlier than 1970 lists no job rather than the
+/// newest ones.
+#[tokio::test]
+async fn the_worker_api_shows_relative_files_and_lists_nothing_before_1970() {
+    let app = InProcess::start(
+        &[
+            ("a.toml", &runbook("description = \"fine\"")),
+            ("bad.toml", "this is not toml = = ="),
+        ],
+        |_| {},
+    )
+    .await;
+    let view = app.get_json("/api/runbooks").await;
+    assert_eq!(view["runbooks"][0]["file"], "a.toml", "{view:#}");
+    assert_eq!(view["invalid_files"][0]["file"], "bad.toml", "{view:#}");
+    let root = app.root.path().display().to_string();
+    assert!(!view.to_string().contains(&root), "{view:#}");
+
+    app.handle
+        .run("a", Vec::new(), false, Trigger::Manual)
+        .await
+        .expect("run a");
+    let listed = wait_until(Duration::from_secs(30), || async {
+        app.get_json("/api/jobs").await["jobs"]
+            .as_array()
+            .is_some_and(|jobs| jobs.len() == 1)
+    })
+    .await;
+    assert!(listed, "the job is listed");
+    for (before, count) in [
+        ("1969-12-31T23:59:59Z", 0),
+        ("1900-01-01T00:00:00Z", 0),
+        ("1970-01-01T00:00:00Z", 0),
+        ("9999-12-31T23:59:59Z", 1),
+    ] {
+        let jobs = app.get_json(&format!("/api/jobs?before={before}")).await;
+        assert_eq!(
+            jobs["jobs"].as_array().map(Vec::len),
+            Some(count),
+            "before={before}: {jobs}"
+        );
+    }
+    app.stop().await;
+}
+
+/// A catalog with hundreds of runbooks and a job with a huge stream give bounded responses
+/// that say how much they leave out, on the API and the dashboard.
+#[tokio::test]
+async fn long_lists_and_streams_are_cut_with_a_count_of_what_is_left_out() {
+    let worker = FakeWorker::canned();
+    {
+        let mut view = worker.runbooks.lock().unwrap();
+        let template = view.runbooks[2].clone();
+        for i in 0..600 {
+            view.runbooks.push(runbook_worker::http::RunbookView {
+                name: format!("extra-{i:03}"),
+                ..template.clone()
+            });
+        }
+        let entries: Vec<Value> = (0..6000)
+            .map(|i| json!({"seq": i, "kind": "output", "time": "2024-05-01T00:30:01Z", "text": "line"}))
+            .collect();
+        worker.jobs.lock().unwrap().push(json!({
+            "id": "job-big", "runbook": "quota-report", "trigger": "manual", "status": "Completed",
+            "scheduled_for": "2024-05-01T00:30:00Z", "dry_run": false, "steps": [], "error": null,
+            "streams": entries,
+        }));
+    }
+    let server = spawn_with(worker, loopback_with_token(), None).await;
+
+    let view = json_of(server.get("/api/runbooks").await).await;
+    let listed = view["runbooks"].as_array().unwrap().len();
+    assert_eq!(listed, 500);
+    assert_eq!(view["more_runbooks"], 603 - 500);
+    assert_eq!(view["more_invalid_files"], 0);
+
+    let job = json_of(server.get("/api/jobs/job-big").await).await;
+    assert_eq!(job["streams"].as_array().unwrap().len(), 5000);
+    assert_eq!(job["streams_more"], 1000);
+
+    let index = server.get("/").await.text().await.unwrap();
+    assert!(
+        index.contains("and 103 more runbooks"),
+        "no marker on the index page"
+    );
+    let page = server.get("/jobs/job-big").await.text().await.unwrap();
+    assert!(
+        page.contains("and 1000 more stream records"),
+        "no marker on the job page"
+    );
     server.stop().await;
 }

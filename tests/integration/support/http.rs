@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use runbook_worker::http::{
     self, ApiAuth, ApiError, CancelOutcome, FileErrorView, JobFilter, Readiness, RunAccepted,
-    RunRequest, RunbookView, RunbooksView, WorkerApi,
+    RunRequest, RunbookView, RunbooksView, ServerLimits, WorkerApi,
 };
 use runbook_worker::telemetry::metrics::Metrics;
 
@@ -302,6 +302,16 @@ pub async fn spawn_with(
     auth: ApiAuth,
     extra: Option<axum::Router>,
 ) -> TestServer {
+    spawn_limited(worker, auth, extra, ServerLimits::default()).await
+}
+
+/// Serves `worker` with `auth` under `limits` (timeouts, connection cap).
+pub async fn spawn_limited(
+    worker: Arc<FakeWorker>,
+    auth: ApiAuth,
+    extra: Option<axum::Router>,
+    limits: ServerLimits,
+) -> TestServer {
     let metrics = Arc::new(Metrics::new());
     let mut router = http::router(worker.clone(), metrics.clone(), auth);
     if let Some(extra) = extra {
@@ -312,7 +322,7 @@ pub async fn spawn_with(
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local address");
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(http::serve(listener, router, shutdown.clone()));
+    let handle = tokio::spawn(http::serve(listener, router, limits, shutdown.clone()));
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
@@ -335,6 +345,15 @@ impl TestServer {
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    /// GETs `path` with extra request headers.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.client.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("GET")
     }
 
     /// POSTs `body` (JSON text, or nothing) with an optional `Authorization` header value.
@@ -448,4 +467,81 @@ pub fn params(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect()
+}
+
+/// Opens `count` connections to `addr` that each send the start of a request header and
+/// never finish it: the slow-header ("slowloris") attack.
+pub async fn open_half_requests(addr: SocketAddr, count: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut streams = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} to {addr}: {e}"));
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            .await
+            .unwrap_or_else(|e| panic!("half a request on connection {i}: {e}"));
+        streams.push(stream);
+    }
+    streams
+}
+
+/// How a connection the test keeps open ended.
+#[derive(Debug)]
+pub struct Ended {
+    /// Whether the server closed it (EOF or reset) before the deadline.
+    pub closed: bool,
+    /// The start of what the server sent before closing.
+    pub received: Vec<u8>,
+    /// How many bytes it sent in all.
+    pub total: usize,
+    /// When it was closed, from the start of the wait.
+    pub after: Duration,
+}
+
+/// Reads `stream` until the server closes it or `limit` passes, keeping at most `keep` bytes
+/// of what arrives.
+pub async fn read_until_closed(
+    mut stream: tokio::net::TcpStream,
+    limit: Duration,
+    keep: usize,
+) -> Ended {
+    use tokio::io::AsyncReadExt as _;
+    let start = tokio::time::Instant::now();
+    let deadline = start + limit;
+    let mut received = Vec::new();
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => {
+                return Ended {
+                    closed: false,
+                    received,
+                    total,
+                    after: start.elapsed(),
+                };
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Ended {
+                    closed: true,
+                    received,
+                    total,
+                    after: start.elapsed(),
+                };
+            }
+            Ok(Ok(n)) => {
+                total += n;
+                let room = keep.saturating_sub(received.len()).min(n);
+                received.extend_from_slice(&buf[..room]);
+            }
+        }
+    }
+}
+
+/// Whether `stream` is still open: nothing to read yet and no EOF.
+pub fn still_open(stream: &tokio::net::TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
