@@ -134,6 +134,7 @@ pub struct App {
     handle: SchedulerHandle,
     history: HistoryStore,
     history_task: JoinHandle<()>,
+    coordinator: Coordinator,
     providers: Arc<TokenProviders>,
     executor: Option<Arc<Executor>>,
     lifecycle: Arc<Lifecycle>,
@@ -280,7 +281,7 @@ impl App {
         let api = Arc::new(Api {
             scheduler: handle.clone(),
             history: history.reader().clone(),
-            coordinator,
+            coordinator: coordinator.clone(),
             clock: clock.clone(),
             identity: identity_health,
             lifecycle: lifecycle.clone(),
@@ -297,6 +298,7 @@ impl App {
             handle,
             history,
             history_task,
+            coordinator,
             providers,
             executor,
             lifecycle,
@@ -337,6 +339,7 @@ impl App {
             handle,
             history,
             history_task,
+            coordinator,
             providers,
             executor,
             lifecycle,
@@ -351,6 +354,18 @@ impl App {
             history.clone(),
             clock.clone(),
             settings.history.prune_interval.get(),
+            background.clone(),
+        );
+        // Occurrence records follow the history's retention, at the history's pruning pace.
+        let coordination_pruner = coordination::spawn_pruner(
+            coordinator.clone(),
+            clock.clone(),
+            settings.history.retention.get(),
+            settings
+                .history
+                .prune_interval
+                .get()
+                .max(history::MIN_PRUNE_INTERVAL),
             background.clone(),
         );
         let watcher = match watch_folder(&settings.runbooks.dir, handle.clone(), watch_debounce) {
@@ -386,6 +401,7 @@ impl App {
 
         background.cancel();
         let _ = pruner.await;
+        let _ = coordination_pruner.await;
         if let Err(e) = history.close().await {
             tracing::error!(error = %e, "cannot flush the job history");
         }
