@@ -281,6 +281,7 @@ impl App {
         let api = Arc::new(Api {
             scheduler: handle.clone(),
             history: history.reader().clone(),
+            history_health: history.health().clone(),
             coordinator: coordinator.clone(),
             clock: clock.clone(),
             identity: identity_health,
