@@ -196,9 +196,7 @@ async fn run() -> Result<(), String> {
     let mut next_sample = SAMPLE_EVERY.min(BASELINE_AT);
     let mut last = 0;
     while started.elapsed() < total {
-        let wait = next_sample
-            .min(total)
-            .saturating_sub(started.elapsed());
+        let wait = next_sample.min(total).saturating_sub(started.elapsed());
         tokio::time::sleep(wait).await;
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("the worker exited during the soak ({status})"));
@@ -208,7 +206,11 @@ async fn run() -> Result<(), String> {
         if baseline.is_none() && at >= BASELINE_AT {
             baseline = Some(last);
         }
-        println!("soak: {:>4} s  RSS {:.1} MiB", at.as_secs(), last as f64 / 1024.0);
+        println!(
+            "soak: {:>4} s  RSS {:.1} MiB",
+            at.as_secs(),
+            last as f64 / 1024.0
+        );
         next_sample += SAMPLE_EVERY;
     }
     stop(&mut child)?;
@@ -224,7 +226,10 @@ async fn run() -> Result<(), String> {
     identity.stop().await;
 
     let Some(baseline) = baseline else {
-        println!("soak: shorter than {} s: no baseline, no verdict", BASELINE_AT.as_secs());
+        println!(
+            "soak: shorter than {} s: no baseline, no verdict",
+            BASELINE_AT.as_secs()
+        );
         return Ok(());
     };
     let growth = (last as f64 - baseline as f64) / baseline as f64;
@@ -237,7 +242,10 @@ async fn run() -> Result<(), String> {
         MAX_GROWTH * 100.0
     );
     if growth >= MAX_GROWTH {
-        return Err(format!("the worker's memory grew by {:.1} %", growth * 100.0));
+        return Err(format!(
+            "the worker's memory grew by {:.1} %",
+            growth * 100.0
+        ));
     }
     Ok(())
 }

@@ -14,8 +14,7 @@ use crate::coordination::{CoordinationKind, Coordinator, StorageHealth};
 use crate::history::{self, HistoryHealth, HistoryReader, JobId, JobStatus, Trigger};
 use crate::http::{
     ApiError, CancelOutcome, CoordinationReadiness, FileErrorView, HistoryReadiness, JobFilter,
-    Readiness,
-    RequestedVia, RunAccepted, RunRequest, RunbookView, RunbooksView, WorkerApi,
+    Readiness, RequestedVia, RunAccepted, RunRequest, RunbookView, RunbooksView, WorkerApi,
 };
 use crate::runbook::{ParamInput, ValidationError};
 use crate::scheduler::schedule::describe_upcoming;

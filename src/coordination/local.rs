@@ -272,7 +272,9 @@ impl LocalCoordinator {
         // The status of a runbook that has fired nothing since the cutoff (deleted, or
         // disabled) goes too; it is only a start-up hint with one replica.
         state.statuses.retain(|_, (s, _)| {
-            s.last_fired.max(s.last_completed).is_some_and(|t| t >= cutoff)
+            s.last_fired
+                .max(s.last_completed)
+                .is_some_and(|t| t >= cutoff)
         });
         before - state.records.len()
     }
@@ -374,10 +376,17 @@ mod tests {
         let clock = ManualClock::new(start());
         let coordinator = LocalCoordinator::new(Arc::new(clock.clone()));
         for second in 0..(KEPT_PER_RUNBOOK as i64 * 4) {
-            run_once(&coordinator, "a", start() + chrono::Duration::seconds(second)).await;
+            run_once(
+                &coordinator,
+                "a",
+                start() + chrono::Duration::seconds(second),
+            )
+            .await;
         }
         assert_eq!(coordinator.record_count(), KEPT_PER_RUNBOOK);
-        let Claim::Acquired(running) = coordinator.claim("a", start() + chrono::Duration::hours(1), "test") else {
+        let Claim::Acquired(running) =
+            coordinator.claim("a", start() + chrono::Duration::hours(1), "test")
+        else {
             panic!("a new instant is acquired");
         };
         run_once(&coordinator, "b", start()).await;
@@ -432,9 +441,15 @@ mod tests {
             .await
             .expect("the old final record is pruned");
         assert!(coordinator.occurrence("old", start()).is_none());
-        assert!(coordinator.occurrence("stuck", start()).is_some(), "unfinished records stay");
+        assert!(
+            coordinator.occurrence("stuck", start()).is_some(),
+            "unfinished records stay"
+        );
         assert!(coordinator.occurrence("new", clock.now()).is_some());
-        assert!(coordinator.schedule_status("old").is_none(), "a stale status goes too");
+        assert!(
+            coordinator.schedule_status("old").is_none(),
+            "a stale status goes too"
+        );
         cancel.cancel();
         pruner.await.unwrap();
         drop(unfinished);

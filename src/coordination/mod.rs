@@ -547,9 +547,14 @@ pub fn spawn_pruner(
             match coordinator.prune(cutoff).await {
                 Ok(0) => tracing::debug!("no occurrence record is older than the retention"),
                 Ok(deleted) => {
-                    tracing::info!(deleted, "pruned occurrence records older than the retention")
+                    tracing::info!(
+                        deleted,
+                        "pruned occurrence records older than the retention"
+                    )
                 }
-                Err(e) => tracing::warn!(error = %e, "pruning occurrence records failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning occurrence records failed; will retry")
+                }
             }
             tokio::select! {
                 biased;

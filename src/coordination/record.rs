@@ -360,7 +360,12 @@ mod tests {
             let name = occurrence_blob("Archive mailboxes", instant);
             assert_eq!(occurrence_instant(&name), Some(instant), "{name}");
         }
-        for name in ["locks/a", "occurrences/a/garbage.json", "status/a.json", "cleanup/lease"] {
+        for name in [
+            "locks/a",
+            "occurrences/a/garbage.json",
+            "status/a.json",
+            "cleanup/lease",
+        ] {
             assert_eq!(occurrence_instant(name), None, "{name}");
         }
     }

@@ -52,7 +52,10 @@ pub struct HistoryHealth {
 impl HistoryHealth {
     /// `None` while writes succeed; otherwise why the last one failed, with its root cause.
     pub fn failing(&self) -> Option<String> {
-        self.failing.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn set(&self, failing: Option<String>) {
@@ -62,7 +65,10 @@ impl HistoryHealth {
                 tracing::info!("the job history accepts writes again");
             }
             (None, Some(reason)) => {
-                tracing::error!(reason, "the job history refuses writes; the worker is not ready until it accepts them again");
+                tracing::error!(
+                    reason,
+                    "the job history refuses writes; the worker is not ready until it accepts them again"
+                );
             }
             _ => {}
         }
@@ -197,6 +203,7 @@ impl HistoryStore {
             conn,
             max_entries,
             health: health.clone(),
+            failing_fast: false,
             unrecorded_ends: Vec::new(),
         };
         let handle = tokio::task::spawn_blocking(move || writer.run(receiver));
@@ -562,6 +569,8 @@ struct Writer {
     conn: Connection,
     max_entries: usize,
     health: HistoryHealth,
+    /// Whether the connection waits only [`FAILING_BUSY_TIMEOUT`] for a lock.
+    failing_fast: bool,
     /// Ends of jobs the database refused, written again every [`RETRY_EVERY`] until it
     /// takes them, so no job stays Running in the history while this process lives.
     unrecorded_ends: Vec<UnrecordedEnd>,
@@ -584,12 +593,12 @@ impl Writer {
             match command {
                 Command::Insert { row, ack } => {
                     let result = insert_job(&mut self.conn, &row);
-                    self.health.observe(&result);
+                    self.observe(&result);
                     let _ = ack.send(result);
                 }
                 Command::MarkRunning { id, at, ack } => {
                     let result = mark_running(&mut self.conn, &id, at);
-                    self.health.observe(&result);
+                    self.observe(&result);
                     let _ = ack.send(result);
                 }
                 Command::Append {
@@ -600,12 +609,12 @@ impl Writer {
                 } => {
                     let result =
                         append_entries(&mut self.conn, &id, at, &entries, self.max_entries);
-                    self.health.observe(&result);
+                    self.observe(&result);
                     let _ = ack.send(result);
                 }
                 Command::UpdateSteps { id, steps, ack } => {
                     let result = update_steps(&self.conn, &id, &steps);
-                    self.health.observe(&result);
+                    self.observe(&result);
                     let _ = ack.send(result);
                 }
                 Command::Finish {
@@ -620,7 +629,7 @@ impl Writer {
                         self.retry();
                     }
                     let result = finish_job(&mut self.conn, &id, at, &outcome);
-                    self.health.observe(&result);
+                    self.observe(&result);
                     match &result {
                         Err(e) if e.kind().is_transient() => {
                             if !self.unrecorded_ends.iter().any(|end| end.id == id) {
@@ -633,7 +642,7 @@ impl Writer {
                 }
                 Command::PruneChunk { cutoff, ack } => {
                     let result = prune_chunk(&mut self.conn, cutoff);
-                    self.health.observe(&result);
+                    self.observe(&result);
                     let _ = ack.send(result);
                 }
                 Command::Close { ack } => {
@@ -695,7 +704,29 @@ struct UnrecordedEnd {
     outcome: Outcome,
 }
 
+/// While the database refuses writes, a write waits this long for a lock instead of the
+/// usual busy timeout: otherwise every queued command would wait the full timeout in turn
+/// and the queue would back up behind a database that is known to be held.
+const FAILING_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
+
 impl Writer {
+    /// Updates the health with a write's result, and fails fast while it is failing.
+    fn observe<T>(&mut self, result: &Result<T, HistoryError>) {
+        self.health.observe(result);
+        let failing = self.health.failing().is_some();
+        if failing != self.failing_fast {
+            let timeout = if failing {
+                FAILING_BUSY_TIMEOUT
+            } else {
+                super::schema::BUSY_TIMEOUT
+            };
+            match self.conn.busy_timeout(timeout) {
+                Ok(()) => self.failing_fast = failing,
+                Err(e) => tracing::warn!(error = %e, "cannot change the history's busy timeout"),
+            }
+        }
+    }
+
     /// Before stopping: one more try for the kept job ends, and a word about any left.
     fn last_try(&mut self) {
         if self.unrecorded_ends.is_empty() {
@@ -717,13 +748,13 @@ impl Writer {
     fn retry(&mut self) {
         if self.unrecorded_ends.is_empty() {
             let result = probe_write(&mut self.conn);
-            self.health.observe(&result);
+            self.observe(&result);
             return;
         }
         let ends = std::mem::take(&mut self.unrecorded_ends);
         for end in ends {
             let result = finish_job(&mut self.conn, &end.id, end.at, &end.outcome);
-            self.health.observe(&result);
+            self.observe(&result);
             match result {
                 Ok(()) => {
                     tracing::info!(job_id = %end.id, status = %end.outcome.status, "recorded the end of a job the history had refused earlier");

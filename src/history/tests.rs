@@ -652,15 +652,17 @@ fn sqlite_failures_are_classified_and_named_with_their_root_cause() {
     holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let other = rusqlite::Connection::open(&path).unwrap();
     other.busy_timeout(Duration::ZERO).unwrap();
-    let busy = other
-        .execute("INSERT INTO t VALUES (1)", [])
-        .unwrap_err();
+    let busy = other.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
     let busy = HistoryError::Sqlite {
         operation: "finish a job",
         source: busy,
     };
     assert_eq!(busy.kind(), FailureKind::Locked);
-    assert!(busy.chain().contains("database is locked (SQLITE_BUSY)"), "{}", busy.chain());
+    let text = busy.chain();
+    assert!(
+        text.contains("database is locked") && text.ends_with("(SQLITE_BUSY)"),
+        "{text}"
+    );
 
     let table = [
         (HistoryError::Closed, FailureKind::Closed, false),
@@ -694,7 +696,11 @@ async fn the_end_of_a_job_refused_by_a_locked_database_is_kept_and_written_once_
         .await
         .unwrap_err();
     assert_eq!(refused.kind(), FailureKind::Locked, "{}", refused.chain());
-    let failing = f.store.health().failing().expect("the history reports unhealthy");
+    let failing = f
+        .store
+        .health()
+        .failing()
+        .expect("the history reports unhealthy");
     assert!(failing.contains("SQLITE_BUSY"), "{failing}");
     // Readers still see it Running meanwhile (WAL).
     let job = f.store.get_job(&id).await.unwrap().unwrap();

@@ -30,8 +30,8 @@ use crate::clock::SharedClock;
 use crate::coordination::{CoordinationKind, Coordinator, InterruptedOccurrence, StorageHealth};
 use crate::history::{HistoryError, HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
 use crate::runbook::{
-    Catalog, ErrorKind, OnInterrupt, ParamError, ParamInput, PolicySettings, Runbook, ValidationError,
-    load_folder,
+    Catalog, ErrorKind, OnInterrupt, ParamError, ParamInput, PolicySettings, Runbook,
+    ValidationError, load_folder,
 };
 use crate::telemetry::metrics::Metrics;
 
@@ -1531,6 +1531,9 @@ mod tests {
         assert!(next.get("nightly").is_some(), "the runbook stays scheduled");
         assert!(summary.removed.is_empty(), "{summary:?}");
         let why = next.folder_error().expect("the failure is reported");
-        assert!(why.message.contains("loading the runbooks folder failed"), "{why:?}");
+        assert!(
+            why.message.contains("loading the runbooks folder failed"),
+            "{why:?}"
+        );
     }
 }

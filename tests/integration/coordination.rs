@@ -312,10 +312,15 @@ async fn occurrences_are_listed_newest_first_up_to_the_limit(backend: Backend) {
 async fn final_records_before_the_cutoff_are_pruned_once_across_replicas(backend: Backend) {
     let replicas = backend.replicas(3);
     for minute in 0..5 {
-        acquired(replicas[0].claim("report", instant(minute), "a").await.unwrap())
-            .complete(FinalState::Completed, None)
-            .await
-            .unwrap();
+        acquired(
+            replicas[0]
+                .claim("report", instant(minute), "a")
+                .await
+                .unwrap(),
+        )
+        .complete(FinalState::Completed, None)
+        .await
+        .unwrap();
     }
     // Still running, however old: never pruned.
     let running = acquired(replicas[1].claim("long", instant(0), "b").await.unwrap());
@@ -341,7 +346,10 @@ async fn final_records_before_the_cutoff_are_pruned_once_across_replicas(backend
         .map(|r| r.scheduled_for)
         .collect();
     assert_eq!(left, vec![instant(4), instant(3)]);
-    assert_eq!(stored(&replicas[2], "long", 0).await.state, OccurrenceState::Running);
+    assert_eq!(
+        stored(&replicas[2], "long", 0).await.state,
+        OccurrenceState::Running
+    );
     // A pass with nothing old left deletes nothing.
     assert_eq!(replicas[0].prune(instant(3)).await.unwrap(), 0);
     running.complete(FinalState::Completed, None).await.unwrap();

@@ -321,7 +321,11 @@ async fn a_reload_of_a_removed_folder_keeps_every_runbook_scheduled_and_says_why
     let root = tempfile::tempdir().unwrap();
     let runbooks = root.path().join("runbooks");
     std::fs::create_dir_all(&runbooks).unwrap();
-    write(&runbooks, "hourly.toml", &runbook("schedule = \"0 * * * *\""));
+    write(
+        &runbooks,
+        "hourly.toml",
+        &runbook("schedule = \"0 * * * *\""),
+    );
     let engine = Engine::start(root.path(), utc("2026-05-04T10:00:30Z")).await;
     let before = engine.next_run("hourly");
     assert_eq!(before, Some(utc("2026-05-04T11:00:00Z")));
@@ -335,7 +339,10 @@ async fn a_reload_of_a_removed_folder_keeps_every_runbook_scheduled_and_says_why
     assert!(ok, "the reload reports the unreadable folder");
     let catalog = engine.handle.catalog();
     let why = catalog.folder_error().unwrap();
-    assert!(why.message.contains("cannot read the runbooks folder"), "{why:?}");
+    assert!(
+        why.message.contains("cannot read the runbooks folder"),
+        "{why:?}"
+    );
     assert_eq!(catalog.len(), 1, "the runbook stays in force");
     // And it still fires at its next instant.
     engine.fire("hourly", utc("2026-05-04T11:00:00Z")).await;
@@ -718,16 +725,23 @@ async fn a_locked_history_makes_the_worker_unready_counts_dropped_occurrences_an
     let dir = worker_dir(&tenant, "");
     let runbooks = dir.path().join("runbooks");
     write(&runbooks, "quick.toml", &runbook(""));
-    write(&runbooks, "tick.toml", &runbook("schedule = \"*/5 * * * * *\""));
+    write(
+        &runbooks,
+        "tick.toml",
+        &runbook("schedule = \"*/5 * * * * *\""),
+    );
     let mut worker = WorkerProcess::spawn(dir.path(), "worker.log");
     worker.wait_ready().await;
     let quick = post_run(&worker, "quick").await;
-    let ok = wait_until(SOON, || async { job_status(&worker, &quick).await == "Running" }).await;
+    let ok = wait_until(SOON, || async {
+        job_status(&worker, &quick).await == "Running"
+    })
+    .await;
     assert!(ok, "the job runs");
 
     // Another process holds the database: every write of the worker fails with SQLITE_BUSY.
-    let lock = rusqlite::Connection::open(history::database_path(&dir.path().join("state")))
-        .unwrap();
+    let lock =
+        rusqlite::Connection::open(history::database_path(&dir.path().join("state"))).unwrap();
     lock.busy_timeout(Duration::from_secs(30)).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
 
@@ -736,12 +750,19 @@ async fn a_locked_history_makes_the_worker_unready_counts_dropped_occurrences_an
         let status = response.status();
         let body: Value = response.json().await.unwrap();
         status == 503
-            && body["problems"]
-                .as_array()
-                .is_some_and(|p| p.iter().any(|p| p.as_str().is_some_and(|p| p.contains("refuses writes") && p.contains("SQLITE_BUSY"))))
+            && body["problems"].as_array().is_some_and(|p| {
+                p.iter().any(|p| {
+                    p.as_str()
+                        .is_some_and(|p| p.contains("refuses writes") && p.contains("SQLITE_BUSY"))
+                })
+            })
     })
     .await;
-    assert!(ok, "/readyz names the locked history; log:\n{}", worker.logs());
+    assert!(
+        ok,
+        "/readyz names the locked history; log:\n{}",
+        worker.logs()
+    );
     let ok = wait_until(LOCKED_WAIT, || async {
         let logs = worker.logs();
         logs.lines().any(|l| {
@@ -752,10 +773,21 @@ async fn a_locked_history_makes_the_worker_unready_counts_dropped_occurrences_an
         }) && logs.contains("cannot record the end of a job yet")
     })
     .await;
-    assert!(ok, "each dropped occurrence and the unwritten end are logged with their cause; log:\n{}", worker.logs());
-    let metrics = reqwest::get(worker.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(
-        metrics.contains("runbook_worker_occurrences_dropped_total{runbook=\"tick\",reason=\"locked\"}"),
+        ok,
+        "each dropped occurrence and the unwritten end are logged with their cause; log:\n{}",
+        worker.logs()
+    );
+    let metrics = reqwest::get(worker.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "runbook_worker_occurrences_dropped_total{runbook=\"tick\",reason=\"locked\"}"
+        ),
         "{metrics}"
     );
 
@@ -763,12 +795,21 @@ async fn a_locked_history_makes_the_worker_unready_counts_dropped_occurrences_an
     lock.execute_batch("ROLLBACK").unwrap();
     drop(lock);
     let ok = wait_until(LOCKED_WAIT, || async {
-        reqwest::get(worker.url("/readyz")).await.is_ok_and(|r| r.status() == 200)
+        reqwest::get(worker.url("/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
     })
     .await;
     assert!(ok, "/readyz recovers; log:\n{}", worker.logs());
-    let ok = wait_until(LOCKED_WAIT, || async { job_status(&worker, &quick).await == "Completed" }).await;
-    assert!(ok, "the job that ended while the history was locked is recorded Completed; log:\n{}", worker.logs());
+    let ok = wait_until(LOCKED_WAIT, || async {
+        job_status(&worker, &quick).await == "Completed"
+    })
+    .await;
+    assert!(
+        ok,
+        "the job that ended while the history was locked is recorded Completed; log:\n{}",
+        worker.logs()
+    );
     let ok = wait_until(LOCKED_WAIT, || async {
         let jobs: Value = reqwest::Client::new()
             .get(worker.url("/api/jobs?runbook=tick&status=Completed"))
@@ -782,7 +823,11 @@ async fn a_locked_history_makes_the_worker_unready_counts_dropped_occurrences_an
         jobs["jobs"].as_array().is_some_and(|j| !j.is_empty())
     })
     .await;
-    assert!(ok, "scheduled occurrences are recorded again; log:\n{}", worker.logs());
+    assert!(
+        ok,
+        "scheduled occurrences are recorded again; log:\n{}",
+        worker.logs()
+    );
     worker.signal(Signal::SIGTERM);
     assert!(worker.wait_exit(Duration::from_secs(60)).await.success());
 }
