@@ -15,15 +15,13 @@
 //!
 //! Exits non-zero when the worker does not run, or when the growth is 10 % or more.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use runbook_worker::history::{self, HistoryReader, JobFilter, JobStatus};
-use runbook_worker::simulator::exchange::{ExchangeSimulator, SimulatorConfig};
-use runbook_worker::simulator::identity::{
-    IdentitySimulator, IdentitySimulatorConfig, SIMULATED_TENANT_ID,
-};
+use runbook_worker::history::{self, HistoryReader, JobStatus};
+use support::{Tenant, every_second_worker, spawn_worker, stop_worker, worker_binary};
 
 const RUNBOOKS: usize = 200;
 const DEFAULT_SECONDS: u64 = 600;
@@ -33,15 +31,7 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(30);
 const MAX_GROWTH: f64 = 0.10;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = runtime.block_on(run()) {
-        eprintln!("soak benchmark failed: {e}");
-        std::process::exit(1);
-    }
+    support::main_with("soak", run());
 }
 
 fn seconds() -> Result<u64, String> {
@@ -51,42 +41,6 @@ fn seconds() -> Result<u64, String> {
             .parse()
             .map_err(|_| format!("SOAK_SECONDS must be a number of seconds, got {text:?}")),
         Err(_) => Ok(DEFAULT_SECONDS),
-    }
-}
-
-fn worker_binary() -> String {
-    std::env::var("RUNBOOK_WORKER_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_runbook-worker").to_string())
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
-}
-
-fn spawn(dir: &Path) -> Result<Child, String> {
-    let log = std::fs::File::create(dir.join("worker.log")).map_err(|e| e.to_string())?;
-    Command::new(worker_binary())
-        .current_dir(dir)
-        .args(["--config", "worker.toml", "--log-format", "json", "serve"])
-        .env_clear()
-        // Job start and end lines at info would be 400 lines a second; warnings still show.
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", worker_binary()))
-}
-
-fn stop(child: &mut Child) -> Result<(), String> {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| e.to_string())?;
-    let status = child.wait().map_err(|e| e.to_string())?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("the worker exited with {status}"))
     }
 }
 
@@ -124,24 +78,11 @@ async fn wait_ready(client: &reqwest::Client, port: u16, child: &mut Child) -> R
 /// (completed, other final, not final) jobs in the history.
 async fn tally(reader: &HistoryReader) -> Result<(usize, usize, usize), String> {
     let (mut completed, mut other, mut open) = (0, 0, 0);
-    let mut before = None;
-    loop {
-        let page = reader
-            .list_jobs(&JobFilter {
-                limit: JobFilter::MAX_LIMIT,
-                before: before.clone(),
-                ..JobFilter::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(last) = page.last() else { break };
-        before = Some(last.id.clone());
-        for job in &page {
-            match job.status {
-                JobStatus::Completed => completed += 1,
-                status if status.is_final() => other += 1,
-                _ => open += 1,
-            }
+    for job in support::all_jobs(reader).await? {
+        match job.status {
+            JobStatus::Completed => completed += 1,
+            status if status.is_final() => other += 1,
+            _ => open += 1,
         }
     }
     Ok((completed, other, open))
@@ -149,40 +90,12 @@ async fn tally(reader: &HistoryReader) -> Result<(usize, usize, usize), String> 
 
 async fn run() -> Result<(), String> {
     let total = Duration::from_secs(seconds()?);
-    let identity = IdentitySimulator::start(IdentitySimulatorConfig::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let exchange = ExchangeSimulator::start(SimulatorConfig {
-        tenant_id: SIMULATED_TENANT_ID.to_string(),
-        mailboxes: 25,
-        record_requests: false,
-        ..SimulatorConfig::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let tenant = Tenant::start().await?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let runbooks = dir.path().join("runbooks");
-    std::fs::create_dir_all(&runbooks).map_err(|e| e.to_string())?;
-    for i in 0..RUNBOOKS {
-        std::fs::write(
-            runbooks.join(format!("tick-{i:03}.toml")),
-            "schedule = \"* * * * * *\"\n[[steps]]\nname = \"one\"\ncmdlet = \"Get-Mailbox\"\nparameters = { ResultSize = 1 }\n",
-        )
-        .map_err(|e| e.to_string())?;
-    }
-    let port = free_port();
-    std::fs::write(
-        dir.path().join("worker.toml"),
-        format!(
-            "[runbooks]\ndir = \"runbooks\"\n[state]\ndir = \"state\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
-             [identity]\nsource = \"imds\"\nimds_endpoint = \"{}\"\n[exchange]\nendpoint = \"{}\"\n",
-            identity.base_url(),
-            exchange.base_url()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+    let port = every_second_worker(dir.path(), RUNBOOKS, &tenant)?;
     let client = reqwest::Client::new();
-    let mut child = spawn(dir.path())?;
+    // Job start and end lines at info would be 400 lines a second; warnings still show.
+    let mut child = spawn_worker(dir.path(), &[("RUST_LOG", "warn")]);
     wait_ready(&client, port, &mut child).await?;
     let started = Instant::now();
     println!(
@@ -213,7 +126,7 @@ async fn run() -> Result<(), String> {
         );
         next_sample += SAMPLE_EVERY;
     }
-    stop(&mut child)?;
+    stop_worker(&mut child)?;
 
     let reader = HistoryReader::open(&history::database_path(&dir.path().join("state")))
         .map_err(|e| e.to_string())?;
@@ -222,8 +135,7 @@ async fn run() -> Result<(), String> {
     println!(
         "soak: {completed} jobs completed, {other} ended otherwise, {open} left unfinished (about {expected} occurrences were due)"
     );
-    exchange.shutdown().await;
-    identity.stop().await;
+    tenant.stop().await;
 
     let Some(baseline) = baseline else {
         println!(
