@@ -7,21 +7,18 @@
 //! (start to ready < 100 ms, idle RSS < 20 MB, lateness p99 < 50 ms); timings depend on the
 //! machine, so it reports rather than fails, except when the worker does not run at all.
 
+mod support;
+
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use runbook_worker::app::{ComponentOptions, Components};
-use runbook_worker::history::{self, HistoryReader, JobFilter, JobStatus, Outcome};
+use runbook_worker::history::{self, HistoryReader, JobStatus, Outcome};
 use runbook_worker::scheduler::{JobRunner, JobSpec, RunEnd};
 use runbook_worker::settings::Settings;
-use runbook_worker::simulator::exchange::{ExchangeSimulator, SimulatorConfig};
-use runbook_worker::simulator::identity::{
-    IdentitySimulator, IdentitySimulatorConfig, SIMULATED_TENANT_ID,
-};
 use tokio_util::sync::CancellationToken;
 
 const IDLE_RUNBOOKS: usize = 100;
@@ -30,15 +27,7 @@ const FIRING_RUNBOOKS: usize = 1_000;
 const FIRING_SECONDS: i64 = 10;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = runtime.block_on(run()) {
-        eprintln!("worker benchmark failed: {e}");
-        std::process::exit(1);
-    }
+    support::main_with("worker", run());
 }
 
 async fn run() -> Result<(), String> {
@@ -47,43 +36,7 @@ async fn run() -> Result<(), String> {
     precision_in_process().await
 }
 
-/// A port nobody listens on right now (bound, then released) for the worker to take.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
-}
-
-/// The worker binary to measure: `RUNBOOK_WORKER_BIN` (e.g. the release build, to measure
-/// what ships) or the bench-profile build cargo made for this benchmark.
-fn worker_binary() -> String {
-    std::env::var("RUNBOOK_WORKER_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_runbook-worker").to_string())
-}
-
-fn spawn(dir: &Path) -> Child {
-    Command::new(worker_binary())
-        .current_dir(dir)
-        .args(["--config", "worker.toml", "--log-format", "json", "serve"])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join("worker.log")).expect("log file"),
-        ))
-        .spawn()
-        .expect("spawn runbook-worker serve")
-}
-
-fn stop(child: &mut Child) -> Result<(), String> {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| e.to_string())?;
-    let status = child.wait().map_err(|e| e.to_string())?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("the worker exited with {status}"))
-    }
-}
+use support::{Tenant, every_second_worker, free_port, spawn_worker, stop_worker as stop};
 
 async fn wait_ready(
     client: &reqwest::Client,
@@ -162,7 +115,7 @@ async fn idle() -> Result<(), String> {
             ),
         )
         .map_err(|e| e.to_string())?;
-        let mut child = spawn(dir.path());
+        let mut child = spawn_worker(dir.path(), &[]);
         readies.push(wait_ready(&client, port, &mut child).await?);
         // Let start-up allocations settle before reading the resident size.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -196,40 +149,11 @@ async fn idle() -> Result<(), String> {
 }
 
 async fn precision() -> Result<(), String> {
-    let identity = IdentitySimulator::start(IdentitySimulatorConfig::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let exchange = ExchangeSimulator::start(SimulatorConfig {
-        tenant_id: SIMULATED_TENANT_ID.to_string(),
-        mailboxes: 25,
-        record_requests: false,
-        ..SimulatorConfig::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let tenant = Tenant::start().await?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let runbooks = dir.path().join("runbooks");
-    std::fs::create_dir_all(&runbooks).map_err(|e| e.to_string())?;
-    for i in 0..FIRING_RUNBOOKS {
-        std::fs::write(
-            runbooks.join(format!("tick-{i:04}.toml")),
-            "schedule = \"* * * * * *\"\n[[steps]]\nname = \"one\"\ncmdlet = \"Get-Mailbox\"\nparameters = { ResultSize = 1 }\n",
-        )
-        .map_err(|e| e.to_string())?;
-    }
-    let port = free_port();
-    std::fs::write(
-        dir.path().join("worker.toml"),
-        format!(
-            "[runbooks]\ndir = \"runbooks\"\n[state]\ndir = \"state\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
-             [identity]\nsource = \"imds\"\nimds_endpoint = \"{}\"\n[exchange]\nendpoint = \"{}\"\n",
-            identity.base_url(),
-            exchange.base_url()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+    let port = every_second_worker(dir.path(), FIRING_RUNBOOKS, &tenant)?;
     let client = reqwest::Client::new();
-    let mut child = spawn(dir.path());
+    let mut child = spawn_worker(dir.path(), &[]);
     wait_ready(&client, port, &mut child).await?;
     // The first second warms the token cache and connections; measure the ten after it.
     let from = next_second(Utc::now()) + chrono::Duration::seconds(1);
@@ -249,8 +173,7 @@ async fn precision() -> Result<(), String> {
         skipped,
         other,
     )?;
-    exchange.shutdown().await;
-    identity.stop().await;
+    tenant.stop().await;
     Ok(())
 }
 
@@ -263,27 +186,14 @@ async fn lateness(
 ) -> Result<(Vec<i64>, usize, usize), String> {
     let mut lateness_ms = Vec::new();
     let (mut skipped, mut other) = (0usize, 0usize);
-    let mut before = None;
-    loop {
-        let page = reader
-            .list_jobs(&JobFilter {
-                limit: JobFilter::MAX_LIMIT,
-                before: before.clone(),
-                ..JobFilter::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(last) = page.last() else { break };
-        before = Some(last.id.clone());
-        for job in &page {
-            let Some(at) = job.scheduled_for.filter(|t| *t >= from && *t < until) else {
-                continue;
-            };
-            match (job.status, job.started_at) {
-                (JobStatus::Skipped, _) => skipped += 1,
-                (_, Some(started)) => lateness_ms.push((started - at).num_milliseconds()),
-                _ => other += 1,
-            }
+    for job in support::all_jobs(reader).await? {
+        let Some(at) = job.scheduled_for.filter(|t| *t >= from && *t < until) else {
+            continue;
+        };
+        match (job.status, job.started_at) {
+            (JobStatus::Skipped, _) => skipped += 1,
+            (_, Some(started)) => lateness_ms.push((started - at).num_milliseconds()),
+            _ => other += 1,
         }
     }
     Ok((lateness_ms, skipped, other))

@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 
 use crate::clock::SharedClock;
 use crate::coordination::{CoordinationKind, Coordinator, StorageHealth};
-use crate::history::{self, HistoryReader, JobId, JobStatus, Trigger};
+use crate::history::{self, HistoryHealth, HistoryReader, JobId, JobStatus, Trigger};
 use crate::http::{
-    ApiError, CancelOutcome, CoordinationReadiness, FileErrorView, JobFilter, Readiness,
-    RequestedVia, RunAccepted, RunRequest, RunbookView, RunbooksView, WorkerApi,
+    ApiError, CancelOutcome, CoordinationReadiness, FileErrorView, HistoryReadiness, JobFilter,
+    Readiness, RequestedVia, RunAccepted, RunRequest, RunbookView, RunbooksView, WorkerApi,
 };
 use crate::runbook::{ParamInput, ValidationError};
 use crate::scheduler::{RunError, SchedulerHandle, plan_next, window};
@@ -33,6 +33,7 @@ pub(crate) struct Lifecycle {
 pub(crate) struct Api {
     pub scheduler: SchedulerHandle,
     pub history: HistoryReader,
+    pub history_health: HistoryHealth,
     pub coordinator: Coordinator,
     pub clock: SharedClock,
     pub identity: Arc<IdentityHealth>,
@@ -184,6 +185,10 @@ impl WorkerApi for Api {
         Readiness {
             runbooks_loaded: catalog.folder_error().is_none() || !catalog.is_empty(),
             history_open: self.lifecycle.history_open.load(Ordering::SeqCst),
+            history: match self.history_health.failing() {
+                None => HistoryReadiness::Ok,
+                Some(reason) => HistoryReadiness::Failing(reason),
+            },
             identity: self.identity.readiness(),
             coordination,
             shutting_down: self.lifecycle.shutting_down.load(Ordering::SeqCst)

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{SharedClock, SystemClock};
-use crate::coordination::CoordinationKind;
+use crate::coordination::{self, CoordinationKind, Coordinator};
 use crate::executor::Executor;
 use crate::history::{self, HistoryStore};
 use crate::http::{self, ApiAuth, HttpError};
@@ -104,6 +104,7 @@ pub struct App {
     handle: SchedulerHandle,
     history: HistoryStore,
     history_task: JoinHandle<()>,
+    coordinator: Coordinator,
     executor: Option<Arc<Executor>>,
     lifecycle: Arc<Lifecycle>,
     watch_debounce: Duration,
@@ -197,7 +198,8 @@ impl App {
         let api = Arc::new(Api {
             scheduler: handle.clone(),
             history: history.reader().clone(),
-            coordinator,
+            history_health: history.health().clone(),
+            coordinator: coordinator.clone(),
             clock: clock.clone(),
             identity: components.identity_health(),
             lifecycle: lifecycle.clone(),
@@ -214,6 +216,7 @@ impl App {
             handle,
             history,
             history_task,
+            coordinator,
             executor,
             lifecycle,
             watch_debounce: options.watch_debounce,
@@ -249,6 +252,7 @@ impl App {
             handle,
             history,
             history_task,
+            coordinator,
             executor,
             lifecycle,
             watch_debounce,
@@ -268,6 +272,18 @@ impl App {
             history.clone(),
             clock.clone(),
             settings.history.prune_interval.get(),
+            background.clone(),
+        );
+        // Occurrence records follow the history's retention, at the history's pruning pace.
+        let coordination_pruner = coordination::spawn_pruner(
+            coordinator.clone(),
+            clock.clone(),
+            settings.history.retention.get(),
+            settings
+                .history
+                .prune_interval
+                .get()
+                .max(history::MIN_PRUNE_INTERVAL),
             background.clone(),
         );
         let watcher = match watch_folder(&settings.runbooks.dir, handle.clone(), watch_debounce) {
@@ -303,6 +319,7 @@ impl App {
 
         background.cancel();
         let _ = pruner.await;
+        let _ = coordination_pruner.await;
         if let Err(e) = history.close().await {
             tracing::error!(error = %e, "cannot flush the job history");
         }

@@ -52,6 +52,12 @@ const STATUS_ATTEMPTS: u32 = 8;
 const LIST_CONCURRENCY: usize = 8;
 /// The metadata key that mirrors a record's state, so a sweep can filter without downloads.
 const STATE_METADATA: &str = "state";
+/// The blob whose lease elects the one replica that prunes old records on a pass (outside
+/// `locks/`, so no runbook name can collide with it).
+const CLEANUP_LEASE: &str = "cleanup/lease";
+/// Records deleted per pruning pass at most, so one pass stays short; the next pass
+/// continues where this one stopped.
+pub const MAX_PRUNED_PER_PASS: usize = 1000;
 
 /// Where the container is and how to authenticate. `Debug` never shows a SAS.
 #[derive(Clone)]
@@ -776,6 +782,49 @@ impl AzureBlobCoordinator {
         }
         self.forget_watched(&prefix, &candidates);
         Ok(marked)
+    }
+
+    /// Deletes final occurrence records scheduled before `cutoff`, at most
+    /// [`MAX_PRUNED_PER_PASS`], if this replica gets the cleanup lease; another replica
+    /// holding it means that replica prunes this pass, and 0 is returned.
+    pub async fn prune(&self, cutoff: DateTime<Utc>) -> Result<usize, CoordinationError> {
+        self.ensure_container().await?;
+        let lease_id = uuid::Uuid::new_v4().to_string();
+        match self.acquire(CLEANUP_LEASE, &lease_id).await {
+            Ok(()) => {}
+            Err(fault) if fault.status() == Some(409) => return Ok(0),
+            Err(fault) => return Err(fault.into_error("lease", CLEANUP_LEASE)),
+        }
+        let pruned = self.prune_pass(cutoff).await;
+        if let Err(fault) = self.release(CLEANUP_LEASE, &lease_id).await {
+            // The lease expires on its own; the next pass only waits for it.
+            tracing::debug!(error = %fault.describe(), "cannot release the cleanup lease");
+        }
+        pruned
+    }
+
+    async fn prune_pass(&self, cutoff: DateTime<Utc>) -> Result<usize, CoordinationError> {
+        let old: Vec<String> = self
+            .list(record::OCCURRENCES_ROOT, true)
+            .await?
+            .into_iter()
+            .filter(|(name, state)| {
+                state.is_some_and(OccurrenceState::is_final)
+                    && record::occurrence_instant(name).is_some_and(|instant| instant < cutoff)
+            })
+            .map(|(name, _)| name)
+            .take(MAX_PRUNED_PER_PASS)
+            .collect();
+        let mut deleted = 0;
+        for name in &old {
+            match self.call(self.blob(name).delete(None)).await {
+                Ok(_) => deleted += 1,
+                // Deleted meanwhile (a previous holder of the lease whose pass overran it).
+                Err(fault) if fault.status() == Some(404) => {}
+                Err(fault) => return Err(fault.into_error("delete", name)),
+            }
+        }
+        Ok(deleted)
     }
 
     fn watched(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {

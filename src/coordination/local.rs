@@ -6,6 +6,12 @@
 //! container so listing by prefix behaves the same. A lock is a token per runbook; the guard
 //! releases it when completed or dropped, so a dropped guard leaves a Running record whose
 //! lock is free, which the sweep marks Interrupted, as a dead replica's would be.
+//!
+//! With one replica the job history is the record of what ran, so the map only has to
+//! answer "was this instant claimed?" and show recent occurrences: each runbook keeps at
+//! most [`KEPT_PER_RUNBOOK`] final records (the newest), and [`LocalCoordinator::prune`]
+//! drops final records older than the history retention. Memory stays proportional to the
+//! number of runbooks, not to the number of jobs ever run.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +26,10 @@ use super::record::{
 };
 use super::{Claim, CoordinationError, Held, OccurrenceGuard, StorageHealth};
 use crate::clock::SharedClock;
+
+/// Final occurrence records kept per runbook (the newest); older ones are dropped as new
+/// ones are written. Unfinished records (Claimed, Running) are never dropped.
+pub const KEPT_PER_RUNBOOK: usize = 32;
 
 /// In-process coordination; clones share the same state (one per process).
 #[derive(Clone)]
@@ -48,6 +58,23 @@ impl LocalState {
     fn next_version(&mut self) -> u64 {
         self.next += 1;
         self.next
+    }
+
+    /// Drops the oldest final records of `runbook` beyond [`KEPT_PER_RUNBOOK`]. Names sort
+    /// by instant within a runbook's prefix, so the first ones are the oldest.
+    fn trim(&mut self, runbook: &str) {
+        let prefix = record::occurrences_prefix(runbook);
+        let finals: Vec<String> = self
+            .records
+            .range(prefix.clone()..)
+            .take_while(|(name, _)| name.starts_with(&prefix))
+            .filter(|(_, (r, _))| r.state.is_final())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let excess = finals.len().saturating_sub(KEPT_PER_RUNBOOK);
+        for name in &finals[..excess] {
+            self.records.remove(name);
+        }
     }
 }
 
@@ -105,13 +132,17 @@ impl LocalCoordinator {
         let lock = record::lock_blob(&claimed.runbook);
         let v = state.next_version();
         if state.locks.contains_key(&lock) {
+            let runbook = claimed.runbook.clone();
             state.records.insert(name, (claimed.skipped(now), v));
+            state.trim(&runbook);
             return Claim::Busy;
         }
         let token = state.next_version();
         state.locks.insert(lock.clone(), token);
         let running = claimed.started(now);
+        let runbook = running.runbook.clone();
         state.records.insert(name.clone(), (running.clone(), v));
+        state.trim(&runbook);
         Claim::Acquired(OccurrenceGuard {
             record: running,
             lost: CancellationToken::new(),
@@ -229,6 +260,29 @@ impl LocalCoordinator {
     pub fn health(&self) -> watch::Receiver<StorageHealth> {
         self.health.subscribe()
     }
+
+    /// Drops final occurrence records scheduled before `cutoff` (also those of runbooks
+    /// that were deleted, which the per-runbook cap never revisits). Returns how many.
+    pub fn prune(&self, cutoff: DateTime<Utc>) -> usize {
+        let mut state = self.lock();
+        let before = state.records.len();
+        state
+            .records
+            .retain(|_, (r, _)| !(r.state.is_final() && r.scheduled_for < cutoff));
+        // The status of a runbook that has fired nothing since the cutoff (deleted, or
+        // disabled) goes too; it is only a start-up hint with one replica.
+        state.statuses.retain(|_, (s, _)| {
+            s.last_fired
+                .max(s.last_completed)
+                .is_some_and(|t| t >= cutoff)
+        });
+        before - state.records.len()
+    }
+
+    /// How many occurrence records are held (for tests and the soak bench's reasoning).
+    pub fn record_count(&self) -> usize {
+        self.lock().records.len()
+    }
 }
 
 /// A held local lock.
@@ -267,6 +321,7 @@ impl LocalHold {
             }
             let v = shared.next_version();
             shared.records.insert(self.name.clone(), (ended.clone(), v));
+            shared.trim(&record.runbook);
         }
         if state == FinalState::Completed {
             self.coordinator
@@ -287,5 +342,116 @@ impl Drop for LocalHold {
         if !self.released {
             release_lock(&mut self.coordinator.lock(), &self.lock, self.token);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::TimeZone as _;
+
+    use super::*;
+    use crate::clock::{Clock as _, ManualClock};
+    use crate::coordination::{Coordinator, spawn_pruner};
+
+    fn start() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 5, 4, 10, 0, 0).unwrap()
+    }
+
+    async fn run_once(coordinator: &LocalCoordinator, runbook: &str, instant: DateTime<Utc>) {
+        match coordinator.claim(runbook, instant, "test") {
+            Claim::Acquired(guard) => {
+                guard
+                    .complete(FinalState::Completed, Some("job".to_string()))
+                    .await
+                    .expect("complete");
+            }
+            other => panic!("the occurrence at {instant} was not acquired: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_runbook_keeps_a_bounded_number_of_final_records_and_the_unfinished_one() {
+        let clock = ManualClock::new(start());
+        let coordinator = LocalCoordinator::new(Arc::new(clock.clone()));
+        for second in 0..(KEPT_PER_RUNBOOK as i64 * 4) {
+            run_once(
+                &coordinator,
+                "a",
+                start() + chrono::Duration::seconds(second),
+            )
+            .await;
+        }
+        assert_eq!(coordinator.record_count(), KEPT_PER_RUNBOOK);
+        let Claim::Acquired(running) =
+            coordinator.claim("a", start() + chrono::Duration::hours(1), "test")
+        else {
+            panic!("a new instant is acquired");
+        };
+        run_once(&coordinator, "b", start()).await;
+        // The newest final records stay, with the running one and the other runbook's.
+        assert_eq!(coordinator.record_count(), KEPT_PER_RUNBOOK + 2);
+        let newest = coordinator.list_occurrences("a", 2);
+        assert_eq!(newest[0].state, OccurrenceState::Running);
+        assert_eq!(
+            newest[1].scheduled_for,
+            start() + chrono::Duration::seconds(KEPT_PER_RUNBOOK as i64 * 4 - 1)
+        );
+        // A pruned instant is not claimable twice within the retention: it is still there.
+        assert!(matches!(
+            coordinator.claim("a", newest[1].scheduled_for, "test"),
+            Claim::AlreadyClaimed
+        ));
+        drop(running);
+    }
+
+    #[tokio::test]
+    async fn the_pruner_drops_final_records_older_than_the_retention_as_the_clock_moves() {
+        let clock = ManualClock::new(start());
+        let coordinator = LocalCoordinator::new(Arc::new(clock.clone()));
+        run_once(&coordinator, "old", start()).await;
+        let Claim::Acquired(unfinished) = coordinator.claim("stuck", start(), "test") else {
+            panic!("acquired");
+        };
+        coordinator
+            .update_status("old", |s| s.with_fired(start()))
+            .unwrap();
+        let cancel = CancellationToken::new();
+        let pruner = spawn_pruner(
+            Coordinator::Local(coordinator.clone()),
+            Arc::new(clock.clone()),
+            Duration::from_secs(3600),
+            Duration::from_secs(60),
+            cancel.clone(),
+        );
+        // Within the retention: nothing goes, however often the pruner runs.
+        clock.advance(Duration::from_secs(1800));
+        tokio::task::yield_now().await;
+        assert_eq!(coordinator.record_count(), 2);
+
+        clock.advance(Duration::from_secs(1860));
+        run_once(&coordinator, "new", clock.now()).await;
+        let pruned = async {
+            while coordinator.record_count() != 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), pruned)
+            .await
+            .expect("the old final record is pruned");
+        assert!(coordinator.occurrence("old", start()).is_none());
+        assert!(
+            coordinator.occurrence("stuck", start()).is_some(),
+            "unfinished records stay"
+        );
+        assert!(coordinator.occurrence("new", clock.now()).is_some());
+        assert!(
+            coordinator.schedule_status("old").is_none(),
+            "a stale status goes too"
+        );
+        cancel.cancel();
+        pruner.await.unwrap();
+        drop(unfinished);
     }
 }

@@ -499,6 +499,16 @@ impl Coordinator {
         }
     }
 
+    /// Deletes final occurrence records scheduled before `cutoff` (in memory, or in the
+    /// container by whichever replica gets the cleanup lease, a bounded number per call).
+    /// Returns how many this call deleted.
+    pub async fn prune(&self, cutoff: DateTime<Utc>) -> Result<usize, CoordinationError> {
+        match self {
+            Self::Local(c) => Ok(c.prune(cutoff)),
+            Self::AzureBlob(c) => c.prune(cutoff).await,
+        }
+    }
+
     /// Whether the storage answered the last call; `/readyz` watches this.
     pub fn health(&self) -> watch::Receiver<StorageHealth> {
         match self {
@@ -515,6 +525,44 @@ impl Coordinator {
             Self::AzureBlob(c) => c.probe().await,
         }
     }
+}
+
+/// Prunes occurrence records older than `retention` now and then every `interval` until
+/// `cancel` fires, on `clock` (so tests move time instead of waiting).
+pub fn spawn_pruner(
+    coordinator: Coordinator,
+    clock: SharedClock,
+    retention: Duration,
+    interval: Duration,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let step = chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::hours(1));
+    tokio::spawn(async move {
+        loop {
+            let now = clock.now();
+            let cutoff = now
+                .checked_sub_signed(retention)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            match coordinator.prune(cutoff).await {
+                Ok(0) => tracing::debug!("no occurrence record is older than the retention"),
+                Ok(deleted) => {
+                    tracing::info!(
+                        deleted,
+                        "pruned occurrence records older than the retention"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning occurrence records failed; will retry")
+                }
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                () = clock.sleep_until(now + step) => {}
+            }
+        }
+    })
 }
 
 /// The right to run one occurrence, held while its job runs.

@@ -267,8 +267,22 @@ pub fn instant_segment(instant: DateTime<Utc>) -> String {
     instant.to_rfc3339_opts(format, true).replace(':', "-")
 }
 
+/// Where every occurrence record lives, whatever its runbook.
+pub const OCCURRENCES_ROOT: &str = "occurrences/";
+
 pub fn occurrences_prefix(runbook: &str) -> String {
-    format!("occurrences/{}/", name_segment(runbook))
+    format!("{OCCURRENCES_ROOT}{}/", name_segment(runbook))
+}
+
+/// The schedule instant in an occurrence record's name (the inverse of
+/// [`occurrence_blob`]), or `None` for a name it did not make.
+pub fn occurrence_instant(name: &str) -> Option<DateTime<Utc>> {
+    let segment = name.strip_suffix(".json")?.rsplit('/').next()?;
+    let (date, time) = segment.split_once('T')?;
+    let text = format!("{date}T{}", time.replace('-', ":"));
+    DateTime::parse_from_rfc3339(&text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 pub fn occurrence_blob(runbook: &str, instant: DateTime<Utc>) -> String {
@@ -333,6 +347,27 @@ mod tests {
 
     fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 3, 29, h, m, s).unwrap()
+    }
+
+    #[test]
+    fn occurrence_names_give_back_their_instant() {
+        let instants = [
+            at(10, 15, 0),
+            at(0, 0, 59),
+            at(23, 59, 1) + chrono::Duration::milliseconds(250),
+        ];
+        for instant in instants {
+            let name = occurrence_blob("Archive mailboxes", instant);
+            assert_eq!(occurrence_instant(&name), Some(instant), "{name}");
+        }
+        for name in [
+            "locks/a",
+            "occurrences/a/garbage.json",
+            "status/a.json",
+            "cleanup/lease",
+        ] {
+            assert_eq!(occurrence_instant(name), None, "{name}");
+        }
     }
 
     #[test]

@@ -30,7 +30,10 @@ pub use model::{
     JobDetail, JobFilter, JobStatus, JobSummary, NewJob, NewStreamEntry, Outcome, StepCounts,
     StreamEntry, StreamKind, Trigger, UnknownStatus,
 };
-pub use store::{HistoryReader, HistoryStore, MAX_DATA_BYTES, MAX_TEXT_BYTES, spawn_pruner};
+pub use store::{
+    HistoryHealth, HistoryReader, HistoryStore, MAX_DATA_BYTES, MAX_TEXT_BYTES, RETRY_EVERY,
+    spawn_pruner,
+};
 
 /// The database's file name inside `state.dir`.
 pub const DATABASE_FILE: &str = "history.sqlite3";
@@ -160,4 +163,83 @@ pub enum HistoryError {
         #[source]
         source: tokio::task::JoinError,
     },
+}
+
+/// Why a write to the job history failed, in one word for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// SQLITE_FULL: the disk (or the database's size limit) is full.
+    DiskFull,
+    /// SQLITE_BUSY or SQLITE_LOCKED: another connection holds the database.
+    Locked,
+    /// SQLITE_IOERR and friends: the disk failed a read or write.
+    Io,
+    /// The writer stopped (shutdown).
+    Closed,
+    /// Anything else (a bug, a corrupt row, an invalid transition).
+    Other,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DiskFull => "disk_full",
+            Self::Locked => "locked",
+            Self::Io => "io_error",
+            Self::Closed => "closed",
+            Self::Other => "other",
+        }
+    }
+
+    /// Whether the same write may succeed later without anyone changing the worker: space
+    /// freed, the lock released, the disk back.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::DiskFull | Self::Locked | Self::Io)
+    }
+}
+
+/// The kind of a SQLite failure and SQLite's own name for it.
+fn sqlite_failure(error: &rusqlite::Error) -> (FailureKind, Option<&'static str>) {
+    use rusqlite::ErrorCode;
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => (FailureKind::DiskFull, Some("SQLITE_FULL")),
+        Some(ErrorCode::DatabaseBusy) => (FailureKind::Locked, Some("SQLITE_BUSY")),
+        Some(ErrorCode::DatabaseLocked) => (FailureKind::Locked, Some("SQLITE_LOCKED")),
+        Some(ErrorCode::SystemIoFailure) => (FailureKind::Io, Some("SQLITE_IOERR")),
+        Some(ErrorCode::CannotOpen) => (FailureKind::Io, Some("SQLITE_CANTOPEN")),
+        Some(ErrorCode::ReadOnly) => (FailureKind::Io, Some("SQLITE_READONLY")),
+        _ => (FailureKind::Other, None),
+    }
+}
+
+impl HistoryError {
+    /// What kind of failure this is (see [`FailureKind`]).
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Self::Sqlite { source, .. } | Self::Open { source, .. } => sqlite_failure(source).0,
+            Self::CreateDir { .. } => FailureKind::Io,
+            Self::Closed => FailureKind::Closed,
+            _ => FailureKind::Other,
+        }
+    }
+
+    /// The error with every cause, as one line: `Display` only gives the operation, and the
+    /// root cause (disk full, database locked) is what an operator acts on.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        if let Self::Sqlite { source, .. } | Self::Open { source, .. } = self
+            && let (_, Some(code)) = sqlite_failure(source)
+        {
+            text.push_str(" (");
+            text.push_str(code);
+            text.push(')');
+        }
+        text
+    }
 }

@@ -11,7 +11,7 @@ use super::HistoryError;
 
 /// How long a connection waits for another one's lock before giving up. The worker has
 /// one writer, so waits are short; this covers the CLI reading during a checkpoint.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied.
 /// Never edit a released entry: append a new one.

@@ -38,6 +38,54 @@ pub const MAX_TEXT_BYTES: usize = 8 * 1024;
 pub const MAX_DATA_BYTES: usize = 64 * 1024;
 /// Jobs deleted per pruning transaction, so writes from running jobs are not held up.
 const PRUNE_CHUNK: usize = 500;
+/// While writes fail (disk full, database locked), the writer tries again this often: the
+/// ends of jobs it could not record, or a probe write, so that health comes back by itself.
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether the last write to the history succeeded, for `/readyz`. Cheap to clone; the
+/// writer task updates it after every write.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryHealth {
+    failing: Arc<Mutex<Option<String>>>,
+}
+
+impl HistoryHealth {
+    /// `None` while writes succeed; otherwise why the last one failed, with its root cause.
+    pub fn failing(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set(&self, failing: Option<String>) {
+        let mut state = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match (&*state, &failing) {
+            (Some(_), None) => {
+                tracing::info!("the job history accepts writes again");
+            }
+            (None, Some(reason)) => {
+                tracing::error!(
+                    reason,
+                    "the job history refuses writes; the worker is not ready until it accepts them again"
+                );
+            }
+            _ => {}
+        }
+        *state = failing;
+    }
+
+    /// Takes note of a write's result: a transient failure makes the history unhealthy, any
+    /// success healthy again. Other failures (an unknown job, a bad transition) say nothing
+    /// about the database.
+    fn observe<T>(&self, result: &Result<T, HistoryError>) {
+        match result {
+            Ok(_) => self.set(None),
+            Err(e) if e.kind().is_transient() => self.set(Some(e.chain())),
+            Err(_) => {}
+        }
+    }
+}
 
 type Ack<T> = oneshot::Sender<Result<T, HistoryError>>;
 
@@ -98,6 +146,7 @@ struct StoreInner {
     ids: IdGenerator,
     retention: Duration,
     interrupted_at_open: Vec<JobSummary>,
+    health: HistoryHealth,
 }
 
 impl std::fmt::Debug for HistoryStore {
@@ -149,7 +198,14 @@ impl HistoryStore {
         }
 
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
-        let writer = Writer { conn, max_entries };
+        let health = HistoryHealth::default();
+        let writer = Writer {
+            conn,
+            max_entries,
+            health: health.clone(),
+            failing_fast: false,
+            unrecorded_ends: Vec::new(),
+        };
         let handle = tokio::task::spawn_blocking(move || writer.run(receiver));
         let store = HistoryStore {
             inner: Arc::new(StoreInner {
@@ -159,9 +215,15 @@ impl HistoryStore {
                 ids: IdGenerator::default(),
                 retention: settings.retention.get(),
                 interrupted_at_open: interrupted,
+                health,
             }),
         };
         Ok((store, handle))
+    }
+
+    /// Whether writes succeed, for `/readyz`.
+    pub fn health(&self) -> &HistoryHealth {
+        &self.inner.health
     }
 
     /// The read side, for queries (also available directly on the store).
@@ -252,7 +314,10 @@ impl HistoryStore {
             .await
     }
 
-    /// Queued or Running → the outcome's final status, with `ended_at` now.
+    /// Queued or Running → the outcome's final status, with `ended_at` now. When the write
+    /// fails for a transient reason (disk full, database locked) the error is returned and
+    /// the writer keeps the end and writes it as soon as the database takes it (or, if the
+    /// process stops first, the next open marks the job Interrupted).
     pub async fn finish(&self, id: &JobId, outcome: Outcome) -> Result<(), HistoryError> {
         if !outcome.status.is_final() {
             return Err(HistoryError::NotFinal {
@@ -503,18 +568,38 @@ impl HistoryReader {
 struct Writer {
     conn: Connection,
     max_entries: usize,
+    health: HistoryHealth,
+    /// Whether the connection waits only [`FAILING_BUSY_TIMEOUT`] for a lock.
+    failing_fast: bool,
+    /// Ends of jobs the database refused, written again every [`RETRY_EVERY`] until it
+    /// takes them, so no job stays Running in the history while this process lives.
+    unrecorded_ends: Vec<UnrecordedEnd>,
 }
 
 impl Writer {
-    /// Runs on the blocking pool until closed or every sender is gone.
+    /// Runs on the blocking pool until closed or every sender is gone. While writes fail it
+    /// retries them every [`RETRY_EVERY`] between commands.
     fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        while let Some(command) = commands.blocking_recv() {
+        loop {
+            let retrying = !self.unrecorded_ends.is_empty() || self.health.failing().is_some();
+            let command = match next_command(&mut commands, retrying) {
+                Next::Command(command) => command,
+                Next::Retry => {
+                    self.retry();
+                    continue;
+                }
+                Next::Stop => break,
+            };
             match command {
                 Command::Insert { row, ack } => {
-                    let _ = ack.send(insert_job(&mut self.conn, &row));
+                    let result = insert_job(&mut self.conn, &row);
+                    self.observe(&result);
+                    let _ = ack.send(result);
                 }
                 Command::MarkRunning { id, at, ack } => {
-                    let _ = ack.send(mark_running(&mut self.conn, &id, at));
+                    let result = mark_running(&mut self.conn, &id, at);
+                    self.observe(&result);
+                    let _ = ack.send(result);
                 }
                 Command::Append {
                     id,
@@ -524,10 +609,13 @@ impl Writer {
                 } => {
                     let result =
                         append_entries(&mut self.conn, &id, at, &entries, self.max_entries);
+                    self.observe(&result);
                     let _ = ack.send(result);
                 }
                 Command::UpdateSteps { id, steps, ack } => {
-                    let _ = ack.send(update_steps(&self.conn, &id, &steps));
+                    let result = update_steps(&self.conn, &id, &steps);
+                    self.observe(&result);
+                    let _ = ack.send(result);
                 }
                 Command::Finish {
                     id,
@@ -535,15 +623,33 @@ impl Writer {
                     outcome,
                     ack,
                 } => {
-                    let _ = ack.send(finish_job(&mut self.conn, &id, at, &outcome));
+                    // An earlier end of this job that could not be written goes first: it is
+                    // the scheduler's, and a later one (the runner's flush) must not win.
+                    if self.unrecorded_ends.iter().any(|end| end.id == id) {
+                        self.retry();
+                    }
+                    let result = finish_job(&mut self.conn, &id, at, &outcome);
+                    self.observe(&result);
+                    match &result {
+                        Err(e) if e.kind().is_transient() => {
+                            if !self.unrecorded_ends.iter().any(|end| end.id == id) {
+                                self.unrecorded_ends.push(UnrecordedEnd { id, at, outcome });
+                            }
+                        }
+                        _ => self.unrecorded_ends.retain(|end| end.id != id),
+                    }
+                    let _ = ack.send(result);
                 }
                 Command::PruneChunk { cutoff, ack } => {
-                    let _ = ack.send(prune_chunk(&mut self.conn, cutoff));
+                    let result = prune_chunk(&mut self.conn, cutoff);
+                    self.observe(&result);
+                    let _ = ack.send(result);
                 }
                 Command::Close { ack } => {
                     // Refuse new commands; those already queued behind Close are dropped,
                     // which their senders see as Closed.
                     commands.close();
+                    self.last_try();
                     if let Err((_, e)) = self.conn.close() {
                         tracing::warn!(error = %e, "closing the job history database failed");
                     }
@@ -553,8 +659,129 @@ impl Writer {
                 }
             }
         }
+        self.last_try();
         tracing::debug!("job history writer stopped: every store handle was dropped");
     }
+}
+
+enum Next {
+    Command(Command),
+    /// Time to retry the failed writes.
+    Retry,
+    /// Every sender is gone.
+    Stop,
+}
+
+/// The next command; while `retrying`, gives up waiting after [`RETRY_EVERY`]. The writer
+/// runs on a blocking thread, so it polls the queue rather than borrowing the runtime's
+/// timers (which stop with the runtime, possibly before the writer does).
+fn next_command(commands: &mut mpsc::Receiver<Command>, retrying: bool) -> Next {
+    if !retrying {
+        return commands.blocking_recv().map_or(Next::Stop, Next::Command);
+    }
+    let deadline = std::time::Instant::now() + RETRY_EVERY;
+    loop {
+        match commands.try_recv() {
+            Ok(command) => return Next::Command(command),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Next::Stop,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if std::time::Instant::now() >= deadline {
+                    return Next::Retry;
+                }
+                std::thread::sleep(RETRY_POLL);
+            }
+        }
+    }
+}
+
+/// How often a retrying writer looks for new commands.
+const RETRY_POLL: Duration = Duration::from_millis(20);
+
+/// The end of a job the database refused (disk full, locked), kept to write again.
+struct UnrecordedEnd {
+    id: JobId,
+    at: DateTime<Utc>,
+    outcome: Outcome,
+}
+
+/// While the database refuses writes, a write waits this long for a lock instead of the
+/// usual busy timeout: otherwise every queued command would wait the full timeout in turn
+/// and the queue would back up behind a database that is known to be held.
+const FAILING_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
+
+impl Writer {
+    /// Updates the health with a write's result, and fails fast while it is failing.
+    fn observe<T>(&mut self, result: &Result<T, HistoryError>) {
+        self.health.observe(result);
+        let failing = self.health.failing().is_some();
+        if failing != self.failing_fast {
+            let timeout = if failing {
+                FAILING_BUSY_TIMEOUT
+            } else {
+                super::schema::BUSY_TIMEOUT
+            };
+            match self.conn.busy_timeout(timeout) {
+                Ok(()) => self.failing_fast = failing,
+                Err(e) => tracing::warn!(error = %e, "cannot change the history's busy timeout"),
+            }
+        }
+    }
+
+    /// Before stopping: one more try for the kept job ends, and a word about any left.
+    fn last_try(&mut self) {
+        if self.unrecorded_ends.is_empty() {
+            return;
+        }
+        self.retry();
+        if !self.unrecorded_ends.is_empty() {
+            let jobs: Vec<&str> = self.unrecorded_ends.iter().map(|e| e.id.as_str()).collect();
+            tracing::error!(
+                jobs = %jobs.join(","),
+                reason = self.health.failing().unwrap_or_default(),
+                "the end of these jobs could not be written before the history closed; the next start marks them Interrupted"
+            );
+        }
+    }
+
+    /// Writes the kept job ends again, or, with none kept, probes whether the database takes
+    /// writes again; either way the health follows the result.
+    fn retry(&mut self) {
+        if self.unrecorded_ends.is_empty() {
+            let result = probe_write(&mut self.conn);
+            self.observe(&result);
+            return;
+        }
+        let ends = std::mem::take(&mut self.unrecorded_ends);
+        for end in ends {
+            let result = finish_job(&mut self.conn, &end.id, end.at, &end.outcome);
+            self.observe(&result);
+            match result {
+                Ok(()) => {
+                    tracing::info!(job_id = %end.id, status = %end.outcome.status, "recorded the end of a job the history had refused earlier");
+                }
+                Err(e) if e.kind().is_transient() => self.unrecorded_ends.push(end),
+                // Finished meanwhile, or gone: nothing left to write.
+                Err(e) => {
+                    tracing::warn!(job_id = %end.id, error = %e.chain(), "dropping the kept end of a job")
+                }
+            }
+        }
+    }
+}
+
+/// A write that changes nothing but needs the write lock and a page written, so it fails
+/// as long as the database is locked or the disk full.
+fn probe_write(conn: &mut Connection) -> Result<(), HistoryError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql("check that the database takes writes"))?;
+    tx.execute(
+        "UPDATE jobs SET status = status WHERE rowid = (SELECT max(rowid) FROM jobs)",
+        [],
+    )
+    .map_err(sql("check that the database takes writes"))?;
+    tx.commit()
+        .map_err(sql("check that the database takes writes"))
 }
 
 fn sql(operation: &'static str) -> impl Fn(rusqlite::Error) -> HistoryError {

@@ -618,3 +618,109 @@ fn settings_that_make_no_sense_are_reported_by_key() {
         ]
     );
 }
+
+#[test]
+fn sqlite_failures_are_classified_and_named_with_their_root_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.sqlite3");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+    // A real SQLITE_FULL without filling a disk: cap the database at its current size.
+    let pages: i64 = conn
+        .pragma_query_value(None, "page_count", |row| row.get(0))
+        .unwrap();
+    conn.pragma_update(None, "max_page_count", pages).unwrap();
+    let full = conn
+        .execute("INSERT INTO t VALUES (zeroblob(100000))", [])
+        .unwrap_err();
+    let full = HistoryError::Sqlite {
+        operation: "record a new job",
+        source: full,
+    };
+    assert_eq!(full.kind(), FailureKind::DiskFull);
+    assert!(full.kind().is_transient());
+    let text = full.chain();
+    assert!(
+        text.starts_with("cannot record a new job in the job history: ")
+            && text.contains("full")
+            && text.ends_with("(SQLITE_FULL)"),
+        "{text}"
+    );
+
+    // SQLITE_BUSY: another connection holds the database.
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.busy_timeout(Duration::ZERO).unwrap();
+    let busy = other.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
+    let busy = HistoryError::Sqlite {
+        operation: "finish a job",
+        source: busy,
+    };
+    assert_eq!(busy.kind(), FailureKind::Locked);
+    let text = busy.chain();
+    assert!(
+        text.contains("database is locked") && text.ends_with("(SQLITE_BUSY)"),
+        "{text}"
+    );
+
+    let table = [
+        (HistoryError::Closed, FailureKind::Closed, false),
+        (
+            HistoryError::NotFinal {
+                status: JobStatus::Running,
+            },
+            FailureKind::Other,
+            false,
+        ),
+    ];
+    for (error, kind, transient) in table {
+        assert_eq!(error.kind(), kind, "{error}");
+        assert_eq!(kind.is_transient(), transient, "{error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_a_job_refused_by_a_locked_database_is_kept_and_written_once_it_is_free() {
+    let f = open().await;
+    let id = f.store.create_job(new_job("archive")).await.unwrap();
+    f.store.mark_running(&id).await.unwrap();
+    assert_eq!(f.store.health().failing(), None);
+
+    let holder = rusqlite::Connection::open(&f.path).unwrap();
+    holder.busy_timeout(Duration::from_secs(30)).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let refused = f
+        .store
+        .finish(&id, Outcome::new(JobStatus::Completed).with_summary("done"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), FailureKind::Locked, "{}", refused.chain());
+    let failing = f
+        .store
+        .health()
+        .failing()
+        .expect("the history reports unhealthy");
+    assert!(failing.contains("SQLITE_BUSY"), "{failing}");
+    // Readers still see it Running meanwhile (WAL).
+    let job = f.store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(job.job.status, JobStatus::Running);
+
+    holder.execute_batch("ROLLBACK").unwrap();
+    let written = async {
+        loop {
+            let job = f.store.get_job(&id).await.unwrap().unwrap();
+            if job.job.status == JobStatus::Completed && f.store.health().failing().is_none() {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let job = tokio::time::timeout(Duration::from_secs(30), written)
+        .await
+        .expect("the kept end is written and the history is healthy again");
+    assert_eq!(job.job.summary.as_deref(), Some("done"));
+    f.store.close().await.unwrap();
+    drop(f.store);
+    f.writer.await.unwrap();
+}

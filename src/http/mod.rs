@@ -218,6 +218,8 @@ pub struct Readiness {
     pub runbooks_loaded: bool,
     /// The history database is open for writing.
     pub history_open: bool,
+    /// Whether the history takes writes: a full disk or a locked database drops every job.
+    pub history: HistoryReadiness,
     /// Whether the managed identity has produced a token.
     pub identity: IdentityReadiness,
     /// Whether the replicas' coordination store answers.
@@ -235,6 +237,16 @@ pub enum IdentityReadiness {
     /// Nothing needed a token yet (no job has run); the identity is tried on first use.
     NotYetNeeded,
     /// Getting a token fails; the text says why (never the token or a secret).
+    Failing(String),
+}
+
+/// The job history part of [`Readiness`].
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum HistoryReadiness {
+    /// The last write succeeded.
+    Ok,
+    /// Writes fail; the text gives the root cause (disk full, database locked, I/O error).
     Failing(String),
 }
 
@@ -256,6 +268,7 @@ impl Readiness {
         Self {
             runbooks_loaded: true,
             history_open: true,
+            history: HistoryReadiness::Ok,
             identity: IdentityReadiness::Ok,
             coordination: CoordinationReadiness::NotConfigured,
             shutting_down: false,
@@ -273,6 +286,9 @@ impl Readiness {
         }
         if !self.history_open {
             out.push("the job history database is not open".to_string());
+        }
+        if let HistoryReadiness::Failing(reason) = &self.history {
+            out.push(format!("the job history refuses writes: {reason}"));
         }
         if let IdentityReadiness::Failing(reason) = &self.identity {
             out.push(format!("the managed identity gives no token: {reason}"));
@@ -544,6 +560,13 @@ mod tests {
                     ..Readiness::ready()
                 },
                 vec!["runbooks folder", "history database"],
+            ),
+            (
+                Readiness {
+                    history: HistoryReadiness::Failing("database or disk is full".into()),
+                    ..Readiness::ready()
+                },
+                vec!["disk is full"],
             ),
             (
                 Readiness {

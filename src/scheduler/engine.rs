@@ -30,8 +30,8 @@ use crate::clock::SharedClock;
 use crate::coordination::{CoordinationKind, Coordinator, InterruptedOccurrence, StorageHealth};
 use crate::history::{HistoryError, HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
 use crate::runbook::{
-    Catalog, OnInterrupt, ParamError, ParamInput, PolicySettings, Runbook, ValidationError,
-    load_folder,
+    Catalog, ErrorKind, OnInterrupt, ParamError, ParamInput, PolicySettings, Runbook,
+    ValidationError, load_folder,
 };
 use crate::telemetry::metrics::Metrics;
 
@@ -791,14 +791,9 @@ impl Scheduler {
         let policy = self.options.policy.clone();
         let events = self.ctx.events.clone();
         self.tracker.spawn(async move {
+            let folder = dir.clone();
             let loaded = tokio::task::spawn_blocking(move || load_folder(&dir, &policy)).await;
-            let (catalog, errors) = match loaded {
-                Ok(result) => result,
-                Err(e) => {
-                    tracing::error!(error = %e, "loading the runbooks folder failed; keeping the catalog");
-                    (Catalog::default(), Vec::new())
-                }
-            };
+            let (catalog, errors) = load_result(&folder, loaded);
             let _ = events.send(Event::Loaded { catalog, errors });
         });
     }
@@ -844,6 +839,13 @@ impl Scheduler {
         for name in removed {
             self.arm(&name, None);
             self.slots.remove(&name);
+            // The board only serves runbooks in force; without this, every runbook ever
+            // deleted would stay in it.
+            self.shared
+                .last_jobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
             // Its queued or prepared occurrence belongs to the schedule that stopped.
             if let Some(jobs) = self.by_runbook.get(&name) {
                 for key in jobs.active.iter().chain(jobs.queued.iter()) {
@@ -1191,6 +1193,10 @@ impl Scheduler {
     }
 
     fn set_last(&self, runbook: &str, job_id: JobId, status: JobStatus) {
+        if !self.slots.contains_key(runbook) {
+            // A job of a runbook removed meanwhile: nobody asks for it any more.
+            return;
+        }
         let mut board = self
             .shared
             .last_jobs
@@ -1295,6 +1301,29 @@ pub fn catch_ups(
             Some((r.name.clone(), catch_up.scheduled_for))
         })
         .collect()
+}
+
+/// What a reload's loading task gave, as a load result: a task that failed (a panic in the
+/// loader) counts as an unreadable folder, which keeps every runbook in force, rather than
+/// as an empty folder, which would unschedule them all.
+fn load_result(
+    dir: &std::path::Path,
+    loaded: Result<(Catalog, Vec<ValidationError>), tokio::task::JoinError>,
+) -> (Catalog, Vec<ValidationError>) {
+    match loaded {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!(error = %e, "loading the runbooks folder failed; keeping the catalog");
+            let error = ValidationError::whole_file(
+                dir.display().to_string(),
+                ErrorKind::Io,
+                format!(
+                    "loading the runbooks folder failed ({e}); the runbooks loaded before stay in force"
+                ),
+            );
+            (Catalog::default(), vec![error])
+        }
+    }
 }
 
 fn log_reload(catalog: &LiveCatalog, summary: &ReloadSummary) {
@@ -1478,5 +1507,33 @@ mod tests {
             .collect();
         let found = catch_ups(&catalog, &last, utc("2026-03-05T08:00:00Z"));
         assert_eq!(found, [("once".to_string(), utc("2026-03-05T06:00:00Z"))]);
+    }
+
+    #[tokio::test]
+    async fn a_reload_whose_loading_task_failed_keeps_every_runbook_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("nightly.toml"),
+            "schedule = \"0 2 * * *\"\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\n",
+        )
+        .unwrap();
+        let (loaded, errors) = load_folder(dir.path(), &PolicySettings::default());
+        let live = LiveCatalog::first(dir.path(), loaded, errors);
+        assert_eq!(live.len(), 1);
+
+        // A loader that panics (the only way `spawn_blocking` fails here).
+        let failed = tokio::task::spawn_blocking(|| -> (Catalog, Vec<ValidationError>) {
+            panic!("the loader broke")
+        })
+        .await;
+        let (catalog, errors) = load_result(dir.path(), failed);
+        let (next, summary) = live.reload(dir.path(), catalog, errors);
+        assert!(next.get("nightly").is_some(), "the runbook stays scheduled");
+        assert!(summary.removed.is_empty(), "{summary:?}");
+        let why = next.folder_error().expect("the failure is reported");
+        assert!(
+            why.message.contains("loading the runbooks folder failed"),
+            "{why:?}"
+        );
     }
 }

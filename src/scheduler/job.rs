@@ -317,7 +317,7 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
     let started_at = ctx.clock.now();
     let mark_running = async {
         if let Err(e) = ctx.history.mark_running(&job_id).await {
-            tracing::error!(runbook = %name, job_id = %job_id, error = %e, "cannot record the job as running");
+            tracing::error!(runbook = %name, job_id = %job_id, error = %e.chain(), "cannot record the job as running");
         }
     };
     let _ = ctx.events.send(Event::Job(JobEvent::Started { key }));
@@ -437,7 +437,9 @@ async fn record_queued(
             Some(id)
         }
         Err(e) => {
-            tracing::error!(runbook = %job.runbook, error = %e, "cannot record a job in the history; it does not run");
+            let reason = e.kind().as_str();
+            tracing::error!(runbook = %job.runbook, scheduled_for = ?job.scheduled_for, reason, error = %e.chain(), "cannot record a job in the history; it does not run");
+            ctx.metrics.occurrence_dropped(&job.runbook, reason);
             if let Some(reply) = reply.take() {
                 let _ = reply.send(Err(RunError::History(e)));
             }
@@ -464,7 +466,11 @@ async fn record_skip(ctx: &JobContext, job: &NewJob, recorded: Option<&JobId>, r
             .metrics
             .job_recorded(&job.runbook, JobStatus::Skipped.as_str()),
         Err(e) => {
-            tracing::warn!(runbook = %job.runbook, error = %e, "cannot record a skipped occurrence")
+            let reason = e.kind().as_str();
+            tracing::warn!(runbook = %job.runbook, scheduled_for = ?job.scheduled_for, reason, error = %e.chain(), "cannot record a skipped occurrence");
+            if recorded.is_none() {
+                ctx.metrics.occurrence_dropped(&job.runbook, reason);
+            }
         }
     }
 }
@@ -484,7 +490,11 @@ async fn finish(
 ) {
     let status = outcome.status;
     if let Err(e) = ctx.history.finish(id, outcome).await {
-        tracing::error!(runbook, job_id = %id, status = %status, error = %e, "cannot record the end of a job");
+        if e.kind().is_transient() {
+            tracing::error!(runbook, job_id = %id, status = %status, error = %e.chain(), "cannot record the end of a job yet; the history writer keeps it and writes it as soon as the database takes writes");
+        } else {
+            tracing::error!(runbook, job_id = %id, status = %status, error = %e.chain(), "cannot record the end of a job");
+        }
     }
     match ran_for {
         Some(duration) => ctx.metrics.job_finished(runbook, status.as_str(), duration),

@@ -43,6 +43,12 @@ struct RunbookStatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunbookReasonLabels {
+    runbook: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunbookLabels {
     runbook: String,
 }
@@ -73,6 +79,7 @@ fn job_duration_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     jobs: Family<RunbookStatusLabels, Counter>,
+    occurrences_dropped: Family<RunbookReasonLabels, Counter>,
     job_duration: Family<RunbookLabels, Histogram, fn() -> Histogram>,
     exchange_calls: Family<CmdletOutcomeLabels, Counter>,
     exchange_throttle_wait: Counter<f64, AtomicU64>,
@@ -99,6 +106,12 @@ impl Metrics {
             "jobs",
             "Jobs recorded, by runbook and final status",
             jobs.clone(),
+        );
+        let occurrences_dropped = Family::<RunbookReasonLabels, Counter>::default();
+        registry.register(
+            "occurrences_dropped",
+            "Occurrences that did not run because the job history could not record them, by runbook and reason (disk_full, locked, io_error, closed, other)",
+            occurrences_dropped.clone(),
         );
         let job_duration =
             Family::<RunbookLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -159,6 +172,7 @@ impl Metrics {
         Self {
             registry,
             jobs,
+            occurrences_dropped,
             job_duration,
             exchange_calls,
             exchange_throttle_wait,
@@ -188,6 +202,17 @@ impl Metrics {
             .get_or_create(&RunbookStatusLabels {
                 runbook: label(runbook),
                 status: label(status),
+            })
+            .inc();
+    }
+
+    /// An occurrence of `runbook` was dropped: the job history refused to record it for
+    /// `reason` (a [`crate::history::FailureKind`] word).
+    pub fn occurrence_dropped(&self, runbook: &str, reason: &str) {
+        self.occurrences_dropped
+            .get_or_create(&RunbookReasonLabels {
+                runbook: label(runbook),
+                reason: label(reason),
             })
             .inc();
     }

@@ -68,6 +68,7 @@ on_both_backends!(
     a_schedule_status_write_with_a_stale_version_conflicts,
     concurrent_fired_instants_keep_the_latest,
     occurrences_are_listed_newest_first_up_to_the_limit,
+    final_records_before_the_cutoff_are_pruned_once_across_replicas,
 );
 
 async fn exactly_one_of_five_concurrent_claimers_wins(backend: Backend) {
@@ -306,6 +307,52 @@ async fn occurrences_are_listed_newest_first_up_to_the_limit(backend: Backend) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn final_records_before_the_cutoff_are_pruned_once_across_replicas(backend: Backend) {
+    let replicas = backend.replicas(3);
+    for minute in 0..5 {
+        acquired(
+            replicas[0]
+                .claim("report", instant(minute), "a")
+                .await
+                .unwrap(),
+        )
+        .complete(FinalState::Completed, None)
+        .await
+        .unwrap();
+    }
+    // Still running, however old: never pruned.
+    let running = acquired(replicas[1].claim("long", instant(0), "b").await.unwrap());
+
+    let passes: Vec<_> = replicas
+        .iter()
+        .map(|replica| {
+            let replica = replica.clone();
+            tokio::spawn(async move { replica.prune(instant(3)).await })
+        })
+        .collect();
+    let mut deleted = 0;
+    for pass in passes {
+        deleted += pass.await.unwrap().expect("a pruning pass");
+    }
+    assert_eq!(deleted, 3, "minutes 0, 1 and 2 are deleted, each once");
+
+    let left: Vec<_> = replicas[2]
+        .list_occurrences("report", 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.scheduled_for)
+        .collect();
+    assert_eq!(left, vec![instant(4), instant(3)]);
+    assert_eq!(
+        stored(&replicas[2], "long", 0).await.state,
+        OccurrenceState::Running
+    );
+    // A pass with nothing old left deletes nothing.
+    assert_eq!(replicas[0].prune(instant(3)).await.unwrap(), 0);
+    running.complete(FinalState::Completed, None).await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use axum::response::Html;
 use runbook_worker::http::{
-    ApiAuth, CoordinationReadiness, IdentityReadiness, JobFilter, Readiness, RequestedVia,
-    RunRequest, ServerLimits,
+    ApiAuth, CoordinationReadiness, HistoryReadiness, IdentityReadiness, JobFilter, Readiness,
+    RequestedVia, RunRequest, ServerLimits,
 };
 use serde_json::{Value, json};
 
@@ -62,6 +62,7 @@ async fn readyz_answers_503_with_every_reason() {
     *server.worker.readiness.lock().unwrap() = Readiness {
         runbooks_loaded: false,
         history_open: true,
+        history: HistoryReadiness::Ok,
         identity: IdentityReadiness::Failing("IMDS answered 400: identity not found".into()),
         coordination: CoordinationReadiness::Unreachable("blob container answered 403".into()),
         shutting_down: true,

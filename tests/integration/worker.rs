@@ -316,6 +316,39 @@ async fn after_downtime_run_once_catches_up_once_and_skip_does_not() {
     engine.stop().await;
 }
 
+#[tokio::test]
+async fn a_reload_of_a_removed_folder_keeps_every_runbook_scheduled_and_says_why() {
+    let root = tempfile::tempdir().unwrap();
+    let runbooks = root.path().join("runbooks");
+    std::fs::create_dir_all(&runbooks).unwrap();
+    write(
+        &runbooks,
+        "hourly.toml",
+        &runbook("schedule = \"0 * * * *\""),
+    );
+    let engine = Engine::start(root.path(), utc("2026-05-04T10:00:30Z")).await;
+    let before = engine.next_run("hourly");
+    assert_eq!(before, Some(utc("2026-05-04T11:00:00Z")));
+
+    std::fs::remove_dir_all(&runbooks).unwrap();
+    engine.handle.reload();
+    let ok = wait_until(SOON, || async {
+        engine.handle.catalog().folder_error().is_some()
+    })
+    .await;
+    assert!(ok, "the reload reports the unreadable folder");
+    let catalog = engine.handle.catalog();
+    let why = catalog.folder_error().unwrap();
+    assert!(
+        why.message.contains("cannot read the runbooks folder"),
+        "{why:?}"
+    );
+    assert_eq!(catalog.len(), 1, "the runbook stays in force");
+    // And it still fires at its next instant.
+    engine.fire("hourly", utc("2026-05-04T11:00:00Z")).await;
+    engine.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // The whole app in-process: hot reload, the API, metrics.
 // ---------------------------------------------------------------------------------------
@@ -681,6 +714,123 @@ async fn job_status(worker: &WorkerProcess, id: &str) -> String {
 /// call per mailbox, each as slow as the tenant's latency.
 const SLOW_STEPS: &str = "[[steps]]\nname = \"all\"\ncmdlet = \"Get-Mailbox\"\nparameters = { ResultSize = \"Unlimited\" }\n\n\
 [[steps]]\nname = \"sizes\"\ncmdlet = \"Get-MailboxStatistics\"\nfor_each = \"all\"\nconcurrency = 1\nparameters = { Identity = \"{{ item.ExternalDirectoryObjectId }}\" }\n";
+
+/// How long the history tests wait: every write the worker tries while the database is
+/// locked waits out SQLite's busy timeout (5 s) before it fails.
+const LOCKED_WAIT: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_history_makes_the_worker_unready_counts_dropped_occurrences_and_recovers() {
+    let tenant = Tenant::start(Duration::from_secs(2)).await;
+    let dir = worker_dir(&tenant, "");
+    let runbooks = dir.path().join("runbooks");
+    write(&runbooks, "quick.toml", &runbook(""));
+    write(
+        &runbooks,
+        "tick.toml",
+        &runbook("schedule = \"*/5 * * * * *\""),
+    );
+    let mut worker = WorkerProcess::spawn(dir.path(), "worker.log");
+    worker.wait_ready().await;
+    let quick = post_run(&worker, "quick").await;
+    let ok = wait_until(SOON, || async {
+        job_status(&worker, &quick).await == "Running"
+    })
+    .await;
+    assert!(ok, "the job runs");
+
+    // Another process holds the database: every write of the worker fails with SQLITE_BUSY.
+    let lock =
+        rusqlite::Connection::open(history::database_path(&dir.path().join("state"))).unwrap();
+    lock.busy_timeout(Duration::from_secs(30)).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let ok = wait_until(LOCKED_WAIT, || async {
+        let response = reqwest::get(worker.url("/readyz")).await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        status == 503
+            && body["problems"].as_array().is_some_and(|p| {
+                p.iter().any(|p| {
+                    p.as_str()
+                        .is_some_and(|p| p.contains("refuses writes") && p.contains("SQLITE_BUSY"))
+                })
+            })
+    })
+    .await;
+    assert!(
+        ok,
+        "/readyz names the locked history; log:\n{}",
+        worker.logs()
+    );
+    let ok = wait_until(LOCKED_WAIT, || async {
+        let logs = worker.logs();
+        logs.lines().any(|l| {
+            l.contains("cannot record a job in the history")
+                && l.contains("\"tick\"")
+                && l.contains("database is locked")
+                && l.contains("\"locked\"")
+        }) && logs.contains("cannot record the end of a job yet")
+    })
+    .await;
+    assert!(
+        ok,
+        "each dropped occurrence and the unwritten end are logged with their cause; log:\n{}",
+        worker.logs()
+    );
+    let metrics = reqwest::get(worker.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "runbook_worker_occurrences_dropped_total{runbook=\"tick\",reason=\"locked\"}"
+        ),
+        "{metrics}"
+    );
+
+    // The lock goes: the worker is ready again, the kept end is written, occurrences run.
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let ok = wait_until(LOCKED_WAIT, || async {
+        reqwest::get(worker.url("/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ok, "/readyz recovers; log:\n{}", worker.logs());
+    let ok = wait_until(LOCKED_WAIT, || async {
+        job_status(&worker, &quick).await == "Completed"
+    })
+    .await;
+    assert!(
+        ok,
+        "the job that ended while the history was locked is recorded Completed; log:\n{}",
+        worker.logs()
+    );
+    let ok = wait_until(LOCKED_WAIT, || async {
+        let jobs: Value = reqwest::Client::new()
+            .get(worker.url("/api/jobs?runbook=tick&status=Completed"))
+            .header("authorization", bearer(TOKEN))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        jobs["jobs"].as_array().is_some_and(|j| !j.is_empty())
+    })
+    .await;
+    assert!(
+        ok,
+        "scheduled occurrences are recorded again; log:\n{}",
+        worker.logs()
+    );
+    worker.signal(Signal::SIGTERM);
+    assert!(worker.wait_exit(Duration::from_secs(60)).await.success());
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_killed_with_sigkill_is_interrupted_at_the_next_start() {
