@@ -11,6 +11,13 @@
 //! Undefined values are strict: printing, comparing, iterating or testing the truth of a
 //! missing property is an error that the executor records for the item, never a silent
 //! empty string. `item.X is defined` and `item.X | default(…)` still work.
+//!
+//! Every render has a work budget, because a runbook's template must not be able to hang
+//! the worker: each render may run [`TEMPLATE_FUEL`] template instructions (minijinja's
+//! fuel; a nested `range` loop runs out in milliseconds) and produce at most
+//! [`MAX_RENDERED_BYTES`] per parameter value. Going over either is a [`TemplateError`]
+//! for that call, like any other rendering failure. Rendering is still synchronous CPU
+//! work: the executor runs it off the async runtime's worker threads.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -36,6 +43,13 @@ pub const JOB_ATTRIBUTES: &[&str] = &["id", "runbook", "scheduled_for"];
 /// Attributes of `steps.<name>`.
 pub const STEP_ATTRIBUTES: &[&str] = &["count", "records"];
 
+/// Template instructions one render may run (a parameter value or a `when`). Loops over a
+/// step's kept records cost a few instructions per record; filters such as `map` or
+/// `join` cost one instruction whatever the list's length.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+/// The most bytes one rendered parameter value may have (all its strings together).
+pub const MAX_RENDERED_BYTES: usize = 4 * 1024 * 1024;
+
 /// A value or `when` that could not be rendered for one call. The executor records it
 /// for the item (or the step) and goes on as `continue_on_error` says.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +74,16 @@ pub enum TemplateError {
         #[source]
         source: minijinja::Error,
     },
+    /// The template ran more than [`TEMPLATE_FUEL`] instructions.
+    #[error(
+        "{location}: `{template}` exceeded its work budget of {TEMPLATE_FUEL} template instructions and was stopped: make it do less (loop over fewer records, narrow the earlier step's filter)"
+    )]
+    Budget { location: String, template: String },
+    /// The template produced more than [`MAX_RENDERED_BYTES`].
+    #[error(
+        "{location}: `{template}` produced more than its budget of {MAX_RENDERED_BYTES} bytes and was stopped: make the value smaller"
+    )]
+    TooLarge { location: String, template: String },
     /// A whole-value expression produced something that is not a parameter value (a
     /// function, bytes, a map with non-string keys, a non-finite number).
     #[error("{location}: `{template}` produced {what}, which cannot be a parameter value")]
@@ -223,8 +247,41 @@ fn environment() -> Environment<'static> {
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     // Values go to Exchange, not to a browser: HTML escaping would corrupt them.
     env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.add_filter("opath", opath);
     env
+}
+
+/// Collects a template's output and refuses to grow past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("the rendered value is too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The bytes of a parameter value's strings, to hold it to [`MAX_RENDERED_BYTES`].
+fn rendered_size(value: &ParamValue) -> usize {
+    match value {
+        ParamValue::String(s) => s.len(),
+        ParamValue::Array(items) => items.iter().map(rendered_size).sum(),
+        ParamValue::HashTable(map) => map.iter().map(|(k, v)| k.len() + rendered_size(v)).sum(),
+        _ => 8,
+    }
 }
 
 /// `{{ params.department | opath }}`: a string as an OPATH filter literal, in single
@@ -418,18 +475,30 @@ impl ValueTemplate {
                     .env
                     .get_template(&t.name)
                     .map_err(|e| render_error(e, t, location))?;
-                template
-                    .render(ctx.root())
-                    .map(ParamValue::String)
-                    .map_err(|e| render_error(e, t, location))
+                let mut output = CappedOutput::default();
+                match template.render_captured_to(ctx.root(), &mut output) {
+                    Ok(_) => {}
+                    Err(_) if output.overflowed => return Err(too_large(t, location)),
+                    Err(e) => return Err(render_error(e, t, location)),
+                }
+                // minijinja writes whole `str`s, so the bytes are UTF-8; a lossy
+                // conversion never changes them.
+                Ok(ParamValue::String(
+                    String::from_utf8(output.bytes)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                ))
             }
             ValueTemplate::Expression(t) => {
                 let value = evaluate(set, t, ctx, location)?;
-                to_param_value(&value).map_err(|what| TemplateError::NotAValue {
+                let value = to_param_value(&value).map_err(|what| TemplateError::NotAValue {
                     location: location.to_string(),
                     template: t.source.clone(),
                     what,
-                })
+                })?;
+                if rendered_size(&value) > MAX_RENDERED_BYTES {
+                    return Err(too_large(t, location));
+                }
+                Ok(value)
             }
             ValueTemplate::Array(items) => items
                 .iter()
@@ -474,9 +543,12 @@ fn evaluate(
         .env
         .get_template(&t.name)
         .map_err(|e| render_error(e, t, location))?;
-    let captured = template
-        .render_captured(ctx.root())
-        .map_err(|e| render_error(e, t, location))?;
+    let mut output = CappedOutput::default();
+    let captured = match template.render_captured_to(ctx.root(), &mut output) {
+        Ok(captured) => captured,
+        Err(_) if output.overflowed => return Err(too_large(t, location)),
+        Err(e) => return Err(render_error(e, t, location)),
+    };
     match captured.state().lookup(VALUE_VAR) {
         Some(value) if !value.is_undefined() => Ok(value),
         _ => Err(TemplateError::Undefined {
@@ -487,7 +559,20 @@ fn evaluate(
     }
 }
 
+fn too_large(t: &TemplateRef, location: &str) -> TemplateError {
+    TemplateError::TooLarge {
+        location: location.to_string(),
+        template: t.source.clone(),
+    }
+}
+
 fn render_error(e: minijinja::Error, t: &TemplateRef, location: &str) -> TemplateError {
+    if e.kind() == minijinja::ErrorKind::OutOfFuel {
+        return TemplateError::Budget {
+            location: location.to_string(),
+            template: t.source.clone(),
+        };
+    }
     if e.kind() == minijinja::ErrorKind::UndefinedError {
         return TemplateError::Undefined {
             location: location.to_string(),
@@ -709,6 +794,33 @@ mod tests {
             );
             assert!(text.contains(source), "{text}");
         }
+    }
+
+    #[test]
+    fn a_template_that_works_or_writes_too_much_is_stopped_by_its_budget() {
+        let cases = [
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+            "{{ range(100000) | map('string') | list | length }}{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+        ];
+        for source in cases {
+            let err = render_one(source, json!({})).unwrap_err();
+            assert!(matches!(err, TemplateError::Budget { .. }), "{source}: {err:?}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with("parameter \"X\" of step \"s\": ") && text.contains("work budget"),
+                "{text}"
+            );
+        }
+        let err = render_one("{{ 'x' * 5000000 }}", json!({})).unwrap_err();
+        assert!(matches!(err, TemplateError::TooLarge { .. }), "{err:?}");
+        let err = render_one("a{{ 'x' * 5000000 }}", json!({})).unwrap_err();
+        assert!(matches!(err, TemplateError::TooLarge { .. }), "{err:?}");
+        assert!(err.to_string().contains("bytes"), "{err}");
+        // Work within the budget renders as before.
+        assert_eq!(
+            render_one("{{ range(1000) | map('string') | join('') | length }}", json!({})).unwrap(),
+            ParamValue::Int(2890)
+        );
     }
 
     #[test]

@@ -532,31 +532,50 @@ async fn cancelling_stops_between_calls_and_aborts_the_calls_in_flight() {
     assert!(step(&outcome, "tag").done < users(&h) as u64);
 }
 
-#[tokio::test]
-async fn a_failed_job_is_retried_after_its_backoff_and_each_attempt_is_announced() {
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 2, 8, 0, 0).unwrap());
-    let shared: SharedClock = Arc::new(clock.clone());
-    let h = harness_with(
+/// A harness whose Exchange client gives up on the first transient failure, so that one
+/// scripted fault fails the attempt.
+async fn harness_without_client_retries(clock: SharedClock) -> Harness {
+    harness_with(
         SimulatorConfig::default(),
         Options {
-            clock: shared,
+            clock,
+            adjust: Box::new(|s| s.max_retries = 0),
             ..Options::default()
         },
     )
-    .await;
+    .await
+}
+
+/// How many requests of `cmdlet` reached the simulated tenant.
+fn sent(h: &Harness, cmdlet: &str) -> usize {
+    h.sim()
+        .requests()
+        .iter()
+        .filter(|r| r.cmdlet() == Some(cmdlet))
+        .count()
+}
+
+fn server_error(status: u16, exception: Option<&str>) -> Fault {
+    Fault::ServerError {
+        status,
+        exception: exception.map(str::to_string),
+        after_executing: false,
+    }
+}
+
+const TAG_ADELE_THEN_READ: &str = "retries = { attempts = 2, backoff = \"1h\" }\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = { Identity = \"adele.vance\", CustomAttribute1 = \"Retried\" }\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = { ResultSize = \"Unlimited\" }\n";
+
+#[tokio::test]
+async fn a_read_that_failed_before_any_write_is_retried_after_its_backoff_and_each_attempt_is_announced()
+ {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 2, 8, 0, 0).unwrap());
+    let h = harness_without_client_retries(Arc::new(clock.clone())).await;
     let rb = runbook(
-        "retries = { attempts = 2, backoff = \"1h\" }\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = { Identity = \"adele.vance\", CustomAttribute1 = \"Retried\" }\n",
+        "retries = { attempts = 2, backoff = \"1h\" }\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = { ResultSize = \"Unlimited\" }\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = { Identity = \"adele.vance\", CustomAttribute1 = \"Retried\" }\n",
     );
-    // The write meets a 503 the client will not replay: the attempt fails.
-    h.sim().inject(
-        Some("Set-Mailbox"),
-        Fault::ServerError {
-            status: 503,
-            exception: None,
-            after_executing: false,
-        },
-        1,
-    );
+    // The read meets a 503: nothing was written, so the whole job may run again.
+    h.sim()
+        .inject(Some("Get-Mailbox"), server_error(503, None), 1);
     let recorder = Recorder::default();
     let run = h
         .executor
@@ -587,11 +606,8 @@ async fn a_failed_job_is_retried_after_its_backoff_and_each_attempt_is_announced
         })
         .unwrap();
     assert_eq!(failed.0, Duration::from_secs(3600));
-    assert!(
-        failed.1.contains("may or may not have been applied"),
-        "{}",
-        failed.1
-    );
+    assert!(failed.1.contains("Get-Mailbox"), "{}", failed.1);
+    assert_eq!(sent(&h, "Set-Mailbox"), 1, "the write is sent once");
     assert_eq!(
         h.sim()
             .mailbox("adele.vance")
@@ -599,6 +615,74 @@ async fn a_failed_job_is_retried_after_its_backoff_and_each_attempt_is_announced
             .custom_attribute1
             .as_deref(),
         Some("Retried")
+    );
+}
+
+#[tokio::test]
+async fn a_write_answered_with_500_is_sent_exactly_once_and_the_job_is_not_retried() {
+    let h = harness_without_client_retries(Arc::new(runbook_worker::clock::SystemClock)).await;
+    let rb = runbook(
+        "retries = { attempts = 2, backoff = \"1ms\" }\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = { Identity = \"adele.vance\", CustomAttribute1 = \"Once\" }\n",
+    );
+    h.sim()
+        .inject(Some("Set-Mailbox"), server_error(500, None), 3);
+
+    let (outcome, events) = h.run(job(&rb, false)).await;
+
+    assert_eq!(outcome.status, FinalStatus::Failed, "{outcome:?}");
+    assert_eq!(outcome.attempts, 1);
+    assert_eq!(events.count("attempt_failed"), 0);
+    assert_eq!(sent(&h, "Set-Mailbox"), 1, "an unknown outcome is never sent again");
+    let error = outcome.error.unwrap();
+    for part in [
+        "may or may not have been applied",
+        "0 write(s) applied and 1 whose outcome is unknown",
+        "not retried",
+    ] {
+        assert!(error.contains(part), "{part}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn a_write_that_succeeded_is_not_sent_again_when_a_later_read_fails() {
+    let h = harness_without_client_retries(Arc::new(runbook_worker::clock::SystemClock)).await;
+    let rb = runbook(TAG_ADELE_THEN_READ);
+    h.sim()
+        .inject(Some("Get-Mailbox"), server_error(503, None), 3);
+
+    let (outcome, _) = h.run(job(&rb, false)).await;
+
+    assert_eq!(outcome.status, FinalStatus::Failed, "{outcome:?}");
+    assert_eq!(outcome.attempts, 1);
+    assert_eq!(sent(&h, "Set-Mailbox"), 1, "the applied write is not repeated");
+    let error = outcome.error.unwrap();
+    assert!(
+        error.contains("1 write(s) applied") && error.contains("not retried"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_cmdlet_task_exception_is_definite_and_not_retried() {
+    let h = harness_without_client_retries(Arc::new(runbook_worker::clock::SystemClock)).await;
+    let rb = runbook(
+        "retries = { attempts = 2, backoff = \"1ms\" }\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = { Identity = \"adele.vance\", CustomAttribute1 = \"Once\" }\n",
+    );
+    h.sim().inject(
+        Some("Set-Mailbox"),
+        server_error(400, Some("Microsoft.Exchange.Management.Tasks.TaskException")),
+        3,
+    );
+
+    let (outcome, _) = h.run(job(&rb, false)).await;
+
+    assert_eq!(outcome.status, FinalStatus::Failed, "{outcome:?}");
+    assert_eq!(outcome.attempts, 1);
+    assert_eq!(sent(&h, "Set-Mailbox"), 1);
+    let error = outcome.error.unwrap();
+    assert!(
+        error.contains("TaskException") && error.contains("not retried"),
+        "{error}"
     );
 }
 
