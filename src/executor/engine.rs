@@ -612,10 +612,15 @@ impl<'a> AttemptRun<'a> {
                     let item = item?;
                     // A `when` that cannot be evaluated fails that item later without a
                     // call, so it is not a change.
-                    if step
-                        .matches_when(&ctx.with_item(item.value()))
-                        .unwrap_or(false)
-                    {
+                    let matches = step.when.is_none() || {
+                        let item_ctx = ctx.with_item(item.value());
+                        let runbook = Arc::clone(&self.job.runbook);
+                        off_runtime(move || {
+                            runbook.steps[index].matches_when(&item_ctx).unwrap_or(false)
+                        })
+                        .await
+                    };
+                    if matches {
                         would += 1;
                     }
                 }
@@ -965,15 +970,18 @@ impl<'a> AttemptRun<'a> {
         stage: &CancellationToken,
     ) -> ItemEnd {
         let step = &self.runbook.steps[index];
-        let rendered = {
-            let item_ctx = match &item {
-                Some(item) => ctx.with_item(item.value()),
-                None => ctx.clone(),
-            };
+        let item_ctx = match &item {
+            Some(item) => ctx.with_item(item.value()),
+            None => ctx.clone(),
+        };
+        // The record is not needed once it is in the template context.
+        drop(item);
+        let rendered = if step.has_templates() {
+            let runbook = Arc::clone(&self.job.runbook);
+            off_runtime(move || render(&runbook.steps[index], &item_ctx)).await
+        } else {
             render(step, &item_ctx)
         };
-        // The record is not needed once the parameters are rendered.
-        drop(item);
         let parameters = match rendered {
             Rendered::Skip => return ItemEnd::Skipped,
             Rendered::Error(error) => {
@@ -1125,6 +1133,23 @@ async fn next_item(
         }
         None => None,
         Some(items) => items.stream.next().await.map(|r| r.map(Some)),
+    }
+}
+
+/// Runs template work on the blocking pool. A render is bounded by its budget (see
+/// [`crate::runbook::TEMPLATE_FUEL`]), but even a bounded render is CPU work that must not
+/// hold up the runtime's worker threads: `/healthz`, the job's timeout and the shutdown
+/// signal are served there. Awaited, never detached: should the job be dropped, the render
+/// ends by itself within its budget. A panic inside is re-raised in the job's task, where
+/// the job's boundary records it.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // The runtime is shutting down; the job is being dropped with it.
+            Err(_) => std::future::pending().await,
+        },
     }
 }
 

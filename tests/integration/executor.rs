@@ -701,6 +701,73 @@ async fn a_job_that_completed_with_errors_is_not_retried() {
     assert_eq!(events.count("attempt_started"), 1);
 }
 
+/// Every parameter value renders a loop that never ends in practice: 10^10 iterations.
+const ENDLESS_TEMPLATE: &str = "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}";
+
+#[tokio::test]
+async fn a_template_that_would_run_forever_fails_the_job_naming_the_step_and_its_budget() {
+    let h = harness(SimulatorConfig::default()).await;
+    let rb = runbook(&format!(
+        "retries = 2\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = {{ Identity = \"adele.vance\", CustomAttribute1 = \"{ENDLESS_TEMPLATE}\" }}\n"
+    ));
+
+    let (outcome, _) = h.run(job(&rb, false)).await;
+
+    assert_eq!(outcome.status, FinalStatus::Failed, "{outcome:?}");
+    assert_eq!(outcome.attempts, 1, "a template over its budget would be again");
+    let error = outcome.error.unwrap();
+    assert!(
+        error.contains("parameter \"CustomAttribute1\" of step \"tag\"")
+            && error.contains("exceeded its work budget"),
+        "{error}"
+    );
+    assert_eq!(sent(&h, "Set-Mailbox"), 0);
+}
+
+/// A dry run over many mailboxes whose every call renders a template that does a lot of
+/// work (within its budget, or just over it): the job takes far longer than its timeout.
+fn template_heavy(timeout: &str) -> Arc<runbook::Runbook> {
+    runbook(&format!(
+        "timeout = \"{timeout}\"\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = {{ ResultSize = \"Unlimited\" }}\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nfor_each = \"find\"\ncontinue_on_error = true\nconcurrency = 4\nparameters = {{ Identity = \"{{{{ item.Alias }}}}\", CustomAttribute1 = \"{{% for a in range(100000) %}}{{% for b in range(20) %}}{{% endfor %}}{{% endfor %}}\" }}\n"
+    ))
+}
+
+#[tokio::test]
+async fn a_job_busy_rendering_templates_still_ends_by_its_timeout() {
+    let h = harness(SimulatorConfig::default().with_mailboxes(5000)).await;
+
+    let (outcome, _) = h.run(job(&template_heavy("1s"), true)).await;
+
+    assert_eq!(outcome.status, FinalStatus::TimedOut, "{outcome:?}");
+    assert!(
+        outcome.error.as_deref().unwrap_or("").contains("timeout of 1s"),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_busy_rendering_templates_is_cancelled_when_asked() {
+    let h = harness(SimulatorConfig::default().with_mailboxes(5000)).await;
+    let recorder = Recorder::default();
+    let cancel = CancellationToken::new();
+    let run = h
+        .executor
+        .run(job(&template_heavy("1h"), true), &recorder, cancel.clone());
+    let stop = async {
+        assert!(
+            wait_until(Duration::from_secs(30), || async {
+                recorder.count("step_started") == 2
+            })
+            .await
+        );
+        cancel.cancel();
+    };
+
+    let (outcome, ()) = tokio::join!(run, stop);
+
+    assert_eq!(outcome.status, FinalStatus::Cancelled, "{outcome:?}");
+}
+
 struct Panicking;
 
 #[async_trait]
