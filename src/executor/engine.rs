@@ -616,7 +616,9 @@ impl<'a> AttemptRun<'a> {
                         let item_ctx = ctx.with_item(item.value());
                         let runbook = Arc::clone(&self.job.runbook);
                         off_runtime(move || {
-                            runbook.steps[index].matches_when(&item_ctx).unwrap_or(false)
+                            runbook.steps[index]
+                                .matches_when(&item_ctx)
+                                .unwrap_or(false)
                         })
                         .await
                     };
@@ -1330,7 +1332,11 @@ mod tests {
         assert!(refusal.contains("would fail the same way"), "{refusal}");
         for (retryable, writes, expected) in [
             (true, applied, "2 write(s) applied,"),
-            (false, unknown, "0 write(s) applied and 1 whose outcome is unknown"),
+            (
+                false,
+                unknown,
+                "0 write(s) applied and 1 whose outcome is unknown",
+            ),
         ] {
             let refusal = retry_refusal(retryable, writes).unwrap();
             assert!(

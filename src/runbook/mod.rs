@@ -43,7 +43,7 @@ pub use policy::{
     is_read_cmdlet,
 };
 pub use template::{
-    JOB_ATTRIBUTES, JobInfo, MAX_RENDERED_BYTES, STEP_ATTRIBUTES, TEMPLATE_FUEL,
+    JOB_ATTRIBUTES, JobInfo, MAX_RENDERED_BYTES, OPATH_PARAMETERS, STEP_ATTRIBUTES, TEMPLATE_FUEL,
     TEMPLATE_VARIABLES, TemplateContext, TemplateError,
 };
 

@@ -286,9 +286,84 @@ fn rendered_size(value: &ParamValue) -> usize {
 
 /// `{{ params.department | opath }}`: a string as an OPATH filter literal, in single
 /// quotes with embedded single quotes doubled, so a value cannot end the literal early and
-/// add filter clauses.
+/// add filter clauses. PowerShell also takes the typographic single quotes (‘ ’ ‚ ‛) for
+/// `'`, so they are doubled too.
 fn opath(value: String) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('\'');
+    for c in value.chars() {
+        if matches!(c, '\'' | '\u{2018}'..='\u{201B}') {
+            quoted.push(c);
+        }
+        quoted.push(c);
+    }
+    quoted.push('\'');
+    quoted
+}
+
+/// Parameters whose value is an OPATH filter, where a value must be quoted with `opath`.
+pub const OPATH_PARAMETERS: &[&str] = &["Filter", "RecipientFilter", "ContentFilter"];
+
+/// Whether a parameter takes an OPATH filter (PowerShell names ignore case).
+pub(crate) fn is_opath_parameter(name: &str) -> bool {
+    OPATH_PARAMETERS
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(name))
+}
+
+/// In an OPATH filter's template, the byte offset of the first `{{ … }}` whose value is
+/// not quoted by `opath`: its last filter must be `opath`, applied to the whole value (no
+/// `~`, `+` or other operator outside parentheses before it, which `|` binds tighter
+/// than). Conservative: a form it cannot read is refused, with the same fix.
+pub(crate) fn unquoted_in_opath(source: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(open) = source[from..].find("{{").map(|o| o + from) {
+        let Some(close) = source[open + 2..].find("}}").map(|c| c + open + 2) else {
+            return Some(open);
+        };
+        let inner = source[open + 2..close]
+            .trim_start_matches(['-', '+'])
+            .trim_end_matches(['-', '+']);
+        if !quoted_by_opath(inner) {
+            return Some(open);
+        }
+        from = close + 2;
+    }
+    None
+}
+
+fn quoted_by_opath(expression: &str) -> bool {
+    // Split at `|` outside strings and brackets.
+    let mut segments = vec![String::new()];
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    for c in expression.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(' | '[' | '{') => depth += 1,
+            (None, ')' | ']' | '}') => depth -= 1,
+            (None, '|') if depth == 0 => {
+                segments.push(String::new());
+                continue;
+            }
+            (None, c) if depth == 0 && "~+-*/%<>=!".contains(c) && segments.len() == 1 => {
+                return false;
+            }
+            _ => {}
+        }
+        if let Some(last) = segments.last_mut() {
+            last.push(c);
+        }
+    }
+    let value_has_keyword = segments[0]
+        .split_whitespace()
+        .any(|w| matches!(w, "if" | "else" | "and" | "or" | "not" | "in" | "is"));
+    segments.len() >= 2
+        && !value_has_keyword
+        && !segments[0].trim().is_empty()
+        && segments.last().is_some_and(|f| f.trim() == "opath")
 }
 
 fn compile_error(e: &minijinja::Error, shift: usize) -> CompileError {
@@ -804,7 +879,10 @@ mod tests {
         ];
         for source in cases {
             let err = render_one(source, json!({})).unwrap_err();
-            assert!(matches!(err, TemplateError::Budget { .. }), "{source}: {err:?}");
+            assert!(
+                matches!(err, TemplateError::Budget { .. }),
+                "{source}: {err:?}"
+            );
             let text = err.to_string();
             assert!(
                 text.starts_with("parameter \"X\" of step \"s\": ") && text.contains("work budget"),
@@ -818,9 +896,55 @@ mod tests {
         assert!(err.to_string().contains("bytes"), "{err}");
         // Work within the budget renders as before.
         assert_eq!(
-            render_one("{{ range(1000) | map('string') | join('') | length }}", json!({})).unwrap(),
+            render_one(
+                "{{ range(1000) | map('string') | join('') | length }}",
+                json!({})
+            )
+            .unwrap(),
             ParamValue::Int(2890)
         );
+    }
+
+    #[test]
+    fn opath_doubles_every_quote_powershell_reads_as_a_single_quote() {
+        for (value, expected) in [
+            ("O'Brien", "'O''Brien'"),
+            (
+                "x\u{2019} -or Name -like \u{2018}*",
+                "'x\u{2019}\u{2019} -or Name -like \u{2018}\u{2018}*'",
+            ),
+            ("\u{201A}\u{201B}", "'\u{201A}\u{201A}\u{201B}\u{201B}'"),
+            ("plain \"double\"", "'plain \"double\"'"),
+        ] {
+            assert_eq!(opath(value.to_string()), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn only_values_quoted_by_opath_may_go_into_an_opath_filter() {
+        let quoted = [
+            "CustomAttribute1 -eq {{ params.team | opath }}",
+            "Name -eq {{- params.team|lower|opath -}} -and X -eq {{ (params.a ~ params.b) | opath }}",
+            "{% if params.x %}Alias -eq {{ params.x | replace('|', '') | opath }}{% endif %}",
+            "ArchiveStatus -eq 'None'",
+        ];
+        for source in quoted {
+            assert_eq!(unquoted_in_opath(source), None, "{source}");
+        }
+        let unquoted = [
+            ("Name -eq '{{ params.x }}'", 10),
+            ("Name -eq {{ 'x' ~ params.x | opath }}", 9),
+            (
+                "A -eq {{ params.a | opath }} -and B -eq '{{ params.b | upper }}'",
+                41,
+            ),
+            ("{{ params.x | opath | lower }}", 0),
+            ("{{ params.x if true else 1 | opath }}", 0),
+            ("X {{ params.x | opath ", 2),
+        ];
+        for (source, offset) in unquoted {
+            assert_eq!(unquoted_in_opath(source), Some(offset), "{source}");
+        }
     }
 
     #[test]

@@ -632,7 +632,11 @@ async fn a_write_answered_with_500_is_sent_exactly_once_and_the_job_is_not_retri
     assert_eq!(outcome.status, FinalStatus::Failed, "{outcome:?}");
     assert_eq!(outcome.attempts, 1);
     assert_eq!(events.count("attempt_failed"), 0);
-    assert_eq!(sent(&h, "Set-Mailbox"), 1, "an unknown outcome is never sent again");
+    assert_eq!(
+        sent(&h, "Set-Mailbox"),
+        1,
+        "an unknown outcome is never sent again"
+    );
     let error = outcome.error.unwrap();
     for part in [
         "may or may not have been applied",
@@ -654,7 +658,11 @@ async fn a_write_that_succeeded_is_not_sent_again_when_a_later_read_fails() {
 
     assert_eq!(outcome.status, FinalStatus::Failed, "{outcome:?}");
     assert_eq!(outcome.attempts, 1);
-    assert_eq!(sent(&h, "Set-Mailbox"), 1, "the applied write is not repeated");
+    assert_eq!(
+        sent(&h, "Set-Mailbox"),
+        1,
+        "the applied write is not repeated"
+    );
     let error = outcome.error.unwrap();
     assert!(
         error.contains("1 write(s) applied") && error.contains("not retried"),
@@ -670,7 +678,10 @@ async fn a_cmdlet_task_exception_is_definite_and_not_retried() {
     );
     h.sim().inject(
         Some("Set-Mailbox"),
-        server_error(400, Some("Microsoft.Exchange.Management.Tasks.TaskException")),
+        server_error(
+            400,
+            Some("Microsoft.Exchange.Management.Tasks.TaskException"),
+        ),
         3,
     );
 
@@ -702,7 +713,8 @@ async fn a_job_that_completed_with_errors_is_not_retried() {
 }
 
 /// Every parameter value renders a loop that never ends in practice: 10^10 iterations.
-const ENDLESS_TEMPLATE: &str = "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}";
+const ENDLESS_TEMPLATE: &str =
+    "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}";
 
 #[tokio::test]
 async fn a_template_that_would_run_forever_fails_the_job_naming_the_step_and_its_budget() {
@@ -714,7 +726,10 @@ async fn a_template_that_would_run_forever_fails_the_job_naming_the_step_and_its
     let (outcome, _) = h.run(job(&rb, false)).await;
 
     assert_eq!(outcome.status, FinalStatus::Failed, "{outcome:?}");
-    assert_eq!(outcome.attempts, 1, "a template over its budget would be again");
+    assert_eq!(
+        outcome.attempts, 1,
+        "a template over its budget would be again"
+    );
     let error = outcome.error.unwrap();
     assert!(
         error.contains("parameter \"CustomAttribute1\" of step \"tag\"")
@@ -740,7 +755,11 @@ async fn a_job_busy_rendering_templates_still_ends_by_its_timeout() {
 
     assert_eq!(outcome.status, FinalStatus::TimedOut, "{outcome:?}");
     assert!(
-        outcome.error.as_deref().unwrap_or("").contains("timeout of 1s"),
+        outcome
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("timeout of 1s"),
         "{outcome:?}"
     );
 }
@@ -766,6 +785,37 @@ async fn a_job_busy_rendering_templates_is_cancelled_when_asked() {
     let (outcome, ()) = tokio::join!(run, stop);
 
     assert_eq!(outcome.status, FinalStatus::Cancelled, "{outcome:?}");
+}
+
+/// Reads the mailboxes of a team and tags each: the team comes from a parameter.
+const TAG_TEAM: &str = "[params]\nteam = \"nobody\"\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = { ResultSize = \"Unlimited\", Filter = \"CustomAttribute1 -eq FILTER_VALUE\" }\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nfor_each = \"find\"\nparameters = { Identity = \"{{ item.Alias }}\", CustomAttribute2 = \"tagged\" }\n";
+
+#[tokio::test]
+async fn a_parameter_value_cannot_widen_an_opath_filter() {
+    let h = harness(SimulatorConfig::default()).await;
+    // Unquoted, the value would end the literal and add a clause that matches everyone;
+    // `validate` refuses that form.
+    let unquoted = TAG_TEAM.replace("FILTER_VALUE", "'{{ params.team }}'");
+    let errors =
+        runbook::parse_runbook("t", "t.toml", &unquoted, &runbook::CmdletPolicy::default())
+            .unwrap_err();
+    assert!(
+        errors.iter().any(|e| e.to_string().contains("| opath")),
+        "{errors:?}"
+    );
+    let rb = runbook(&TAG_TEAM.replace("FILTER_VALUE", "{{ params.team | opath }}"));
+
+    for hostile in [
+        "x' -or Name -like '*",
+        "x\u{2019} -or Name -like \u{2018}*",
+        "x\u{201B} -or Name -like \u{201A}*",
+    ] {
+        let (outcome, _) = h.run(job_with_params(&rb, &[("team", hostile)])).await;
+
+        assert_eq!(outcome.status, FinalStatus::Completed, "{outcome:?}");
+        assert_eq!(step(&outcome, "find").records_read, 0, "{hostile}");
+        assert!(h.writes().is_empty(), "{hostile}: {:?}", h.writes());
+    }
 }
 
 struct Panicking;
