@@ -563,7 +563,7 @@ fn server_error(status: u16, exception: Option<&str>) -> Fault {
     }
 }
 
-const TAG_ADELE_THEN_READ: &str = "retries = { attempts = 2, backoff = \"1h\" }\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = { Identity = \"adele.vance\", CustomAttribute1 = \"Retried\" }\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = { ResultSize = \"Unlimited\" }\n";
+const TAG_ADELE_THEN_READ: &str = "retries = { attempts = 2, backoff = \"1ms\" }\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = { Identity = \"adele.vance\", CustomAttribute1 = \"Retried\" }\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = { ResultSize = \"Unlimited\" }\n";
 
 #[tokio::test]
 async fn a_read_that_failed_before_any_write_is_retried_after_its_backoff_and_each_attempt_is_announced()
