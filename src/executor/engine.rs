@@ -80,6 +80,9 @@ pub(crate) enum JobError {
         step: String,
         target: Option<String>,
         message: String,
+        /// The failure may pass by itself (throttling, a token, an unreachable or failing
+        /// service on a read); a definite answer (a cmdlet's error, a template) would repeat.
+        transient: bool,
     },
     #[error(
         "step \"{step}\" returned more than {MAX_KEPT_RECORDS} records, which a template reads as steps.{step}.records: narrow the step's filter or stop reading its records in templates"
@@ -95,11 +98,99 @@ pub(crate) enum JobError {
 }
 
 impl JobError {
-    /// Whether another attempt could end differently. Failures found before anything was
-    /// called (params, policy, client set-up, `max_changes`) and bugs would only repeat.
+    /// Whether another attempt could end differently: only transient failures. Failures
+    /// found before anything was called (params, policy, client set-up, `max_changes`),
+    /// definite answers of a cmdlet, templates and bugs would only repeat.
     fn retryable(&self) -> bool {
-        matches!(self, JobError::Step { .. } | JobError::File(_))
+        match self {
+            JobError::Step { transient, .. } => *transient,
+            JobError::File(_) => true,
+            _ => false,
+        }
     }
+}
+
+/// The writes of a whole job, across its attempts: what `max_changes` counts and what
+/// decides whether a failed attempt may be retried.
+#[derive(Debug, Default)]
+pub(crate) struct WriteLedger {
+    /// Writes sent that may have changed something: confirmed, outcome unknown, or still
+    /// in flight. A write is counted before it is sent (so concurrent items cannot pass
+    /// `max_changes` together) and uncounted when Exchange answers that it did nothing.
+    sent: AtomicU64,
+    /// Writes Exchange answered (applied, possibly with non-terminating errors).
+    confirmed: AtomicU64,
+}
+
+/// A [`WriteLedger`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Writes {
+    pub confirmed: u64,
+    /// Sent, and neither confirmed nor refused: a 5xx, a dropped connection, no answer,
+    /// or cancelled in flight.
+    pub unknown: u64,
+}
+
+impl WriteLedger {
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// Counts a write about to be sent, unless that passes `limit`; returns the count.
+    fn reserve(&self, limit: Option<u64>) -> Result<u64, u64> {
+        let made = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
+        match limit {
+            Some(limit) if made > limit => {
+                self.sent.fetch_sub(1, Ordering::SeqCst);
+                Err(limit)
+            }
+            _ => Ok(made),
+        }
+    }
+
+    /// Exchange refused the write: it changed nothing.
+    fn refused(&self) {
+        self.sent.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn confirmed(&self) {
+        self.confirmed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn writes(&self) -> Writes {
+        let confirmed = self.confirmed.load(Ordering::SeqCst);
+        Writes {
+            confirmed,
+            unknown: self.sent().saturating_sub(confirmed),
+        }
+    }
+}
+
+impl Writes {
+    fn any(&self) -> bool {
+        self.confirmed > 0 || self.unknown > 0
+    }
+}
+
+impl std::fmt::Display for Writes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} write(s) applied", self.confirmed)?;
+        if self.unknown > 0 {
+            write!(f, " and {} whose outcome is unknown", self.unknown)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a Failed attempt is not retried although the runbook has retries left, for the
+/// job's error line; `None` when it is retried.
+pub(crate) fn retry_refusal(retryable: bool, writes: Writes) -> Option<String> {
+    if writes.any() {
+        return Some(format!(
+            "not retried: the job had sent {writes}, which another attempt would send again; check their targets, then run the job again"
+        ));
+    }
+    (!retryable).then(|| "not retried: another attempt would fail the same way".to_string())
 }
 
 /// How one attempt ended.
@@ -139,6 +230,9 @@ async fn run_attempts(
     let started = Instant::now();
     let retries = job.runbook.retries;
     let attempts = retries.attempts.saturating_add(1);
+    // Job-wide, never reset: `max_changes` counts every write of the job, and a write
+    // that was sent in any attempt is never sent again by a retry.
+    let ledger = WriteLedger::default();
     let mut attempt = 1;
     loop {
         events
@@ -148,21 +242,34 @@ async fn run_attempts(
                 dry_run: job.dry_run,
             })
             .await;
-        let result = run_attempt(deps, job, events, cancel, attempt).await;
+        let result = run_attempt(deps, job, events, cancel, attempt, &ledger).await;
         tracing::info!(
             attempt,
             status = %result.status,
             error = result.error.as_deref().unwrap_or(""),
             "job attempt ended"
         );
-        let retry_in =
-            (result.status == FinalStatus::Failed && result.retryable && !cancel.is_cancelled())
-                .then(|| retries.delay_before_retry(attempt))
-                .flatten();
+        let mut error = result.error;
+        let retry_in = if result.status == FinalStatus::Failed && !cancel.is_cancelled() {
+            retries.delay_before_retry(attempt).and_then(|delay| {
+                match retry_refusal(result.retryable, ledger.writes()) {
+                    None => Some(delay),
+                    Some(refusal) => {
+                        error = Some(match error.take() {
+                            Some(e) => format!("{e}; {refusal}"),
+                            None => refusal,
+                        });
+                        None
+                    }
+                }
+            })
+        } else {
+            None
+        };
         let mut outcome = JobOutcome {
             status: result.status,
             steps: result.steps,
-            error: result.error,
+            error,
             duration: started.elapsed(),
             attempts: attempt,
             reports: result.reports,
@@ -204,6 +311,7 @@ async fn run_attempt(
     events: &dyn JobEvents,
     cancel: &CancellationToken,
     attempt: u32,
+    ledger: &WriteLedger,
 ) -> Attempt {
     let runbook = &job.runbook;
     let attempt_cancel = cancel.child_token();
@@ -228,7 +336,8 @@ async fn run_attempt(
             })
             .collect(),
         gauge: Arc::new(Resident::default()),
-        writes_made: AtomicU64::new(0),
+        ledger,
+        planned: AtomicU64::new(0),
         item_errors: AtomicBool::new(false),
         reports: Mutex::new(Vec::new()),
     };
@@ -345,8 +454,11 @@ struct AttemptRun<'a> {
     plan: RunPlan,
     counts: Vec<Mutex<StepCounts>>,
     gauge: Arc<Resident>,
-    /// Writes sent (or planned, in a dry run) so far, for `max_changes`.
-    writes_made: AtomicU64,
+    /// The job's writes, across attempts (`max_changes`, retries).
+    ledger: &'a WriteLedger,
+    /// Writes planned by this attempt of a dry run, for `max_changes`: a retried dry run
+    /// plans them again, having changed nothing.
+    planned: AtomicU64,
     /// An item failed under `continue_on_error`, or Exchange reported a non-terminating
     /// error: the job completes with errors.
     item_errors: AtomicBool,
@@ -371,6 +483,8 @@ enum ItemEnd {
         non_terminating: bool,
         /// The call was cancelled because the step was stopping.
         cancelled: bool,
+        /// Another attempt might succeed (see [`is_transient`]).
+        transient: bool,
     },
     Skipped,
     Planned {
@@ -498,17 +612,28 @@ impl<'a> AttemptRun<'a> {
                     let item = item?;
                     // A `when` that cannot be evaluated fails that item later without a
                     // call, so it is not a change.
-                    if step
-                        .matches_when(&ctx.with_item(item.value()))
-                        .unwrap_or(false)
-                    {
+                    let matches = step.when.is_none() || {
+                        let item_ctx = ctx.with_item(item.value());
+                        let runbook = Arc::clone(&self.job.runbook);
+                        off_runtime(move || {
+                            runbook.steps[index]
+                                .matches_when(&item_ctx)
+                                .unwrap_or(false)
+                        })
+                        .await
+                    };
+                    if matches {
                         would += 1;
                     }
                 }
                 would
             }
         };
-        let made = self.writes_made.load(Ordering::SeqCst);
+        let made = if self.job.dry_run {
+            self.planned.load(Ordering::SeqCst)
+        } else {
+            self.ledger.sent()
+        };
         if made.saturating_add(would) > limit {
             return Err(JobError::MaxChanges {
                 step: step.name.clone(),
@@ -801,6 +926,7 @@ impl<'a> AttemptRun<'a> {
                 target,
                 error,
                 non_terminating,
+                transient,
                 ..
             } => {
                 if non_terminating || step.continue_on_error {
@@ -810,6 +936,7 @@ impl<'a> AttemptRun<'a> {
                         step: step.name.clone(),
                         target: target.clone(),
                         message: error.clone(),
+                        transient,
                     });
                     stage.cancel();
                 }
@@ -845,15 +972,18 @@ impl<'a> AttemptRun<'a> {
         stage: &CancellationToken,
     ) -> ItemEnd {
         let step = &self.runbook.steps[index];
-        let rendered = {
-            let item_ctx = match &item {
-                Some(item) => ctx.with_item(item.value()),
-                None => ctx.clone(),
-            };
+        let item_ctx = match &item {
+            Some(item) => ctx.with_item(item.value()),
+            None => ctx.clone(),
+        };
+        // The record is not needed once it is in the template context.
+        drop(item);
+        let rendered = if step.has_templates() {
+            let runbook = Arc::clone(&self.job.runbook);
+            off_runtime(move || render(&runbook.steps[index], &item_ctx)).await
+        } else {
             render(step, &item_ctx)
         };
-        // The record is not needed once the parameters are rendered.
-        drop(item);
         let parameters = match rendered {
             Rendered::Skip => return ItemEnd::Skipped,
             Rendered::Error(error) => {
@@ -862,6 +992,7 @@ impl<'a> AttemptRun<'a> {
                     error,
                     non_terminating: false,
                     cancelled: false,
+                    transient: false,
                 };
             }
             Rendered::Call(parameters) => parameters,
@@ -869,7 +1000,7 @@ impl<'a> AttemptRun<'a> {
         let target = cmdlet::target(&parameters);
         if !step.is_read() {
             if self.job.dry_run {
-                self.writes_made.fetch_add(1, Ordering::SeqCst);
+                self.planned.fetch_add(1, Ordering::SeqCst);
                 self.events
                     .emit(JobEvent::Planned {
                         step: step.name.clone(),
@@ -882,18 +1013,17 @@ impl<'a> AttemptRun<'a> {
             }
             // max_changes was checked against a count before the step started; this is
             // the backstop should the count and the calls ever disagree.
-            let made = self.writes_made.fetch_add(1, Ordering::SeqCst) + 1;
-            if let Some(limit) = self.runbook.max_changes
-                && made > limit
-            {
+            if let Err(limit) = self.ledger.reserve(self.runbook.max_changes) {
                 return ItemEnd::Failed {
                     target,
                     error: format!("not sent: the job reached max_changes = {limit}"),
                     non_terminating: false,
                     cancelled: false,
+                    transient: false,
                 };
             }
         }
+        let write = !step.is_read();
         let mut invocation = client.invoke_with(
             &step.cmdlet,
             parameters,
@@ -908,9 +1038,17 @@ impl<'a> AttemptRun<'a> {
                 Ok(page) => page,
                 Err(e) => {
                     self.metric(&step.cmdlet, outcome_label(&e));
+                    if write {
+                        if may_have_applied(&e) {
+                            tracing::warn!(step = %step.name, target = target.as_deref().unwrap_or(""), "a write's outcome is unknown");
+                        } else {
+                            self.ledger.refused();
+                        }
+                    }
                     return ItemEnd::Failed {
                         target,
                         cancelled: matches!(e, ExchangeError::Cancelled { .. }),
+                        transient: is_transient(&e),
                         error: e.to_string(),
                         non_terminating: false,
                     };
@@ -945,10 +1083,16 @@ impl<'a> AttemptRun<'a> {
             if let Some(out) = &out {
                 for record in records {
                     if out.send(record).await.is_err() {
+                        if write {
+                            self.ledger.confirmed();
+                        }
                         return ItemEnd::Stopped;
                     }
                 }
             }
+        }
+        if write {
+            self.ledger.confirmed();
         }
         if issues.is_empty() {
             self.metric(&step.cmdlet, "ok");
@@ -968,6 +1112,7 @@ impl<'a> AttemptRun<'a> {
             error: format!("{} reported errors: {error}", step.cmdlet),
             non_terminating: true,
             cancelled: false,
+            transient: false,
         }
     }
 
@@ -993,6 +1138,23 @@ async fn next_item(
     }
 }
 
+/// Runs template work on the blocking pool. A render is bounded by its budget (see
+/// [`crate::runbook::TEMPLATE_FUEL`]), but even a bounded render is CPU work that must not
+/// hold up the runtime's worker threads: `/healthz`, the job's timeout and the shutdown
+/// signal are served there. Awaited, never detached: should the job be dropped, the render
+/// ends by itself within its budget. A panic inside is re-raised in the job's task, where
+/// the job's boundary records it.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // The runtime is shutting down; the job is being dropped with it.
+            Err(_) => std::future::pending().await,
+        },
+    }
+}
+
 enum Rendered {
     Skip,
     Error(String),
@@ -1008,6 +1170,29 @@ fn render(step: &Step, ctx: &TemplateContext) -> Rendered {
     match step.render_parameters(ctx) {
         Ok(parameters) => Rendered::Call(parameters),
         Err(e) => Rendered::Error(e.to_string()),
+    }
+}
+
+/// Whether a failed write may have changed something: the request left and no definite
+/// answer came back.
+fn may_have_applied(error: &ExchangeError) -> bool {
+    error.may_have_applied() || matches!(error, ExchangeError::IncompleteResults { .. })
+}
+
+/// Whether a call's failure may pass by itself, so that a later attempt could succeed:
+/// throttling, tokens, an unreachable service, a read that kept failing or timed out. A
+/// cmdlet's own error (a 4xx such as a `TaskException`), a refusal, a missing object or an
+/// unknown write outcome is definite.
+fn is_transient(error: &ExchangeError) -> bool {
+    match error {
+        ExchangeError::Throttled { .. }
+        | ExchangeError::Token { .. }
+        | ExchangeError::Transport { .. }
+        | ExchangeError::Unavailable { .. }
+        | ExchangeError::Timeout { .. } => true,
+        ExchangeError::CmdletFailed { status, .. } => *status >= 500,
+        ExchangeError::IncompleteResults { source, .. } => is_transient(source),
+        _ => false,
     }
 }
 
@@ -1101,8 +1286,18 @@ mod tests {
                     step: "s".into(),
                     target: None,
                     message: "m".into(),
+                    transient: true,
                 },
                 true,
+            ),
+            (
+                JobError::Step {
+                    step: "s".into(),
+                    target: None,
+                    message: "TaskException".into(),
+                    transient: false,
+                },
+                false,
             ),
             (
                 JobError::MaxChanges {
@@ -1119,6 +1314,56 @@ mod tests {
         for (error, retryable) in table {
             assert_eq!(error.retryable(), retryable, "{error}");
         }
+    }
+
+    #[test]
+    fn a_job_that_sent_writes_is_never_retried_and_says_so() {
+        let none = Writes::default();
+        let applied = Writes {
+            confirmed: 2,
+            unknown: 0,
+        };
+        let unknown = Writes {
+            confirmed: 0,
+            unknown: 1,
+        };
+        assert_eq!(retry_refusal(true, none), None);
+        let refusal = retry_refusal(false, none).unwrap();
+        assert!(refusal.contains("would fail the same way"), "{refusal}");
+        for (retryable, writes, expected) in [
+            (true, applied, "2 write(s) applied,"),
+            (
+                false,
+                unknown,
+                "0 write(s) applied and 1 whose outcome is unknown",
+            ),
+        ] {
+            let refusal = retry_refusal(retryable, writes).unwrap();
+            assert!(
+                refusal.contains(expected) && refusal.contains("send again"),
+                "{refusal}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_ledger_counts_every_write_of_the_job_and_uncounts_refused_ones() {
+        let ledger = WriteLedger::default();
+        assert_eq!(ledger.reserve(Some(2)), Ok(1));
+        ledger.confirmed();
+        assert_eq!(ledger.reserve(Some(2)), Ok(2));
+        // Refused by Exchange (a 400, a 429): it changed nothing, so it is not a change.
+        ledger.refused();
+        assert_eq!(ledger.reserve(Some(2)), Ok(2));
+        // Sent, never answered: an unknown outcome still counts.
+        assert_eq!(ledger.reserve(Some(2)), Err(2));
+        assert_eq!(
+            ledger.writes(),
+            Writes {
+                confirmed: 1,
+                unknown: 1
+            }
+        );
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! with its safety limits (cmdlet policy re-checked, `max_changes`), `continue_on_error`,
 //! reports, the whole-job timeout, cancellation and whole-job retries.
 //!
+//! Writes are never repeated blindly: the job keeps one ledger of its writes across
+//! attempts, and a retry (which starts again from the first step) only happens when that
+//! ledger is empty and the failure was transient. Template rendering, bounded by its work
+//! budget, runs on the blocking pool so that no runbook can hold up the runtime.
+//!
 //! A failed job is an outcome, never an error that reaches the caller: [`Executor::run`]
 //! always returns a [`JobOutcome`], also when a step panics (caught at the job's boundary
 //! and recorded as Failed). What happens while the job runs is told to a [`JobEvents`]
@@ -123,12 +128,17 @@ impl Executor {
     }
 
     /// Runs `job` to its end and returns how it ended; never panics and never returns an
-    /// error. Whole-job retries (`retries` in the runbook) happen inside: only a Failed
-    /// attempt is retried, after the runbook's backoff, never one that completed with
-    /// errors (its writes were made), timed out (the next attempt would too) or was
-    /// cancelled. Each attempt is announced with [`JobEvent::AttemptStarted`]. `cancel`
-    /// stops the job between calls and aborts calls in flight; the outcome is then
-    /// Cancelled. The runbook's `timeout` applies to each attempt.
+    /// error. Whole-job retries (`retries` in the runbook) happen inside, after the
+    /// runbook's backoff, and never send a write twice: only an attempt that failed
+    /// transiently (throttling, tokens, an unreachable service, a failing read) while the
+    /// job had sent no write is retried. A write that was sent — confirmed, or with an
+    /// unknown outcome — ends the job at that attempt, with a message saying how many
+    /// writes were applied or unknown; definite errors (a cmdlet's 4xx, templates, policy,
+    /// params, `max_changes`), CompletedWithErrors, TimedOut and Cancelled are never
+    /// retried. `max_changes` counts the writes of every attempt. Each attempt is announced
+    /// with [`JobEvent::AttemptStarted`]. `cancel` stops the job between calls and aborts
+    /// calls in flight; the outcome is then Cancelled. The runbook's `timeout` applies to
+    /// each attempt.
     pub async fn run(
         &self,
         job: JobSpec,

@@ -68,14 +68,41 @@ impl Drop for Tracked {
     }
 }
 
-/// Why a spool or report file could not be written or read.
+/// Why a spool or report file could not be written or read. The message names the real
+/// cause and what to do about it, from the error's kind or OS error number.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot {action} {} (check free disk space and the permissions of state.dir)", path.display())]
+#[error("cannot {action} {}: {source} ({})", path.display(), file_hint(source))]
 pub struct FileError {
     pub action: &'static str,
     pub path: PathBuf,
     #[source]
     pub source: std::io::Error,
+}
+
+/// What to do about a file error. "Too many open files" has no `ErrorKind` of its own, so
+/// it is told by its OS error number (EMFILE for the process, ENFILE for the system: 24
+/// and 23 on Linux and macOS).
+fn file_hint(source: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind;
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    if cfg!(unix) && matches!(source.raw_os_error(), Some(EMFILE | ENFILE)) {
+        return "the process has too many open files, not a disk problem: raise its open-files limit (ulimit -n, systemd LimitNOFILE) or run fewer jobs at once";
+    }
+    match source.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            "the disk is full: free space on the volume of state.dir"
+        }
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
+            "the worker may not write there: check the permissions of state.dir and that its volume is writable"
+        }
+        ErrorKind::NotFound => {
+            "the folder is gone: check that nothing else removes files under state.dir while jobs run"
+        }
+        ErrorKind::InvalidData => "the file was changed or cut short while the job ran",
+        ErrorKind::OutOfMemory => "the worker ran out of memory",
+        _ => "see the cause above",
+    }
 }
 
 pub(crate) fn file_error(
@@ -170,6 +197,34 @@ mod tests {
     use super::*;
     use futures::StreamExt;
     use serde_json::json;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_error_names_its_real_cause() {
+        // Linux error numbers: EMFILE, ENFILE, ENOSPC, EACCES, EROFS.
+        let cases = [
+            (24, "too many open files", "not a disk problem"),
+            (23, "too many open files", "open-files limit"),
+            (28, "disk is full", "free space"),
+            (13, "may not write there", "permissions of state.dir"),
+            (30, "may not write there", "writable"),
+        ];
+        for (errno, cause, advice) in cases {
+            let text = file_error("create", Path::new("/state/tmp/x.jsonl"))(
+                std::io::Error::from_raw_os_error(errno),
+            )
+            .to_string();
+            assert!(
+                text.starts_with("cannot create /state/tmp/x.jsonl: ")
+                    && text.to_lowercase().contains(cause)
+                    && text.contains(advice),
+                "{errno}: {text}"
+            );
+            if errno != 28 {
+                assert!(!text.contains("disk space"), "{errno}: {text}");
+            }
+        }
+    }
 
     #[test]
     fn the_gauge_counts_records_until_they_are_dropped_or_taken() {

@@ -43,7 +43,8 @@ pub use policy::{
     is_read_cmdlet,
 };
 pub use template::{
-    JOB_ATTRIBUTES, JobInfo, STEP_ATTRIBUTES, TEMPLATE_VARIABLES, TemplateContext, TemplateError,
+    JOB_ATTRIBUTES, JobInfo, MAX_RENDERED_BYTES, OPATH_PARAMETERS, STEP_ATTRIBUTES, TEMPLATE_FUEL,
+    TEMPLATE_VARIABLES, TemplateContext, TemplateError,
 };
 
 /// `[runbooks]` settings.

@@ -34,7 +34,7 @@ use super::model::{
 use super::policy::CmdletPolicy;
 use super::template::{
     BUILTIN_GLOBALS, CompileError, JOB_ATTRIBUTES, STEP_ATTRIBUTES, TEMPLATE_VARIABLES,
-    TemplateCompiler, ValueTemplate, has_template_syntax,
+    TemplateCompiler, ValueTemplate, has_template_syntax, is_opath_parameter, unquoted_in_opath,
 };
 
 type Node<'i> = Spanned<DeValue<'i>>;
@@ -1442,6 +1442,20 @@ impl<'t> Checker<'t> {
                             continue;
                         }
                         let location = format!("parameter \"{pname}\" of {label}");
+                        if is_opath_parameter(&pname)
+                            && let DeValue::String(text) = v.get_ref()
+                            && has_template_syntax(text)
+                            && let Some(offset) = unquoted_in_opath(text)
+                        {
+                            let at = self.offset_in_string(v.span(), text, Some(offset));
+                            self.report(
+                                at..at,
+                                &pkey,
+                                ErrorKind::Template,
+                                format!("{location} is an OPATH filter and a template in it is not quoted, so a value could add filter clauses: pipe it through `| opath` (\"Name -eq {{{{ params.name | opath }}}}\"), which quotes it"),
+                            );
+                            continue;
+                        }
                         if let Some(value) = self.param_value(
                             v,
                             &pkey,

@@ -11,6 +11,13 @@
 //! Undefined values are strict: printing, comparing, iterating or testing the truth of a
 //! missing property is an error that the executor records for the item, never a silent
 //! empty string. `item.X is defined` and `item.X | default(…)` still work.
+//!
+//! Every render has a work budget, because a runbook's template must not be able to hang
+//! the worker: each render may run [`TEMPLATE_FUEL`] template instructions (minijinja's
+//! fuel; a nested `range` loop runs out in milliseconds) and produce at most
+//! [`MAX_RENDERED_BYTES`] per parameter value. Going over either is a [`TemplateError`]
+//! for that call, like any other rendering failure. Rendering is still synchronous CPU
+//! work: the executor runs it off the async runtime's worker threads.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -36,6 +43,13 @@ pub const JOB_ATTRIBUTES: &[&str] = &["id", "runbook", "scheduled_for"];
 /// Attributes of `steps.<name>`.
 pub const STEP_ATTRIBUTES: &[&str] = &["count", "records"];
 
+/// Template instructions one render may run (a parameter value or a `when`). Loops over a
+/// step's kept records cost a few instructions per record; filters such as `map` or
+/// `join` cost one instruction whatever the list's length.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+/// The most bytes one rendered parameter value may have (all its strings together).
+pub const MAX_RENDERED_BYTES: usize = 4 * 1024 * 1024;
+
 /// A value or `when` that could not be rendered for one call. The executor records it
 /// for the item (or the step) and goes on as `continue_on_error` says.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +74,16 @@ pub enum TemplateError {
         #[source]
         source: minijinja::Error,
     },
+    /// The template ran more than [`TEMPLATE_FUEL`] instructions.
+    #[error(
+        "{location}: `{template}` exceeded its work budget of {TEMPLATE_FUEL} template instructions and was stopped: make it do less (loop over fewer records, narrow the earlier step's filter)"
+    )]
+    Budget { location: String, template: String },
+    /// The template produced more than [`MAX_RENDERED_BYTES`].
+    #[error(
+        "{location}: `{template}` produced more than its budget of {MAX_RENDERED_BYTES} bytes and was stopped: make the value smaller"
+    )]
+    TooLarge { location: String, template: String },
     /// A whole-value expression produced something that is not a parameter value (a
     /// function, bytes, a map with non-string keys, a non-finite number).
     #[error("{location}: `{template}` produced {what}, which cannot be a parameter value")]
@@ -223,15 +247,123 @@ fn environment() -> Environment<'static> {
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     // Values go to Exchange, not to a browser: HTML escaping would corrupt them.
     env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.add_filter("opath", opath);
     env
 }
 
+/// Collects a template's output and refuses to grow past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("the rendered value is too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The bytes of a parameter value's strings, to hold it to [`MAX_RENDERED_BYTES`].
+fn rendered_size(value: &ParamValue) -> usize {
+    match value {
+        ParamValue::String(s) => s.len(),
+        ParamValue::Array(items) => items.iter().map(rendered_size).sum(),
+        ParamValue::HashTable(map) => map.iter().map(|(k, v)| k.len() + rendered_size(v)).sum(),
+        _ => 8,
+    }
+}
+
 /// `{{ params.department | opath }}`: a string as an OPATH filter literal, in single
 /// quotes with embedded single quotes doubled, so a value cannot end the literal early and
-/// add filter clauses.
+/// add filter clauses. PowerShell also takes the typographic single quotes (‘ ’ ‚ ‛) for
+/// `'`, so they are doubled too.
 fn opath(value: String) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('\'');
+    for c in value.chars() {
+        if matches!(c, '\'' | '\u{2018}'..='\u{201B}') {
+            quoted.push(c);
+        }
+        quoted.push(c);
+    }
+    quoted.push('\'');
+    quoted
+}
+
+/// Parameters whose value is an OPATH filter, where a value must be quoted with `opath`.
+pub const OPATH_PARAMETERS: &[&str] = &["Filter", "RecipientFilter", "ContentFilter"];
+
+/// Whether a parameter takes an OPATH filter (PowerShell names ignore case).
+pub(crate) fn is_opath_parameter(name: &str) -> bool {
+    OPATH_PARAMETERS
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(name))
+}
+
+/// In an OPATH filter's template, the byte offset of the first `{{ … }}` whose value is
+/// not quoted by `opath`: its last filter must be `opath`, applied to the whole value (no
+/// `~`, `+` or other operator outside parentheses before it, which `|` binds tighter
+/// than). Conservative: a form it cannot read is refused, with the same fix.
+pub(crate) fn unquoted_in_opath(source: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(open) = source[from..].find("{{").map(|o| o + from) {
+        let Some(close) = source[open + 2..].find("}}").map(|c| c + open + 2) else {
+            return Some(open);
+        };
+        let inner = source[open + 2..close]
+            .trim_start_matches(['-', '+'])
+            .trim_end_matches(['-', '+']);
+        if !quoted_by_opath(inner) {
+            return Some(open);
+        }
+        from = close + 2;
+    }
+    None
+}
+
+fn quoted_by_opath(expression: &str) -> bool {
+    // Split at `|` outside strings and brackets.
+    let mut segments = vec![String::new()];
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    for c in expression.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(' | '[' | '{') => depth += 1,
+            (None, ')' | ']' | '}') => depth -= 1,
+            (None, '|') if depth == 0 => {
+                segments.push(String::new());
+                continue;
+            }
+            (None, c) if depth == 0 && "~+-*/%<>=!".contains(c) && segments.len() == 1 => {
+                return false;
+            }
+            _ => {}
+        }
+        if let Some(last) = segments.last_mut() {
+            last.push(c);
+        }
+    }
+    let value_has_keyword = segments[0]
+        .split_whitespace()
+        .any(|w| matches!(w, "if" | "else" | "and" | "or" | "not" | "in" | "is"));
+    segments.len() >= 2
+        && !value_has_keyword
+        && !segments[0].trim().is_empty()
+        && segments.last().is_some_and(|f| f.trim() == "opath")
 }
 
 fn compile_error(e: &minijinja::Error, shift: usize) -> CompileError {
@@ -418,18 +550,30 @@ impl ValueTemplate {
                     .env
                     .get_template(&t.name)
                     .map_err(|e| render_error(e, t, location))?;
-                template
-                    .render(ctx.root())
-                    .map(ParamValue::String)
-                    .map_err(|e| render_error(e, t, location))
+                let mut output = CappedOutput::default();
+                match template.render_captured_to(ctx.root(), &mut output) {
+                    Ok(_) => {}
+                    Err(_) if output.overflowed => return Err(too_large(t, location)),
+                    Err(e) => return Err(render_error(e, t, location)),
+                }
+                // minijinja writes whole `str`s, so the bytes are UTF-8; a lossy
+                // conversion never changes them.
+                Ok(ParamValue::String(
+                    String::from_utf8(output.bytes)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                ))
             }
             ValueTemplate::Expression(t) => {
                 let value = evaluate(set, t, ctx, location)?;
-                to_param_value(&value).map_err(|what| TemplateError::NotAValue {
+                let value = to_param_value(&value).map_err(|what| TemplateError::NotAValue {
                     location: location.to_string(),
                     template: t.source.clone(),
                     what,
-                })
+                })?;
+                if rendered_size(&value) > MAX_RENDERED_BYTES {
+                    return Err(too_large(t, location));
+                }
+                Ok(value)
             }
             ValueTemplate::Array(items) => items
                 .iter()
@@ -474,9 +618,12 @@ fn evaluate(
         .env
         .get_template(&t.name)
         .map_err(|e| render_error(e, t, location))?;
-    let captured = template
-        .render_captured(ctx.root())
-        .map_err(|e| render_error(e, t, location))?;
+    let mut output = CappedOutput::default();
+    let captured = match template.render_captured_to(ctx.root(), &mut output) {
+        Ok(captured) => captured,
+        Err(_) if output.overflowed => return Err(too_large(t, location)),
+        Err(e) => return Err(render_error(e, t, location)),
+    };
     match captured.state().lookup(VALUE_VAR) {
         Some(value) if !value.is_undefined() => Ok(value),
         _ => Err(TemplateError::Undefined {
@@ -487,7 +634,20 @@ fn evaluate(
     }
 }
 
+fn too_large(t: &TemplateRef, location: &str) -> TemplateError {
+    TemplateError::TooLarge {
+        location: location.to_string(),
+        template: t.source.clone(),
+    }
+}
+
 fn render_error(e: minijinja::Error, t: &TemplateRef, location: &str) -> TemplateError {
+    if e.kind() == minijinja::ErrorKind::OutOfFuel {
+        return TemplateError::Budget {
+            location: location.to_string(),
+            template: t.source.clone(),
+        };
+    }
     if e.kind() == minijinja::ErrorKind::UndefinedError {
         return TemplateError::Undefined {
             location: location.to_string(),
@@ -708,6 +868,82 @@ mod tests {
                 "{text}"
             );
             assert!(text.contains(source), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_template_that_works_or_writes_too_much_is_stopped_by_its_budget() {
+        let cases = [
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+            "{{ range(100000) | map('string') | list | length }}{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+        ];
+        for source in cases {
+            let err = render_one(source, json!({})).unwrap_err();
+            assert!(
+                matches!(err, TemplateError::Budget { .. }),
+                "{source}: {err:?}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.starts_with("parameter \"X\" of step \"s\": ") && text.contains("work budget"),
+                "{text}"
+            );
+        }
+        let err = render_one("{{ 'x' * 5000000 }}", json!({})).unwrap_err();
+        assert!(matches!(err, TemplateError::TooLarge { .. }), "{err:?}");
+        let err = render_one("a{{ 'x' * 5000000 }}", json!({})).unwrap_err();
+        assert!(matches!(err, TemplateError::TooLarge { .. }), "{err:?}");
+        assert!(err.to_string().contains("bytes"), "{err}");
+        // Work within the budget renders as before.
+        assert_eq!(
+            render_one(
+                "{{ range(1000) | map('string') | join('') | length }}",
+                json!({})
+            )
+            .unwrap(),
+            ParamValue::Int(2890)
+        );
+    }
+
+    #[test]
+    fn opath_doubles_every_quote_powershell_reads_as_a_single_quote() {
+        for (value, expected) in [
+            ("O'Brien", "'O''Brien'"),
+            (
+                "x\u{2019} -or Name -like \u{2018}*",
+                "'x\u{2019}\u{2019} -or Name -like \u{2018}\u{2018}*'",
+            ),
+            ("\u{201A}\u{201B}", "'\u{201A}\u{201A}\u{201B}\u{201B}'"),
+            ("plain \"double\"", "'plain \"double\"'"),
+        ] {
+            assert_eq!(opath(value.to_string()), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn only_values_quoted_by_opath_may_go_into_an_opath_filter() {
+        let quoted = [
+            "CustomAttribute1 -eq {{ params.team | opath }}",
+            "Name -eq {{- params.team|lower|opath -}} -and X -eq {{ (params.a ~ params.b) | opath }}",
+            "{% if params.x %}Alias -eq {{ params.x | replace('|', '') | opath }}{% endif %}",
+            "ArchiveStatus -eq 'None'",
+        ];
+        for source in quoted {
+            assert_eq!(unquoted_in_opath(source), None, "{source}");
+        }
+        let unquoted = [
+            ("Name -eq '{{ params.x }}'", 10),
+            ("Name -eq {{ 'x' ~ params.x | opath }}", 9),
+            (
+                "A -eq {{ params.a | opath }} -and B -eq '{{ params.b | upper }}'",
+                41,
+            ),
+            ("{{ params.x | opath | lower }}", 0),
+            ("{{ params.x if true else 1 | opath }}", 0),
+            ("X {{ params.x | opath ", 2),
+        ];
+        for (source, offset) in unquoted {
+            assert_eq!(unquoted_in_opath(source), Some(offset), "{source}");
         }
     }
 

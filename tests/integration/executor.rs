@@ -532,31 +532,50 @@ async fn cancelling_stops_between_calls_and_aborts_the_calls_in_flight() {
     assert!(step(&outcome, "tag").done < users(&h) as u64);
 }
 
-#[tokio::test]
-async fn a_failed_job_is_retried_after_its_backoff_and_each_attempt_is_announced() {
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 2, 8, 0, 0).unwrap());
-    let shared: SharedClock = Arc::new(clock.clone());
-    let h = harness_with(
+/// A harness whose Exchange client gives up on the first transient failure, so that one
+/// scripted fault fails the attempt.
+async fn harness_without_client_retries(clock: SharedClock) -> Harness {
+    harness_with(
         SimulatorConfig::default(),
         Options {
-            clock: shared,
+            clock,
+            adjust: Box::new(|s| s.max_retries = 0),
             ..Options::default()
         },
     )
-    .await;
+    .await
+}
+
+/// How many requests of `cmdlet` reached the simulated tenant.
+fn sent(h: &Harness, cmdlet: &str) -> usize {
+    h.sim()
+        .requests()
+        .iter()
+        .filter(|r| r.cmdlet() == Some(cmdlet))
+        .count()
+}
+
+fn server_error(status: u16, exception: Option<&str>) -> Fault {
+    Fault::ServerError {
+        status,
+        exception: exception.map(str::to_string),
+        after_executing: false,
+    }
+}
+
+const TAG_ADELE_THEN_READ: &str = "retries = { attempts = 2, backoff = \"1ms\" }\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = { Identity = \"adele.vance\", CustomAttribute1 = \"Retried\" }\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = { ResultSize = \"Unlimited\" }\n";
+
+#[tokio::test]
+async fn a_read_that_failed_before_any_write_is_retried_after_its_backoff_and_each_attempt_is_announced()
+ {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 2, 8, 0, 0).unwrap());
+    let h = harness_without_client_retries(Arc::new(clock.clone())).await;
     let rb = runbook(
-        "retries = { attempts = 2, backoff = \"1h\" }\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = { Identity = \"adele.vance\", CustomAttribute1 = \"Retried\" }\n",
+        "retries = { attempts = 2, backoff = \"1h\" }\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = { ResultSize = \"Unlimited\" }\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = { Identity = \"adele.vance\", CustomAttribute1 = \"Retried\" }\n",
     );
-    // The write meets a 503 the client will not replay: the attempt fails.
-    h.sim().inject(
-        Some("Set-Mailbox"),
-        Fault::ServerError {
-            status: 503,
-            exception: None,
-            after_executing: false,
-        },
-        1,
-    );
+    // The read meets a 503: nothing was written, so the whole job may run again.
+    h.sim()
+        .inject(Some("Get-Mailbox"), server_error(503, None), 1);
     let recorder = Recorder::default();
     let run = h
         .executor
@@ -587,11 +606,8 @@ async fn a_failed_job_is_retried_after_its_backoff_and_each_attempt_is_announced
         })
         .unwrap();
     assert_eq!(failed.0, Duration::from_secs(3600));
-    assert!(
-        failed.1.contains("may or may not have been applied"),
-        "{}",
-        failed.1
-    );
+    assert!(failed.1.contains("Get-Mailbox"), "{}", failed.1);
+    assert_eq!(sent(&h, "Set-Mailbox"), 1, "the write is sent once");
     assert_eq!(
         h.sim()
             .mailbox("adele.vance")
@@ -600,6 +616,71 @@ async fn a_failed_job_is_retried_after_its_backoff_and_each_attempt_is_announced
             .as_deref(),
         Some("Retried")
     );
+}
+
+/// One write of adele.vance, with retries left.
+const TAG_ADELE: &str = "retries = { attempts = 2, backoff = \"1ms\" }\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = { Identity = \"adele.vance\", CustomAttribute1 = \"Once\" }\n";
+
+/// Runs `text` after scripting `fault` three times on `cmdlet` (more than the retries),
+/// and checks that the job failed at its first attempt with the write sent exactly once
+/// and an error that says every one of `parts`.
+async fn fails_once_without_sending_again(text: &str, cmdlet: &str, fault: Fault, parts: &[&str]) {
+    let h = harness_without_client_retries(Arc::new(runbook_worker::clock::SystemClock)).await;
+    h.sim().inject(Some(cmdlet), fault, 3);
+
+    let (outcome, events) = h.run(job(&runbook(text), false)).await;
+
+    assert_eq!(outcome.status, FinalStatus::Failed, "{outcome:?}");
+    assert_eq!(outcome.attempts, 1);
+    assert_eq!(events.count("attempt_failed"), 0);
+    assert_eq!(sent(&h, "Set-Mailbox"), 1, "the write is sent exactly once");
+    let error = outcome.error.unwrap();
+    for part in parts {
+        assert!(error.contains(part), "{part}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn a_write_answered_with_500_is_sent_exactly_once_and_the_job_is_not_retried() {
+    fails_once_without_sending_again(
+        TAG_ADELE,
+        "Set-Mailbox",
+        server_error(500, None),
+        &[
+            "may or may not have been applied",
+            "0 write(s) applied and 1 whose outcome is unknown",
+            "not retried",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_write_that_succeeded_is_not_sent_again_when_a_later_read_fails() {
+    fails_once_without_sending_again(
+        TAG_ADELE_THEN_READ,
+        "Get-Mailbox",
+        server_error(503, None),
+        &["Get-Mailbox", "1 write(s) applied,", "not retried"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_cmdlet_task_exception_is_definite_and_not_retried() {
+    fails_once_without_sending_again(
+        TAG_ADELE,
+        "Set-Mailbox",
+        server_error(
+            400,
+            Some("Microsoft.Exchange.Management.Tasks.TaskException"),
+        ),
+        &[
+            "TaskException",
+            "not retried: another attempt would fail the same way",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -615,6 +696,112 @@ async fn a_job_that_completed_with_errors_is_not_retried() {
     assert_eq!(outcome.status, FinalStatus::CompletedWithErrors);
     assert_eq!(outcome.attempts, 1);
     assert_eq!(events.count("attempt_started"), 1);
+}
+
+/// Every parameter value renders a loop that never ends in practice: 10^10 iterations.
+const ENDLESS_TEMPLATE: &str =
+    "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}";
+
+#[tokio::test]
+async fn a_template_that_would_run_forever_fails_the_job_naming_the_step_and_its_budget() {
+    let h = harness(SimulatorConfig::default()).await;
+    let rb = runbook(&format!(
+        "retries = 2\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = {{ Identity = \"adele.vance\", CustomAttribute1 = \"{ENDLESS_TEMPLATE}\" }}\n"
+    ));
+
+    let (outcome, _) = h.run(job(&rb, false)).await;
+
+    assert_eq!(outcome.status, FinalStatus::Failed, "{outcome:?}");
+    assert_eq!(
+        outcome.attempts, 1,
+        "a template over its budget would be again"
+    );
+    let error = outcome.error.unwrap();
+    assert!(
+        error.contains("parameter \"CustomAttribute1\" of step \"tag\"")
+            && error.contains("exceeded its work budget"),
+        "{error}"
+    );
+    assert_eq!(sent(&h, "Set-Mailbox"), 0);
+}
+
+/// A dry run over many mailboxes whose every call renders a template that does a lot of
+/// work (within its budget, or just over it): the job takes far longer than its timeout.
+fn template_heavy(timeout: &str) -> Arc<runbook::Runbook> {
+    runbook(&format!(
+        "timeout = \"{timeout}\"\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = {{ ResultSize = \"Unlimited\" }}\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nfor_each = \"find\"\ncontinue_on_error = true\nconcurrency = 4\nparameters = {{ Identity = \"{{{{ item.Alias }}}}\", CustomAttribute1 = \"{{% for a in range(100000) %}}{{% for b in range(20) %}}{{% endfor %}}{{% endfor %}}\" }}\n"
+    ))
+}
+
+#[tokio::test]
+async fn a_job_busy_rendering_templates_still_ends_by_its_timeout() {
+    let h = harness(SimulatorConfig::default().with_mailboxes(5000)).await;
+
+    let (outcome, _) = h.run(job(&template_heavy("1s"), true)).await;
+
+    assert_eq!(outcome.status, FinalStatus::TimedOut, "{outcome:?}");
+    assert!(
+        outcome
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("timeout of 1s"),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_busy_rendering_templates_is_cancelled_when_asked() {
+    let h = harness(SimulatorConfig::default().with_mailboxes(5000)).await;
+    let recorder = Recorder::default();
+    let cancel = CancellationToken::new();
+    let run = h
+        .executor
+        .run(job(&template_heavy("1h"), true), &recorder, cancel.clone());
+    let stop = async {
+        assert!(
+            wait_until(Duration::from_secs(30), || async {
+                recorder.count("step_started") == 2
+            })
+            .await
+        );
+        cancel.cancel();
+    };
+
+    let (outcome, ()) = tokio::join!(run, stop);
+
+    assert_eq!(outcome.status, FinalStatus::Cancelled, "{outcome:?}");
+}
+
+/// Reads the mailboxes of a team and tags each: the team comes from a parameter.
+const TAG_TEAM: &str = "[params]\nteam = \"nobody\"\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = { ResultSize = \"Unlimited\", Filter = \"CustomAttribute1 -eq FILTER_VALUE\" }\n[[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nfor_each = \"find\"\nparameters = { Identity = \"{{ item.Alias }}\", CustomAttribute2 = \"tagged\" }\n";
+
+#[tokio::test]
+async fn a_parameter_value_cannot_widen_an_opath_filter() {
+    let h = harness(SimulatorConfig::default()).await;
+    // Unquoted, the value would end the literal and add a clause that matches everyone;
+    // `validate` refuses that form.
+    let unquoted = TAG_TEAM.replace("FILTER_VALUE", "'{{ params.team }}'");
+    let errors =
+        runbook::parse_runbook("t", "t.toml", &unquoted, &runbook::CmdletPolicy::default())
+            .unwrap_err();
+    assert!(
+        errors.iter().any(|e| e.to_string().contains("| opath")),
+        "{errors:?}"
+    );
+    let rb = runbook(&TAG_TEAM.replace("FILTER_VALUE", "{{ params.team | opath }}"));
+
+    for hostile in [
+        "x' -or Name -like '*",
+        "x\u{2019} -or Name -like \u{2018}*",
+        "x\u{201B} -or Name -like \u{201A}*",
+    ] {
+        let (outcome, _) = h.run(job_with_params(&rb, &[("team", hostile)])).await;
+
+        assert_eq!(outcome.status, FinalStatus::Completed, "{outcome:?}");
+        assert_eq!(step(&outcome, "find").records_read, 0, "{hostile}");
+        assert!(h.writes().is_empty(), "{hostile}: {:?}", h.writes());
+    }
 }
 
 struct Panicking;

@@ -664,3 +664,43 @@ fn a_parsed_step_renders_its_parameters_for_a_record() {
         "{err}"
     );
 }
+
+#[test]
+fn a_template_in_an_opath_filter_must_be_quoted_by_opath() {
+    let text = "[params]\nteam = \"x\"\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = { Filter = \"CustomAttribute1 -eq '{{ params.team }}'\" }\n";
+    let found = parse(text).unwrap_err();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let error = &found[0];
+    assert_eq!(
+        (error.key.as_str(), error.kind, error.line),
+        ("steps[0].parameters.Filter", ErrorKind::Template, 6)
+    );
+    let shown = error.to_string();
+    assert!(
+        shown.starts_with("x.toml:6:")
+            && shown.contains("parameter \"Filter\" of step \"find\"")
+            && shown.contains("pipe it through `| opath`"),
+        "{shown}"
+    );
+    // Any case of the name, and RecipientFilter too; quoted values pass.
+    for (name, value, ok) in [
+        ("filter", "Name -eq {{ params.team }}", false),
+        ("RecipientFilter", "Department -eq {{ params.team }}", false),
+        (
+            "Filter",
+            "CustomAttribute1 -eq {{ params.team | opath }}",
+            true,
+        ),
+        ("Identity", "{{ params.team }}", true),
+    ] {
+        let text = format!(
+            "[params]\nteam = \"x\"\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\nparameters = {{ {name} = \"{value}\" }}\n"
+        );
+        assert_eq!(
+            parse(&text).is_ok(),
+            ok,
+            "{name} = {value}: {:?}",
+            errors(&text)
+        );
+    }
+}

@@ -63,8 +63,9 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, FilterError> {
                 tokens.push((i, Token::Close));
                 i += 1;
             }
-            '\'' | '"' => {
+            c if quote_class(c).is_some() => {
                 let start = i;
+                let class = quote_class(c);
                 let mut value = String::new();
                 i += 1;
                 loop {
@@ -75,12 +76,16 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, FilterError> {
                                 message: "unterminated string".into(),
                             });
                         }
-                        // A doubled quote is a literal quote, as in PowerShell.
-                        Some(q) if *q == c && chars.get(i + 1) == Some(&c) => {
-                            value.push(c);
+                        // A doubled quote is a literal quote, as in PowerShell, which
+                        // counts the typographic quotes (‘ ’ ‚ ‛, “ ” „) as quotes too.
+                        Some(q)
+                            if quote_class(*q) == class
+                                && chars.get(i + 1).copied().and_then(quote_class) == class =>
+                        {
+                            value.push(chars[i + 1]);
                             i += 2;
                         }
-                        Some(q) if *q == c => {
+                        Some(q) if quote_class(*q) == class => {
                             i += 1;
                             break;
                         }
@@ -327,6 +332,17 @@ fn wildcard(text: &str, pattern: &str) -> bool {
     pi == p.len()
 }
 
+/// Which quotes a character is to PowerShell: 1 for single quotes (`'` and the
+/// typographic ‘ ’ ‚ ‛), 2 for double quotes (`"` and “ ” „). Any quote of a class ends a
+/// string opened by another of the same class.
+fn quote_class(c: char) -> Option<u8> {
+    match c {
+        '\'' | '\u{2018}'..='\u{201B}' => Some(1),
+        '"' | '\u{201C}'..='\u{201E}' => Some(2),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -370,6 +386,14 @@ mod tests {
             ("-not (Alias -eq 'adele.vance')", false),
             ("{ Alias -eq \"adele.vance\" }", true),
             ("Alias -eq 'it''s'", false),
+            // PowerShell's typographic single quotes open, close and double like `'`.
+            ("Alias -eq \u{2018}adele.vance\u{2019}", true),
+            ("Alias -eq 'x\u{2019} -or Alias -like \u{2018}*'", true),
+            (
+                "Alias -eq 'x\u{2019}\u{2019} -or Alias -like \u{2018}\u{2018}*'",
+                false,
+            ),
+            ("Alias -eq \u{201C}adele.vance\u{201D}", true),
         ];
         for (text, expected) in table {
             let filter = parse(text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
