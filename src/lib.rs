@@ -9,6 +9,7 @@
 //!   the runbook model and parser in [`runbook`], cron maths in [`scheduler::schedule`],
 //!   token-cache policy in [`identity`], parameter encoding in [`exchange`].
 //! - Adapters: [`identity`] (token endpoints), [`exchange`] (the InvokeCommand API),
+//!   [`graph`] (Microsoft Graph), [`keyvault`] (Key Vault secrets),
 //!   [`history`] (SQLite job history), [`coordination`] (blob leases between replicas).
 //! - Orchestration: [`executor`] runs one job, [`scheduler`] decides when.
 //! - Edges: [`http`] (axum API, metrics, dashboard), [`doctor`] (the operator's checks),
@@ -26,9 +27,11 @@ pub mod doctor;
 pub mod duration;
 pub mod exchange;
 pub mod executor;
+pub mod graph;
 pub mod history;
 pub mod http;
 pub mod identity;
+pub mod keyvault;
 pub mod runbook;
 pub mod scheduler;
 pub mod settings;
