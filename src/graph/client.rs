@@ -222,10 +222,14 @@ impl GraphClient {
                 }
                 url
             }
-            None => Url::parse(&super::resource(cloud)).map_err(|e| config("endpoint", e.to_string()))?,
+            None => Url::parse(&super::resource(cloud))
+                .map_err(|e| config("endpoint", e.to_string()))?,
         };
         if settings.max_response_bytes == 0 {
-            return Err(config("max_response_bytes", "must be at least 1".to_string()));
+            return Err(config(
+                "max_response_bytes",
+                "must be at least 1".to_string(),
+            ));
         }
         let http = reqwest::Client::builder()
             // Graph does not redirect API calls; following one could carry the token away.
@@ -299,7 +303,10 @@ impl GraphClient {
             }
         })
         .boxed();
-        Pages { call: *call, stream }
+        Pages {
+            call: *call,
+            stream,
+        }
     }
 
     /// Sends `message` as the mailbox `from` (an id or UPN) with `POST
@@ -821,9 +828,13 @@ impl Paging {
                 message,
                 request_id,
             } => {
-                let role_denied = ["Authorization_RequestDenied", "ErrorAccessDenied", "accessDenied"]
-                    .iter()
-                    .any(|c| c.eq_ignore_ascii_case(&code));
+                let role_denied = [
+                    "Authorization_RequestDenied",
+                    "ErrorAccessDenied",
+                    "accessDenied",
+                ]
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(&code));
                 let held = token.claims().map(|c| c.roles).unwrap_or_default();
                 let missing_role = role_denied
                     .then(|| permissions::missing_role(&call.method, &call.path, &held))
@@ -924,7 +935,12 @@ impl Inner {
             Ok(response) => response,
             Err(e) if e.is_timeout() => return Err(Problem::TimedOut),
             Err(e) if e.is_connect() => return Err(Problem::NotSent(e)),
-            Err(e) => return Err(Problem::Lost(format!("connection lost: {}", error_chain(&e)))),
+            Err(e) => {
+                return Err(Problem::Lost(format!(
+                    "connection lost: {}",
+                    error_chain(&e)
+                )));
+            }
         };
         let status = response.status();
         let text = |name: &str| {

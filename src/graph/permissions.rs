@@ -8,11 +8,17 @@
 pub const APP_ROLES: &[(&str, &str)] = &[
     ("User.Read.All", "df021288-bdef-4463-88db-98f22de89214"),
     ("Group.Read.All", "5b567255-7703-4780-807c-7be8301ae99b"),
-    ("GroupMember.Read.All", "98830695-27a2-44f7-8c18-0c3ebc9698f6"),
+    (
+        "GroupMember.Read.All",
+        "98830695-27a2-44f7-8c18-0c3ebc9698f6",
+    ),
     ("Directory.Read.All", "7ab1d382-f21e-4acd-a863-ba3e13f7da61"),
     ("Mail.Send", "b633e1c5-b582-4048-a93e-9f11b44c7e96"),
     ("User.ReadWrite.All", "741f803b-c850-494e-b5df-cde7c675a1ca"),
-    ("Organization.Read.All", "498476ce-e0fe-48b0-b801-37ba7e2685c6"),
+    (
+        "Organization.Read.All",
+        "498476ce-e0fe-48b0-b801-37ba7e2685c6",
+    ),
     (
         "LicenseAssignment.ReadWrite.All",
         "5facf0c1-8979-4e95-abcf-ff3d079771c0",
@@ -22,7 +28,10 @@ pub const APP_ROLES: &[(&str, &str)] = &[
         "AppRoleAssignment.ReadWrite.All",
         "06b708a9-e830-4db3-a914-8e69da51d44f",
     ),
-    ("Application.Read.All", "9a5d68dd-52b0-4cc2-bd40-abcf44ac3a30"),
+    (
+        "Application.Read.All",
+        "9a5d68dd-52b0-4cc2-bd40-abcf44ac3a30",
+    ),
 ];
 
 /// The flag the grant script takes for one Graph app role (added to the script when Graph
@@ -52,14 +61,20 @@ pub fn required_roles(method: &str, path: &str) -> Option<&'static [&'static str
     let parts: Vec<&str> = lower.iter().map(String::as_str).collect();
     let read = method.eq_ignore_ascii_case("GET");
     let roles: &'static [&'static str] = match (parts.as_slice(), read) {
-        (["users"] | ["users", _], true) => &["User.Read.All", "User.ReadWrite.All", "Directory.Read.All"],
+        (["users"] | ["users", _], true) => {
+            &["User.Read.All", "User.ReadWrite.All", "Directory.Read.All"]
+        }
         (["users", _], false) => &["User.ReadWrite.All"],
-        (["users", _, "assignlicense"], false) => &["LicenseAssignment.ReadWrite.All", "User.ReadWrite.All"],
+        (["users", _, "assignlicense"], false) => {
+            &["LicenseAssignment.ReadWrite.All", "User.ReadWrite.All"]
+        }
         (["users", _, "sendmail"], false) => &["Mail.Send"],
         (["users", _, "memberof" | "transitivememberof"], true)
-        | (["groups", _, "members" | "transitivemembers"], true) => {
-            &["GroupMember.Read.All", "Group.Read.All", "Directory.Read.All"]
-        }
+        | (["groups", _, "members" | "transitivemembers"], true) => &[
+            "GroupMember.Read.All",
+            "Group.Read.All",
+            "Directory.Read.All",
+        ],
         (["groups"] | ["groups", _], true) => &["Group.Read.All", "Directory.Read.All"],
         (["subscribedskus"] | ["subscribedskus", _], true) => {
             &["Organization.Read.All", "Directory.Read.All"]
@@ -89,20 +104,44 @@ mod tests {
     fn each_call_maps_to_its_least_privileged_role_first() {
         let table = [
             ("GET", "/v1.0/users", Some("User.Read.All")),
-            ("GET", "/v1.0/users?$top=999&$select=id", Some("User.Read.All")),
-            ("GET", "/v1.0/users/adele@contoso.com", Some("User.Read.All")),
+            (
+                "GET",
+                "/v1.0/users?$top=999&$select=id",
+                Some("User.Read.All"),
+            ),
+            (
+                "GET",
+                "/v1.0/users/adele@contoso.com",
+                Some("User.Read.All"),
+            ),
             ("PATCH", "/v1.0/users/42", Some("User.ReadWrite.All")),
-            ("POST", "/v1.0/users/42/assignLicense", Some("LicenseAssignment.ReadWrite.All")),
-            ("POST", "/v1.0/users/noreply@contoso.com/sendMail", Some("Mail.Send")),
+            (
+                "POST",
+                "/v1.0/users/42/assignLicense",
+                Some("LicenseAssignment.ReadWrite.All"),
+            ),
+            (
+                "POST",
+                "/v1.0/users/noreply@contoso.com/sendMail",
+                Some("Mail.Send"),
+            ),
             ("GET", "/v1.0/groups", Some("Group.Read.All")),
-            ("GET", "/v1.0/groups/7/transitiveMembers", Some("GroupMember.Read.All")),
+            (
+                "GET",
+                "/v1.0/groups/7/transitiveMembers",
+                Some("GroupMember.Read.All"),
+            ),
             (
                 "GET",
                 "/v1.0/groups/7/transitiveMembers/microsoft.graph.user",
                 Some("GroupMember.Read.All"),
             ),
             ("GET", "/beta/subscribedSkus", Some("Organization.Read.All")),
-            ("GET", "/v1.0/servicePrincipals", Some("Application.Read.All")),
+            (
+                "GET",
+                "/v1.0/servicePrincipals",
+                Some("Application.Read.All"),
+            ),
             ("DELETE", "/v1.0/groups/7", None),
             ("GET", "/v1.0/me", None),
         ];

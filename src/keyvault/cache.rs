@@ -99,12 +99,21 @@ mod tests {
         assert!(matches!(cache.lookup(&reference("a"), t0), Lookup::Missing));
         cache.insert(reference("a"), secret("v1"), t0);
         let at = |secs| t0 + chrono::Duration::seconds(secs);
-        assert!(matches!(cache.lookup(&reference("a"), at(299)), Lookup::Fresh(s) if s.version == "v1"));
-        assert!(matches!(cache.lookup(&reference("a"), at(300)), Lookup::Stale(s) if s.version == "v1"));
+        assert!(
+            matches!(cache.lookup(&reference("a"), at(299)), Lookup::Fresh(s) if s.version == "v1")
+        );
+        assert!(
+            matches!(cache.lookup(&reference("a"), at(300)), Lookup::Stale(s) if s.version == "v1")
+        );
         // A clock that stepped back keeps the entry fresh rather than failing.
-        assert!(matches!(cache.lookup(&reference("a"), at(-60)), Lookup::Fresh(_)));
+        assert!(matches!(
+            cache.lookup(&reference("a"), at(-60)),
+            Lookup::Fresh(_)
+        ));
         cache.insert(reference("a"), secret("v2"), at(301));
-        assert!(matches!(cache.lookup(&reference("a"), at(302)), Lookup::Fresh(s) if s.version == "v2"));
+        assert!(
+            matches!(cache.lookup(&reference("a"), at(302)), Lookup::Fresh(s) if s.version == "v2")
+        );
     }
 
     #[test]
@@ -112,10 +121,21 @@ mod tests {
         let t0 = Utc.with_ymd_and_hms(2026, 3, 2, 8, 0, 0).unwrap();
         let mut cache = SecretCache::new(Duration::from_secs(300), 2);
         cache.insert(reference("a"), secret("1"), t0);
-        cache.insert(reference("b"), secret("1"), t0 + chrono::Duration::seconds(1));
-        cache.insert(reference("c"), secret("1"), t0 + chrono::Duration::seconds(2));
+        cache.insert(
+            reference("b"),
+            secret("1"),
+            t0 + chrono::Duration::seconds(1),
+        );
+        cache.insert(
+            reference("c"),
+            secret("1"),
+            t0 + chrono::Duration::seconds(2),
+        );
         assert_eq!(cache.len(), 2);
         assert!(matches!(cache.lookup(&reference("a"), t0), Lookup::Missing));
-        assert!(matches!(cache.lookup(&reference("c"), t0), Lookup::Fresh(_)));
+        assert!(matches!(
+            cache.lookup(&reference("c"), t0),
+            Lookup::Fresh(_)
+        ));
     }
 }

@@ -70,7 +70,10 @@ impl KeyVaultClient {
         if settings.api_version.trim().is_empty() {
             return Err(KeyVaultError::Configuration {
                 key: "api_version",
-                message: format!("must not be empty (the current one is {})", super::API_VERSION),
+                message: format!(
+                    "must not be empty (the current one is {})",
+                    super::API_VERSION
+                ),
             });
         }
         let http = reqwest::Client::builder()
@@ -142,19 +145,39 @@ impl KeyVaultClient {
                     request_id,
                     retry_after,
                 }) => match status {
-                    401 => (Failure::Unauthorized { rbac: false }, (status, code, message, request_id), retry_after),
-                    429 => (Failure::Throttled { retry_after }, (status, code, message, request_id), retry_after),
-                    500..=599 => (Failure::ServerError, (status, code, message, request_id), retry_after),
-                    _ => (Failure::Final, (status, code, message, request_id), retry_after),
+                    401 => (
+                        Failure::Unauthorized { rbac: false },
+                        (status, code, message, request_id),
+                        retry_after,
+                    ),
+                    429 => (
+                        Failure::Throttled { retry_after },
+                        (status, code, message, request_id),
+                        retry_after,
+                    ),
+                    500..=599 => (
+                        Failure::ServerError,
+                        (status, code, message, request_id),
+                        retry_after,
+                    ),
+                    _ => (
+                        Failure::Final,
+                        (status, code, message, request_id),
+                        retry_after,
+                    ),
                 },
                 Err(Broken::NotSent(e)) => (Failure::NotSent, (0, String::new(), e, None), None),
                 Err(Broken::Lost(e)) => (Failure::Lost, (0, String::new(), e, None), None),
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match self
-                .retry
-                .decide(attempt, &failure, true, refreshed, remaining, rand::random::<f64>())
-            {
+            match self.retry.decide(
+                attempt,
+                &failure,
+                true,
+                refreshed,
+                remaining,
+                rand::random::<f64>(),
+            ) {
                 Decision::Retry { after } => {
                     tracing::warn!(secret = %name, attempt, status = cause.0, delay_ms = after.as_millis() as u64, "retrying Key Vault read");
                     tokio::time::sleep(after).await;
@@ -168,7 +191,14 @@ impl KeyVaultClient {
                         .map_err(token_error)?;
                 }
                 Decision::OutcomeUnknown | Decision::Stop => {
-                    return Err(self.final_error(&name, resource, &token, cause, attempt, retry_after));
+                    return Err(self.final_error(
+                        &name,
+                        resource,
+                        &token,
+                        cause,
+                        attempt,
+                        retry_after,
+                    ));
                 }
             }
         }
@@ -261,7 +291,9 @@ impl KeyVaultClient {
                 .map(str::to_string)
         };
         let request_id = header_text("x-ms-request-id");
-        let retry_after = header_text("retry-after").as_deref().and_then(parse_retry_after);
+        let retry_after = header_text("retry-after")
+            .as_deref()
+            .and_then(parse_retry_after);
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
@@ -279,7 +311,12 @@ impl KeyVaultClient {
             return Ok(Reply::Ok(body));
         }
         let error: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let text = |pointer: &str| error.pointer(pointer).and_then(|v| v.as_str()).map(str::to_string);
+        let text = |pointer: &str| {
+            error
+                .pointer(pointer)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
         let code = text("/error/innererror/code")
             .or_else(|| text("/error/code"))
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());

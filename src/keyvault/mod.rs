@@ -88,8 +88,9 @@ impl SecretRef {
             reference: text.to_string(),
             message: why.to_string(),
         };
-        let url = url::Url::parse(text.trim())
-            .map_err(|_| invalid("not a URL; expected https://<vault>.vault.azure.net/secrets/<name>"))?;
+        let url = url::Url::parse(text.trim()).map_err(|_| {
+            invalid("not a URL; expected https://<vault>.vault.azure.net/secrets/<name>")
+        })?;
         if url.scheme() != "https" || url.query().is_some() || url.fragment().is_some() {
             return Err(invalid("expected an https URL without query or fragment"));
         }
@@ -99,17 +100,28 @@ impl SecretRef {
                 "the host is not a Key Vault (*.vault.azure.net, *.vault.usgovcloudapi.net, *.vault.azure.cn)",
             ));
         }
-        let segments: Vec<&str> = url.path_segments().map(Iterator::collect).unwrap_or_default();
+        let segments: Vec<&str> = url
+            .path_segments()
+            .map(Iterator::collect)
+            .unwrap_or_default();
         let valid = |s: &str| {
-            !s.is_empty() && s.len() <= 127 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            !s.is_empty()
+                && s.len() <= 127
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         };
         let (name, version) = match segments.as_slice() {
             ["secrets", name] | ["secrets", name, ""] => (*name, None),
             ["secrets", name, version] => (*name, Some(version.to_string())),
-            _ => return Err(invalid("expected the path /secrets/<name> or /secrets/<name>/<version>")),
+            _ => {
+                return Err(invalid(
+                    "expected the path /secrets/<name> or /secrets/<name>/<version>",
+                ));
+            }
         };
         if !valid(name) || version.as_deref().is_some_and(|v| !valid(v)) {
-            return Err(invalid("secret names and versions are 1-127 letters, digits and dashes"));
+            return Err(invalid(
+                "secret names and versions are 1-127 letters, digits and dashes",
+            ));
         }
         Ok(Self {
             host,
@@ -201,7 +213,10 @@ mod tests {
         let v = SecretRef::parse("https://v.vault.azure.cn/secrets/a/4387e9f3d6e14c45").unwrap();
         assert_eq!(v.version.as_deref(), Some("4387e9f3d6e14c45"));
         assert_eq!(v.resource(), "https://vault.azure.cn");
-        assert_eq!(v.to_string(), "https://v.vault.azure.cn/secrets/a/4387e9f3d6e14c45");
+        assert_eq!(
+            v.to_string(),
+            "https://v.vault.azure.cn/secrets/a/4387e9f3d6e14c45"
+        );
         for bad in [
             "http://v.vault.azure.net/secrets/a",
             "https://evil.example.com/secrets/a",
