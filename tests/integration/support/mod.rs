@@ -6,6 +6,7 @@
 pub mod deploy;
 pub mod exchange;
 pub mod executor;
+pub mod graph;
 pub mod history;
 pub mod http;
 pub mod identity;
