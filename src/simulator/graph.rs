@@ -302,12 +302,15 @@ fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
     response
 }
 
-fn bad_request(code: &str, message: &str) -> Response {
-    graph_error(StatusCode::BAD_REQUEST, code, message)
+/// A refusal on its way out; boxed because a `Response` is large and most results are Ok.
+type Refusal = Box<Response>;
+
+fn bad_request(code: &str, message: &str) -> Refusal {
+    Box::new(graph_error(StatusCode::BAD_REQUEST, code, message))
 }
 
 /// The query parameters, decoded; duplicates refused as Graph does.
-fn query_pairs(uri: &Uri) -> Result<Vec<(String, String)>, Response> {
+fn query_pairs(uri: &Uri) -> Result<Vec<(String, String)>, Refusal> {
     let pairs: Vec<(String, String)> = uri
         .query()
         .map(|q| {
@@ -404,7 +407,7 @@ impl Route {
     }
 }
 
-fn route(method: &Method, path: &str) -> Result<Route, Response> {
+fn route(method: &Method, path: &str) -> Result<Route, Refusal> {
     let segments: Vec<String> = path
         .trim_matches('/')
         .split('/')
@@ -461,11 +464,11 @@ fn route(method: &Method, path: &str) -> Result<Route, Response> {
             ));
         }
         _ => {
-            return Err(graph_error(
+            return Err(Box::new(graph_error(
                 StatusCode::NOT_FOUND,
                 "BadRequest",
                 "Invalid version.",
-            ));
+            )));
         }
     };
     Ok(found)
@@ -507,11 +510,11 @@ async fn handle(
     }
     let claims = match authenticate(&shared, &headers) {
         Ok(claims) => claims,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let route = match route(&method, uri.path()) {
         Ok(route) => route,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let allowed = route.roles();
     if !claims
@@ -556,7 +559,7 @@ async fn handle(
     }
     let pairs = match query_pairs(&uri) {
         Ok(pairs) => pairs,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let advanced = headers
         .get("consistencylevel")
@@ -608,7 +611,7 @@ fn take_fault(shared: &Shared, method: &Method, path: &str) -> Option<Fault> {
     Some(fault)
 }
 
-fn unauthorized(message: &str) -> Response {
+fn unauthorized(message: &str) -> Refusal {
     let mut response = graph_error(
         StatusCode::UNAUTHORIZED,
         "InvalidAuthenticationToken",
@@ -620,10 +623,10 @@ fn unauthorized(message: &str) -> Response {
             "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\"",
         ),
     );
-    response
+    Box::new(response)
 }
 
-fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<TokenClaims, Response> {
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<TokenClaims, Refusal> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -658,7 +661,7 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<TokenClaims, Res
 }
 
 /// `$top`, or Graph's error.
-fn top(pairs: &[(String, String)]) -> Result<usize, Response> {
+fn top(pairs: &[(String, String)]) -> Result<usize, Refusal> {
     match get(pairs, "$top") {
         None => Ok(DEFAULT_TOP),
         Some(text) => match text.trim().parse::<usize>() {
@@ -673,7 +676,7 @@ fn top(pairs: &[(String, String)]) -> Result<usize, Response> {
     }
 }
 
-fn skiptoken(pairs: &[(String, String)]) -> Result<usize, Response> {
+fn skiptoken(pairs: &[(String, String)]) -> Result<usize, Refusal> {
     let Some(token) = get(pairs, "$skiptoken") else {
         return Ok(0);
     };
@@ -686,7 +689,7 @@ fn skiptoken(pairs: &[(String, String)]) -> Result<usize, Response> {
 }
 
 /// `$count=true` needs `ConsistencyLevel: eventual`.
-fn wants_count(pairs: &[(String, String)], advanced: bool) -> Result<bool, Response> {
+fn wants_count(pairs: &[(String, String)], advanced: bool) -> Result<bool, Refusal> {
     let count = get(pairs, "$count").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     if count && !advanced {
         return Err(bad_request(
@@ -774,7 +777,7 @@ fn serve(
     body: Option<&Value>,
     path: &str,
 ) -> Response {
-    let result = (|| -> Result<Response, Response> {
+    let result = (|| -> Result<Response, Refusal> {
         match route {
             Route::Users => {
                 let select = directory::user_selection(get(pairs, "$select"))
@@ -1003,12 +1006,16 @@ fn serve(
             }
         }
     })();
-    result.unwrap_or_else(|response| response)
+    result.unwrap_or_else(|response| *response)
 }
 
-fn find_user(directory: &Directory, key: &str) -> Result<usize, Response> {
+fn refuse(status: StatusCode, code: &str, message: &str) -> Refusal {
+    Box::new(graph_error(status, code, message))
+}
+
+fn find_user(directory: &Directory, key: &str) -> Result<usize, Refusal> {
     directory.user(key).ok_or_else(|| {
-        graph_error(
+        refuse(
             StatusCode::NOT_FOUND,
             "Request_ResourceNotFound",
             &format!("Resource '{key}' does not exist or one of its queried reference-property objects are not present."),
@@ -1016,9 +1023,9 @@ fn find_user(directory: &Directory, key: &str) -> Result<usize, Response> {
     })
 }
 
-fn find_group(directory: &Directory, id: &str) -> Result<usize, Response> {
+fn find_group(directory: &Directory, id: &str) -> Result<usize, Refusal> {
     directory.group(id).ok_or_else(|| {
-        graph_error(
+        refuse(
             StatusCode::NOT_FOUND,
             "Request_ResourceNotFound",
             &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
@@ -1027,7 +1034,7 @@ fn find_group(directory: &Directory, id: &str) -> Result<usize, Response> {
 }
 
 /// `addLicenses[].skuId` and `removeLicenses[]`, both required as Graph requires.
-fn license_changes(body: Option<&Value>) -> Result<(Vec<String>, Vec<String>), Response> {
+fn license_changes(body: Option<&Value>) -> Result<(Vec<String>, Vec<String>), Refusal> {
     let invalid = || {
         bad_request(
             "Request_BadRequest",
@@ -1055,7 +1062,7 @@ fn license_changes(body: Option<&Value>) -> Result<(Vec<String>, Vec<String>), R
 }
 
 /// Checks a `sendMail` body as Graph does.
-fn parse_mail(from: String, body: Option<&Value>) -> Result<SentMail, Response> {
+fn parse_mail(from: String, body: Option<&Value>) -> Result<SentMail, Refusal> {
     let invalid = |what: &str| {
         bad_request(
             "ErrorInvalidRequest",
@@ -1077,7 +1084,7 @@ fn parse_mail(from: String, body: Option<&Value>) -> Result<SentMail, Response> 
     let content = message
         .pointer_str("body", "content")
         .ok_or_else(|| invalid("'message.body.content' must be a string"))?;
-    let recipients = |field: &str, required: bool| -> Result<Vec<String>, Response> {
+    let recipients = |field: &str, required: bool| -> Result<Vec<String>, Refusal> {
         let Some(list) = message.get(field) else {
             return if required {
                 Err(invalid(&format!("'message.{field}' is required")))

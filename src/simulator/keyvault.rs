@@ -40,13 +40,16 @@ struct Version {
     enabled: bool,
 }
 
+/// A logged request: method, path and query, headers (`authorization` redacted).
+pub type LoggedRequest = (String, String, Vec<(String, String)>);
+
 #[derive(Default)]
 struct Vault {
     /// Name → versions, oldest first (the last enabled one is "latest").
     secrets: HashMap<String, Vec<Version>>,
     granted: HashSet<String>,
     throttles: Vec<Option<String>>,
-    log: Vec<(String, String, Vec<(String, String)>)>,
+    log: Vec<LoggedRequest>,
 }
 
 struct Shared {
@@ -158,7 +161,7 @@ impl KeyVaultSimulator {
     }
 
     /// (method, path and query, headers) of every request; `authorization` redacted.
-    pub fn requests(&self) -> Vec<(String, String, Vec<(String, String)>)> {
+    pub fn requests(&self) -> Vec<LoggedRequest> {
         lock(&self.shared.vault).log.clone()
     }
 
