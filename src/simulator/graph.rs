@@ -23,7 +23,6 @@
 pub mod directory;
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -36,13 +35,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::identity::TokenClaims;
 use crate::simulator::exchange::DEFAULT_TENANT_ID;
 use crate::simulator::exchange::org::Organisation;
+use crate::simulator::loopback::Loopback;
 use directory::{Clause, Member};
 pub use directory::{Directory, SKU_E3, SKU_E5, SentMail};
 
@@ -117,6 +115,8 @@ pub enum Fault {
     Throttle { retry_after: Option<String> },
     /// A 5xx, before the request is executed or after it was.
     ServerError { status: u16, after_executing: bool },
+    /// 401 `InvalidAuthenticationToken`, as for a token revoked before its expiry.
+    Unauthorized,
 }
 
 #[derive(Debug)]
@@ -146,9 +146,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The running simulator; dropping it stops the listener.
 pub struct GraphSimulator {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    cancel: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    server: Loopback,
 }
 
 impl GraphSimulator {
@@ -187,30 +185,18 @@ impl GraphSimulator {
             base: format!("http://{addr}"),
             total: AtomicU64::new(0),
         });
-        let cancel = CancellationToken::new();
         let app = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&shared));
-        let stop = cancel.clone();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "simulated Graph listener stopped");
-            }
-        });
         Ok(Self {
             shared,
-            addr,
-            cancel,
-            task: Some(task),
+            server: Loopback::serve(listener, addr, app, "Graph"),
         })
     }
 
     /// `http://127.0.0.1:PORT`: the `graph.endpoint` to configure.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.base_url()
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
@@ -264,20 +250,8 @@ impl GraphSimulator {
         self.shared.record.store(on, Ordering::SeqCst);
     }
 
-    pub async fn shutdown(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for GraphSimulator {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        if let Some(task) = &self.task {
-            task.abort();
-        }
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
     }
 }
 
@@ -555,6 +529,9 @@ async fn handle(
             status,
             after_executing: false,
         }) => return server_error(*status),
+        Some(Fault::Unauthorized) => {
+            return *unauthorized("Lifetime validation failed, the token is expired.");
+        }
         _ => {}
     }
     let pairs = match query_pairs(&uri) {

@@ -11,7 +11,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -21,11 +20,10 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::identity::TokenClaims;
+use crate::simulator::loopback::Loopback;
 
 pub const VAULT_RESOURCE: &str = "https://vault.azure.net";
 /// Data-plane versions the simulator accepts.
@@ -67,9 +65,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The running simulator; dropping it stops the listener.
 pub struct KeyVaultSimulator {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    cancel: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    server: Loopback,
 }
 
 impl KeyVaultSimulator {
@@ -92,30 +88,18 @@ impl KeyVaultSimulator {
             vault: Mutex::new(Vault::default()),
             total: AtomicU64::new(0),
         });
-        let cancel = CancellationToken::new();
         let app = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&shared));
-        let stop = cancel.clone();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "simulated Key Vault listener stopped");
-            }
-        });
         Ok(Self {
             shared,
-            addr,
-            cancel,
-            task: Some(task),
+            server: Loopback::serve(listener, addr, app, "Key Vault"),
         })
     }
 
     /// `http://127.0.0.1:PORT`: the `keyvault.endpoint` to configure.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.base_url()
     }
 
     /// The secret URL a runbook would name: `https://<name>.vault.azure.net/secrets/<secret>`.
@@ -169,20 +153,8 @@ impl KeyVaultSimulator {
         self.shared.total.load(Ordering::SeqCst)
     }
 
-    pub async fn shutdown(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for KeyVaultSimulator {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        if let Some(task) = &self.task {
-            task.abort();
-        }
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
     }
 }
 

@@ -8,3 +8,4 @@ pub mod graph;
 pub mod identity;
 pub mod jwt;
 pub mod keyvault;
+pub mod loopback;

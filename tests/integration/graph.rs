@@ -182,6 +182,36 @@ async fn a_read_answered_503_is_retried() {
 }
 
 #[tokio::test]
+async fn a_401_gets_one_fresh_token_and_a_second_401_is_final() {
+    let w = world(&["User.Read.All"], 10).await;
+    w.graph
+        .inject(Some(Method::GET), None, Fault::Unauthorized, 1);
+    let user = w
+        .client
+        .request(GraphRequest::get("/v1.0/users/adele.vance@contoso.com"))
+        .records()
+        .await
+        .expect("succeeds with a fresh token");
+    assert_eq!(user[0]["userPrincipalName"], "adele.vance@contoso.com");
+    assert_eq!(w.identity.token_requests(), 2, "one token, one refresh");
+
+    w.graph.clear_requests();
+    w.graph
+        .inject(Some(Method::GET), None, Fault::Unauthorized, 2);
+    let error = w
+        .client
+        .request(GraphRequest::get("/v1.0/users/adele.vance@contoso.com"))
+        .records()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, GraphError::Unauthorized { .. }),
+        "{error:?}"
+    );
+    assert_eq!(w.graph.requests().len(), 2, "refreshed once, not again");
+}
+
+#[tokio::test]
 async fn a_403_names_the_missing_role_and_how_to_grant_it() {
     let w = world(&["User.Read.All"], 10).await;
     let error = w
