@@ -24,7 +24,7 @@ pub mod directory;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -40,7 +40,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::identity::TokenClaims;
 use crate::simulator::exchange::DEFAULT_TENANT_ID;
 use crate::simulator::exchange::org::Organisation;
-use crate::simulator::loopback::Loopback;
+use crate::simulator::loopback::{Loopback, lock};
 use directory::{Clause, Member};
 pub use directory::{Directory, SKU_E3, SKU_E5, SentMail};
 
@@ -137,10 +137,6 @@ struct Shared {
     next_link_base: Mutex<Option<String>>,
     base: String,
     total: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The running simulator; dropping it stops the listener.

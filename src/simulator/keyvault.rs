@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::identity::TokenClaims;
-use crate::simulator::loopback::Loopback;
+use crate::simulator::loopback::{Loopback, lock};
 
 pub const VAULT_RESOURCE: &str = "https://vault.azure.net";
 /// Data-plane versions the simulator accepts.
@@ -56,10 +56,6 @@ struct Shared {
     clock: SharedClock,
     vault: Mutex<Vault>,
     total: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The running simulator; dropping it stops the listener.

@@ -1,7 +1,8 @@
-//! The listener task every simulator server owns: serves a router on a 127.0.0.1 listener
+//! The listener task every simulator server owns, and the lock its state sits behind: serves a router on a 127.0.0.1 listener
 //! until cancelled; dropping it stops the server.
 
 use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -55,4 +56,9 @@ impl Drop for Loopback {
             task.abort();
         }
     }
+}
+
+/// Locks simulator state; a panic elsewhere must not take the simulator down with it.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
