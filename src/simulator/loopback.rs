@@ -1,5 +1,6 @@
-//! The listener task every simulator server owns, and the lock its state sits behind: serves a router on a 127.0.0.1 listener
-//! until cancelled; dropping it stops the server.
+//! What every simulator server owns: the listener task, which serves a router on a
+//! 127.0.0.1 listener until cancelled (dropping it stops the server), and the lock its
+//! state sits behind.
 
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
