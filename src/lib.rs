@@ -9,6 +9,7 @@
 //!   the runbook model and parser in [`runbook`], cron maths and scheduling policies in [`timing`],
 //!   token-cache policy in [`identity`], parameter encoding in [`exchange`].
 //! - Adapters: [`identity`] (token endpoints), [`exchange`] (the InvokeCommand API),
+//!   [`graph`] (Microsoft Graph), [`keyvault`] (Key Vault secrets),
 //!   [`history`] (SQLite job history), [`coordination`] (blob leases between replicas).
 //! - Orchestration: [`executor`] runs one job, [`scheduler`] decides when.
 //! - Edges: [`http`] (axum API, metrics, dashboard), [`doctor`] (the operator's checks),
@@ -27,9 +28,11 @@ pub mod doctor;
 pub mod duration;
 pub mod exchange;
 pub mod executor;
+pub mod graph;
 pub mod history;
 pub mod http;
 pub mod identity;
+pub mod keyvault;
 pub mod notify;
 pub mod runbook;
 pub mod scheduler;

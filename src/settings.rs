@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 use crate::coordination::CoordinationSettings;
 use crate::duration::HumanDuration;
 use crate::exchange::ExchangeSettings;
+use crate::graph::GraphSettings;
 use crate::history::HistorySettings;
 use crate::http::HttpSettings;
 use crate::identity::IdentitySettings;
+use crate::keyvault::KeyVaultSettings;
 use crate::notify::NotifySettings;
 use crate::runbook::{PolicySettings, RunbooksSettings};
 pub use crate::telemetry::LogFormat;
@@ -33,6 +35,8 @@ pub const DEFAULT_FILE: &str = "runbook-worker.toml";
 pub struct Settings {
     pub identity: IdentitySettings,
     pub exchange: ExchangeSettings,
+    pub graph: GraphSettings,
+    pub keyvault: KeyVaultSettings,
     pub runbooks: RunbooksSettings,
     pub policy: PolicySettings,
     pub state: StateSettings,
@@ -212,7 +216,7 @@ fn describe_config_error(
             SettingsError::Unreadable {
                 origin: "settings file or RUNBOOK_WORKER__* environment".to_string(),
                 message: format!(
-                    "{message} (sections: identity, exchange, runbooks, policy, state, history, http, worker, coordination, log, notify)"
+                    "{message} (sections: identity, exchange, graph, keyvault, runbooks, policy, state, history, http, worker, coordination, log, notify)"
                 ),
             }
         }

@@ -123,6 +123,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "identity",
             "exchange",
+            "graph",
+            "keyvault",
             "coordination",
             "history",
             "telemetry",

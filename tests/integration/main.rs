@@ -10,6 +10,7 @@ mod coordination;
 mod deploy;
 mod exchange;
 mod executor;
+mod graph;
 mod history;
 mod http;
 mod identity;

@@ -7,6 +7,7 @@ pub mod app;
 pub mod deploy;
 pub mod exchange;
 pub mod executor;
+pub mod graph;
 pub mod history;
 pub mod http;
 pub mod identity;
