@@ -392,6 +392,15 @@ impl Settings {
                 ),
             ));
         }
+        if self.exchange.max_response_bytes < 1024 {
+            out.push((
+                "exchange.max_response_bytes".to_string(),
+                format!(
+                    "must be at least 1024, got {}",
+                    self.exchange.max_response_bytes
+                ),
+            ));
+        }
         if self.exchange.max_concurrency == 0 {
             out.push((
                 "exchange.max_concurrency".to_string(),
