@@ -111,7 +111,10 @@ mod tests {
         std::fs::write(&path, b"0123456789").unwrap();
         assert_eq!(read(&path, 10).unwrap(), b"0123456789");
         let err = read(&path, 9).unwrap_err();
-        assert!(matches!(err, BoundedReadError::TooLarge { cap: 9, .. }), "{err}");
+        assert!(
+            matches!(err, BoundedReadError::TooLarge { cap: 9, .. }),
+            "{err}"
+        );
     }
 
     #[cfg(unix)]

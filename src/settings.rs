@@ -235,11 +235,7 @@ fn syntax_message(text: &str, e: &toml::de::Error) -> String {
         Some(span) => {
             let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
-            let column = before
-                .rsplit('\n')
-                .next()
-                .map_or(0, |l| l.chars().count())
-                + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             format!("TOML syntax error at line {line}, column {column}: {message}")
         }
         None => format!("TOML syntax error: {message}"),
@@ -574,9 +570,13 @@ mod tests {
             format!("[http]\napi_token = \"{SECRET}\" oops\n"),
             format!("[http]\napi_token = \"{SECRET}\n"),
             format!("[http]\napi_token = {SECRET}\n"),
-            format!("[coordination]\nkind = \"azure-blob\"\nsas_url = \"https://a.blob.core.windows.net/c?sig={SECRET}\" x\n"),
+            format!(
+                "[coordination]\nkind = \"azure-blob\"\nsas_url = \"https://a.blob.core.windows.net/c?sig={SECRET}\" x\n"
+            ),
             format!("[coordination]\nsas_url = 'https://a/c?sig={SECRET}\n"),
-            format!("[coordination]\nsas_url = \"https://a/c?sig={SECRET}\"\nsas_url = \"{SECRET}\"\n"),
+            format!(
+                "[coordination]\nsas_url = \"https://a/c?sig={SECRET}\"\nsas_url = \"{SECRET}\"\n"
+            ),
         ];
         for text in cases {
             let err = error_of(&text, &[]);
@@ -590,10 +590,22 @@ mod tests {
     #[test]
     fn a_wrongly_typed_secret_is_refused_without_its_value() {
         let cases = [
-            (format!("[http]\napi_token = [\"{SECRET}\"]\n"), "http.api_token"),
-            (format!("[http]\napi_token = {{ x = \"{SECRET}\" }}\n"), "http"),
-            (format!("[coordination]\nsas_url = [\"{SECRET}\"]\n"), "coordination.sas_url"),
-            (format!("[http]\napi_token = \"{SECRET}\"\nlisten = \"{SECRET}\"\n"), "http.listen"),
+            (
+                format!("[http]\napi_token = [\"{SECRET}\"]\n"),
+                "http.api_token",
+            ),
+            (
+                format!("[http]\napi_token = {{ x = \"{SECRET}\" }}\n"),
+                "http",
+            ),
+            (
+                format!("[coordination]\nsas_url = [\"{SECRET}\"]\n"),
+                "coordination.sas_url",
+            ),
+            (
+                format!("[http]\napi_token = \"{SECRET}\"\nlisten = \"{SECRET}\"\n"),
+                "http.listen",
+            ),
         ];
         for (text, key) in cases {
             let err = error_of(&text, &[]);
@@ -605,7 +617,10 @@ mod tests {
     #[test]
     fn a_secret_from_the_environment_stays_out_of_errors() {
         let dir = tempfile::tempdir().unwrap();
-        for var in ["RUNBOOK_WORKER__HTTP__API_TOKEN", "RUNBOOK_WORKER__COORDINATION__SAS_URL"] {
+        for var in [
+            "RUNBOOK_WORKER__HTTP__API_TOKEN",
+            "RUNBOOK_WORKER__COORDINATION__SAS_URL",
+        ] {
             let err = load(
                 None,
                 dir.path(),

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::PolicySettings;
-use crate::bounded_file::BoundedReadError;
 use super::error::{ErrorKind, ValidationError};
 use super::model::Runbook;
 use super::parse::parse_runbook;
 use super::policy::CmdletPolicy;
+use crate::bounded_file::BoundedReadError;
 
 /// The largest runbook file read, in bytes (1 MiB): the biggest real runbook is a few KiB.
 pub const MAX_RUNBOOK_BYTES: u64 = 1024 * 1024;
@@ -93,7 +93,11 @@ pub fn load_file(path: &Path, policy: &PolicySettings) -> Result<Runbook, Vec<Va
             BoundedReadError::Io(e) => format!("cannot read the file: {e}"),
             other => other.to_string(),
         };
-        vec![ValidationError::whole_file(&display, ErrorKind::Io, message)]
+        vec![ValidationError::whole_file(
+            &display,
+            ErrorKind::Io,
+            message,
+        )]
     })?;
     let text = String::from_utf8(bytes).map_err(|e| {
         vec![ValidationError::whole_file(
@@ -305,7 +309,10 @@ mod tests {
         let errors = load_file(&path, &PolicySettings::default()).unwrap_err();
         assert_eq!(errors.len(), 1, "{:?}", &errors[..2]);
         assert_eq!(errors[0].kind, ErrorKind::Io);
-        assert!(errors[0].message.contains("1048576-byte limit"), "{errors:?}");
+        assert!(
+            errors[0].message.contains("1048576-byte limit"),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -314,7 +321,9 @@ mod tests {
         let path = dir.path().join("typos.toml");
         let mut text = String::from(VALID);
         for i in 0..200 {
-            text.push_str(&format!("[[steps]]\nname = \"s{i}\"\ncmdlet = \"Get-Mailbox\"\nbogus{i} = 1\n"));
+            text.push_str(&format!(
+                "[[steps]]\nname = \"s{i}\"\ncmdlet = \"Get-Mailbox\"\nbogus{i} = 1\n"
+            ));
         }
         std::fs::write(&path, text).unwrap();
         let errors = load_file(&path, &PolicySettings::default()).unwrap_err();

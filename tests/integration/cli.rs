@@ -38,7 +38,9 @@ fn a_broken_settings_line_never_prints_the_secret_on_it() {
     let secret = "s3cr3t-TOKEN-ab12cd34ef56ab12cd34ef56";
     let files = [
         format!("[http]\napi_token = \"{secret}\" oops\n"),
-        format!("[coordination]\nkind = \"azure-blob\"\nsas_url = \"https://acct.blob.core.windows.net/c?sv=1&sig={secret}\" oops\n"),
+        format!(
+            "[coordination]\nkind = \"azure-blob\"\nsas_url = \"https://acct.blob.core.windows.net/c?sv=1&sig={secret}\" oops\n"
+        ),
         format!("[http]\napi_token = [\"{secret}\"]\n"),
     ];
     for text in files {
@@ -47,7 +49,10 @@ fn a_broken_settings_line_never_prints_the_secret_on_it() {
         let out = run_binary(dir.path(), &["validate"], &[]);
         assert!(!out.status.success());
         let (err, shown) = (stderr(&out), stdout(&out));
-        assert!(!err.contains(secret) && !shown.contains(secret), "{err}{shown}");
+        assert!(
+            !err.contains(secret) && !shown.contains(secret),
+            "{err}{shown}"
+        );
         assert!(err.contains("runbook-worker.toml"), "{err}");
     }
     let dir = tempfile::tempdir().unwrap();

@@ -309,7 +309,11 @@ fn a_folder_with_two_runbooks_of_the_same_name_refuses_both() {
 
 /// Runs `validate PATH` and kills it if it has not finished in `limit`: a FIFO used to
 /// block the read forever.
-fn validate_within(dir: &std::path::Path, path: &str, limit: std::time::Duration) -> std::process::Output {
+fn validate_within(
+    dir: &std::path::Path,
+    path: &str,
+    limit: std::time::Duration,
+) -> std::process::Output {
     let mut child = std::process::Command::new(crate::support::binary())
         .current_dir(dir)
         .args(["validate", path])
@@ -367,6 +371,10 @@ fn validate_refuses_a_file_over_one_mebibyte_and_caps_errors() {
     .unwrap();
     let out = run_binary(dir.path(), &["validate", "huge.toml"], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stdout(&out).contains("1048576-byte limit"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("1048576-byte limit"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
 }
