@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(text) = std::str::from_utf8(data) {
         let issue = response::parse_issue(text);
-        let _ = (issue.short_class(), issue.is_transient(), issue.is_not_found());
+        let _ = (
+            issue.short_class(),
+            issue.is_transient(),
+            issue.is_not_found(),
+        );
         let _ = response::parse_retry_after(text);
         let _ = response::retry_after_from_message(text);
         let _ = response::claims_challenge(text);

@@ -333,23 +333,6 @@ mod tests {
         assert!(errors[0].message.contains("bogus0"), "{:?}", errors[0]);
     }
 
-    #[cfg(unix)]
-    #[test]
-    fn special_files_named_like_runbooks_are_errors_that_say_what_they_are() {
-        let dir = tempfile::tempdir().unwrap();
-        let zero = dir.path().join("zero.toml");
-        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
-        let folder = dir.path().join("folder.toml");
-        std::fs::create_dir(&folder).unwrap();
-        for (path, what) in [(&zero, "a character device"), (&folder, "a directory")] {
-            let errors = load_file(path, &PolicySettings::default()).unwrap_err();
-            assert_eq!(errors.len(), 1, "{errors:?}");
-            let shown = errors[0].to_string();
-            assert!(shown.contains(&path.display().to_string()), "{shown}");
-            assert!(shown.contains(what), "{shown}");
-        }
-    }
-
     #[test]
     fn a_file_that_is_not_utf8_is_reported() {
         let dir = tempfile::tempdir().unwrap();

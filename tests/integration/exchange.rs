@@ -621,28 +621,32 @@ async fn persistent_throttling_gives_up_after_the_allowed_attempts() {
 
 #[tokio::test]
 async fn a_wait_longer_than_the_deadline_is_not_started() {
+    let error = throttled_once_within_half_a_second(Fault::Throttle {
+        retry_after: Some(Duration::from_secs(30)),
+    })
+    .await;
+    assert!(
+        matches!(error, ExchangeError::Throttled { attempts: 1, .. }),
+        "{error:?}"
+    );
+}
+
+/// Reads once from a tenant that answers `fault` first, with a 500 ms deadline and a
+/// 60 s wait cap, so any honoured `Retry-After` ends the call after one attempt.
+async fn throttled_once_within_half_a_second(fault: Fault) -> ExchangeError {
     let t = tenant_with(small(), |s| {
         s.timeout = HumanDuration::from(Duration::from_millis(500));
         s.retry_max_delay = HumanDuration::from_secs(60);
     })
     .await;
-    t.sim.inject(
-        None,
-        Fault::Throttle {
-            retry_after: Some(Duration::from_secs(30)),
-        },
-        1,
-    );
+    t.sim.inject(None, fault, 1);
     let error = t
         .client
         .invoke_all("Get-Mailbox", identity("sales"))
         .await
         .unwrap_err();
-    assert!(
-        matches!(error, ExchangeError::Throttled { attempts: 1, .. }),
-        "{error:?}"
-    );
     assert_eq!(t.calls().len(), 1);
+    error
 }
 
 #[tokio::test]
@@ -1499,24 +1503,11 @@ async fn an_absurd_retry_after_is_clamped_instead_of_panicking() {
         (None, "Try again in 1e300 seconds."),
     ];
     for (header, message) in answers {
-        let t = tenant_with(small(), |s| {
-            s.timeout = HumanDuration::from(Duration::from_millis(500));
-            s.retry_max_delay = HumanDuration::from_secs(60);
+        let error = throttled_once_within_half_a_second(Fault::ThrottleVerbatim {
+            retry_after: header.map(str::to_string),
+            message: message.to_string(),
         })
         .await;
-        t.sim.inject(
-            None,
-            Fault::ThrottleVerbatim {
-                retry_after: header.map(str::to_string),
-                message: message.to_string(),
-            },
-            1,
-        );
-        let error = t
-            .client
-            .invoke_all("Get-Mailbox", identity("sales"))
-            .await
-            .unwrap_err();
         assert!(
             matches!(error, ExchangeError::Throttled { attempts: 1, .. }),
             "{header:?} {message}: {error:?}"
