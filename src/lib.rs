@@ -22,6 +22,7 @@
 //! ARCHITECTURE.md has the code map and the invariants.
 
 pub mod app;
+pub mod bounded_file;
 pub mod clock;
 pub mod coordination;
 pub mod doctor;

@@ -94,6 +94,13 @@ pub enum SettingsError {
     Unreadable { origin: String, message: String },
 }
 
+/// The largest settings file read, in bytes (1 MiB; a real one is under 4 KiB).
+pub const MAX_SETTINGS_BYTES: u64 = 1024 * 1024;
+
+/// Settings whose values are secrets: no error ever shows their value. `_file` variants
+/// hold paths, and the files' contents are read (and kept out of errors) by their modules.
+pub const SECRET_KEYS: &[&str] = &["http.api_token", "coordination.sas_url"];
+
 /// Loads settings: `explicit` is `--config`; without it `runbook-worker.toml` in `cwd` is
 /// read when present. `env` is the process environment (only `RUNBOOK_WORKER__*` is used).
 pub fn load(
@@ -103,7 +110,7 @@ pub fn load(
 ) -> Result<Settings, SettingsError> {
     let file = match explicit {
         Some(path) => {
-            if !path.is_file() {
+            if !path.exists() {
                 return Err(SettingsError::File {
                     path: path.to_path_buf(),
                     message: "no such file (check --config)".to_string(),
@@ -111,23 +118,59 @@ pub fn load(
             }
             Some(path.to_path_buf())
         }
-        None => Some(cwd.join(DEFAULT_FILE)).filter(|p| p.is_file()),
+        None => Some(cwd.join(DEFAULT_FILE)).filter(|p| p.exists()),
     };
+    let text = match &file {
+        Some(path) => {
+            let bytes = crate::bounded_file::read(path, MAX_SETTINGS_BYTES).map_err(|e| {
+                SettingsError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            let text = String::from_utf8(bytes).map_err(|e| SettingsError::File {
+                path: path.clone(),
+                message: format!(
+                    "not UTF-8 text (invalid byte at offset {}); save it as UTF-8",
+                    e.utf8_error().valid_up_to()
+                ),
+            })?;
+            Some((path.as_path(), text))
+        }
+        None => None,
+    };
+    from_text(text.as_ref().map(|(p, t)| (*p, t.as_str())), env)
+}
 
+/// Settings from the text of a settings file (`file`: its path, for messages, and its
+/// text) and the environment. [`load`] without the file system; the fuzz target calls it.
+pub fn from_text(
+    file: Option<(&Path, &str)>,
+    env: &HashMap<String, String>,
+) -> Result<Settings, SettingsError> {
     let overrides: HashMap<String, String> = env
         .iter()
         .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let mut secrets: Vec<String> = SECRET_KEYS
+        .iter()
+        .filter_map(|key| overrides.get(&env_var_for(key)))
+        .cloned()
+        .collect();
 
     let mut builder = config::Config::builder();
-    if let Some(path) = &file {
-        builder = builder.add_source(
-            config::File::from(path.as_path())
-                .format(config::FileFormat::Toml)
-                .required(true),
-        );
+    if let Some((path, text)) = file {
+        // Parsed here first: the `config` crate's TOML errors quote the offending line,
+        // which may be `api_token = "…"`. This error gives the position only.
+        let table: toml::Table = toml::from_str(text).map_err(|e| SettingsError::File {
+            path: path.to_path_buf(),
+            message: syntax_message(text, &e),
+        })?;
+        secrets.extend(secret_values(&table));
+        builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
     }
+    let secrets = Secrets(secrets);
     builder = builder.add_source(
         config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
@@ -140,29 +183,93 @@ pub fn load(
             .source(Some(overrides.clone())),
     );
 
-    let origin_of = |key: &str| origin(key, file.as_deref(), &overrides);
-    let built = builder.build().map_err(|e| match &file {
+    let file_path = file.map(|(path, _)| path);
+    let origin_of = |key: &str| origin(key, file_path, &overrides);
+    let built = builder.build().map_err(|e| match file_path {
         Some(path) => SettingsError::File {
-            path: path.clone(),
-            message: e.to_string(),
+            path: path.to_path_buf(),
+            message: secrets.mask(&e.to_string()),
         },
         None => SettingsError::Unreadable {
             origin: "the environment".to_string(),
-            message: e.to_string(),
+            message: secrets.mask(&e.to_string()),
         },
     })?;
     let settings: Settings = built
         .try_deserialize()
-        .map_err(|e| describe_config_error(e, &origin_of))?;
+        .map_err(|e| secrets.mask_error(describe_config_error(e, &origin_of)))?;
 
     if let Some((key, message)) = settings.problems().into_iter().next() {
-        return Err(SettingsError::Invalid {
+        return Err(secrets.mask_error(SettingsError::Invalid {
             origin: origin_of(&key),
             key,
             message,
-        });
+        }));
     }
     Ok(settings)
+}
+
+/// "line L, column C: message" of a TOML syntax error, without the source snippet.
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("TOML syntax error at line {line}, column {column}: {message}")
+        }
+        None => format!("TOML syntax error: {message}"),
+    }
+}
+
+/// The values of [`SECRET_KEYS`] in a parsed settings file, whatever their type.
+fn secret_values(table: &toml::Table) -> Vec<String> {
+    SECRET_KEYS
+        .iter()
+        .filter_map(|key| {
+            let (section, name) = key.split_once('.')?;
+            let value = table.get(section)?.as_table()?.get(name)?;
+            Some(match value {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        })
+        .filter(|v| !v.trim().is_empty())
+        .collect()
+}
+
+/// Secret values to mask in error messages.
+struct Secrets(Vec<String>);
+
+impl Secrets {
+    fn mask(&self, message: &str) -> String {
+        self.0.iter().fold(message.to_string(), |text, secret| {
+            text.replace(secret.as_str(), "[REDACTED]")
+        })
+    }
+
+    fn mask_error(&self, error: SettingsError) -> SettingsError {
+        match error {
+            SettingsError::File { path, message } => SettingsError::File {
+                path,
+                message: self.mask(&message),
+            },
+            SettingsError::Invalid {
+                key,
+                origin,
+                message,
+            } => SettingsError::Invalid {
+                message: self.mask(&message),
+                key,
+                origin,
+            },
+            SettingsError::Unreadable { origin, message } => SettingsError::Unreadable {
+                origin,
+                message: self.mask(&message),
+            },
+        }
+    }
 }
 
 /// The environment variable that overrides `key` (`exchange.page_size` →
@@ -197,7 +304,12 @@ fn describe_config_error(
             ..
         } => SettingsError::Invalid {
             origin: origin_of(&key),
-            message: format!("expected {expected}, got {unexpected}"),
+            // serde's `unexpected` quotes the value, and a secret's value stays out.
+            message: if SECRET_KEYS.contains(&key.as_str()) {
+                format!("expected {expected} (the value is not shown: it is a secret)")
+            } else {
+                format!("expected {expected}, got {unexpected}")
+            },
             key,
         },
         config::ConfigError::At {
@@ -254,6 +366,15 @@ impl Settings {
                 format!(
                     "must be between 1 and 1000, got {}",
                     self.exchange.page_size
+                ),
+            ));
+        }
+        if self.exchange.max_response_bytes < 1024 {
+            out.push((
+                "exchange.max_response_bytes".to_string(),
+                format!(
+                    "must be at least 1024, got {}",
+                    self.exchange.max_response_bytes
                 ),
             ));
         }
@@ -414,6 +535,94 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope.toml"), "{err}");
+    }
+
+    const SECRET: &str = "s3cr3t-T0KEN-value-0123456789abcdef";
+
+    fn error_of(text: &str, env_pairs: &[(&str, &str)]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), text);
+        load(Some(&file), dir.path(), &env(env_pairs))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_syntax_error_on_a_secret_line_gives_the_position_not_the_line() {
+        let cases = [
+            format!("[http]\napi_token = \"{SECRET}\" oops\n"),
+            format!("[http]\napi_token = \"{SECRET}\n"),
+            format!("[http]\napi_token = {SECRET}\n"),
+            format!(
+                "[coordination]\nkind = \"azure-blob\"\nsas_url = \"https://a.blob.core.windows.net/c?sig={SECRET}\" x\n"
+            ),
+            format!("[coordination]\nsas_url = 'https://a/c?sig={SECRET}\n"),
+            format!(
+                "[coordination]\nsas_url = \"https://a/c?sig={SECRET}\"\nsas_url = \"{SECRET}\"\n"
+            ),
+        ];
+        for text in cases {
+            let err = error_of(&text, &[]);
+            assert!(!err.contains(SECRET), "{err}");
+            assert!(!err.contains("sig="), "{err}");
+            assert!(err.contains("worker.toml"), "{err}");
+            assert!(err.contains("line "), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_wrongly_typed_secret_is_refused_without_its_value() {
+        let cases = [
+            (
+                format!("[http]\napi_token = [\"{SECRET}\"]\n"),
+                "http.api_token",
+            ),
+            (
+                format!("[http]\napi_token = {{ x = \"{SECRET}\" }}\n"),
+                "http",
+            ),
+            (
+                format!("[coordination]\nsas_url = [\"{SECRET}\"]\n"),
+                "coordination.sas_url",
+            ),
+            (
+                format!("[http]\napi_token = \"{SECRET}\"\nlisten = \"{SECRET}\"\n"),
+                "http.listen",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = error_of(&text, &[]);
+            assert!(!err.contains(SECRET), "{err}");
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_secret_from_the_environment_stays_out_of_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        for var in [
+            "RUNBOOK_WORKER__HTTP__API_TOKEN",
+            "RUNBOOK_WORKER__COORDINATION__SAS_URL",
+        ] {
+            let err = load(
+                None,
+                dir.path(),
+                &env(&[(var, SECRET), ("RUNBOOK_WORKER__HTTP__LISTEN", SECRET)]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(!err.contains(SECRET), "{err}");
+            assert!(err.contains("http.listen"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_settings_path_that_is_not_a_file_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(Some(dir.path()), dir.path(), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a directory"), "{err}");
     }
 
     #[test]

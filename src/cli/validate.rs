@@ -70,8 +70,11 @@ pub async fn run(ctx: Context, args: ValidateArgs) -> anyhow::Result<ExitCode> {
     for path in &paths {
         // A path that does not exist is reported as a folder unless it names a .toml
         // file, so that a missing runbooks folder says so.
+        // A directory named like a runbook file (`x.toml`) is read as a file, which
+        // refuses it: the caller meant a runbook, and "no runbook files" would pass.
         let missing_folder = !path.exists() && !runbook::is_runbook_file(path);
-        if path.is_dir() || missing_folder {
+        let folder = path.is_dir() && !runbook::is_runbook_file(path);
+        if folder || missing_folder {
             let (catalog, mut folder_errors) = runbook::load_folder(path, policy);
             runbooks.extend(catalog.iter().map(|rb| ValidRunbook::from(rb.as_ref())));
             errors.append(&mut folder_errors);

@@ -120,6 +120,7 @@ struct Inner {
     timeout: Duration,
     retry: RetryPolicy,
     max_redirects: u32,
+    max_response_bytes: u64,
     connection_id: String,
 }
 
@@ -222,6 +223,7 @@ impl ExchangeClient {
                 timeout: settings.timeout.get(),
                 retry,
                 max_redirects: settings.max_redirects,
+                max_response_bytes: settings.max_response_bytes,
                 connection_id: uuid::Uuid::new_v4().to_string(),
             }),
         })
@@ -935,8 +937,15 @@ impl Inner {
                 continue;
             }
             let headers = response.headers().clone();
-            let body = match response.bytes().await {
-                Ok(body) => body,
+            let body = match read_body(response, self.max_response_bytes).await {
+                Ok(Some(body)) => body,
+                Ok(None) => {
+                    return Err(Problem::Refused(format!(
+                        "the answer (HTTP {}) is larger than exchange.max_response_bytes ({} bytes); lower exchange.page_size or raise exchange.max_response_bytes",
+                        status.as_u16(),
+                        self.max_response_bytes
+                    )));
+                }
                 Err(e) if e.is_timeout() => return Err(Problem::TimedOut),
                 // Error bodies sometimes claim gzip and are plain: the status and headers
                 // still say what happened.
@@ -960,6 +969,23 @@ impl Inner {
             self.max_redirects
         )))
     }
+}
+
+/// The body of an answer, read chunk by chunk (after gzip) and abandoned as soon as it
+/// passes `cap` bytes: `None` then. A page of records is buffered whole to be decoded, so
+/// without this one huge answer could take all the memory of the worker.
+async fn read_body(
+    mut response: reqwest::Response,
+    cap: u64,
+) -> Result<Option<Bytes>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if (body.len() + chunk.len()) as u64 > cap {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(Bytes::from(body)))
 }
 
 /// Where a redirect points, resolved against the request URL, with the regional front

@@ -83,6 +83,8 @@ pub struct ExchangeSettings {
     pub retry_max_delay: HumanDuration,
     /// Redirects followed for one request.
     pub max_redirects: u32,
+    /// Bytes of one answer (one page, after decompression) read before the call fails.
+    pub max_response_bytes: u64,
 }
 
 impl Default for ExchangeSettings {
@@ -98,6 +100,7 @@ impl Default for ExchangeSettings {
             retry_base_delay: HumanDuration::from_secs(2),
             retry_max_delay: HumanDuration::from_secs(120),
             max_redirects: 5,
+            max_response_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -312,10 +312,15 @@ fn strip_value(value: &mut Value) {
     }
 }
 
-/// `Retry-After` as the module reads it: decimal seconds (`"1.5"`).
+/// `Retry-After` as the module reads it: decimal seconds (`"1.5"`). A wait too long for a
+/// `Duration` (`1e300`) saturates to [`Duration::MAX`] instead of panicking; the retry
+/// policy caps every wait at `exchange.retry_max_delay` anyway.
 pub fn parse_retry_after(header: &str) -> Option<Duration> {
     let seconds: f64 = header.trim().parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    if !(seconds.is_finite() && seconds >= 0.0) {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
 }
 
 /// The wait a 429 message asks for ("… Try again in 12 seconds.").
@@ -505,6 +510,9 @@ mod tests {
             (" 2 ", Some(Duration::from_secs(2))),
             ("-1", None),
             ("soon", None),
+            ("1e300", Some(Duration::MAX)),
+            ("NaN", None),
+            ("inf", None),
         ];
         for (text, expected) in table {
             assert_eq!(parse_retry_after(text), expected, "{text}");
@@ -516,6 +524,10 @@ mod tests {
             ),
             ("wait 0.25 second", Some(Duration::from_millis(250))),
             ("Please wait and try again", None),
+            (
+                "Try again in 99999999999999999999999 seconds.",
+                Some(Duration::MAX),
+            ),
         ];
         for (text, expected) in messages {
             assert_eq!(retry_after_from_message(text), expected, "{text}");

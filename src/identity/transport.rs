@@ -166,7 +166,7 @@ impl EndpointTransport {
             return Ok(AsyncRawResponse::from_bytes(
                 StatusCode::from(status),
                 response_headers,
-                body,
+                clamp_expires_in(body),
             ));
         }
         let parsed: ErrorBody = if body.len() <= MAX_ERROR_BODY {
@@ -180,6 +180,34 @@ impl EndpointTransport {
             error: parsed.error.filter(|e| !e.is_empty()),
             description: parsed.error_description.filter(|d| !d.is_empty()),
         }))
+    }
+}
+
+/// The longest `expires_in` handed to the SDK (ten years): it adds the value to the current
+/// time, which panics past year 9999, so a hostile or broken endpoint's `expires_in` of
+/// 2^63 seconds must not reach it.
+const MAX_EXPIRES_IN_SECS: i64 = 10 * 365 * 24 * 3600;
+
+/// A token answer with an out-of-range `expires_in` (number or numeric string) brought
+/// within ±[`MAX_EXPIRES_IN_SECS`]; any other body is passed on unchanged.
+fn clamp_expires_in(body: bytes::Bytes) -> bytes::Bytes {
+    let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body;
+    };
+    let Some(expires_in) = answer.get_mut("expires_in") else {
+        return body;
+    };
+    let seconds = match &*expires_in {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    };
+    match seconds {
+        Some(s) if s.unsigned_abs() > MAX_EXPIRES_IN_SECS.unsigned_abs() => {
+            *expires_in = serde_json::Value::from(s.clamp(0, MAX_EXPIRES_IN_SECS));
+            serde_json::to_vec(&answer).map_or(body, bytes::Bytes::from)
+        }
+        _ => body,
     }
 }
 

@@ -13,6 +13,12 @@ use super::error::{ErrorKind, ValidationError};
 use super::model::Runbook;
 use super::parse::parse_runbook;
 use super::policy::CmdletPolicy;
+use crate::bounded_file::BoundedReadError;
+
+/// The largest runbook file read, in bytes (1 MiB): the biggest real runbook is a few KiB.
+pub const MAX_RUNBOOK_BYTES: u64 = 1024 * 1024;
+/// Errors reported per file before the rest are summed up in one "and N more" entry.
+pub const MAX_ERRORS_PER_FILE: usize = 50;
 
 /// The valid runbooks of a folder, by name.
 #[derive(Clone, Debug, Default)]
@@ -82,11 +88,15 @@ pub fn load_file(path: &Path, policy: &PolicySettings) -> Result<Runbook, Vec<Va
             "the file name is not valid UTF-8; rename it",
         )]);
     };
-    let bytes = std::fs::read(path).map_err(|e| {
+    let bytes = crate::bounded_file::read(path, MAX_RUNBOOK_BYTES).map_err(|e| {
+        let message = match e {
+            BoundedReadError::Io(e) => format!("cannot read the file: {e}"),
+            other => other.to_string(),
+        };
         vec![ValidationError::whole_file(
             &display,
             ErrorKind::Io,
-            format!("cannot read the file: {e}"),
+            message,
         )]
     })?;
     let text = String::from_utf8(bytes).map_err(|e| {
@@ -100,6 +110,25 @@ pub fn load_file(path: &Path, policy: &PolicySettings) -> Result<Runbook, Vec<Va
         )]
     })?;
     parse_runbook(name, &display, &text, &CmdletPolicy::new(policy))
+        .map_err(|errors| cap_errors(errors, &display))
+}
+
+/// Keeps the first [`MAX_ERRORS_PER_FILE`] errors (they are sorted by position) and says
+/// how many more there were: a file of thousands of typos must not fill memory or logs.
+fn cap_errors(mut errors: Vec<ValidationError>, display: &str) -> Vec<ValidationError> {
+    if errors.len() > MAX_ERRORS_PER_FILE {
+        let more = errors.len() - MAX_ERRORS_PER_FILE;
+        errors.truncate(MAX_ERRORS_PER_FILE);
+        errors.push(ValidationError::whole_file(
+            display,
+            errors[0].kind,
+            format!(
+                "and {more} more error{}; fix the ones above first",
+                if more == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    errors
 }
 
 /// Loads every runbook file of `dir` (not its subfolders), in name order. Names are
@@ -268,6 +297,40 @@ mod tests {
         std::fs::write(&path, format!("description = \"x\"\n{VALID}")).unwrap();
         let second = load_file(&path, &PolicySettings::default()).unwrap().hash;
         assert_ne!(first, second);
+    }
+
+    #[test]
+    fn a_file_over_the_size_cap_is_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        let line = "unknown_key = 1\n";
+        let text = line.repeat(MAX_RUNBOOK_BYTES as usize / line.len() + 1);
+        std::fs::write(&path, text).unwrap();
+        let errors = load_file(&path, &PolicySettings::default()).unwrap_err();
+        assert_eq!(errors.len(), 1, "{:?}", &errors[..2]);
+        assert_eq!(errors[0].kind, ErrorKind::Io);
+        assert!(
+            errors[0].message.contains("1048576-byte limit"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn errors_per_file_are_capped_with_a_count_of_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("typos.toml");
+        let mut text = String::from(VALID);
+        for i in 0..200 {
+            text.push_str(&format!(
+                "[[steps]]\nname = \"s{i}\"\ncmdlet = \"Get-Mailbox\"\nbogus{i} = 1\n"
+            ));
+        }
+        std::fs::write(&path, text).unwrap();
+        let errors = load_file(&path, &PolicySettings::default()).unwrap_err();
+        assert_eq!(errors.len(), MAX_ERRORS_PER_FILE + 1);
+        let last = errors.last().unwrap().to_string();
+        assert!(last.contains("and 150 more errors"), "{last}");
+        assert!(errors[0].message.contains("bogus0"), "{:?}", errors[0]);
     }
 
     #[test]

@@ -117,7 +117,10 @@ fn identity_knows_nothing_of_exchange_and_exchange_nothing_of_runbooks() {
 /// orchestration, orchestration knows no edge. (Within a layer the finer rules above hold,
 /// e.g. identity knows nothing of exchange.)
 const LAYERS: &[(&str, &[&str])] = &[
-    ("pure core", &["duration", "clock", "timing"]),
+    (
+        "pure core",
+        &["duration", "clock", "timing", "bounded_file"],
+    ),
     (
         "adapters",
         &[

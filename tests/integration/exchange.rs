@@ -621,28 +621,32 @@ async fn persistent_throttling_gives_up_after_the_allowed_attempts() {
 
 #[tokio::test]
 async fn a_wait_longer_than_the_deadline_is_not_started() {
+    let error = throttled_once_within_half_a_second(Fault::Throttle {
+        retry_after: Some(Duration::from_secs(30)),
+    })
+    .await;
+    assert!(
+        matches!(error, ExchangeError::Throttled { attempts: 1, .. }),
+        "{error:?}"
+    );
+}
+
+/// Reads once from a tenant that answers `fault` first, with a 500 ms deadline and a
+/// 60 s wait cap, so any honoured `Retry-After` ends the call after one attempt.
+async fn throttled_once_within_half_a_second(fault: Fault) -> ExchangeError {
     let t = tenant_with(small(), |s| {
         s.timeout = HumanDuration::from(Duration::from_millis(500));
         s.retry_max_delay = HumanDuration::from_secs(60);
     })
     .await;
-    t.sim.inject(
-        None,
-        Fault::Throttle {
-            retry_after: Some(Duration::from_secs(30)),
-        },
-        1,
-    );
+    t.sim.inject(None, fault, 1);
     let error = t
         .client
         .invoke_all("Get-Mailbox", identity("sales"))
         .await
         .unwrap_err();
-    assert!(
-        matches!(error, ExchangeError::Throttled { attempts: 1, .. }),
-        "{error:?}"
-    );
     assert_eq!(t.calls().len(), 1);
+    error
 }
 
 #[tokio::test]
@@ -1485,4 +1489,56 @@ async fn a_page_size_out_of_range_is_refused_when_the_client_is_built() {
     let error =
         ExchangeClient::new(&settings, tokens, Arc::new(TenantLimiter::new(1))).unwrap_err();
     assert!(error.to_string().contains("exchange.page_size"), "{error}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile answers
+
+#[tokio::test]
+async fn an_absurd_retry_after_is_clamped_instead_of_panicking() {
+    let answers = [
+        (Some("1e300"), "Too many requests."),
+        (Some("99999999999999999999999"), "Too many requests."),
+        (None, "Try again in 99999999999999999999999 seconds."),
+        (None, "Try again in 1e300 seconds."),
+    ];
+    for (header, message) in answers {
+        let error = throttled_once_within_half_a_second(Fault::ThrottleVerbatim {
+            retry_after: header.map(str::to_string),
+            message: message.to_string(),
+        })
+        .await;
+        assert!(
+            matches!(error, ExchangeError::Throttled { attempts: 1, .. }),
+            "{header:?} {message}: {error:?}"
+        );
+        assert!(error.to_string().contains("Get-Mailbox"), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn an_answer_over_the_byte_cap_fails_the_call_naming_the_setting() {
+    let t = tenant_with(small().with_mailboxes(200), |s| {
+        s.max_response_bytes = 16 * 1024;
+    })
+    .await;
+    let error = t
+        .client
+        .invoke_all("Get-Mailbox", Parameters::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ExchangeError::Protocol { .. }), "{error:?}");
+    let shown = error.to_string();
+    assert!(shown.contains("Get-Mailbox"), "{shown}");
+    assert!(shown.contains("exchange.max_response_bytes"), "{shown}");
+    assert_eq!(t.calls().len(), 1, "a refused answer is not retried");
+
+    // The same read within the cap succeeds.
+    let t = tenant_with(small().with_mailboxes(200), |_| {}).await;
+    let output = t
+        .client
+        .invoke_all("Get-Mailbox", Parameters::new())
+        .await
+        .unwrap();
+    assert!(output.records.len() >= 200, "{}", output.records.len());
 }

@@ -1144,3 +1144,14 @@ async fn the_azure_cli_source_runs_az_account_get_access_token() {
         "account get-access-token -o json --scope https://outlook.office365.com/.default"
     );
 }
+
+#[tokio::test]
+async fn an_absurd_expires_in_from_entra_id_is_clamped_not_a_panic() {
+    let sim =
+        simulator(IdentitySimulatorConfig::default().with_token_lifetime(Duration::MAX)).await;
+    let (provider, _dir, _) = workload_provider(&sim, sim.federated_assertion()).await;
+
+    let token = provider.token(EXCHANGE).await;
+
+    assert!(token.is_ok(), "{token:?}");
+}

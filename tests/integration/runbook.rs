@@ -306,3 +306,75 @@ fn a_folder_with_two_runbooks_of_the_same_name_refuses_both() {
     assert_eq!(errors.len(), 2);
     assert!(errors.iter().all(|e| e.kind == ErrorKind::Duplicate));
 }
+
+/// Runs `validate PATH` and kills it if it has not finished in `limit`: a FIFO used to
+/// block the read forever.
+fn validate_within(
+    dir: &std::path::Path,
+    path: &str,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    let mut child = std::process::Command::new(crate::support::binary())
+        .current_dir(dir)
+        .args(["validate", path])
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("validate {path} did not finish: {}", stderr(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn validate_refuses_paths_that_are_not_runbook_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("folder.toml")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.toml")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("pipe.toml"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let cases = [
+        ("folder.toml", "a directory"),
+        ("zero.toml", "a character device"),
+        ("pipe.toml", "a FIFO"),
+        ("missing.toml", "No such file"),
+    ];
+    for (path, what) in cases {
+        let out = validate_within(dir.path(), path, std::time::Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(1), "{path}: {}", stderr(&out));
+        let shown = stdout(&out);
+        assert!(shown.starts_with(&format!("{path}: ")), "{path}: {shown}");
+        assert!(shown.contains(what), "{path}: {shown}");
+    }
+}
+
+#[test]
+fn validate_refuses_a_file_over_one_mebibyte_and_caps_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = "unknown_key_with_a_long_name = 1\n";
+    std::fs::write(
+        dir.path().join("huge.toml"),
+        line.repeat(1024 * 1024 / line.len() + 1),
+    )
+    .unwrap();
+    let out = run_binary(dir.path(), &["validate", "huge.toml"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("1048576-byte limit"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+}

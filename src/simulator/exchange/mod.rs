@@ -175,6 +175,12 @@ pub enum RedirectTo {
 pub enum Fault {
     /// 429 with the per-tenant concurrency text and this `Retry-After` (none: no header).
     Throttle { retry_after: Option<Duration> },
+    /// 429 with this `Retry-After` text and error message verbatim, as a misbehaving front
+    /// door might send them (`1e300`, "Try again in 99999999999999999999999 seconds").
+    ThrottleVerbatim {
+        retry_after: Option<String>,
+        message: String,
+    },
     /// A 5xx. `exception` puts a class (e.g. `DCOverloadedException`) in the details;
     /// `after_executing` runs the cmdlet first, as when a gateway times out on a call the
     /// backend completed.
@@ -715,6 +721,16 @@ impl Shared {
     fn fault_response(&self, fault: Fault, uri: &Uri, headers: &HeaderMap) -> Response {
         match fault {
             Fault::Throttle { retry_after } => self.throttle_response(retry_after),
+            Fault::ThrottleVerbatim {
+                retry_after,
+                message,
+            } => {
+                let mut response = json_response(429, &error_body("TooManyRequests", &message));
+                if let Some(v) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                response
+            }
             Fault::ServerError {
                 status, exception, ..
             } => match (status, exception) {
