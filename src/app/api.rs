@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 
 use crate::clock::SharedClock;
 use crate::coordination::{CoordinationKind, Coordinator, StorageHealth};
-use crate::history::{self, HistoryHealth, HistoryReader, JobId, JobStatus, Trigger};
+use crate::history::{
+    self, HistoryHealth, HistoryReader, JobDetail, JobId, JobStatus, JobSummary, Trigger,
+};
 use crate::http::{
     ApiError, CancelOutcome, CoordinationReadiness, FileErrorView, HistoryReadiness, JobFilter,
     Readiness, RequestedVia, RunAccepted, RunRequest, RunbookView, RunbooksView, WorkerApi,
@@ -117,10 +119,6 @@ fn before_bound(at: DateTime<Utc>) -> Before {
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, ApiError> {
-    serde_json::to_value(value).map_err(|e| ApiError::Internal(Box::new(e)))
-}
-
 fn internal(e: history::HistoryError) -> ApiError {
     ApiError::Internal(Box::new(e))
 }
@@ -196,7 +194,7 @@ impl WorkerApi for Api {
         }
     }
 
-    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Value>, ApiError> {
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobSummary>, ApiError> {
         let status = match filter.status.as_deref() {
             None => None,
             Some(text) => Some(
@@ -215,18 +213,14 @@ impl WorkerApi for Api {
             limit: filter.limit,
             before,
         };
-        let jobs = self.history.list_jobs(&filter).await.map_err(internal)?;
-        jobs.iter().map(to_json).collect()
+        self.history.list_jobs(&filter).await.map_err(internal)
     }
 
-    async fn get_job(&self, id: &str) -> Result<Option<Value>, ApiError> {
+    async fn get_job(&self, id: &str) -> Result<Option<JobDetail>, ApiError> {
         let Ok(id) = id.parse::<JobId>() else {
             return Ok(None);
         };
-        match self.history.get_job(&id).await.map_err(internal)? {
-            Some(job) => Ok(Some(to_json(&job)?)),
-            None => Ok(None),
-        }
+        self.history.get_job(&id).await.map_err(internal)
     }
 
     async fn run_runbook(&self, name: &str, request: RunRequest) -> Result<RunAccepted, ApiError> {

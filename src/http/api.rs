@@ -343,10 +343,7 @@ pub(crate) async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     match state.api.get_job(&id).await? {
-        Some(mut job) => {
-            bounds::bound_job(&mut job);
-            Ok(Json(job).into_response())
-        }
+        Some(job) => Ok(Json(bounds::bound_job(job)).into_response()),
         None => Err(no_job(&id)),
     }
 }

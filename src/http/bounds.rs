@@ -2,7 +2,9 @@
 //! job with a huge stream makes a response (or a dashboard page) grow without limit. What is
 //! left out is counted ("and N more"), never silently dropped.
 
-use serde_json::Value;
+use serde::Serialize;
+
+use crate::history::JobDetail;
 
 use super::{FileErrorView, RunbooksView};
 
@@ -67,28 +69,26 @@ pub(crate) fn bound_file_error(error: &mut FileErrorView) {
     ));
 }
 
-/// Cuts a job's `streams` to their first [`MAX_SHOWN_STREAM_ENTRIES`] entries and sets
-/// `streams_more` to how many were left out (0 when none).
-pub(crate) fn bound_job(job: &mut Value) {
-    let Some(object) = job.as_object_mut() else {
-        return;
-    };
-    let more = match object.get_mut("streams").and_then(Value::as_array_mut) {
-        Some(streams) => {
-            let more = streams.len().saturating_sub(MAX_SHOWN_STREAM_ENTRIES);
-            streams.truncate(MAX_SHOWN_STREAM_ENTRIES);
-            more
-        }
-        None => 0,
-    };
-    object.insert("streams_more".to_string(), Value::from(more));
+/// A job as the API and the dashboard show it: the history's record with its streams cut
+/// to their first [`MAX_SHOWN_STREAM_ENTRIES`] entries, and how many were left out.
+#[derive(Debug, Serialize)]
+pub(crate) struct ShownJob {
+    #[serde(flatten)]
+    pub job: JobDetail,
+    /// Stream entries left out (0 when none).
+    pub streams_more: usize,
+}
+
+pub(crate) fn bound_job(mut job: JobDetail) -> ShownJob {
+    let streams_more = job.streams.len().saturating_sub(MAX_SHOWN_STREAM_ENTRIES);
+    job.streams.truncate(MAX_SHOWN_STREAM_ENTRIES);
+    ShownJob { job, streams_more }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::http::RunbookView;
-    use serde_json::json;
 
     fn file_error(message: String) -> FileErrorView {
         FileErrorView {
@@ -149,21 +149,21 @@ mod tests {
 
     #[test]
     fn long_streams_are_cut_and_counted() {
-        let entries: Vec<Value> = (0..MAX_SHOWN_STREAM_ENTRIES + 11)
-            .map(|i| json!({"seq": i, "kind": "output", "text": "x"}))
-            .collect();
-        let mut job = json!({"id": "j", "streams": entries});
-        bound_job(&mut job);
+        let shown = bound_job(crate::http::fixtures::job_with_streams(
+            MAX_SHOWN_STREAM_ENTRIES + 11,
+        ));
+        assert_eq!(shown.job.streams.len(), MAX_SHOWN_STREAM_ENTRIES);
+        assert_eq!(shown.job.streams[0].seq, 1);
+        assert_eq!(shown.streams_more, 11);
+        let json = serde_json::to_value(&shown).unwrap();
+        assert_eq!(json["streams_more"], 11);
         assert_eq!(
-            job["streams"].as_array().unwrap().len(),
-            MAX_SHOWN_STREAM_ENTRIES
+            json["runbook"], "a",
+            "the record's own fields stay at the top"
         );
-        assert_eq!(job["streams"][0]["seq"], 0);
-        assert_eq!(job["streams_more"], 11);
 
-        let mut short = json!({"id": "j", "streams": [{"seq": 1}]});
-        bound_job(&mut short);
-        assert_eq!(short["streams"].as_array().unwrap().len(), 1);
-        assert_eq!(short["streams_more"], 0);
+        let short = bound_job(crate::http::fixtures::job_with_streams(1));
+        assert_eq!(short.job.streams.len(), 1);
+        assert_eq!(short.streams_more, 0);
     }
 }

@@ -17,6 +17,47 @@ mod bounds;
 mod dashboard;
 mod server;
 
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Job records built from the history's own types, for the unit tests of the pages.
+    use crate::history::JobDetail;
+
+    pub(crate) fn job_with_streams(count: usize) -> JobDetail {
+        use crate::history::{JobStatus, JobSummary, StreamEntry, StreamKind, Trigger};
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        JobDetail {
+            job: JobSummary {
+                id: "01HZX3J5Q5T4B5Y1C8W9Y6G0ZK".parse().unwrap(),
+                runbook: "a".into(),
+                file_hash: "h".into(),
+                trigger: Trigger::Manual,
+                status: JobStatus::Completed,
+                dry_run: false,
+                past_due: false,
+                scheduled_for: None,
+                created_at: at,
+                started_at: Some(at),
+                ended_at: Some(at),
+                duration_ms: Some(0),
+                summary: None,
+                error: None,
+            },
+            params: Default::default(),
+            steps: vec![],
+            streams: (1..=count as u64)
+                .map(|seq| StreamEntry {
+                    seq,
+                    kind: StreamKind::Output,
+                    time: at,
+                    text: "x".into(),
+                    data: None,
+                })
+                .collect(),
+            dropped: Default::default(),
+        }
+    }
+}
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +73,8 @@ use axum::routing::{MethodRouter, get, post};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+
+use crate::history::{JobDetail, JobSummary};
 
 pub use auth::ApiAuth;
 /// The router type `serve` hands to [`serve`]; re-exported so no other module names axum.
@@ -133,15 +176,12 @@ pub trait WorkerApi: Send + Sync + 'static {
     /// What `/readyz` reports. Cheap and never blocking: probes call it every few seconds.
     fn readiness(&self) -> Readiness;
 
-    /// Jobs from the history, newest first, as the history module serialises them (at least
-    /// `id`, `runbook`, `trigger`, `status`, `scheduled_for`, `started_at`, `ended_at`,
-    /// `dry_run`, `steps`, `error`).
-    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<serde_json::Value>, ApiError>;
+    /// Jobs from the history, newest first: the history's own records, so that what the
+    /// API and the dashboard show cannot drift from what is stored.
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobSummary>, ApiError>;
 
-    /// One job with its detail, including `streams`
-    /// (`[{seq, kind: output|warning|error|plan|progress, time, text}]`); `None` when no job
-    /// has that id.
-    async fn get_job(&self, id: &str) -> Result<Option<serde_json::Value>, ApiError>;
+    /// One job with its steps and streams; `None` when no job has that id.
+    async fn get_job(&self, id: &str) -> Result<Option<JobDetail>, ApiError>;
 
     /// Starts a job of runbook `name` now. [`ApiError::NotFound`] when no runbook has that
     /// name, [`ApiError::BadRequest`] for parameters the runbook rejects,

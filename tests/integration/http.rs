@@ -13,11 +13,13 @@ use serde_json::{Value, json};
 
 use crate::support::http::{
     Call, FakeWorker, HOSTILE_DESCRIPTION, TOKEN, WRONG_TOKEN, artifacts_dir, bearer, chromium,
-    open_half_requests, params, read_until_closed, spawn, spawn_limited, spawn_with, still_open,
+    job, new_job_id, open_half_requests, params, read_until_closed, spawn, spawn_limited,
+    spawn_with, still_open,
 };
 use crate::support::wait_until;
 use crate::support::worker::{InProcess, runbook};
 use runbook_worker::history::Trigger;
+use runbook_worker::history::{JobStatus, StreamKind};
 
 fn loopback_with_token() -> ApiAuth {
     ApiAuth::new(Some(TOKEN.into()), true)
@@ -161,7 +163,7 @@ async fn runbooks_are_listed_with_schedule_next_run_status_and_errors() {
     assert_eq!(archive["next_run"], "2024-05-01T00:30:00Z");
     assert_eq!(archive["enabled"], true);
     assert_eq!(archive["last_status"], "Completed");
-    assert_eq!(archive["last_job_id"], "job-1");
+    assert_eq!(archive["last_job_id"], "01HWVD8Q0G0000000000000001");
     assert_eq!(archive["validation_error"], Value::Null);
     assert_eq!(runbooks[1]["validation_error"]["line"], 7);
     assert_eq!(runbooks[2]["schedule"], Value::Null);
@@ -206,7 +208,7 @@ async fn jobs_are_listed_with_the_filter_passed_through() {
     let body = json_of(response).await;
     let jobs = body["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 1);
-    assert_eq!(jobs[0]["id"], "job-1");
+    assert_eq!(jobs[0]["id"], "01HWVD8Q0G0000000000000001");
     assert_eq!(
         server.worker.calls(),
         vec![Call::ListJobs(JobFilter {
@@ -249,18 +251,18 @@ async fn bad_job_queries_are_400_with_a_json_error_and_reach_no_one() {
 #[tokio::test]
 async fn a_job_is_returned_with_its_streams_and_an_unknown_one_is_404() {
     let server = spawn(loopback_with_token()).await;
-    let body = json_of(server.get("/api/jobs/job-1").await).await;
+    let body = json_of(server.get("/api/jobs/01HWVD8Q0G0000000000000001").await).await;
     assert_eq!(body["status"], "Completed");
     assert_eq!(body["streams"].as_array().unwrap().len(), 4);
     assert_eq!(body["steps"][1]["done"], 37);
 
-    let response = server.get("/api/jobs/job-404").await;
+    let response = server.get("/api/jobs/01HWVD8Q0G0000000000000404").await;
     assert_eq!(response.status(), 404);
     assert!(
         json_of(response).await["error"]
             .as_str()
             .unwrap()
-            .contains("job-404")
+            .contains("01HWVD8Q0G0000000000000404")
     );
     server.stop().await;
 }
@@ -276,9 +278,12 @@ async fn a_run_with_the_token_starts_a_job_and_answers_202() {
         )
         .await;
     assert_eq!(response.status(), 202);
-    assert_eq!(response.headers()["location"], "/api/jobs/job-new-4");
+    assert_eq!(
+        response.headers()["location"],
+        format!("/api/jobs/{}", new_job_id(4)).as_str()
+    );
     let body = json_of(response).await;
-    assert_eq!(body["job_id"], "job-new-4");
+    assert_eq!(body["job_id"], new_job_id(4));
     assert_eq!(body["runbook"], "archive-old-mailboxes");
 
     // No body at all is a run without parameters; the dashboard's header marks its runs.
@@ -316,7 +321,13 @@ async fn a_run_with_the_token_starts_a_job_and_answers_202() {
         ]
     );
     // The new job is readable at once.
-    assert_eq!(server.get("/api/jobs/job-new-4").await.status(), 200);
+    assert_eq!(
+        server
+            .get(&format!("/api/jobs/{}", new_job_id(4)))
+            .await
+            .status(),
+        200
+    );
     server.stop().await;
 }
 
@@ -374,16 +385,24 @@ async fn cancel_answers_202_409_or_404() {
     let server = spawn(loopback_with_token()).await;
     let auth = bearer(TOKEN);
     let response = server
-        .post("/api/jobs/job-3/cancel", Some(&auth), None)
+        .post(
+            "/api/jobs/01HWVD8Q0G0000000000000003/cancel",
+            Some(&auth),
+            None,
+        )
         .await;
     assert_eq!(response.status(), 202);
     assert_eq!(
         json_of(response).await,
-        json!({"job_id": "job-3", "cancel": "requested"})
+        json!({"job_id": "01HWVD8Q0G0000000000000003", "cancel": "requested"})
     );
 
     let response = server
-        .post("/api/jobs/job-1/cancel", Some(&auth), None)
+        .post(
+            "/api/jobs/01HWVD8Q0G0000000000000001/cancel",
+            Some(&auth),
+            None,
+        )
         .await;
     assert_eq!(response.status(), 409);
     assert!(
@@ -394,15 +413,19 @@ async fn cancel_answers_202_409_or_404() {
     );
 
     let response = server
-        .post("/api/jobs/job-404/cancel", Some(&auth), None)
+        .post(
+            "/api/jobs/01HWVD8Q0G0000000000000404/cancel",
+            Some(&auth),
+            None,
+        )
         .await;
     assert_eq!(response.status(), 404);
     assert_eq!(
         server.worker.changes(),
         vec![
-            Call::Cancel("job-3".into()),
-            Call::Cancel("job-1".into()),
-            Call::Cancel("job-404".into())
+            Call::Cancel("01HWVD8Q0G0000000000000003".into()),
+            Call::Cancel("01HWVD8Q0G0000000000000001".into()),
+            Call::Cancel("01HWVD8Q0G0000000000000404".into())
         ]
     );
     server.stop().await;
@@ -496,7 +519,7 @@ async fn the_change_routes_need_the_right_bearer_token_and_a_refusal_changes_not
         let server = spawn(ApiAuth::new(token, loopback)).await;
         for path in [
             "/api/runbooks/archive-old-mailboxes/run",
-            "/api/jobs/job-3/cancel",
+            "/api/jobs/01HWVD8Q0G0000000000000003/cancel",
         ] {
             let response = server.post(path, authorization, Some("{}")).await;
             let status = response.status().as_u16();
@@ -572,10 +595,10 @@ async fn reads_are_open_on_loopback_only_and_otherwise_need_the_token() {
             "/api/runbooks",
             "/api/runbooks/quota-report",
             "/api/jobs",
-            "/api/jobs/job-1",
+            "/api/jobs/01HWVD8Q0G0000000000000001",
             "/api/occurrences?runbook=quota-report",
             "/",
-            "/jobs/job-1",
+            "/jobs/01HWVD8Q0G0000000000000001",
         ] {
             let mut request = server.client.get(server.url(path));
             if let Some(value) = authorization {
@@ -665,12 +688,12 @@ async fn the_token_never_appears_in_a_response_or_the_log() {
                 ),
                 ("POST", "/api/runbooks/explodes/run", None),
                 ("POST", "/api/runbooks/nope/run", Some("not json")),
-                ("POST", "/api/jobs/job-3/cancel", None),
+                ("POST", "/api/jobs/01HWVD8Q0G0000000000000003/cancel", None),
                 ("GET", "/api/runbooks", None),
                 ("GET", "/api/jobs", None),
-                ("GET", "/api/jobs/job-1", None),
+                ("GET", "/api/jobs/01HWVD8Q0G0000000000000001", None),
                 ("GET", "/", None),
-                ("GET", "/jobs/job-1", None),
+                ("GET", "/jobs/01HWVD8Q0G0000000000000001", None),
                 ("GET", "/jobs/missing", None),
                 ("GET", "/readyz", None),
                 ("GET", "/metrics", None),
@@ -704,7 +727,7 @@ async fn the_token_never_appears_in_a_response_or_the_log() {
     }
     let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
 
-    assert!(seen.contains("job-new-"), "the right token did run a job");
+    assert!(seen.contains("01HWVD8Q0J"), "the right token did run a job");
     assert!(
         seen.contains("the API token is wrong"),
         "the wrong token was refused"
@@ -761,7 +784,12 @@ async fn the_dashboard_escapes_everything_it_shows() {
     );
     assert!(!html.contains(TOKEN));
 
-    let job = server.get("/jobs/job-1").await.text().await.unwrap();
+    let job = server
+        .get("/jobs/01HWVD8Q0G0000000000000001")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(
         job.contains("3 mailboxes on litigation hold &lt;skipped&gt;"),
         "{job}"
@@ -832,7 +860,7 @@ async fn the_dashboard_renders_in_headless_chromium() {
         "keeps running",
         r#"class="status status-failed""#,
         r#"data-action="run" data-runbook="quota-report""#,
-        r#"href="/jobs/job-2""#,
+        r#"href="/jobs/01HWVD8Q0G0000000000000002""#,
     ] {
         assert!(dom.contains(needle), "{needle} missing in the DOM:\n{dom}");
     }
@@ -844,9 +872,13 @@ async fn the_dashboard_renders_in_headless_chromium() {
         "{dom}"
     );
 
-    let dom = chromium(&server.url("/jobs/job-1"), &["--dump-dom".to_string()]).await;
+    let dom = chromium(
+        &server.url("/jobs/01HWVD8Q0G0000000000000001"),
+        &["--dump-dom".to_string()],
+    )
+    .await;
     for needle in [
-        "job-1",
+        "01HWVD8Q0G0000000000000001",
         r#"id="job-status">Completed"#,
         "enable-archive",
         "412 mailboxes read, 40 inactive for 90 days",
@@ -857,7 +889,10 @@ async fn the_dashboard_renders_in_headless_chromium() {
         assert!(dom.contains(needle), "{needle} missing in the DOM:\n{dom}");
     }
 
-    for (path, file) in [("/", "dashboard.png"), ("/jobs/job-2", "dashboard-job.png")] {
+    for (path, file) in [
+        ("/", "dashboard.png"),
+        ("/jobs/01HWVD8Q0G0000000000000002", "dashboard-job.png"),
+    ] {
         let png = artifacts.join(file);
         let _ = std::fs::remove_file(&png);
         chromium(
@@ -926,7 +961,10 @@ async fn the_run_now_button_starts_a_job_from_a_real_browser() {
     )
     .await;
     assert!(
-        dom.contains(r#"<pre id="outcome">done: Started job job-new-4</pre>"#),
+        dom.contains(&format!(
+            r#"<pre id="outcome">done: Started job {}</pre>"#,
+            new_job_id(4)
+        )),
         "the dialog did not report the job:\n{dom}"
     );
     assert_eq!(
@@ -1323,6 +1361,7 @@ async fn the_worker_api_shows_relative_files_and_lists_nothing_before_1970() {
 /// that say how much they leave out, on the API and the dashboard.
 #[tokio::test]
 async fn long_lists_and_streams_are_cut_with_a_count_of_what_is_left_out() {
+    const BIG_JOB: &str = "01HWVD8Q0K0000000000000001";
     let worker = FakeWorker::canned();
     {
         let mut view = worker.runbooks.lock().unwrap();
@@ -1333,14 +1372,19 @@ async fn long_lists_and_streams_are_cut_with_a_count_of_what_is_left_out() {
                 ..template.clone()
             });
         }
-        let entries: Vec<Value> = (0..6000)
-            .map(|i| json!({"seq": i, "kind": "output", "time": "2024-05-01T00:30:01Z", "text": "line"}))
+        let entries: Vec<(StreamKind, &str, &str)> = (0..6000)
+            .map(|_| (StreamKind::Output, "2024-05-01T00:30:01Z", "line"))
             .collect();
-        worker.jobs.lock().unwrap().push(json!({
-            "id": "job-big", "runbook": "quota-report", "trigger": "manual", "status": "Completed",
-            "scheduled_for": "2024-05-01T00:30:00Z", "dry_run": false, "steps": [], "error": null,
-            "streams": entries,
-        }));
+        worker.jobs.lock().unwrap().push(job(
+            BIG_JOB,
+            "quota-report",
+            Trigger::Manual,
+            JobStatus::Completed,
+            ("2024-05-01T00:30:00Z", None, None),
+            vec![],
+            None,
+            entries,
+        ));
     }
     let server = spawn_with(worker, loopback_with_token(), None).await;
 
@@ -1350,7 +1394,7 @@ async fn long_lists_and_streams_are_cut_with_a_count_of_what_is_left_out() {
     assert_eq!(view["more_runbooks"], 603 - 500);
     assert_eq!(view["more_invalid_files"], 0);
 
-    let job = json_of(server.get("/api/jobs/job-big").await).await;
+    let job = json_of(server.get(&format!("/api/jobs/{BIG_JOB}")).await).await;
     assert_eq!(job["streams"].as_array().unwrap().len(), 5000);
     assert_eq!(job["streams_more"], 1000);
 
@@ -1359,7 +1403,12 @@ async fn long_lists_and_streams_are_cut_with_a_count_of_what_is_left_out() {
         index.contains("and 103 more runbooks"),
         "no marker on the index page"
     );
-    let page = server.get("/jobs/job-big").await.text().await.unwrap();
+    let page = server
+        .get(&format!("/jobs/{BIG_JOB}"))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(
         page.contains("and 1000 more stream records"),
         "no marker on the job page"

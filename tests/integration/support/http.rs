@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use runbook_worker::history::{
+    JobDetail, JobStatus, JobSummary, StepCounts, StreamEntry, StreamKind, Trigger,
+};
 use runbook_worker::http::{
     self, ApiAuth, ApiError, CancelOutcome, FileErrorView, JobFilter, Readiness, RunAccepted,
     RunRequest, RunbookView, RunbooksView, ServerLimits, WorkerApi,
@@ -45,12 +48,98 @@ impl Call {
     }
 }
 
+/// Job ids of the canned jobs (real ULIDs, as the history makes them).
+pub const JOB_1: &str = "01HWVD8Q0G0000000000000001";
+pub const JOB_2: &str = "01HWVD8Q0G0000000000000002";
+pub const JOB_3: &str = "01HWVD8Q0G0000000000000003";
+/// A well-formed id no canned job has.
+pub const JOB_404: &str = "01HWVD8Q0G0000000000000404";
+
+fn instant(text: &str) -> chrono::DateTime<Utc> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("bad fixture instant {text}: {e}"))
+        .with_timezone(&Utc)
+}
+
+pub fn step(
+    name: &str,
+    read: u64,
+    done: u64,
+    failed: u64,
+    skipped: u64,
+    planned: u64,
+) -> StepCounts {
+    StepCounts {
+        step: name.into(),
+        records_read: read,
+        done,
+        failed,
+        skipped,
+        writes_planned: planned,
+    }
+}
+
+/// A job record built from the history's own types, as `get_job` returns it.
+#[allow(clippy::too_many_arguments)]
+pub fn job(
+    id: &str,
+    runbook: &str,
+    trigger: Trigger,
+    status: JobStatus,
+    (scheduled, started, ended): (&str, Option<&str>, Option<&str>),
+    steps: Vec<StepCounts>,
+    error: Option<&str>,
+    streams: Vec<(StreamKind, &str, &str)>,
+) -> JobDetail {
+    let started_at = started.map(instant);
+    let ended_at = ended.map(instant);
+    JobDetail {
+        job: JobSummary {
+            id: id.parse().expect("a ULID"),
+            runbook: runbook.into(),
+            file_hash: "0".repeat(64),
+            trigger,
+            status,
+            dry_run: false,
+            past_due: false,
+            scheduled_for: Some(instant(scheduled)),
+            created_at: instant(scheduled),
+            started_at,
+            ended_at,
+            duration_ms: started_at
+                .zip(ended_at)
+                .map(|(s, e)| (e - s).num_milliseconds()),
+            summary: None,
+            error: error.map(str::to_string),
+        },
+        params: Default::default(),
+        steps,
+        streams: streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, (kind, time, text))| StreamEntry {
+                seq: i as u64 + 1,
+                kind,
+                time: instant(time),
+                text: text.into(),
+                data: None,
+            })
+            .collect(),
+        dropped: Default::default(),
+    }
+}
+
+/// The id the fake worker gives the `n`th job (counting the canned ones) a run starts.
+pub fn new_job_id(n: usize) -> String {
+    format!("01HWVD8Q0J{n:016}")
+}
+
 /// A worker with canned data that records what it is asked.
 #[derive(Debug)]
 pub struct FakeWorker {
     pub runbooks: Mutex<RunbooksView>,
     pub readiness: Mutex<Readiness>,
-    pub jobs: Mutex<Vec<Value>>,
+    pub jobs: Mutex<Vec<JobDetail>>,
     calls: Mutex<Vec<Call>>,
 }
 
@@ -70,7 +159,7 @@ impl FakeWorker {
                     next_run: at(0, 30, 0),
                     enabled: true,
                     last_status: Some("Completed".into()),
-                    last_job_id: Some("job-1".into()),
+                    last_job_id: Some(JOB_1.into()),
                     validation_error: None,
                 },
                 RunbookView {
@@ -82,7 +171,7 @@ impl FakeWorker {
                     next_run: at(3, 15, 0),
                     enabled: true,
                     last_status: Some("Failed".into()),
-                    last_job_id: Some("job-2".into()),
+                    last_job_id: Some(JOB_2.into()),
                     validation_error: Some(FileErrorView {
                         file: "runbooks/forwarding-cleanup.toml".into(),
                         line: Some(7),
@@ -111,42 +200,79 @@ impl FakeWorker {
             }],
         };
         let jobs = vec![
-            json!({
-                "id": "job-3", "runbook": "archive-old-mailboxes", "trigger": "manual",
-                "status": "Running", "scheduled_for": "2024-05-01T02:40:00Z",
-                "started_at": "2024-05-01T02:40:00.020Z", "ended_at": null, "dry_run": false,
-                "steps": [{"step": "find", "records_read": 120, "done": 0, "failed": 0, "skipped": 0, "writes_planned": 0}],
-                "error": null, "streams": [],
-            }),
-            json!({
-                "id": "job-2", "runbook": "forwarding-cleanup", "trigger": "schedule",
-                "status": "Failed", "scheduled_for": "2024-05-01T02:15:00Z",
-                "started_at": "2024-05-01T02:15:00.012Z", "ended_at": "2024-05-01T02:15:09.500Z",
-                "dry_run": false,
-                "steps": [{"step": "clear-forwarding", "records_read": 40, "done": 12, "failed": 1, "skipped": 27, "writes_planned": 0}],
-                "error": "Set-Mailbox failed for 1 mailbox: access denied",
-                "streams": [
-                    {"seq": 1, "kind": "output", "time": "2024-05-01T02:15:03Z", "text": "40 mailboxes with forwarding"},
-                    {"seq": 2, "kind": "error", "time": "2024-05-01T02:15:09Z", "text": "Set-Mailbox bob@contoso.example: access denied"},
+            job(
+                JOB_3,
+                "archive-old-mailboxes",
+                Trigger::Manual,
+                JobStatus::Running,
+                (
+                    "2024-05-01T02:40:00Z",
+                    Some("2024-05-01T02:40:00.020Z"),
+                    None,
+                ),
+                vec![step("find", 120, 0, 0, 0, 0)],
+                None,
+                vec![],
+            ),
+            job(
+                JOB_2,
+                "forwarding-cleanup",
+                Trigger::Schedule,
+                JobStatus::Failed,
+                (
+                    "2024-05-01T02:15:00Z",
+                    Some("2024-05-01T02:15:00.012Z"),
+                    Some("2024-05-01T02:15:09.500Z"),
+                ),
+                vec![step("clear-forwarding", 40, 12, 1, 27, 0)],
+                Some("Set-Mailbox failed for 1 mailbox: access denied"),
+                vec![
+                    (
+                        StreamKind::Output,
+                        "2024-05-01T02:15:03Z",
+                        "40 mailboxes with forwarding",
+                    ),
+                    (
+                        StreamKind::Error,
+                        "2024-05-01T02:15:09Z",
+                        "Set-Mailbox bob@contoso.example: access denied",
+                    ),
                 ],
-            }),
-            json!({
-                "id": "job-1", "runbook": "archive-old-mailboxes", "trigger": "schedule",
-                "status": "Completed", "scheduled_for": "2024-05-01T00:30:00Z",
-                "started_at": "2024-05-01T00:30:00.008Z", "ended_at": "2024-05-01T00:32:05Z",
-                "dry_run": false,
-                "steps": [
-                    {"step": "find-inactive", "records_read": 412, "done": 0, "failed": 0, "skipped": 0, "writes_planned": 0},
-                    {"step": "enable-archive", "records_read": 0, "done": 37, "failed": 0, "skipped": 3, "writes_planned": 0},
+            ),
+            job(
+                JOB_1,
+                "archive-old-mailboxes",
+                Trigger::Schedule,
+                JobStatus::Completed,
+                (
+                    "2024-05-01T00:30:00Z",
+                    Some("2024-05-01T00:30:00.008Z"),
+                    Some("2024-05-01T00:32:05Z"),
+                ),
+                vec![
+                    step("find-inactive", 412, 0, 0, 0, 0),
+                    step("enable-archive", 0, 37, 0, 3, 0),
                 ],
-                "error": null,
-                "streams": [
-                    {"seq": 1, "kind": "progress", "time": "2024-05-01T00:30:01Z", "text": "page 1 of 1"},
-                    {"seq": 2, "kind": "output", "time": "2024-05-01T00:31:00Z", "text": "412 mailboxes read, 40 inactive for 90 days"},
-                    {"seq": 3, "kind": "warning", "time": "2024-05-01T00:31:30Z", "text": "3 mailboxes on litigation hold <skipped>"},
-                    {"seq": 4, "kind": "output", "time": "2024-05-01T00:32:05Z", "text": "archive enabled for 37 mailboxes"},
+                None,
+                vec![
+                    (StreamKind::Progress, "2024-05-01T00:30:01Z", "page 1 of 1"),
+                    (
+                        StreamKind::Output,
+                        "2024-05-01T00:31:00Z",
+                        "412 mailboxes read, 40 inactive for 90 days",
+                    ),
+                    (
+                        StreamKind::Warning,
+                        "2024-05-01T00:31:30Z",
+                        "3 mailboxes on litigation hold <skipped>",
+                    ),
+                    (
+                        StreamKind::Output,
+                        "2024-05-01T00:32:05Z",
+                        "archive enabled for 37 mailboxes",
+                    ),
                 ],
-            }),
+            ),
         ];
         Arc::new(Self {
             runbooks: Mutex::new(runbooks),
@@ -189,22 +315,28 @@ impl WorkerApi for FakeWorker {
         self.readiness.lock().unwrap().clone()
     }
 
-    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Value>, ApiError> {
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobSummary>, ApiError> {
         self.record(Call::ListJobs(filter.clone()));
         let jobs = self.jobs.lock().unwrap();
         Ok(jobs
             .iter()
-            .filter(|j| filter.runbook.as_ref().is_none_or(|r| j["runbook"] == **r))
-            .filter(|j| filter.status.as_ref().is_none_or(|s| j["status"] == **s))
+            .map(|j| &j.job)
+            .filter(|j| filter.runbook.as_ref().is_none_or(|r| j.runbook == *r))
+            .filter(|j| {
+                filter
+                    .status
+                    .as_ref()
+                    .is_none_or(|s| j.status.as_str().eq_ignore_ascii_case(s))
+            })
             .take(filter.limit)
             .cloned()
             .collect())
     }
 
-    async fn get_job(&self, id: &str) -> Result<Option<Value>, ApiError> {
+    async fn get_job(&self, id: &str) -> Result<Option<JobDetail>, ApiError> {
         self.record(Call::GetJob(id.to_string()));
         let jobs = self.jobs.lock().unwrap();
-        Ok(jobs.iter().find(|j| j["id"] == id).cloned())
+        Ok(jobs.iter().find(|j| j.job.id.as_str() == id).cloned())
     }
 
     async fn run_runbook(&self, name: &str, request: RunRequest) -> Result<RunAccepted, ApiError> {
@@ -239,24 +371,32 @@ impl WorkerApi for FakeWorker {
             ));
         }
         let mut jobs = self.jobs.lock().unwrap();
-        let id = format!("job-new-{}", jobs.len() + 1);
-        jobs.insert(
-            0,
-            json!({"id": id, "runbook": name, "trigger": "api", "status": "Queued", "dry_run": request.dry_run}),
+        let id = new_job_id(jobs.len() + 1);
+        let mut queued = job(
+            &id,
+            name,
+            Trigger::Api,
+            JobStatus::Queued,
+            ("2024-05-01T03:00:00Z", None, None),
+            vec![],
+            None,
+            vec![],
         );
+        queued.job.dry_run = request.dry_run;
+        jobs.insert(0, queued);
         Ok(RunAccepted { job_id: id })
     }
 
     async fn cancel_job(&self, id: &str) -> Result<CancelOutcome, ApiError> {
         self.record(Call::Cancel(id.to_string()));
         let jobs = self.jobs.lock().unwrap();
-        Ok(match jobs.iter().find(|j| j["id"] == id) {
+        Ok(match jobs.iter().find(|j| j.job.id.as_str() == id) {
             None => CancelOutcome::NotFound,
-            Some(job) if job["status"] == "Running" || job["status"] == "Queued" => {
+            Some(job) if matches!(job.job.status, JobStatus::Running | JobStatus::Queued) => {
                 CancelOutcome::Requested
             }
             Some(job) => CancelOutcome::NotRunning {
-                status: job["status"].as_str().unwrap_or("unknown").to_string(),
+                status: job.job.status.to_string(),
             },
         })
     }
