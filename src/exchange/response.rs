@@ -328,9 +328,12 @@ pub fn retry_after_from_message(message: &str) -> Option<Duration> {
     let lower = message.to_ascii_lowercase();
     let at = lower.rfind("second")?;
     let before = lower[..at].trim_end();
+    // The number is the ASCII run before "second"; the character before it may be wider
+    // than one byte (found by fuzzing: "é5 seconds" sliced inside the "é").
     let start = before
-        .rfind(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rfind(|(_, c)| !(c.is_ascii_digit() || *c == '.'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     parse_retry_after(&before[start..])
 }
 
@@ -524,6 +527,7 @@ mod tests {
             ),
             ("wait 0.25 second", Some(Duration::from_millis(250))),
             ("Please wait and try again", None),
+            ("Réessayez dans é5 secondes", Some(Duration::from_secs(5))),
             (
                 "Try again in 99999999999999999999999 seconds.",
                 Some(Duration::MAX),
