@@ -10,6 +10,7 @@ mod deploy;
 mod exchange;
 mod executor;
 mod history;
+mod history_blob;
 mod http;
 mod identity;
 mod opscli;
