@@ -143,16 +143,19 @@ fn rows(jobs: &[JobSummary]) -> Vec<Row> {
         .collect()
 }
 
+/// A job's kept entries (seq, kind, text), dropped counts and steps.
+type Detail = (
+    Vec<(u64, StreamKind, String)>,
+    BTreeMap<StreamKind, u64>,
+    Vec<StepCounts>,
+);
+
 /// What the contract observed, id-free so that both stores can be compared.
 #[derive(Debug, PartialEq)]
 struct Observed {
     lists: Vec<(String, Vec<Row>)>,
     pages: Vec<Vec<Row>>,
-    detail: (
-        Vec<(u64, StreamKind, String)>,
-        BTreeMap<StreamKind, u64>,
-        Vec<StepCounts>,
-    ),
+    detail: Detail,
     refused: Vec<String>,
     last_status: BTreeMap<String, (JobStatus, DateTime<Utc>)>,
     last_occurrence: BTreeMap<String, DateTime<Utc>>,

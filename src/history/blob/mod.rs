@@ -25,7 +25,7 @@
 //! | `history/index/runbook/{runbook}/{inv}` | the same, per runbook |
 //! | `history/index/status/{status}/{inv}` | the same, per status the job has been in; entries of Queued and Running are deleted when it leaves them |
 //! | `history/index/runbook-status/{runbook}/{status}/{inv}` | the same, per runbook and status |
-//! | `history/runbooks/{runbook}` | one per runbook with jobs: its latest scheduled occurrence (body and metadata), for `last_occurrence_per_runbook` and the list of runbooks |
+//! | `history/runbooks/{runbook}` | one per runbook ever recorded (never deleted): its latest scheduled occurrence among the jobs kept (body and metadata), for `last_occurrence_per_runbook` and the list of runbooks |
 //! | `history/prune.lock` | empty; its lease makes one replica the pruner of a pass |
 //!
 //! Blob index tags were not used for the indexes: Azurite 3.37 does implement Find Blobs by

@@ -10,8 +10,8 @@ use azure_core::error::ErrorKind;
 use azure_core::http::headers::HeaderName;
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RequestContent, RetryOptions, Url};
 use azure_storage_blob::models::{
-    BlobClientAcquireLeaseOptions, BlobClientDeleteOptions, BlobClientUploadOptions,
-    BlobContainerClientListBlobsOptions, BlobItem, ListBlobsIncludeItem,
+    BlobClientAcquireLeaseOptions, BlobClientUploadOptions, BlobContainerClientListBlobsOptions,
+    BlobItem, ListBlobsIncludeItem,
 };
 use azure_storage_blob::{BlobClient, BlobContainerClient, BlobContainerClientOptions};
 use chrono::{DateTime, Utc};
@@ -62,51 +62,45 @@ impl Fault {
 
     fn error(self, operation: &'static str, blob: &str) -> BlobHistoryError {
         let blob = blob.to_string();
-        match self {
-            Fault::Http {
-                status: status @ (401 | 403),
-                code,
-                request_id,
-            } => BlobHistoryError::Forbidden {
-                operation,
-                blob,
-                status,
-                code: code.unwrap_or_else(|| "without error code".into()),
-                request_id: request_id.unwrap_or_else(|| "none".into()),
-            },
-            Fault::Http {
-                status: 409 | 412, ..
-            } => BlobHistoryError::Conflict { blob },
-            Fault::Http {
-                status,
-                code,
-                request_id,
-            } if (400..500).contains(&status) && !matches!(status, 408 | 429) => {
-                BlobHistoryError::Refused {
+        let (status, code, request_id) = match self {
+            Fault::Unreachable(detail) => {
+                return BlobHistoryError::Unreachable {
                     operation,
                     blob,
-                    status,
-                    code: code.unwrap_or_else(|| "without error code".into()),
-                    request_id: request_id.unwrap_or_else(|| "none".into()),
-                }
+                    detail,
+                };
             }
             Fault::Http {
                 status,
                 code,
                 request_id,
-            } => BlobHistoryError::Unreachable {
+            } => (
+                status,
+                code.unwrap_or_else(|| "without error code".into()),
+                request_id.unwrap_or_else(|| "none".into()),
+            ),
+        };
+        match status {
+            401 | 403 => BlobHistoryError::Forbidden {
                 operation,
                 blob,
-                detail: format!(
-                    "HTTP {status} {} (request id {})",
-                    code.as_deref().unwrap_or("without error code"),
-                    request_id.as_deref().unwrap_or("none")
-                ),
+                status,
+                code,
+                request_id,
             },
-            Fault::Unreachable(detail) => BlobHistoryError::Unreachable {
+            409 | 412 => BlobHistoryError::Conflict { blob },
+            // Throttling and timeouts are the service not answering in time, not a refusal.
+            400..=499 if !matches!(status, 408 | 429) => BlobHistoryError::Refused {
                 operation,
                 blob,
-                detail,
+                status,
+                code,
+                request_id,
+            },
+            _ => BlobHistoryError::Unreachable {
+                operation,
+                blob,
+                detail: format!("HTTP {status} {code} (request id {request_id})"),
             },
         }
     }
@@ -154,6 +148,9 @@ struct Inner {
     clock: SharedClock,
     ids: IdGenerator,
     container_ready: OnceCell<()>,
+    /// The latest occurrence this store knows each runbook marker holds, so that most jobs
+    /// skip the marker's read-modify-write. The lock is never held across an await.
+    noted: std::sync::Mutex<HashMap<String, Option<DateTime<Utc>>>>,
 }
 
 impl std::fmt::Debug for BlobHistoryStore {
@@ -251,6 +248,7 @@ impl BlobHistoryStore {
                 clock,
                 ids: IdGenerator::default(),
                 container_ready: OnceCell::new(),
+                noted: std::sync::Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -533,7 +531,22 @@ impl BlobHistoryStore {
         occurrence: Option<DateTime<Utc>>,
     ) -> Result<(), BlobHistoryError> {
         let name = self.layout().runbook_marker(runbook);
-        for _ in 0..WRITE_ATTEMPTS {
+        let known = self
+            .inner
+            .noted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(runbook)
+            .copied();
+        if known.is_some_and(|noted| noted >= occurrence) {
+            return Ok(());
+        }
+        for attempt in 0..WRITE_ATTEMPTS {
+            if attempt > 0 {
+                // Spread racing replicas out so that one of them wins the next round.
+                let jitter = rand::random_range(5..25u64) * u64::from(attempt);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
             let current = self.download(&name).await?;
             let mut marker = match &current {
                 Some((body, _)) => serde_json::from_slice::<RunbookMarker>(body).map_err(|e| {
@@ -549,6 +562,7 @@ impl BlobHistoryStore {
             };
             let newer = occurrence.is_some_and(|at| marker.last_occurrence < Some(at));
             if current.is_some() && !newer {
+                self.remember_marker(runbook, marker.last_occurrence);
                 return Ok(());
             }
             if newer {
@@ -565,10 +579,21 @@ impl BlobHistoryStore {
                 .await?
                 .is_some()
             {
+                self.remember_marker(runbook, marker.last_occurrence);
                 return Ok(());
             }
         }
         Err(BlobHistoryError::Conflict { blob: name })
+    }
+
+    fn remember_marker(&self, runbook: &str, occurrence: Option<DateTime<Utc>>) {
+        let mut noted = self
+            .inner
+            .noted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = noted.entry(runbook.to_string()).or_insert(occurrence);
+        *entry = (*entry).max(occurrence);
     }
 
     /// Records a job that became due, as Queued. Its `created_at` is now.
@@ -999,10 +1024,11 @@ impl BlobHistoryStore {
         Ok(Some(record.runbook))
     }
 
-    /// After a pass, brings the marker of each runbook that lost jobs back in line with the
-    /// jobs left, as the SQLite store answers from the rows it still has: deleted when the
-    /// runbook has no job left, its latest occurrence recomputed otherwise. Conditional on the
-    /// marker's ETag: a job recorded meanwhile wins.
+    /// After a pass, brings the latest occurrence in the marker of each runbook that lost jobs
+    /// back in line with the jobs left, as the SQLite store answers from the rows it still
+    /// has (none when no scheduled job is left). Markers are never deleted, so that a replica's
+    /// cache of them ([`Inner::noted`]) stays true. Conditional on the marker's ETag: a job
+    /// recorded meanwhile wins.
     async fn refresh_markers(&self, runbooks: &[String]) -> Result<(), BlobHistoryError> {
         for runbook in runbooks {
             let name = self.layout().runbook_marker(runbook);
@@ -1027,18 +1053,6 @@ impl BlobHistoryStore {
             .await?;
             for id in unread {
                 rows.extend(self.get_listed(&id).await?.map(|listed| listed.job));
-            }
-            if rows.is_empty() {
-                let options = BlobClientDeleteOptions {
-                    if_match: Some(etag.into()),
-                    ..Default::default()
-                };
-                match self.call(self.blob(&name).delete(Some(options))).await {
-                    Ok(_) => {}
-                    Err(f) if matches!(f.status(), Some(404 | 409 | 412)) => {}
-                    Err(f) => return Err(f.error("delete", &name)),
-                }
-                continue;
             }
             let marker = RunbookMarker {
                 runbook: runbook.clone(),
