@@ -20,8 +20,8 @@ use runbook_worker::history::blob::{
     BlobHistoryError, BlobHistoryOptions, BlobHistoryStore, PruneOutcome,
 };
 use runbook_worker::history::{
-    HistorySettings, HistoryStore, JobFilter, JobId, JobStatus, JobSummary, NewJob, NewStreamEntry,
-    Outcome, StepCounts, StreamKind, Trigger,
+    HistoryError, HistorySettings, HistoryStore, JobFilter, JobId, JobStatus, JobSummary, NewJob,
+    NewStreamEntry, Outcome, StepCounts, StreamKind, Trigger,
 };
 
 use crate::support::coordination::{AzuriteContainer, azurite_endpoint, emulator_sas_query};
@@ -466,10 +466,10 @@ async fn interrupted_marking_is_conditional_and_happens_once() {
     assert!(
         matches!(
             err,
-            BlobHistoryError::InvalidTransition {
+            BlobHistoryError::Job(HistoryError::InvalidTransition {
                 from: JobStatus::Interrupted,
                 ..
-            }
+            })
         ),
         "{err}"
     );
@@ -658,7 +658,10 @@ async fn reports_are_stored_listed_and_read_back_per_job() {
         .put_report(&unknown, "x.csv", Vec::new())
         .await
         .unwrap_err();
-    assert!(matches!(err, BlobHistoryError::UnknownJob { .. }), "{err}");
+    assert!(
+        matches!(err, BlobHistoryError::Job(HistoryError::UnknownJob { .. })),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -51,7 +51,7 @@
 //!   write is conditional (`If-None-Match: *` to create, `If-Match` on the ETag just read to
 //!   change), re-read and retried a bounded number of times on a conflict, and a transition
 //!   that is no longer allowed (the sweep made the job Interrupted) fails with
-//!   [`BlobHistoryError::InvalidTransition`], as in SQLite. [`BlobHistoryStore::mark_interrupted`]
+//!   [`HistoryError::InvalidTransition`] (in [`BlobHistoryError::Job`]), as in SQLite. [`BlobHistoryStore::mark_interrupted`]
 //!   writes once with `If-Match` and leaves a job that changed meanwhile alone.
 //! - The record is written first, its index entries after. A list row of a finished job is
 //!   final (it can no longer change); a row that says Queued or Running may be stale and is
@@ -81,7 +81,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::history::{HistorySettings, JobId, JobStatus, JobSummary};
+use crate::history::{HistoryError, HistorySettings, JobSummary};
 
 pub use layout::{id_from_inverted, inverted};
 pub use store::BlobHistoryStore;
@@ -203,16 +203,10 @@ pub enum BlobHistoryError {
         found: u32,
         known: u32,
     },
-    #[error("no job {id} in the job history")]
-    UnknownJob { id: JobId },
-    #[error("job {id} is {from} and cannot become {to}")]
-    InvalidTransition {
-        id: JobId,
-        from: JobStatus,
-        to: JobStatus,
-    },
-    #[error("a job cannot finish as {status}: give a final status such as Completed or Failed")]
-    NotFinal { status: JobStatus },
+    /// The refusals the SQLite store gives too (unknown job, a transition that is no longer
+    /// allowed, a status that is not final), so callers branch on one type for both stores.
+    #[error(transparent)]
+    Job(#[from] HistoryError),
     #[error(
         "{name:?} is not a report name: use 1 to 128 letters, digits, '-', '_' and '.', not starting with '.'"
     )]

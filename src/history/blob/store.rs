@@ -30,8 +30,8 @@ use crate::coordination::StorageTarget;
 use crate::coordination::redact::{redact_text, redact_url};
 use crate::history::id::IdGenerator;
 use crate::history::{
-    JobDetail, JobFilter, JobId, JobStatus, JobSummary, NewJob, NewStreamEntry, Outcome,
-    StepCounts, StreamEntry, Trigger,
+    HistoryError, JobDetail, JobFilter, JobId, JobStatus, JobSummary, NewJob, NewStreamEntry,
+    Outcome, StepCounts, StreamEntry, Trigger,
 };
 
 /// Blobs read or written at once by one operation (a page's records, a job's chunks).
@@ -476,7 +476,7 @@ impl BlobHistoryStore {
             let (mut record, etag) = self
                 .read_record(id)
                 .await?
-                .ok_or_else(|| BlobHistoryError::UnknownJob { id: id.clone() })?;
+                .ok_or_else(|| HistoryError::UnknownJob { id: id.clone() })?;
             let value = change(&mut record)?;
             if self
                 .write_record(&record, Condition::Matches(&etag))
@@ -640,10 +640,7 @@ impl BlobHistoryStore {
             });
         }
         self.write_index(&record).await?;
-        let occurrence = record
-            .scheduled_for
-            .filter(|_| matches!(record.trigger, Trigger::Schedule | Trigger::CatchUp));
-        self.note_runbook(&record.runbook, occurrence).await?;
+        self.note_record(&record).await?;
         Ok(id)
     }
 
@@ -657,7 +654,7 @@ impl BlobHistoryStore {
     ) -> Result<(), BlobHistoryError> {
         let job = &detail.job;
         if !job.status.is_final() {
-            return Err(BlobHistoryError::NotFinal { status: job.status });
+            return Err(HistoryError::NotFinal { status: job.status }.into());
         }
         self.ensure_container().await?;
         let new = NewJob {
@@ -694,23 +691,38 @@ impl BlobHistoryStore {
                 blob: self.layout().record(&job.id),
             });
         }
-        if !detail.streams.is_empty() {
-            let first = detail.streams.iter().map(|e| e.seq).min().unwrap_or(1);
-            let chunk = self.layout().stream_chunk(&job.id, first);
-            self.upload(
-                &chunk,
-                jsonl(&detail.streams),
-                "application/x-ndjson",
-                None,
-                Condition::None,
-            )
-            .await?;
-        }
+        self.write_chunk(&job.id, &detail.streams).await?;
         self.write_index(&record).await?;
+        self.note_record(&record).await
+    }
+
+    /// The runbook marker's part of recording a job.
+    async fn note_record(&self, record: &JobRecord) -> Result<(), BlobHistoryError> {
         let occurrence = record
             .scheduled_for
             .filter(|_| matches!(record.trigger, Trigger::Schedule | Trigger::CatchUp));
         self.note_runbook(&record.runbook, occurrence).await
+    }
+
+    /// Entries as one chunk blob, named by the seq of the first.
+    async fn write_chunk(
+        &self,
+        id: &JobId,
+        entries: &[StreamEntry],
+    ) -> Result<(), BlobHistoryError> {
+        let Some(first) = entries.iter().map(|e| e.seq).min() else {
+            return Ok(());
+        };
+        let name = self.layout().stream_chunk(id, first);
+        self.upload(
+            &name,
+            jsonl(entries),
+            "application/x-ndjson",
+            None,
+            Condition::None,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Queued → Running, with `started_at` now.
@@ -718,13 +730,13 @@ impl BlobHistoryStore {
         let at = self.inner.clock.now();
         let ((), record) = self
             .update_record(id, |record| {
-                record
-                    .mark_running(at)
-                    .map_err(|from| BlobHistoryError::InvalidTransition {
+                record.mark_running(at).map_err(|from| {
+                    BlobHistoryError::from(HistoryError::InvalidTransition {
                         id: id.clone(),
                         from,
                         to: JobStatus::Running,
                     })
+                })
             })
             .await?;
         self.write_index(&record).await
@@ -754,17 +766,7 @@ impl BlobHistoryStore {
         id: &JobId,
         plan: super::record::AppendPlan,
     ) -> Result<(), BlobHistoryError> {
-        if let Some(first) = plan.chunk.first() {
-            let name = self.layout().stream_chunk(id, first.seq);
-            self.upload(
-                &name,
-                jsonl(&plan.chunk),
-                "application/x-ndjson",
-                None,
-                Condition::None,
-            )
-            .await?;
-        }
+        self.write_chunk(id, &plan.chunk).await?;
         if !plan.progress.is_empty() {
             let name = self.layout().progress(id);
             let current = match self.download(&name).await? {
@@ -805,20 +807,21 @@ impl BlobHistoryStore {
     /// Queued or Running → the outcome's final status, with `ended_at` now.
     pub async fn finish(&self, id: &JobId, outcome: Outcome) -> Result<(), BlobHistoryError> {
         if !outcome.status.is_final() {
-            return Err(BlobHistoryError::NotFinal {
+            return Err(HistoryError::NotFinal {
                 status: outcome.status,
-            });
+            }
+            .into());
         }
         let at = self.inner.clock.now();
         let ((), record) = self
             .update_record(id, |record| {
-                record
-                    .finish(at, &outcome)
-                    .map_err(|from| BlobHistoryError::InvalidTransition {
+                record.finish(at, &outcome).map_err(|from| {
+                    BlobHistoryError::from(HistoryError::InvalidTransition {
                         id: id.clone(),
                         from,
                         to: outcome.status,
                     })
+                })
             })
             .await?;
         self.write_index(&record).await
@@ -1276,7 +1279,7 @@ impl BlobHistoryStore {
         }
         self.ensure_container().await?;
         if self.read_record(id).await?.is_none() {
-            return Err(BlobHistoryError::UnknownJob { id: id.clone() });
+            return Err(HistoryError::UnknownJob { id: id.clone() }.into());
         }
         self.upload(
             &self.layout().report(id, name),
