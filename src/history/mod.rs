@@ -12,6 +12,7 @@
 //! Knows nothing of Exchange, runbook files or HTTP: callers pass plain records, and must
 //! keep secrets out of them (parameters and stream text are stored as given).
 
+pub mod blob;
 mod id;
 mod model;
 mod schema;

@@ -12,6 +12,7 @@ mod exchange;
 mod executor;
 mod graph;
 mod history;
+mod history_blob;
 mod http;
 mod identity;
 mod notify;
