@@ -19,7 +19,7 @@
 //! # Wiring contract (for `app` and the scheduler's job end)
 //!
 //! 1. At start, after settings are loaded (their `problems()` include `[notify]`'s):
-//!    ```ignore
+//!    ```text
 //!    let (notifier, task) = Notifier::start(
 //!        &settings.notify,
 //!        NotifierDeps {
