@@ -60,6 +60,16 @@ fn exit_code(status: FinalStatus) -> ExitCode {
 pub async fn run(ctx: Context, args: RunArgs) -> anyhow::Result<ExitCode> {
     let runbook = Arc::new(resolve_runbook(&args.runbook, &ctx.settings)?);
     let params = parse_params(&args.params)?;
+    // Every problem with the parameters, before anything is built or recorded: a mistake
+    // on the command line is not a job.
+    let resolved = runbook.resolve_params(params.clone()).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        anyhow!(
+            "the parameters of runbook \"{}\" are not acceptable; nothing was run or recorded:\n{}",
+            runbook.name,
+            lines.join("\n")
+        )
+    })?;
 
     let components = ctx.components(args.target).await?;
     let executor = components.executor().map_err(|e| anyhow!("{e}"))?;
@@ -68,17 +78,7 @@ pub async fn run(ctx: Context, args: RunArgs) -> anyhow::Result<ExitCode> {
         .open_history()
         .await
         .with_context(|| format!("cannot record the job in {}", database.display()))?;
-    let recorded_params = match runbook.resolve_params(params.clone()) {
-        Ok(values) => values.into_iter().collect::<Map<String, Value>>(),
-        // The job fails with the reason; the history shows what was asked for.
-        Err(_) => params
-            .iter()
-            .map(|(k, v)| match v {
-                ParamInput::Text(t) => (k.clone(), Value::String(t.clone())),
-                ParamInput::Json(j) => (k.clone(), j.clone()),
-            })
-            .collect(),
-    };
+    let recorded_params = resolved.into_iter().collect::<Map<String, Value>>();
     let id = store
         .create_job(NewJob {
             runbook: runbook.name.clone(),

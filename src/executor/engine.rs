@@ -31,7 +31,7 @@ use tracing::Instrument;
 use crate::exchange::{ExchangeClient, ExchangeError, InvokeOptions, ParamValue, cmdlet};
 use crate::history::StepCounts;
 use crate::runbook::{
-    CmdletPolicy, JobInfo, ParamError, PolicyDenial, Runbook, Step, TemplateContext,
+    CmdletPolicy, JobInfo, ParamErrors, PolicyDenial, Runbook, Step, TemplateContext,
 };
 
 use super::clients::ClientError;
@@ -53,7 +53,7 @@ pub const MAX_KEPT_RECORDS: usize = 50_000;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum JobError {
     #[error("{0}")]
-    Params(#[source] ParamError),
+    Params(#[source] ParamErrors),
     #[error(
         "cmdlet \"{cmdlet}\" of step \"{step}\" is not allowed by the cmdlet policy: {denial} (the policy changed since the runbook was loaded; change [policy] or the runbook)"
     )]

@@ -34,7 +34,7 @@ pub use model::{
     MAX_JITTER, MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY, Missed, OnInterrupt, OutputFormat, OutputSpec,
     Overlap, ParamSpec, ParamType, Retries, Runbook, Step, StepUsage, cron_parser,
 };
-pub use params::{ParamError, ParamInput};
+pub use params::{ParamError, ParamErrors, ParamInput};
 pub use parse::{
     IDENTITY_KEYS, OUTPUT_KEYS, PARAM_KEYS, RETRIES_KEYS, STEP_KEYS, TOP_LEVEL_KEYS, parse_runbook,
 };

@@ -42,6 +42,25 @@ pub enum ParamError {
     Missing { runbook: String, name: String },
 }
 
+/// Every problem with the parameters of one run, so that a caller can fix them all at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamErrors(pub Vec<ParamError>);
+
+impl ParamErrors {
+    pub fn iter(&self) -> impl Iterator<Item = &ParamError> {
+        self.0.iter()
+    }
+}
+
+impl std::fmt::Display for ParamErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let texts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&texts.join("; "))
+    }
+}
+
+impl std::error::Error for ParamErrors {}
+
 fn expected(kind: ParamType) -> &'static str {
     match kind {
         ParamType::String => "a string",
@@ -57,12 +76,15 @@ fn expected(kind: ParamType) -> &'static str {
 impl Runbook {
     /// The parameters of one run: every declared param, from `overrides` when given
     /// there, else its default. The result is what [`super::TemplateContext::new`] takes.
-    pub fn resolve_params<I>(&self, overrides: I) -> Result<BTreeMap<String, Json>, ParamError>
+    pub fn resolve_params<I>(&self, overrides: I) -> Result<BTreeMap<String, Json>, ParamErrors>
     where
         I: IntoIterator<Item = (String, ParamInput)>,
     {
         let mut values: BTreeMap<String, Json> = BTreeMap::new();
+        let mut problems = Vec::new();
+        let mut named = std::collections::BTreeSet::new();
         for (name, input) in overrides {
+            named.insert(name.clone());
             let Some(spec) = self.params.get(&name) else {
                 let hint = suggest(&name, self.params.keys().map(String::as_str))
                     .map(|s| format!(" (did you mean \"{s}\"?)"))
@@ -74,39 +96,44 @@ impl Runbook {
                             format!(" (it has {})", names.join(", "))
                         }
                     });
-                return Err(ParamError::Unknown {
+                problems.push(ParamError::Unknown {
                     runbook: self.name.clone(),
                     name,
                     hint,
                 });
+                continue;
             };
-            let value = self
-                .convert(spec.kind, input)
-                .map_err(|problem| ParamError::Invalid {
+            match self.convert(spec.kind, input) {
+                Ok(value) => {
+                    values.insert(name, value);
+                }
+                Err(problem) => problems.push(ParamError::Invalid {
                     runbook: self.name.clone(),
                     name: name.clone(),
                     expected: expected(spec.kind),
                     problem,
-                })?;
-            values.insert(name, value);
+                }),
+            }
         }
         for (name, spec) in &self.params {
-            if values.contains_key(name) {
+            if values.contains_key(name) || named.contains(name) {
                 continue;
             }
             match &spec.default {
                 Some(default) => {
                     values.insert(name.clone(), default.clone());
                 }
-                None => {
-                    return Err(ParamError::Missing {
-                        runbook: self.name.clone(),
-                        name: name.clone(),
-                    });
-                }
+                None => problems.push(ParamError::Missing {
+                    runbook: self.name.clone(),
+                    name: name.clone(),
+                }),
             }
         }
-        Ok(values)
+        if problems.is_empty() {
+            Ok(values)
+        } else {
+            Err(ParamErrors(problems))
+        }
     }
 
     fn convert(&self, kind: ParamType, input: ParamInput) -> Result<Json, String> {
@@ -255,6 +282,19 @@ cmdlet = "Get-Mailbox"
             let values = runbook().resolve_params(overrides).unwrap();
             assert_eq!(values[name], expected, "{name}={input}");
         }
+    }
+
+    #[test]
+    fn every_problem_is_named_at_once() {
+        let errors = runbook()
+            .resolve_params(text(&[("limt", "1"), ("dry", "yes")]))
+            .unwrap_err();
+        let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(texts.len(), 3, "{texts:#?}");
+        assert!(texts[0].contains("no param \"limt\""), "{texts:#?}");
+        assert!(texts[1].contains("\"dry\" of runbook \"r\" must be true or false"));
+        assert!(texts[2].contains("\"group\" of runbook \"r\" has no default"));
+        assert_eq!(errors.to_string(), texts.join("; "));
     }
 
     #[test]

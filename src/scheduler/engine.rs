@@ -30,7 +30,7 @@ use crate::clock::SharedClock;
 use crate::coordination::{CoordinationKind, Coordinator, InterruptedOccurrence, StorageHealth};
 use crate::history::{HistoryError, HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
 use crate::runbook::{
-    Catalog, ErrorKind, OnInterrupt, ParamError, ParamInput, PolicySettings, Runbook,
+    Catalog, ErrorKind, OnInterrupt, ParamErrors, ParamInput, PolicySettings, Runbook,
     ValidationError, load_folder,
 };
 use crate::telemetry::metrics::Metrics;
@@ -86,7 +86,7 @@ pub enum RunError {
     #[error("no runbook named {0:?} is loaded (GET /api/runbooks lists them)")]
     NotFound(String),
     #[error(transparent)]
-    Params(#[from] ParamError),
+    Params(#[from] ParamErrors),
     #[error("{0}")]
     Busy(String),
     #[error("the worker is shutting down and starts no new jobs; try another replica or later")]

@@ -1405,7 +1405,8 @@ mod binary {
             stderr(&out)
         );
 
-        // A param the runbook does not declare: the job is recorded as Failed.
+        // A misspelt param (so the declared one is missing too): every problem is named at
+        // once, and nothing is run or recorded.
         let out = run(
             &sims,
             state.path(),
@@ -1419,12 +1420,20 @@ mod binary {
         )
         .await;
         assert_exit(&out, 1);
+        let err = stderr(&out);
         assert!(
-            stdout(&out).contains("has no param \"delegat\""),
-            "{}",
-            stdout(&out)
+            err.contains("has no param \"delegat\" (did you mean \"delegate\"?)"),
+            "{err}"
         );
+        assert!(
+            err.contains("param \"delegate\" of runbook \"team-calendar-access\" has no default"),
+            "{err}"
+        );
+        assert!(err.contains("nothing was run or recorded"), "{err}");
         assert!(sims.exchange.requests().is_empty());
-        assert_eq!(jobs(state.path())[0].status, JobStatus::Failed);
+        assert!(
+            !runbook_worker::history::database_path(state.path()).exists(),
+            "no job history was even created"
+        );
     }
 }
