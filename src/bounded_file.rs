@@ -42,6 +42,22 @@ pub fn read(path: &Path, cap: u64) -> Result<Vec<u8>, BoundedReadError> {
     Ok(bytes)
 }
 
+/// The most a file holding one secret (a token, a SAS URL, a webhook URL or key) may hold.
+pub const SECRET_FILE_CAP: u64 = 16 * 1024;
+
+/// Reads a file that holds one secret as text, trimmed: a regular file of at most
+/// [`SECRET_FILE_CAP`] bytes in UTF-8. Errors never contain the file's contents.
+pub fn read_secret(path: &Path) -> Result<String, BoundedReadError> {
+    let bytes = read(path, SECRET_FILE_CAP)?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        BoundedReadError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is not UTF-8 text",
+        ))
+    })?;
+    Ok(text.trim().to_string())
+}
+
 fn check(metadata: &Metadata, cap: u64) -> Result<(), BoundedReadError> {
     if !metadata.is_file() {
         return Err(BoundedReadError::NotRegular {
@@ -103,6 +119,27 @@ pub fn describe(metadata: &Metadata) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_is_trimmed_capped_and_never_quoted_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  s3cr3t-value\n").unwrap();
+        assert_eq!(read_secret(&path).unwrap(), "s3cr3t-value");
+
+        let big = format!("s3cr3t-{}", "x".repeat(SECRET_FILE_CAP as usize));
+        std::fs::write(&path, &big).unwrap();
+        let err = read_secret(&path).unwrap_err().to_string();
+        assert!(err.contains("limit"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+
+        std::fs::write(&path, [0xff, 0xfe, b's']).unwrap();
+        let err = read_secret(&path).unwrap_err().to_string();
+        assert!(err.contains("not UTF-8"), "{err}");
+
+        let err = read_secret(dir.path()).unwrap_err();
+        assert!(matches!(err, BoundedReadError::NotRegular { .. }), "{err}");
+    }
 
     #[test]
     fn a_regular_file_within_the_cap_is_read_whole() {

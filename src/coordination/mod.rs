@@ -241,13 +241,13 @@ impl CoordinationSettings {
             return Ok(StorageTarget::SasUrl(url.clone()));
         }
         if let Some(path) = &self.sas_url_file {
-            let text = std::fs::read_to_string(path).map_err(|e| CoordinationError::Settings {
-                key: "coordination.sas_url_file".to_string(),
-                message: format!("cannot read {}: {e}", path.display()),
+            let text = crate::bounded_file::read_secret(path).map_err(|e| {
+                CoordinationError::Settings {
+                    key: "coordination.sas_url_file".to_string(),
+                    message: format!("cannot read {}: {e}", path.display()),
+                }
             })?;
-            return Ok(StorageTarget::SasUrl(SecretString::from(
-                text.trim().to_string(),
-            )));
+            return Ok(StorageTarget::SasUrl(SecretString::from(text)));
         }
         match (&self.container_url, credential) {
             (Some(url), Some(credential)) => Ok(StorageTarget::Token {

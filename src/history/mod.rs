@@ -100,6 +100,23 @@ impl HistorySettings {
 /// The pruner never runs more often than this, whatever the settings say.
 pub const MIN_PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// What to check when the database cannot be opened, from SQLite's own reason: a full disk,
+/// permissions and "too many open files" are different problems with different fixes.
+fn open_hint(error: &rusqlite::Error) -> &'static str {
+    let text = error.to_string().to_ascii_lowercase();
+    if text.contains("too many open files") {
+        "the process ran out of file descriptors: raise LimitNOFILE / ulimit -n, or lower http.max_connections"
+    } else if text.contains("disk is full") || text.contains("no space") {
+        "free disk space under state.dir"
+    } else if text.contains("readonly") || text.contains("permission") || text.contains("access") {
+        "check that the worker's user may write the file and state.dir"
+    } else if text.contains("locked") || text.contains("busy") {
+        "another process holds the database: is a second worker using this state.dir?"
+    } else {
+        "check the file's permissions and free disk space under state.dir"
+    }
+}
+
 /// A job-history failure.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -114,7 +131,7 @@ pub enum HistoryError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the job history database {} (check the file's permissions and free disk space)", path.display())]
+    #[error("cannot open the job history database {}: {} ({})", path.display(), source, open_hint(source))]
     Open {
         path: PathBuf,
         #[source]

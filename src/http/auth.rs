@@ -147,12 +147,13 @@ impl ApiAuth {
             (Some(_), Some(_)) => return Err(HttpError::TwoTokens),
             (Some(token), None) => Some(check_token("http.api_token", token.expose_secret())?),
             (None, Some(path)) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| HttpError::TokenFile {
+                let text = crate::bounded_file::read_secret(path).map_err(|source| {
+                    HttpError::TokenFile {
                         path: path.clone(),
                         source,
-                    })?;
-                Some(check_token("http.api_token_file", text.trim())?)
+                    }
+                })?;
+                Some(check_token("http.api_token_file", &text)?)
             }
             (None, None) => None,
         };

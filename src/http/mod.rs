@@ -444,7 +444,7 @@ pub enum HttpError {
     TokenFile {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: crate::bounded_file::BoundedReadError,
     },
     #[error("{key} is empty: put a random token of at least {min} characters in it (`openssl rand -hex 32`) or remove it", min = auth::MIN_TOKEN_LEN)]
     EmptyToken { key: &'static str },

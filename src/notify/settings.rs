@@ -18,11 +18,10 @@ use crate::duration::HumanDuration;
 
 /// The Microsoft Graph base URL `email` targets send through.
 pub const DEFAULT_GRAPH_ENDPOINT: &str = "https://graph.microsoft.com";
-/// Caps on what the settings may hold: targets, recipients per email target, and the size
-/// of a `url_file` or `secret_file`.
+/// Caps on what the settings may hold: targets and recipients per email target (a
+/// `url_file` or `secret_file` is capped by `bounded_file::read_secret`).
 const MAX_TARGETS: usize = 64;
 const MAX_RECIPIENTS: usize = 50;
-const MAX_FILE_BYTES: u64 = 16 * 1024;
 const MAX_NAME_LEN: usize = 64;
 
 /// `[notify]`: who hears about jobs that need a person.
@@ -498,15 +497,7 @@ fn read_secret_file(
         path: path.to_path_buf(),
         message,
     };
-    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(fail(format!(
-            "{} bytes is more than the {MAX_FILE_BYTES} a URL or secret can take",
-            meta.len()
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let text = text.trim();
+    let text = crate::bounded_file::read_secret(path).map_err(|e| fail(e.to_string()))?;
     if text.is_empty() {
         return Err(fail("the file is empty".to_string()));
     }
