@@ -385,7 +385,9 @@ impl Settings {
             ));
         }
         if let Some(endpoint) = &self.exchange.endpoint
-            && url::Url::parse(endpoint).is_err()
+            && !url::Url::parse(endpoint).is_ok_and(|url| {
+                matches!(url.scheme(), "http" | "https") && url.host_str().is_some()
+            })
         {
             out.push((
                 "exchange.endpoint".to_string(),
@@ -445,6 +447,27 @@ mod tests {
         assert_eq!(s.exchange.page_size, 1000);
         assert_eq!(s.http.listen, "127.0.0.1:8080");
         assert_eq!(s.worker.shutdown_grace.get().as_secs(), 25);
+    }
+
+    #[test]
+    fn an_exchange_endpoint_must_be_an_http_url_with_a_host() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["not a url", "ftp://outlook.example", "file:///etc/passwd"] {
+            let err = load(
+                None,
+                dir.path(),
+                &env(&[("RUNBOOK_WORKER__EXCHANGE__ENDPOINT", bad)]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("exchange.endpoint"), "{bad}: {err}");
+        }
+        let ok = load(
+            None,
+            dir.path(),
+            &env(&[("RUNBOOK_WORKER__EXCHANGE__ENDPOINT", "http://127.0.0.1:1")]),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -87,8 +87,7 @@ impl std::fmt::Debug for ExchangeClients {
 }
 
 impl ExchangeClients {
-    /// Clients built from `[exchange]` settings with tokens from `tokens`. Checks the
-    /// settings at once by building the default client, so a bad endpoint stops start-up.
+    /// Clients built from `[exchange]` settings with tokens from `tokens`, each on first use.
     pub fn new(
         settings: ExchangeSettings,
         tokens: Arc<dyn TokenSources>,
@@ -99,10 +98,8 @@ impl ExchangeClients {
             limiters: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
         };
-        clients.client(None, None).map_err(|e| match e {
-            ClientError::Exchange(e) => ExecutorError::Exchange(e),
-            ClientError::Identity(e) => ExecutorError::Identity(e),
-        })?;
+        // No client is built until a job needs one (each holds an HTTP client and its TLS
+        // configuration); the settings loader has already checked `[exchange]`.
         Ok(clients)
     }
 
@@ -240,14 +237,17 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_endpoint_stops_start_up() {
+    fn a_bad_endpoint_is_refused_by_the_first_client_built() {
+        // The settings loader refuses it first (see settings' tests); the clients, built on
+        // first use, refuse it too rather than call a wrong place.
         let settings = ExchangeSettings {
             endpoint: Some("not a url".to_string()),
             ..ExchangeSettings::default()
         };
-        let err = ExchangeClients::new(settings, Arc::new(FixedTokens(Arc::new(NoTokens))))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("exchange.endpoint"), "{err}");
+        let clients =
+            ExchangeClients::new(settings, Arc::new(FixedTokens(Arc::new(NoTokens)))).unwrap();
+        let err = clients.client(None, None).unwrap_err().to_string();
+        assert!(err.contains("endpoint"), "{err}");
+        assert_eq!(clients.counts().0, 0, "no client was kept");
     }
 }
