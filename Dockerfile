@@ -3,7 +3,10 @@
 # runbook-worker container image: a static musl binary on distroless (target: under 30 MB).
 #
 #   deploy/build-image.sh --tag runbook-worker:dev      (or: docker build -t runbook-worker:dev .)
-#   docker run --rm -p 8080:8080 -v "$PWD/runbooks:/runbooks:ro" runbook-worker:dev --simulate
+#   token=$(openssl rand -hex 32); echo "dashboard password: $token"
+#   docker run --rm -p 8080:8080 -e RUNBOOK_WORKER__HTTP__API_TOKEN="$token" -v "$PWD/runbooks:/runbooks:ro" runbook-worker:dev --simulate
+#   then open http://localhost:8080/ and sign in with any user name and the token as password
+#   (the image listens on 0.0.0.0, where every read needs the token; see README "Who may do what")
 #
 # Settings come from RUNBOOK_WORKER__SECTION__KEY variables or a runbook-worker.toml mounted
 # into /etc/runbook-worker (the working directory). Secrets (the API token, a SAS URL) are

@@ -217,6 +217,49 @@ fn the_image_environment_is_valid_settings() {
 }
 
 #[test]
+fn the_dockerfiles_own_example_gives_the_dashboard_a_token_it_can_be_opened_with() {
+    // The example's `docker run` line, its `-e` settings on top of the image's ENV, through
+    // the real loader: with no token every read off loopback would be refused (403).
+    let dockerfile = read_repo_file("Dockerfile");
+    let example = dockerfile
+        .lines()
+        .find(|l| l.contains("docker run") && l.contains("--simulate"))
+        .expect("an example docker run line with --simulate");
+    let token = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let mut pairs: Vec<(String, String)> = dockerfile_stages()
+        .last()
+        .unwrap()
+        .iter()
+        .filter(|i| i.keyword == "ENV")
+        .flat_map(|i| key_values(&i.args))
+        .filter(|(k, _)| k.starts_with("RUNBOOK_WORKER__"))
+        .collect();
+    let words: Vec<&str> = example.split_whitespace().collect();
+    for pair in words.windows(2).filter(|w| w[0] == "-e") {
+        let (key, value) = pair[1].split_once('=').expect("-e NAME=VALUE");
+        let value = value.trim_matches('"').replace("$token", token);
+        pairs.push((key.to_string(), value));
+    }
+    assert!(
+        pairs
+            .iter()
+            .any(|(k, _)| k == "RUNBOOK_WORKER__HTTP__API_TOKEN"),
+        "the example passes a token: {example}"
+    );
+    let env = env_map(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let s = load_settings(None, &env);
+    let listen: std::net::SocketAddr = s.http.listen.parse().unwrap();
+    let auth = runbook_worker::http::ApiAuth::from_settings(&s.http, listen)
+        .expect("the example's token is accepted");
+    assert!(auth.has_token());
+    assert!(!auth.reads_are_open(), "0.0.0.0: reads need the token");
+    assert!(
+        dockerfile.contains("the token as password"),
+        "the example says how to sign in"
+    );
+}
+
+#[test]
 fn the_image_bakes_in_no_secrets() {
     let secret_words = [
         "TOKEN",
