@@ -198,17 +198,21 @@ fn the_image_exposes_the_http_port_and_declares_the_volumes() {
     assert_eq!(env["RUNBOOK_WORKER__LOG__FORMAT"], "json");
 }
 
-#[test]
-fn the_image_environment_is_valid_settings() {
-    let stages = dockerfile_stages();
-    let pairs: Vec<(String, String)> = stages
+/// The `RUNBOOK_WORKER__*` variables the final image sets.
+fn image_settings() -> Vec<(String, String)> {
+    dockerfile_stages()
         .last()
         .unwrap()
         .iter()
         .filter(|i| i.keyword == "ENV")
         .flat_map(|i| key_values(&i.args))
         .filter(|(k, _)| k.starts_with("RUNBOOK_WORKER__"))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn the_image_environment_is_valid_settings() {
+    let pairs = image_settings();
     let env = env_map(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let s = load_settings(None, &env);
     assert_eq!(s.runbooks.dir, Path::new("/runbooks"));
@@ -226,14 +230,7 @@ fn the_dockerfiles_own_example_gives_the_dashboard_a_token_it_can_be_opened_with
         .find(|l| l.contains("docker run") && l.contains("--simulate"))
         .expect("an example docker run line with --simulate");
     let token = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-    let mut pairs: Vec<(String, String)> = dockerfile_stages()
-        .last()
-        .unwrap()
-        .iter()
-        .filter(|i| i.keyword == "ENV")
-        .flat_map(|i| key_values(&i.args))
-        .filter(|(k, _)| k.starts_with("RUNBOOK_WORKER__"))
-        .collect();
+    let mut pairs = image_settings();
     let words: Vec<&str> = example.split_whitespace().collect();
     for pair in words.windows(2).filter(|w| w[0] == "-e") {
         let (key, value) = pair[1].split_once('=').expect("-e NAME=VALUE");

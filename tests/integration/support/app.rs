@@ -69,6 +69,39 @@ impl TestAppOptions {
     }
 }
 
+/// A built app running in a task of the test, stopped as SIGTERM would stop it.
+pub struct RunningApp {
+    pub addr: SocketAddr,
+    pub scheduler: SchedulerHandle,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), AppError>>,
+}
+
+impl RunningApp {
+    pub fn start(app: App) -> Self {
+        let addr = app.http_addr();
+        let scheduler = app.scheduler();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(app.run_until_stopped(async move { stopped.cancelled().await }));
+        Self {
+            addr,
+            scheduler,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops the app and checks that it stopped cleanly.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task
+            .await
+            .expect("app task")
+            .expect("the app stops cleanly");
+    }
+}
+
 /// A running worker and what a test needs to talk to it and to look behind it.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -76,8 +109,7 @@ pub struct TestApp {
     pub simulators: Simulators,
     pub scheduler: SchedulerHandle,
     root: tempfile::TempDir,
-    stop: CancellationToken,
-    task: JoinHandle<Result<(), AppError>>,
+    running: RunningApp,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -128,19 +160,14 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
     )
     .await
     .expect("build the app");
-    let addr = app.http_addr();
-    let scheduler = app.scheduler();
-    let stop = CancellationToken::new();
-    let stopped = stop.clone();
-    let task = tokio::spawn(app.run_until_stopped(async move { stopped.cancelled().await }));
+    let running = RunningApp::start(app);
     TestApp {
-        addr,
+        addr: running.addr,
         http: reqwest::Client::new(),
         simulators,
-        scheduler,
+        scheduler: running.scheduler.clone(),
         root,
-        stop,
-        task,
+        running,
     }
 }
 
@@ -212,11 +239,7 @@ impl TestApp {
 
     /// Stops the app as SIGTERM would and checks that it stopped cleanly.
     pub async fn stop(self) {
-        self.stop.cancel();
-        self.task
-            .await
-            .expect("app task")
-            .expect("the app stops cleanly");
+        self.running.stop().await;
         self.simulators.exchange.shutdown().await;
         self.simulators.identity.stop().await;
     }

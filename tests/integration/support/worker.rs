@@ -21,6 +21,7 @@ use runbook_worker::history::{HistoryStore, JobFilter, JobStatus, JobSummary, Ou
 use runbook_worker::scheduler::{JobRunner, JobSpec, RunEnd, SchedulerHandle};
 use runbook_worker::settings::Settings;
 
+use super::app::RunningApp;
 use super::wait_until;
 
 /// How long a test waits for something the worker does at once.
@@ -245,8 +246,7 @@ pub struct InProcess {
     pub addr: std::net::SocketAddr,
     pub handle: SchedulerHandle,
     pub http: reqwest::Client,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), runbook_worker::app::AppError>>,
+    running: RunningApp,
 }
 
 impl InProcess {
@@ -278,19 +278,14 @@ impl InProcess {
         )
         .await
         .expect("build the app");
-        let addr = app.http_addr();
-        let handle = app.scheduler();
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let task = tokio::spawn(app.run_until_stopped(async move { stopped.cancelled().await }));
+        let running = RunningApp::start(app);
         InProcess {
             root,
             runner,
-            addr,
-            handle,
+            addr: running.addr,
+            handle: running.scheduler.clone(),
             http: reqwest::Client::new(),
-            stop,
-            task,
+            running,
         }
     }
 
@@ -315,11 +310,7 @@ impl InProcess {
 
     /// Stops the app and returns how `run_until_stopped` ended.
     pub async fn stop(self) {
-        self.stop.cancel();
-        self.task
-            .await
-            .expect("app task")
-            .expect("the app stops cleanly");
+        self.running.stop().await;
     }
 }
 
