@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{self, Executor, HistoryEvents, TokenSources};
+use crate::executor::{Executor, HistoryEvents, TokenSources};
 use crate::history::HistoryStore;
 use crate::http::IdentityReadiness;
 use crate::identity::{AccessToken, IdentityError, TokenProviders, TokenSource};
-use crate::runbook::{IdentityOverride, ParamInput};
+use crate::runbook::IdentityOverride;
 use crate::scheduler::{JobRunner, JobSpec, RunEnd};
 
 /// Runs jobs on the executor, with their streams in the history.
@@ -22,23 +22,8 @@ pub(crate) struct ExecutorRunner {
 #[async_trait]
 impl JobRunner for ExecutorRunner {
     async fn run(&self, job: JobSpec, cancel: CancellationToken) -> RunEnd {
-        let events = HistoryEvents::new(self.history.clone(), job.job_id.clone());
-        // The scheduler resolved every parameter (the history records them); the executor
-        // checks them again against the declared types.
-        let params = job
-            .params
-            .iter()
-            .map(|(name, value)| (name.clone(), ParamInput::Json(value.clone())))
-            .collect();
-        let spec = executor::JobSpec {
-            id: job.job_id,
-            runbook: job.runbook,
-            params,
-            dry_run: job.dry_run,
-            scheduled_for: job.scheduled_for,
-            trigger: job.trigger,
-        };
-        let outcome = self.executor.run(spec, &events, cancel).await;
+        let events = HistoryEvents::new(self.history.clone(), job.id.clone());
+        let outcome = self.executor.run(job, &events, cancel).await;
         let history_outcome = outcome.to_history();
         RunEnd {
             outcome: history_outcome,

@@ -78,7 +78,7 @@ pub async fn run(ctx: Context, args: RunArgs) -> anyhow::Result<ExitCode> {
         .open_history()
         .await
         .with_context(|| format!("cannot record the job in {}", database.display()))?;
-    let recorded_params = resolved.into_iter().collect::<Map<String, Value>>();
+    let recorded_params = resolved.clone().into_iter().collect::<Map<String, Value>>();
     let id = store
         .create_job(NewJob {
             runbook: runbook.name.clone(),
@@ -108,10 +108,11 @@ pub async fn run(ctx: Context, args: RunArgs) -> anyhow::Result<ExitCode> {
     let spec = JobSpec {
         id: id.clone(),
         runbook: runbook.clone(),
-        params,
-        dry_run: args.dry_run,
-        scheduled_for: Utc::now(),
         trigger: Trigger::Manual,
+        scheduled_for: Utc::now(),
+        past_due: false,
+        params: resolved,
+        dry_run: args.dry_run,
     };
     let cancel = CancellationToken::new();
     let job = executor.run(spec, &events, cancel.clone());

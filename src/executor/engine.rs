@@ -30,9 +30,7 @@ use tracing::Instrument;
 
 use crate::exchange::{ExchangeClient, ExchangeError, InvokeOptions, ParamValue, cmdlet};
 use crate::history::StepCounts;
-use crate::runbook::{
-    CmdletPolicy, JobInfo, ParamErrors, PolicyDenial, Runbook, Step, TemplateContext,
-};
+use crate::runbook::{CmdletPolicy, JobInfo, PolicyDenial, Runbook, Step, TemplateContext};
 
 use super::clients::ClientError;
 use super::events::{ItemOutcome, JobEvent, JobEvents};
@@ -52,8 +50,6 @@ pub const MAX_KEPT_RECORDS: usize = 50_000;
 /// Why an attempt stopped. Displayed as the job's error line.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum JobError {
-    #[error("{0}")]
-    Params(#[source] ParamErrors),
     #[error(
         "cmdlet \"{cmdlet}\" of step \"{step}\" is not allowed by the cmdlet policy: {denial} (the policy changed since the runbook was loaded; change [policy] or the runbook)"
     )]
@@ -506,9 +502,7 @@ type StepFuture<'f> = Pin<Box<dyn Future<Output = Result<SinkEnd, JobError>> + S
 impl<'a> AttemptRun<'a> {
     async fn run(&self) -> Result<(), JobError> {
         let runbook = self.runbook;
-        let params = runbook
-            .resolve_params(self.job.params.clone())
-            .map_err(JobError::Params)?;
+        let params = self.job.params.clone();
         let policy = CmdletPolicy::new(&self.deps.policy);
         for step in &runbook.steps {
             policy

@@ -42,13 +42,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
-use crate::history::{JobId, Trigger};
 use crate::identity::IdentityError;
-use crate::runbook::{ParamInput, PolicySettings, Runbook};
+use crate::runbook::PolicySettings;
 use crate::telemetry::metrics::Metrics;
 
 pub use crate::history::StepCounts;
@@ -59,22 +57,7 @@ pub use history::HistoryEvents;
 pub use outcome::{FinalStatus, JobOutcome, describe_counts};
 pub use report::report_path;
 
-/// One job to run, as the scheduler, the API or `run` describe it.
-#[derive(Clone, Debug)]
-pub struct JobSpec {
-    /// The job's id in the history (also names its report folder).
-    pub id: JobId,
-    pub runbook: Arc<Runbook>,
-    /// Overrides of the runbook's declared `[params]`, checked against their declared
-    /// types before anything is called; an unknown name fails the job.
-    pub params: Vec<(String, ParamInput)>,
-    /// Read cmdlets run for real; every other call is only planned.
-    pub dry_run: bool,
-    /// The occurrence's instant, or for a manual run when it was requested
-    /// (`job.scheduled_for` in templates).
-    pub scheduled_for: DateTime<Utc>,
-    pub trigger: Trigger,
-}
+pub use crate::runbook::JobSpec;
 
 /// What a job needs from the rest of the worker.
 pub struct ExecutorDeps {

@@ -16,6 +16,7 @@
 
 mod catalog;
 mod error;
+mod job;
 mod model;
 mod params;
 mod parse;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use catalog::{Catalog, is_runbook_file, load_file, load_folder, runbook_name};
 pub use error::{ErrorKind, ValidationError};
+pub use job::JobSpec;
 pub use model::{
     CronSchedule, DEFAULT_RETRY_BACKOFF, DEFAULT_TIMEOUT, IdentityOverride, MAX_CONCURRENCY,
     MAX_JITTER, MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY, Missed, OnInterrupt, OutputFormat, OutputSpec,

@@ -23,26 +23,10 @@ use crate::coordination::{
     Claim, CoordinationError, Coordinator, FinalState, InterruptedOccurrence, OccurrenceGuard,
 };
 use crate::history::{HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
-use crate::runbook::Runbook;
+use crate::runbook::{JobSpec, Runbook};
 use crate::telemetry::metrics::Metrics;
 
 use super::engine::{Event, JobKey, RunError};
-
-/// What the runner needs to run one job.
-#[derive(Clone, Debug)]
-pub struct JobSpec {
-    pub job_id: JobId,
-    /// The version of the runbook this job runs (a reload never changes it mid-job).
-    pub runbook: Arc<Runbook>,
-    pub trigger: Trigger,
-    /// The occurrence's instant; for a manual or API run, when it was requested.
-    pub scheduled_for: DateTime<Utc>,
-    /// A catch-up run after downtime (Azure Functions' `IsPastDue`).
-    pub past_due: bool,
-    /// Every declared parameter, resolved (defaults plus the run's overrides).
-    pub params: BTreeMap<String, Value>,
-    pub dry_run: bool,
-}
 
 /// How a runner's job ended.
 pub struct RunEnd {
@@ -328,7 +312,7 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
 
     // 4. Run it, cancelled by the engine (API, replace, shutdown) or by a lost lease.
     let spec = JobSpec {
-        job_id: job_id.clone(),
+        id: job_id.clone(),
         runbook: runbook.clone(),
         trigger,
         scheduled_for: scheduled_for.unwrap_or(started_at),

@@ -11,10 +11,11 @@ pub mod job;
 mod sweep;
 pub mod watch;
 
+pub use crate::runbook::JobSpec;
 pub use catalog::{LiveCatalog, LiveRunbook, ReloadSummary};
 pub use engine::{
     Due, JobKey, LastJob, RunError, Scheduler, SchedulerHandle, SchedulerOptions, SchedulerParts,
     catch_ups, plan_next, window,
 };
-pub use job::{JobRunner, JobSpec, RunEnd};
+pub use job::{JobRunner, RunEnd};
 pub use watch::{DEFAULT_DEBOUNCE, FolderWatcher, WatchError, watch_folder};

@@ -15,7 +15,7 @@ use runbook_worker::executor::{
 use runbook_worker::history::{
     self, HistorySettings, HistoryStore, JobStatus, NewJob, StreamKind, Trigger,
 };
-use runbook_worker::runbook::{self, PolicySettings};
+use runbook_worker::runbook::{self, ParamInput, PolicySettings};
 use runbook_worker::simulator::exchange::{Fault, RecipientTypeDetails, SimulatorConfig};
 
 use crate::support::executor::{
@@ -199,25 +199,29 @@ async fn a_cmdlet_the_policy_now_denies_stops_the_job_before_any_call() {
     assert!(h.sim().requests().is_empty());
 }
 
-#[tokio::test]
-async fn an_unknown_param_fails_the_job_before_any_call() {
-    let h = harness(SimulatorConfig::default()).await;
+#[test]
+fn an_unknown_param_never_becomes_a_job() {
+    // Parameters are resolved when a job is made (run, API, scheduler), never by the
+    // executor: a JobSpec only ever holds resolved ones.
     let rb = example("team-calendar-access");
-
-    let (outcome, _) = h
-        .run(job_with_params(
-            &rb,
-            &[("tema", "Sales"), ("delegate", "x@contoso.com")],
-        ))
-        .await;
-
-    assert_eq!(outcome.status, FinalStatus::Failed);
-    let error = outcome.error.clone().unwrap();
+    let error = rb
+        .resolve_params(vec![
+            ("tema".to_string(), ParamInput::Text("Sales".into())),
+            (
+                "delegate".to_string(),
+                ParamInput::Text("x@contoso.com".into()),
+            ),
+        ])
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("has no param \"tema\" (did you mean \"team\"?)"),
         "{error}"
     );
-    assert!(h.sim().requests().is_empty());
+    assert!(
+        error.contains("param \"team\""),
+        "the missing one too: {error}"
+    );
 }
 
 #[tokio::test]

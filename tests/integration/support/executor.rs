@@ -144,26 +144,33 @@ pub fn job_id() -> JobId {
     text.parse().expect("a valid job id")
 }
 
-/// A manual job of `runbook`.
+/// A manual job of `runbook` with its parameters' defaults.
 pub fn job(runbook: &Arc<Runbook>, dry_run: bool) -> JobSpec {
+    job_resolved(runbook, &[], dry_run)
+}
+
+/// As [`job`], with `--param`-style overrides, resolved as `run` and the API resolve them.
+pub fn job_with_params(runbook: &Arc<Runbook>, params: &[(&str, &str)]) -> JobSpec {
+    job_resolved(runbook, params, false)
+}
+
+fn job_resolved(runbook: &Arc<Runbook>, params: &[(&str, &str)], dry_run: bool) -> JobSpec {
+    let params = runbook
+        .resolve_params(
+            params
+                .iter()
+                .map(|(k, v)| (k.to_string(), ParamInput::Text(v.to_string()))),
+        )
+        .unwrap_or_else(|e| panic!("test parameters of {} must resolve: {e}", runbook.name));
     JobSpec {
         id: job_id(),
         runbook: runbook.clone(),
-        params: Vec::new(),
-        dry_run,
-        scheduled_for: Utc::now(),
         trigger: Trigger::Manual,
+        scheduled_for: Utc::now(),
+        past_due: false,
+        params,
+        dry_run,
     }
-}
-
-/// As [`job`], with `--param`-style overrides.
-pub fn job_with_params(runbook: &Arc<Runbook>, params: &[(&str, &str)]) -> JobSpec {
-    let mut spec = job(runbook, false);
-    spec.params = params
-        .iter()
-        .map(|(k, v)| (k.to_string(), ParamInput::Text(v.to_string())))
-        .collect();
-    spec
 }
 
 /// Keeps every event except the many per-item ones, which it counts (keeping the first
