@@ -677,7 +677,7 @@ async fn workload_identity_exchanges_the_federated_token_with_entra_id() {
     );
     assert_eq!(
         request.form_value("scope"),
-        Some("https://outlook.office365.com/.default")
+        Some(format!("{EXCHANGE}/.default").as_str())
     );
     assert_eq!(request.form_value("client_assertion"), Some("[redacted]"));
 }
@@ -909,7 +909,7 @@ async fn token_prints_what_an_operator_needs_to_debug_permissions() {
         ),
         "identity   the system-assigned identity",
         &format!("tenant     {SIMULATED_TENANT_ID}"),
-        "audience   https://outlook.office365.com",
+        &format!("audience   {EXCHANGE}"),
         &format!("app id     {}", system.client_id),
         &format!("object id  {}", system.object_id),
         "roles      Exchange.ManageAsApp",
@@ -1141,7 +1141,7 @@ async fn the_azure_cli_source_runs_az_account_get_access_token() {
     let args = std::fs::read_to_string(&args_file).unwrap();
     assert_eq!(
         args.trim(),
-        "account get-access-token -o json --scope https://outlook.office365.com/.default"
+        format!("account get-access-token -o json --scope {EXCHANGE}/.default")
     );
 }
 
