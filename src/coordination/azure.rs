@@ -265,6 +265,42 @@ enum WriteFailure {
     Storage(CoordinationError),
 }
 
+/// A client for the blob container at `url`, with the SDK's retries bounded by
+/// `max_retries` and `request_timeout`, and the URL as it may be shown (no SAS). Shared by
+/// every store that lives in the container (coordination, the job history).
+pub fn container_client(
+    mut url: Url,
+    credential: Option<Arc<dyn TokenCredential>>,
+    max_retries: u32,
+    request_timeout: Duration,
+) -> azure_core::Result<(BlobContainerClient, String)> {
+    // A trailing slash would give blob URLs an empty segment (`…/container//locks/x`).
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty();
+    }
+    let display = redact_url(url.as_str());
+    let client_options = ClientOptions {
+        retry: RetryOptions::exponential(ExponentialRetryOptions {
+            initial_delay: azure_core::time::Duration::milliseconds(100),
+            max_retries,
+            max_total_elapsed: azure_core::time::Duration::milliseconds(
+                i64::try_from(request_timeout.as_millis()).unwrap_or(i64::MAX),
+            ),
+            max_delay: azure_core::time::Duration::seconds(1),
+        }),
+        ..Default::default()
+    };
+    let container = BlobContainerClient::new(
+        url,
+        credential,
+        Some(BlobContainerClientOptions {
+            client_options,
+            ..Default::default()
+        }),
+    )?;
+    Ok((container, display))
+}
+
 impl AzureBlobCoordinator {
     /// Builds the clients; makes no storage call.
     pub fn new(
@@ -305,7 +341,6 @@ impl AzureBlobCoordinator {
                 (url, Some(credential), "coordination.container_url")
             }
         };
-        let mut url = url;
         let has_container = url
             .path_segments()
             .is_some_and(|mut segments| segments.any(|s| !s.is_empty()));
@@ -318,30 +353,11 @@ impl AzureBlobCoordinator {
                 ),
             });
         }
-        // A trailing slash would give blob URLs an empty segment (`…/container//locks/x`).
-        if let Ok(mut segments) = url.path_segments_mut() {
-            segments.pop_if_empty();
-        }
-        let display = redact_url(url.as_str());
-
-        let client_options = ClientOptions {
-            retry: RetryOptions::exponential(ExponentialRetryOptions {
-                initial_delay: azure_core::time::Duration::milliseconds(100),
-                max_retries: options.max_retries,
-                max_total_elapsed: azure_core::time::Duration::milliseconds(
-                    i64::try_from(options.request_timeout.as_millis()).unwrap_or(i64::MAX),
-                ),
-                max_delay: azure_core::time::Duration::seconds(1),
-            }),
-            ..Default::default()
-        };
-        let container = BlobContainerClient::new(
+        let (container, display) = container_client(
             url,
             credential,
-            Some(BlobContainerClientOptions {
-                client_options,
-                ..Default::default()
-            }),
+            options.max_retries,
+            options.request_timeout,
         )
         .map_err(|e| CoordinationError::Settings {
             key: key.to_string(),

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::HeaderName;
-use azure_core::http::{ClientOptions, ExponentialRetryOptions, RequestContent, RetryOptions, Url};
+use azure_core::http::{RequestContent, Url};
 use azure_storage_blob::models::{
     BlobClientAcquireLeaseOptions, BlobClientUploadOptions, BlobContainerClientListBlobsOptions,
     BlobItem, ListBlobsIncludeItem,
 };
-use azure_storage_blob::{BlobClient, BlobContainerClient, BlobContainerClientOptions};
+use azure_storage_blob::{BlobClient, BlobContainerClient};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt as _, TryStreamExt as _};
 use secrecy::ExposeSecret as _;
@@ -182,7 +182,7 @@ impl BlobHistoryStore {
             key: key.to_string(),
             message,
         };
-        let (mut url, credential, key) = match target {
+        let (url, credential, key) = match target {
             StorageTarget::SasUrl(secret) => (
                 Url::parse(secret.expose_secret()).map_err(|_| {
                     invalid(
@@ -215,28 +215,11 @@ impl BlobHistoryStore {
                 (url, Some(credential), "coordination.container_url")
             }
         };
-        if let Ok(mut segments) = url.path_segments_mut() {
-            segments.pop_if_empty();
-        }
-        let display = redact_url(url.as_str());
-        let client_options = ClientOptions {
-            retry: RetryOptions::exponential(ExponentialRetryOptions {
-                initial_delay: azure_core::time::Duration::milliseconds(100),
-                max_retries: options.max_retries,
-                max_total_elapsed: azure_core::time::Duration::milliseconds(
-                    i64::try_from(options.request_timeout.as_millis()).unwrap_or(i64::MAX),
-                ),
-                max_delay: azure_core::time::Duration::seconds(1),
-            }),
-            ..Default::default()
-        };
-        let container = BlobContainerClient::new(
+        let (container, display) = crate::coordination::azure::container_client(
             url,
             credential,
-            Some(BlobContainerClientOptions {
-                client_options,
-                ..Default::default()
-            }),
+            options.max_retries,
+            options.request_timeout,
         )
         .map_err(|e| invalid(key, redact_text(&e.to_string())))?;
         Ok(BlobHistoryStore {
