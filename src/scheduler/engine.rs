@@ -28,20 +28,22 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
 use crate::coordination::{CoordinationKind, Coordinator, InterruptedOccurrence, StorageHealth};
-use crate::history::{HistoryError, HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
+use crate::history::{HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
 use crate::runbook::{
-    Catalog, ErrorKind, OnInterrupt, ParamErrors, ParamInput, PolicySettings, Runbook,
-    ValidationError, load_folder,
+    Catalog, ErrorKind, OnInterrupt, ParamInput, PolicySettings, Runbook, ValidationError,
+    load_folder,
 };
 use crate::telemetry::metrics::Metrics;
 
 use super::catalog::{LiveCatalog, ReloadSummary};
+use super::handle::{Event, JobEvent, JobKey, LastJob, RunError, SchedulerHandle, Shared};
 use super::job::{
-    ClaimKind, JobContext, JobEvent, JobOrder, JobRunner, StartWhen, record_overlap_skip, run_job,
+    ClaimKind, JobContext, JobOrder, JobRunner, StartWhen, record_overlap_skip, run_job,
 };
+use super::plan::{Due, plan_next, window};
 use super::sweep;
 use crate::timing::policy::{
-    MissedPolicy, OverlapDecision, OverlapPolicy, Window, decide_overlap, jitter_offset, missed_run,
+    MissedPolicy, OverlapDecision, OverlapPolicy, decide_overlap, missed_run,
 };
 
 /// An occurrence found more than this late by the loop (a suspended VM, a stalled host) is
@@ -78,183 +80,6 @@ pub struct SchedulerParts {
     pub coordinator: Coordinator,
     pub runner: Arc<dyn JobRunner>,
     pub metrics: Arc<Metrics>,
-}
-
-/// Why a run request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("no runbook named {0:?} is loaded (GET /api/runbooks lists them)")]
-    NotFound(String),
-    #[error(transparent)]
-    Params(#[from] ParamErrors),
-    #[error("{0}")]
-    Busy(String),
-    #[error("the worker is shutting down and starts no new jobs; try another replica or later")]
-    ShuttingDown,
-    #[error("cannot record the job in the history")]
-    History(#[source] HistoryError),
-}
-
-/// The most recent job of a runbook, for the API and the dashboard.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LastJob {
-    pub job_id: JobId,
-    pub status: JobStatus,
-}
-
-/// A job's key inside the engine (history ids exist only once the job is recorded).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobKey(u64);
-
-/// Everything the loop reacts to, besides its own timer and the shutdown token.
-#[derive(Debug)]
-pub(crate) enum Event {
-    /// The folder changed (watcher) or SIGHUP: load it again.
-    Reload,
-    /// A load finished.
-    Loaded {
-        catalog: Catalog,
-        errors: Vec<ValidationError>,
-    },
-    Run {
-        name: String,
-        params: Vec<(String, ParamInput)>,
-        dry_run: bool,
-        trigger: Trigger,
-        reply: oneshot::Sender<Result<JobId, RunError>>,
-    },
-    Cancel {
-        id: JobId,
-        reply: oneshot::Sender<bool>,
-    },
-    /// A missed occurrence found in the coordination store at start.
-    CatchUp {
-        name: String,
-        instant: DateTime<Utc>,
-    },
-    /// An orphaned occurrence a sweep marked Interrupted.
-    Interrupted(Box<InterruptedOccurrence>),
-    Job(JobEvent),
-}
-
-/// What the API reads without going through the loop.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    catalog: RwLock<Arc<LiveCatalog>>,
-    last_jobs: Mutex<HashMap<String, LastJob>>,
-    stopping: AtomicBool,
-}
-
-impl Shared {
-    pub(crate) fn catalog(&self) -> Arc<LiveCatalog> {
-        self.catalog
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
-
-/// Talks to a running scheduler; cheap to clone.
-#[derive(Clone, Debug)]
-pub struct SchedulerHandle {
-    events: mpsc::UnboundedSender<Event>,
-    shared: Arc<Shared>,
-}
-
-impl SchedulerHandle {
-    /// The catalog in force.
-    pub fn catalog(&self) -> Arc<LiveCatalog> {
-        self.shared.catalog()
-    }
-
-    /// The most recent job of `runbook` (Skipped occurrences aside).
-    pub fn last_job(&self, runbook: &str) -> Option<LastJob> {
-        self.shared
-            .last_jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(runbook)
-            .cloned()
-    }
-
-    /// True from the moment shutdown starts.
-    pub fn is_stopping(&self) -> bool {
-        self.shared.stopping.load(Ordering::SeqCst)
-    }
-
-    /// Loads the runbooks folder again (file watcher, SIGHUP).
-    pub fn reload(&self) {
-        let _ = self.events.send(Event::Reload);
-    }
-
-    /// Starts a job of `runbook` now (or queues it behind a running one, per its
-    /// `overlap`); answers once the job is in the history.
-    pub async fn run(
-        &self,
-        runbook: &str,
-        params: Vec<(String, ParamInput)>,
-        dry_run: bool,
-        trigger: Trigger,
-    ) -> Result<JobId, RunError> {
-        let (reply, answer) = oneshot::channel();
-        self.events
-            .send(Event::Run {
-                name: runbook.to_string(),
-                params,
-                dry_run,
-                trigger,
-                reply,
-            })
-            .map_err(|_| RunError::ShuttingDown)?;
-        answer.await.unwrap_or(Err(RunError::ShuttingDown))
-    }
-
-    /// Tells job `id` to stop (between calls); false when it is not running or queued here.
-    pub async fn cancel(&self, id: &JobId) -> bool {
-        let (reply, answer) = oneshot::channel();
-        if self
-            .events
-            .send(Event::Cancel {
-                id: id.clone(),
-                reply,
-            })
-            .is_err()
-        {
-            return false;
-        }
-        answer.await.unwrap_or(false)
-    }
-}
-
-/// A due occurrence: the schedule's instant and when it fires (the instant plus jitter).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Due {
-    pub instant: DateTime<Utc>,
-    pub fire_at: DateTime<Utc>,
-}
-
-/// The next occurrence of `runbook` strictly after `after`, or `None` when it has no
-/// schedule, is disabled or its window has ended. Pure.
-pub fn plan_next(runbook: &Runbook, after: DateTime<Utc>) -> Option<Due> {
-    if !runbook.enabled {
-        return None;
-    }
-    let schedule = runbook.schedule.as_ref()?;
-    let instant = window(runbook).next_fire(schedule, after)?;
-    let offset = jitter_offset(&runbook.name, instant, runbook.jitter);
-    let fire_at = chrono::Duration::from_std(offset)
-        .ok()
-        .and_then(|o| instant.checked_add_signed(o))
-        .unwrap_or(instant);
-    Some(Due { instant, fire_at })
-}
-
-/// The active window of a runbook.
-pub fn window(runbook: &Runbook) -> Window {
-    Window {
-        start_at: runbook.start_at,
-        end_at: runbook.end_at,
-    }
 }
 
 /// Whether two versions of a runbook fire at the same instants, so that a reload can keep

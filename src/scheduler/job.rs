@@ -26,7 +26,7 @@ use crate::history::{HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
 use crate::runbook::{JobSpec, Runbook};
 use crate::telemetry::metrics::Metrics;
 
-use super::engine::{Event, JobKey, RunError};
+use super::handle::{Event, JobEvent, JobKey, RunError};
 
 /// How a runner's job ended.
 pub struct RunEnd {
@@ -116,24 +116,6 @@ pub(crate) struct JobContext {
     /// Azure mode: keep the cluster-wide schedule status (last fired) up to date.
     pub record_fired: bool,
     pub events: mpsc::UnboundedSender<Event>,
-}
-
-/// What a job task reports to the engine.
-#[derive(Debug)]
-pub(crate) enum JobEvent {
-    /// The job is in the history (Queued).
-    Recorded { key: JobKey, job_id: JobId },
-    /// The job holds its occurrence and is running.
-    Started { key: JobKey },
-    /// The task is done. `status` is the final status recorded, `None` when the job never
-    /// became this replica's (another replica claimed it). `lost_job` is set when the task
-    /// died (a panic) after recording a job it could not finish.
-    Finished {
-        key: JobKey,
-        status: Option<JobStatus>,
-        job_id: Option<JobId>,
-        lost_job: Option<JobId>,
-    },
 }
 
 /// Sends `Finished` when the task ends, also when it unwinds from a panic, so the engine

@@ -15,7 +15,8 @@ use crate::clock::SharedClock;
 use crate::coordination::Coordinator;
 use crate::runbook::Runbook;
 
-use super::engine::{Event, Shared, window};
+use super::handle::{Event, Shared};
+use super::plan::window;
 use crate::timing::policy::missed_run;
 
 /// Runbooks swept at once.

@@ -16,7 +16,7 @@ use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, ne
 
 use crate::runbook::is_runbook_file;
 
-use super::engine::SchedulerHandle;
+use super::handle::SchedulerHandle;
 
 /// How long a file must be quiet before a change counts.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(300);
