@@ -246,3 +246,55 @@ fn a_broken_settings_line_never_prints_the_secret_on_it() {
     assert!(!err.contains(secret), "{err}");
     assert!(err.contains("http.listen"), "{err}");
 }
+
+/// `run` on a real terminal (a pseudo-terminal from util-linux `script`): bars and a plan
+/// summary instead of one line per planned write.
+#[test]
+fn a_dry_run_on_a_terminal_shows_bars_and_a_plan_summary() {
+    let (dir, env) = simulated_workspace();
+    let command = format!(
+        "{} run shared-mailbox-hygiene --dry-run --simulate",
+        crate::support::binary()
+    );
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERM", "xterm")
+        .env("RUNBOOK_WORKER__LOG__LEVEL", "warn");
+    for (k, v) in &env {
+        script.env(k, v);
+    }
+    let out = script
+        .output()
+        .expect("util-linux `script` runs a command on a pseudo-terminal");
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("step 2/4 quota (Set-Mailbox for each of shared)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("writes a real run would make, by cmdlet:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the full plan: `runbook-worker job "),
+        "{text}"
+    );
+    // Not one line per planned write (`  plan: Set-CASMailbox -Identity …`).
+    assert!(!text.contains("plan: Set-"), "{text}");
+
+    // The same command on a pipe keeps one line per planned write.
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let piped = run_binary(
+        dir.path(),
+        &["run", "shared-mailbox-hygiene", "--dry-run", "--simulate"],
+        &env,
+    );
+    let lines = stdout(&piped);
+    assert!(lines.contains("  plan: Set-CASMailbox "), "{lines}");
+    assert!(!lines.contains("by cmdlet"), "{lines}");
+}
