@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::clock::SharedClock;
 use crate::coordination::{CoordinationKind, Coordinator, StorageHealth};
 use crate::history::{
-    self, HistoryHealth, HistoryReader, JobDetail, JobId, JobStatus, JobSummary, Trigger,
+    self, Before, HistoryHealth, HistoryReader, JobDetail, JobId, JobStatus, JobSummary, Trigger,
 };
 use crate::http::{
     ApiError, CancelOutcome, CoordinationReadiness, FileErrorView, HistoryReadiness, JobFilter,
@@ -82,41 +82,6 @@ fn file_error(dir: &Path, file: &str, errors: &[ValidationError]) -> FileErrorVi
 
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// What `?before=` means in the history's id order.
-#[derive(Debug, PartialEq, Eq)]
-enum Before {
-    /// Before 1970: no job was created then.
-    Nothing,
-    /// Beyond what a job id can hold (year 10889): every job.
-    Everything,
-    /// Jobs with an id below this one.
-    Id(JobId),
-}
-
-/// The smallest job id created at or after `at`: ids are ULIDs, so "created before `at`" is
-/// "id below this one". Instants a ULID's 48-bit millisecond time cannot hold are not
-/// wrapped or dropped but mean "nothing" or "everything".
-fn before_bound(at: DateTime<Utc>) -> Before {
-    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let Ok(millis) = u128::try_from(at.timestamp_millis()) else {
-        return Before::Nothing;
-    };
-    if millis >= 1u128 << 48 {
-        return Before::Everything;
-    }
-    let value = millis << 80;
-    let text: String = (0..26)
-        .map(|i| {
-            let shift = 5 * (25 - i);
-            char::from(ALPHABET[((value >> shift) & 0x1f) as usize])
-        })
-        .collect();
-    match text.parse() {
-        Ok(id) => Before::Id(id),
-        Err(_) => Before::Everything,
-    }
 }
 
 fn internal(e: history::HistoryError) -> ApiError {
@@ -202,10 +167,12 @@ impl WorkerApi for Api {
                     .map_err(|e| ApiError::BadRequest(e.to_string()))?,
             ),
         };
-        let before = match filter.before.map(before_bound) {
-            Some(Before::Nothing) => return Ok(Vec::new()),
-            Some(Before::Id(id)) => Some(id),
-            Some(Before::Everything) | None => None,
+        let Ok(before) = filter
+            .before
+            .map_or(Ok(None), |at| Before::instant(at).bound())
+        else {
+            // Before 1970: no job was created then.
+            return Ok(Vec::new());
         };
         let filter = history::JobFilter {
             runbook: filter.runbook,
@@ -325,39 +292,6 @@ impl WorkerApi for Api {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn a_before_instant_becomes_the_first_id_of_that_millisecond() {
-        let id = |at| match before_bound(at) {
-            Before::Id(id) => id,
-            other => panic!("{at}: {other:?}"),
-        };
-        let at = Utc.with_ymd_and_hms(2026, 3, 29, 10, 0, 0).unwrap();
-        let bound = id(at);
-        let earlier = id(at - chrono::Duration::milliseconds(1));
-        let later = id(at + chrono::Duration::milliseconds(1));
-        assert!(earlier < bound && bound < later);
-        assert!(bound.as_str().ends_with("0000000000000000"), "{bound}");
-        assert!(id(DateTime::UNIX_EPOCH).as_str().starts_with("0000000000"));
-    }
-
-    #[test]
-    fn instants_a_job_id_cannot_hold_mean_nothing_or_everything() {
-        for at in [
-            Utc.with_ymd_and_hms(1969, 12, 31, 23, 59, 59).unwrap(),
-            Utc.with_ymd_and_hms(1900, 1, 1, 0, 0, 0).unwrap(),
-            DateTime::<Utc>::MIN_UTC,
-        ] {
-            assert_eq!(before_bound(at), Before::Nothing, "{at}");
-        }
-        for at in [
-            Utc.with_ymd_and_hms(10890, 1, 1, 0, 0, 0).unwrap(),
-            DateTime::<Utc>::MAX_UTC,
-        ] {
-            assert_eq!(before_bound(at), Before::Everything, "{at}");
-        }
-    }
 
     #[test]
     fn files_are_shown_relative_to_the_runbooks_folder() {

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
 use runbook_worker::history::{
-    self, HistoryReader, JobDetail, JobFilter, JobId, JobStatus, JobSummary,
+    self, Before, HistoryReader, JobDetail, JobFilter, JobId, JobStatus, JobSummary, NothingBefore,
 };
 
 use super::{Context, Output};
@@ -27,9 +27,10 @@ pub struct JobsArgs {
     /// At most this many jobs, newest first.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub limit: u16,
-    /// Only jobs created before this job id (the last id of the previous page).
-    #[arg(long, value_name = "ID")]
-    pub before: Option<JobId>,
+    /// Only jobs created before this: an RFC 3339 instant (2026-03-29T10:00:00Z, as the
+    /// API's `before` takes) or a job id (the last id of the previous page).
+    #[arg(long, value_name = "INSTANT|ID")]
+    pub before: Option<Before>,
     #[arg(long = "output", alias = "format", value_enum, default_value_t = Output::Human)]
     pub output: Output,
 }
@@ -51,16 +52,23 @@ fn open_history(ctx: &Context) -> anyhow::Result<HistoryReader> {
 
 pub async fn run_list(ctx: Context, args: JobsArgs) -> anyhow::Result<ExitCode> {
     let reader = open_history(&ctx)?;
-    let filter = JobFilter {
-        runbook: args.runbook,
-        status: args.status,
-        limit: usize::from(args.limit),
-        before: args.before,
+    let before = args.before.map_or(Ok(None), Before::bound);
+    let jobs = match before {
+        // Before 1970: no job was created then.
+        Err(NothingBefore) => Vec::new(),
+        Ok(before) => {
+            let filter = JobFilter {
+                runbook: args.runbook,
+                status: args.status,
+                limit: usize::from(args.limit),
+                before,
+            };
+            reader
+                .list_jobs(&filter)
+                .await
+                .with_context(|| format!("cannot list jobs from {}", reader.path().display()))?
+        }
     };
-    let jobs = reader
-        .list_jobs(&filter)
-        .await
-        .with_context(|| format!("cannot list jobs from {}", reader.path().display()))?;
     match args.output {
         // The same document as GET /api/jobs.
         Output::Json => println!(

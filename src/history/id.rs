@@ -78,6 +78,68 @@ impl From<JobId> for String {
     }
 }
 
+/// A `before` bound of a job listing in the history's id order: what the API's
+/// `?before=` and `runbook-worker jobs --before` mean.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Before {
+    /// Before 1970: no job was created then.
+    Nothing,
+    /// Beyond what a job id can hold (year 10889): every job.
+    Everything,
+    /// Jobs with an id below this one.
+    Id(JobId),
+}
+
+impl Before {
+    /// Jobs created before `at`: ids are ULIDs, so that is "id below the smallest id of
+    /// `at`'s millisecond". Instants a ULID's 48-bit millisecond time cannot hold are not
+    /// wrapped or dropped but mean [`Before::Nothing`] or [`Before::Everything`].
+    pub fn instant(at: DateTime<Utc>) -> Before {
+        let Ok(millis) = u128::try_from(at.timestamp_millis()) else {
+            return Before::Nothing;
+        };
+        if millis >= 1u128 << 48 {
+            return Before::Everything;
+        }
+        Before::Id(JobId::from_u128(millis << 80))
+    }
+
+    /// The id bound of a listing (`None`: no bound), or [`NothingBefore`] when no job can
+    /// match.
+    pub fn bound(self) -> Result<Option<JobId>, NothingBefore> {
+        match self {
+            Before::Nothing => Err(NothingBefore),
+            Before::Everything => Ok(None),
+            Before::Id(id) => Ok(Some(id)),
+        }
+    }
+}
+
+/// A `before` bound no job can meet (an instant before 1970).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NothingBefore;
+
+impl FromStr for Before {
+    type Err = InvalidBefore;
+
+    /// A job id (the last id of the previous page) or an RFC 3339 instant.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(id) = s.parse::<JobId>() {
+            return Ok(Before::Id(id));
+        }
+        DateTime::parse_from_rfc3339(s.trim())
+            .map(|at| Before::instant(at.with_timezone(&Utc)))
+            .map_err(|_| InvalidBefore(s.to_string()))
+    }
+}
+
+/// Text that is neither a job id nor an RFC 3339 instant.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is neither an RFC 3339 instant such as 2026-03-29T10:00:00Z nor a job id such as 01JQ3Z8W6V3N9R2K5T7X4B1M0C"
+)]
+pub struct InvalidBefore(pub String);
+
 /// Makes ids that increase strictly within one process, even when the clock stands still
 /// (a [`crate::clock::ManualClock`]) or steps back: the last id is remembered and
 /// incremented.
@@ -142,5 +204,62 @@ mod tests {
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<JobId>(&json).unwrap(), id);
         assert!(serde_json::from_str::<JobId>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn a_before_instant_becomes_the_first_id_of_that_millisecond() {
+        let id = |at| match Before::instant(at) {
+            Before::Id(id) => id,
+            other => panic!("{at}: {other:?}"),
+        };
+        let at = Utc.with_ymd_and_hms(2026, 3, 29, 10, 0, 0).unwrap();
+        let bound = id(at);
+        let earlier = id(at - chrono::Duration::milliseconds(1));
+        let later = id(at + chrono::Duration::milliseconds(1));
+        assert!(earlier < bound && bound < later);
+        assert!(bound.as_str().ends_with("0000000000000000"), "{bound}");
+        assert!(id(DateTime::UNIX_EPOCH).as_str().starts_with("0000000000"));
+        // Every id made during that millisecond or later is not below it.
+        let made = IdGenerator::default().next(at);
+        assert!(made >= bound && made < later, "{made} {bound}");
+    }
+
+    #[test]
+    fn instants_a_job_id_cannot_hold_mean_nothing_or_everything() {
+        for at in [
+            Utc.with_ymd_and_hms(1969, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(1900, 1, 1, 0, 0, 0).unwrap(),
+            DateTime::<Utc>::MIN_UTC,
+        ] {
+            assert_eq!(Before::instant(at), Before::Nothing, "{at}");
+        }
+        for at in [
+            Utc.with_ymd_and_hms(10890, 1, 1, 0, 0, 0).unwrap(),
+            DateTime::<Utc>::MAX_UTC,
+        ] {
+            assert_eq!(Before::instant(at), Before::Everything, "{at}");
+        }
+    }
+
+    #[test]
+    fn a_before_is_a_job_id_or_an_rfc3339_instant() {
+        let id = IdGenerator::default().next(Utc::now());
+        assert_eq!(
+            id.as_str().to_lowercase().parse::<Before>(),
+            Ok(Before::Id(id))
+        );
+        let at = Utc.with_ymd_and_hms(2026, 3, 29, 8, 0, 0).unwrap();
+        assert_eq!(
+            "2026-03-29T10:00:00+02:00".parse::<Before>(),
+            Ok(Before::instant(at))
+        );
+        assert_eq!(
+            "1960-01-01T00:00:00Z".parse::<Before>(),
+            Ok(Before::Nothing)
+        );
+        for bad in ["yesterday", "2026-03-29", ""] {
+            let err = bad.parse::<Before>().unwrap_err().to_string();
+            assert!(err.contains("RFC 3339") && err.contains("job id"), "{err}");
+        }
     }
 }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
 
-pub use id::{InvalidJobId, JobId};
+pub use id::{Before, InvalidBefore, InvalidJobId, JobId, NothingBefore};
 pub use model::{
     JobDetail, JobFilter, JobStatus, JobSummary, NewJob, NewStreamEntry, Outcome, StepCounts,
     StreamEntry, StreamKind, Trigger, UnknownStatus,

@@ -247,6 +247,57 @@ fn a_broken_settings_line_never_prints_the_secret_on_it() {
     assert!(err.contains("http.listen"), "{err}");
 }
 
+#[test]
+fn jobs_before_takes_an_instant_as_the_api_does_or_a_job_id() {
+    let (dir, env) = simulated_workspace();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = [
+        "run",
+        "mailboxes-near-quota",
+        "--dry-run",
+        "--simulate",
+        "--output",
+        "json",
+    ];
+    for _ in 0..2 {
+        let out = run_binary(dir.path(), &run, &env);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let list = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["jobs", "--output", "json"];
+        args.extend(extra);
+        let out = run_binary(dir.path(), &args, &env);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        doc["jobs"].as_array().unwrap().clone()
+    };
+    let all = list(&[]);
+    assert_eq!(all.len(), 2, "{all:?}");
+    let (newer, older) = (&all[0], &all[1]);
+    let ids = |jobs: Vec<serde_json::Value>| -> Vec<String> {
+        jobs.iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let older_id = older["id"].as_str().unwrap().to_string();
+    for before in [
+        newer["id"].as_str().unwrap(),
+        newer["created_at"].as_str().unwrap(),
+    ] {
+        assert_eq!(
+            ids(list(&["--before", before])),
+            [older_id.clone()],
+            "--before {before}"
+        );
+    }
+    assert_eq!(ids(list(&["--before", "9999-01-01T00:00:00Z"])).len(), 2);
+    assert!(list(&["--before", "1969-12-31T23:59:59Z"]).is_empty());
+
+    let out = run_binary(dir.path(), &["jobs", "--before", "yesterday"], &env);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("RFC 3339"), "{}", stderr(&out));
+}
+
 /// `run` on a real terminal (a pseudo-terminal from util-linux `script`): bars and a plan
 /// summary instead of one line per planned write.
 #[test]
