@@ -33,8 +33,12 @@ pub struct NextArgs {
     pub output: Output,
 }
 
+/// `--output json`: the same key names as `validate` and `GET /api/runbooks` for the same
+/// facts (`name`, `schedule`, `time_zone`).
 #[derive(Debug, Serialize)]
 struct Report {
+    name: String,
+    /// Deprecated: the same as `name`, kept for consumers of its first name.
     runbook: String,
     file: String,
     schedule: Vec<String>,
@@ -83,6 +87,7 @@ pub async fn run(ctx: Context, args: NextArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let report = Report {
+        name: runbook.name.clone(),
         runbook: runbook.name.clone(),
         file: runbook.file.clone(),
         schedule: schedule
@@ -107,7 +112,7 @@ pub async fn run(ctx: Context, args: NextArgs) -> anyhow::Result<ExitCode> {
 fn human(report: &Report) -> String {
     let mut out = format!(
         "{} ({}): {} in {}\n",
-        report.runbook,
+        report.name,
         report.file,
         report.schedule.join(", "),
         report.time_zone

@@ -1,4 +1,4 @@
-//! `runbook-worker validate [PATH…] [--format text|json]`: checks runbook files the way
+//! `runbook-worker validate [PATH…] [--output human|json]`: checks runbook files the way
 //! the worker loads them, without contacting anything.
 
 use std::collections::BTreeSet;
@@ -19,33 +19,43 @@ pub struct ValidateArgs {
     /// like the worker reads them: *.toml files, temporary and hidden files skipped.
     #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// `text`: one `file:line:column: message` line per error; `json`: one JSON document
+    /// `human`: one `file:line:column: message` line per error; `json`: one JSON document
     /// with the valid runbooks and every error.
     #[arg(long = "output", alias = "format", value_enum, default_value_t = Output::Human)]
     pub output: Output,
 }
 
-/// One valid runbook, as `--format json` lists it.
+/// One valid runbook, as `--output json` lists it: the same key names as `next` and
+/// `GET /api/runbooks` for the same facts (`schedule`, `time_zone`).
 #[derive(Debug, Serialize)]
 struct ValidRunbook {
     name: String,
     file: String,
     hash: String,
     enabled: bool,
+    /// The cron expressions, as `next` lists them.
+    schedule: Vec<String>,
+    time_zone: String,
+    /// Deprecated: the same as `schedule`, kept for consumers of its first name.
     schedules: Vec<String>,
+    /// Deprecated: the same as `time_zone`, kept for consumers of its first name.
     timezone: String,
     steps: usize,
 }
 
 impl From<&Runbook> for ValidRunbook {
     fn from(rb: &Runbook) -> Self {
+        let schedule: Vec<String> = rb.schedules.iter().map(|s| s.expression.clone()).collect();
+        let time_zone = rb.timezone.name().to_string();
         Self {
             name: rb.name.clone(),
             file: rb.file.clone(),
             hash: rb.hash.clone(),
             enabled: rb.enabled,
-            schedules: rb.schedules.iter().map(|s| s.expression.clone()).collect(),
-            timezone: rb.timezone.name().to_string(),
+            schedules: schedule.clone(),
+            schedule,
+            timezone: time_zone.clone(),
+            time_zone,
             steps: rb.steps.len(),
         }
     }

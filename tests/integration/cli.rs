@@ -298,6 +298,78 @@ fn jobs_before_takes_an_instant_as_the_api_does_or_a_job_id() {
     assert!(stderr(&out).contains("RFC 3339"), "{}", stderr(&out));
 }
 
+/// Keys of a JSON object, for naming a missing one.
+fn keys(value: &serde_json::Value) -> Vec<&str> {
+    value
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn validate_next_and_the_api_name_the_same_facts_with_the_same_keys() {
+    use crate::support::app::{TestAppOptions, spawn_app_with};
+
+    let name = "shared-mailbox-hygiene";
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/runbooks/shared-mailbox-hygiene.toml"
+    ))
+    .unwrap();
+    let app =
+        spawn_app_with(TestAppOptions::default().runbook(&format!("{name}.toml"), &text)).await;
+    let listed = app.get_json("/api/runbooks").await;
+    let api = listed["runbooks"]
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["name"] == name))
+        .unwrap_or_else(|| panic!("{name} not in {listed}"))
+        .clone();
+
+    let runbooks = app.runbooks_dir().display().to_string();
+    let env = [("RUNBOOK_WORKER__RUNBOOKS__DIR", runbooks.as_str())];
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run_binary(app.runbooks_dir().as_path(), args, &env);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_str(&stdout(&out)).unwrap()
+    };
+    let validated = json(&["validate", "--output", "json"]);
+    let validate = validated["runbooks"]
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["name"] == name))
+        .unwrap_or_else(|| panic!("{name} not in {validated}"))
+        .clone();
+    let next = json(&["next", name, "--output", "json"]);
+    app.stop().await;
+
+    // The same fact under the same key in all three, with the same value (the API shows
+    // the schedule as one string).
+    let schedule = |v: &serde_json::Value| match &v["schedule"] {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.as_str().unwrap_or_default().to_string(),
+    };
+    for (source, doc) in [("validate", &validate), ("next", &next), ("api", &api)] {
+        for key in ["name", "schedule", "time_zone", "enabled", "file"] {
+            assert!(
+                doc.get(key).is_some(),
+                "{source} lacks {key}: {:?}",
+                keys(doc)
+            );
+        }
+        assert_eq!(doc["name"], name, "{source}");
+        assert_eq!(doc["time_zone"], "Europe/London", "{source}");
+        assert_eq!(doc["enabled"], true, "{source}");
+        assert_eq!(schedule(doc), "0 0 6 * * 1", "{source}: {doc}");
+    }
+    // The first names stay for existing consumers.
+    assert_eq!(validate["timezone"], validate["time_zone"]);
+    assert_eq!(validate["schedules"], validate["schedule"]);
+    assert_eq!(next["runbook"], next["name"]);
+}
+
 /// `run` on a real terminal (a pseudo-terminal from util-linux `script`): bars and a plan
 /// summary instead of one line per planned write.
 #[test]
