@@ -19,10 +19,8 @@ use tokio_util::sync::CancellationToken;
 use runbook_worker::exchange::{ExchangeClient, InvokeOptions, ParamValue, Parameters, Record};
 use runbook_worker::runbook::CmdletPolicy;
 
-use super::{Context, Output, TargetArgs};
+use super::{Context, EXIT_NON_TERMINATING_ERRORS, Output, TargetArgs};
 
-/// Exit status of a call that ran but reported non-terminating errors.
-const COMPLETED_WITH_ERRORS: u8 = 3;
 /// Table cells longer than this are cut (with `…`); `--output json` has every value whole.
 const MAX_CELL: usize = 48;
 /// Columns a table shows by default.
@@ -195,7 +193,7 @@ async fn call(
         eprintln!(
             "{cmdlet} completed with {non_terminating} non-terminating error(s); the records above are what it did"
         );
-        return Ok(ExitCode::from(COMPLETED_WITH_ERRORS));
+        return Ok(ExitCode::from(EXIT_NON_TERMINATING_ERRORS));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -96,9 +96,21 @@ pub struct Context {
     pub env: HashMap<String, String>,
 }
 
+// Exit statuses besides 0 (`ExitCode::SUCCESS`) and 1 (`ExitCode::FAILURE`, also every
+// error a command returns). Each is in the table of docs/cli.md ("Exit codes"), which a
+// test checks.
+
 /// The exit status of a mistake on the command line (an unknown flag, a missing argument):
-/// sysexits' EX_USAGE, apart from every command's own statuses (README, "Exit codes").
+/// sysexits' EX_USAGE, apart from every command's own statuses.
 pub const EXIT_USAGE: u8 = 64;
+/// `run`: the job ended CompletedWithErrors.
+pub const EXIT_COMPLETED_WITH_ERRORS: u8 = 2;
+/// `run`: the job TimedOut.
+pub const EXIT_TIMED_OUT: u8 = 3;
+/// `invoke`: the call ran but Exchange reported non-terminating errors.
+pub const EXIT_NON_TERMINATING_ERRORS: u8 = 3;
+/// `run`: the job was Cancelled (Ctrl-C), as a shell reports SIGINT.
+pub const EXIT_CANCELLED: u8 = 130;
 
 /// `--output` of every command: `human` for people, `json` for programs. `text` and
 /// `table` (the older names) are accepted for `human`, and `--format` for `--output`.

@@ -31,7 +31,9 @@ use runbook_worker::executor::{
 use runbook_worker::history::{self, NewJob, StepCounts, Trigger};
 use runbook_worker::runbook::{self, ParamInput, Runbook};
 
-use super::{Context, Output, TargetArgs};
+use super::{
+    Context, EXIT_CANCELLED, EXIT_COMPLETED_WITH_ERRORS, EXIT_TIMED_OUT, Output, TargetArgs,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -60,13 +62,13 @@ pub struct RunArgs {
 
 /// The exit status of each final status.
 fn exit_code(status: FinalStatus) -> ExitCode {
-    ExitCode::from(match status {
-        FinalStatus::Completed => 0,
-        FinalStatus::Failed => 1,
-        FinalStatus::CompletedWithErrors => 2,
-        FinalStatus::TimedOut => 3,
-        FinalStatus::Cancelled => 130,
-    })
+    match status {
+        FinalStatus::Completed => ExitCode::SUCCESS,
+        FinalStatus::Failed => ExitCode::FAILURE,
+        FinalStatus::CompletedWithErrors => ExitCode::from(EXIT_COMPLETED_WITH_ERRORS),
+        FinalStatus::TimedOut => ExitCode::from(EXIT_TIMED_OUT),
+        FinalStatus::Cancelled => ExitCode::from(EXIT_CANCELLED),
+    }
 }
 
 pub async fn run(ctx: Context, args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -421,3 +421,101 @@ fn a_dry_run_on_a_terminal_shows_bars_and_a_plan_summary() {
     assert!(lines.contains("  plan: Set-CASMailbox "), "{lines}");
     assert!(!lines.contains("by cmdlet"), "{lines}");
 }
+
+/// The rows of the Markdown table under `heading` in `text`: cells of each row, trimmed.
+fn table_rows(text: &str, heading: &str) -> Vec<Vec<String>> {
+    let section = text
+        .split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {heading:?}"));
+    section
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn every_exit_status_of_every_command_is_in_the_exit_codes_table() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let read = |path: &str| std::fs::read_to_string(format!("{root}/{path}")).unwrap();
+    let doc = read("docs/cli.md");
+    let statuses = table_rows(&doc, "## Exit codes");
+    let per_command = table_rows(&doc, "Each command's statuses:");
+
+    // Every EXIT_* constant of the CLI, with its value, read from the source.
+    let cli = read("src/cli/mod.rs");
+    let constants: Vec<(String, u8)> = cli
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub const EXIT_"))
+        .map(|rest| {
+            let (name, value) = rest
+                .split_once(": u8 = ")
+                .expect("pub const EXIT_X: u8 = N;");
+            (
+                format!("EXIT_{name}"),
+                value.trim_end_matches(';').parse().unwrap(),
+            )
+        })
+        .collect();
+    assert!(constants.len() >= 5, "{constants:?}");
+
+    let documented = |command: &str, status: u8| -> bool {
+        per_command.iter().any(|row| {
+            row[0].contains(&format!("`{command}"))
+                && row[1].split(", ").any(|s| s == status.to_string())
+        })
+    };
+    for (name, value) in &constants {
+        assert!(
+            statuses.iter().any(|row| row[0] == value.to_string()),
+            "{name} = {value} is not in the exit codes table of docs/cli.md"
+        );
+    }
+    // Each command's own file: the statuses it returns are listed for it. Every command
+    // exits 64 on a usage mistake and 1 on an error it returns.
+    let files = std::fs::read_dir(format!("{root}/src/cli")).unwrap();
+    for file in files {
+        let path = file.unwrap().path();
+        let command = path.file_stem().unwrap().to_str().unwrap().to_string();
+        if command == "mod" {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !source.contains("ExitCode::from(0")
+                && !source.contains("ExitCode::from(1")
+                && !source
+                    .split("ExitCode::from(")
+                    .skip(1)
+                    .any(|rest| rest.starts_with(|c: char| c.is_ascii_digit())),
+            "{command}: an exit status must be a named EXIT_* constant"
+        );
+        let mut used = vec![1u8, 64];
+        if source.contains("ExitCode::SUCCESS") {
+            used.push(0);
+        }
+        for (name, value) in &constants {
+            if source.contains(name.as_str()) {
+                used.push(*value);
+            }
+        }
+        for status in used {
+            assert!(
+                documented(&command, status),
+                "`{command}` can exit {status}, which docs/cli.md's table does not list for it"
+            );
+        }
+    }
+    // And the table's claims hold at the command line.
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_binary(dir.path(), &["completions", "nosuchshell"], &[]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+}
