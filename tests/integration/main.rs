@@ -8,6 +8,7 @@ mod architecture;
 mod cli;
 mod coordination;
 mod deploy;
+mod docs;
 mod exchange;
 mod executor;
 mod graph;
