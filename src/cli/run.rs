@@ -420,31 +420,13 @@ impl Bars {
             .cloned()
     }
 
-    /// A bar for a step: items done of the total when it is known, a count and its rate
-    /// while the source still streams, records read for a single call.
+    /// A bar for a step, styled by [`bar_style`].
     fn start(&self, step: &str, prefix: String, for_each: bool, total: Option<u64>) {
-        let (template, length) = match (for_each, total) {
-            (true, Some(t)) => (
-                "{prefix} [{bar:30}] {pos}/{len} items, {rate}, ETA {eta}  {msg}",
-                Some(t),
-            ),
-            (true, None) => ("{spinner} {prefix} {pos} items, {rate}  {msg}", None),
-            (false, _) => ("{spinner} {prefix} {pos} records read, {rate}  {msg}", None),
-        };
-        let style = ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .with_key(
-                "rate",
-                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                    let _ = write!(w, "{:.1}/s", state.per_sec());
-                },
-            )
-            .progress_chars("=> ");
-        let bar = match length {
-            Some(t) => ProgressBar::new(t),
-            None => ProgressBar::no_length(),
+        let bar = match (for_each, total) {
+            (true, Some(t)) => ProgressBar::new(t),
+            _ => ProgressBar::no_length(),
         }
-        .with_style(style)
+        .with_style(bar_style(for_each, total.is_some()))
         .with_prefix(prefix);
         let bar = self.multi.add(bar);
         bar.enable_steady_tick(Duration::from_millis(200));
@@ -456,10 +438,10 @@ impl Bars {
 
     fn counts(&self, step: &str, counts: &StepCounts, total: Option<u64>, for_each: bool) {
         let Some(bar) = self.bar(step) else { return };
-        if let (Some(t), None) = (total, bar.length()) {
-            if for_each {
-                bar.set_length(t);
-            }
+        // A streamed source's total, once known: the spinner becomes a bar.
+        if let (true, Some(t), None) = (for_each, total, bar.length()) {
+            bar.set_length(t);
+            bar.set_style(bar_style(true, true));
         }
         bar.set_position(position(counts, for_each));
         bar.set_message(counts_only(counts));
@@ -471,6 +453,25 @@ impl Bars {
             bar.finish_with_message(counts_only(counts));
         }
     }
+}
+
+/// A bar with items done of the total when the total is known, a spinner with a count and
+/// its rate while the source still streams, records read for a single call.
+fn bar_style(for_each: bool, total_known: bool) -> ProgressStyle {
+    let template = match (for_each, total_known) {
+        (true, true) => "{prefix} [{bar:30}] {pos}/{len} items, {rate}, ETA {eta}  {msg}",
+        (true, false) => "{spinner} {prefix} {pos} items, {rate}  {msg}",
+        (false, _) => "{spinner} {prefix} {pos} records read, {rate}  {msg}",
+    };
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1}/s", state.per_sec());
+            },
+        )
+        .progress_chars("=> ")
 }
 
 /// What a step's bar counts: items for a `for_each` step, records read for a single call.
@@ -893,8 +894,8 @@ parameters = { Identity = "{{ item.ExternalDirectoryObjectId }}", Archive = true
         plan: Vec<Value>,
     }
 
-    /// A real dry run of [`PLANNING_RUNBOOK`] against the simulated tenant.
-    async fn dry_run(display: Display, plan_file: bool) -> DryRun {
+    /// A folder with [`PLANNING_RUNBOOK`] as `bulk`, and the context of a command run in it.
+    fn workspace() -> (tempfile::TempDir, Context) {
         let dir = tempfile::tempdir().unwrap();
         let runbooks = dir.path().join("runbooks");
         std::fs::create_dir(&runbooks).unwrap();
@@ -908,23 +909,29 @@ parameters = { Identity = "{{ item.ExternalDirectoryObjectId }}", Archive = true
         .map(|(k, v)| (k.to_string(), v.display().to_string()))
         .collect();
         let settings = runbook_worker::settings::load(None, dir.path(), &env).unwrap();
-        let args = RunArgs {
+        (dir, Context { settings, env })
+    }
+
+    fn dry_run_args(plan_file: Option<PathBuf>) -> RunArgs {
+        RunArgs {
             runbook: "bulk".into(),
             dry_run: true,
-            plan_file: plan_file.then(|| dir.path().join("plan.jsonl")),
+            plan_file,
             params: Vec::new(),
             output: Output::Human,
             target: TargetArgs { simulate: true },
-        };
+        }
+    }
+
+    /// A real dry run of [`PLANNING_RUNBOOK`] against the simulated tenant.
+    async fn dry_run(display: Display, plan_file: bool) -> DryRun {
+        let (dir, ctx) = workspace();
+        let state = ctx.settings.state.dir.clone();
+        let args = dry_run_args(plan_file.then(|| dir.path().join("plan.jsonl")));
         let captured = Captured::default();
-        let outcome = execute(
-            Context { settings, env },
-            args,
-            display,
-            Box::new(captured.clone()),
-        )
-        .await
-        .unwrap();
+        let outcome = execute(ctx, args, display, Box::new(captured.clone()))
+            .await
+            .unwrap();
         assert_eq!(outcome.status, FinalStatus::Completed);
         let reader = HistoryReader::open(&history::database_path(&state)).unwrap();
         let jobs = reader
@@ -1038,6 +1045,60 @@ parameters = { Identity = "{{ item.ExternalDirectoryObjectId }}", Archive = true
         assert!(!run.printed.contains("by cmdlet"), "{}", run.printed);
     }
 
+    #[tokio::test]
+    async fn an_unwritable_plan_file_is_refused_before_a_job_is_recorded() {
+        let (dir, ctx) = workspace();
+        let state = ctx.settings.state.dir.clone();
+        let path = dir.path().join("no-such-folder").join("plan.jsonl");
+        let error = execute(
+            ctx,
+            dry_run_args(Some(path.clone())),
+            Display::Lines,
+            Box::new(Captured::default()),
+        )
+        .await
+        .expect_err("refused");
+        let message = format!("{error:#}");
+        assert!(message.contains("--plan-file"), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(
+            !history::database_path(&state).exists(),
+            "a job was recorded"
+        );
+    }
+
+    #[test]
+    fn the_summary_says_when_the_history_keeps_only_part_of_the_plan() {
+        let mut tally = PlanTally::default();
+        for i in 0..1500 {
+            tally.add("Set-Mailbox", &json!({ "Identity": format!("m{i}") }));
+        }
+        let at = |history_cap, plan_file| Where {
+            id: "01JQ3Z8W6V3N9R2K5T7X4B1M0C",
+            database: Path::new("state/history.sqlite3"),
+            plan_file,
+            history_cap,
+            dry_run: true,
+        };
+        let text = plan_summary(&tally, &at(1000, None));
+        assert!(text.contains("plan: 1500 writes"), "{text}");
+        assert!(text.contains("the first 20:"), "{text}");
+        assert!(text.contains("keeps the first 1000"), "{text}");
+        assert!(text.contains("--plan-file PATH"), "{text}");
+        let whole = plan_summary(&tally, &at(5000, Some(Path::new("plan.jsonl"))));
+        assert!(!whole.contains("keeps the first"), "{whole}");
+        assert!(whole.contains("plan.jsonl (every write"), "{whole}");
+
+        let mut few = PlanTally::default();
+        few.add("Set-Mailbox", &json!({}));
+        assert!(plan_summary(&few, &at(1000, None)).contains("plan: 1 write a real run"));
+        assert!(plan_summary(&few, &at(1000, None)).contains("all 1:"));
+        assert_eq!(
+            plan_summary(&PlanTally::default(), &at(1000, None)),
+            "plan: no writes (nothing would change)"
+        );
+    }
+
     #[test]
     fn bars_only_for_people_at_a_terminal() {
         assert!(matches!(
@@ -1104,5 +1165,44 @@ parameters = { Identity = "{{ item.ExternalDirectoryObjectId }}", Archive = true
             .await;
         assert!(bar.is_finished());
         assert_eq!((bar.position(), bar.message().as_str()), (3, "3 done"));
+    }
+
+    #[tokio::test]
+    async fn a_step_over_a_streaming_source_gets_its_total_once_known() {
+        let terminal = Terminal::new(
+            Output::Human,
+            Display::Bars(ProgressDrawTarget::hidden()),
+            Box::new(Captured::default()),
+            None,
+        );
+        terminal
+            .emit(JobEvent::StepStarted {
+                step: "hide".into(),
+                cmdlet: "Set-Mailbox".into(),
+                for_each: Some("find".into()),
+                index: 2,
+                steps: 2,
+                total: None,
+            })
+            .await;
+        let bar = terminal.bars.as_ref().unwrap().bar("hide").unwrap();
+        assert_eq!(bar.length(), None);
+        for (planned, total) in [(1, None), (2, Some(5))] {
+            terminal
+                .emit(JobEvent::Item {
+                    step: "hide".into(),
+                    outcome: ItemOutcome::Planned,
+                    target: None,
+                    error: None,
+                    counts: StepCounts {
+                        step: "hide".into(),
+                        writes_planned: planned,
+                        ..StepCounts::default()
+                    },
+                    total,
+                })
+                .await;
+        }
+        assert_eq!((bar.position(), bar.length()), (2, Some(5)));
     }
 }

@@ -105,6 +105,8 @@ fn a_mistake_on_the_command_line_exits_64_not_a_job_status() {
     for args in [
         &["run"][..],
         &["run", "x", "--no-such-flag"],
+        // A plan file needs a dry run: a real run plans nothing.
+        &["run", "x", "--plan-file", "plan.jsonl"],
         &["frobnicate"],
     ] {
         let out = run_binary(dir.path(), args, &[]);
@@ -286,7 +288,7 @@ fn jobs_before_takes_an_instant_as_the_api_does_or_a_job_id() {
     ] {
         assert_eq!(
             ids(list(&["--before", before])),
-            [older_id.clone()],
+            std::slice::from_ref(&older_id),
             "--before {before}"
         );
     }
