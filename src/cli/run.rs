@@ -1115,8 +1115,9 @@ parameters = { Identity = "{{ item.ExternalDirectoryObjectId }}", Archive = true
         ));
     }
 
-    #[tokio::test]
-    async fn a_bar_counts_the_items_of_its_step_against_the_total() {
+    /// A terminal with hidden bars, where step `hide` (for each of `find`) has started
+    /// with this total; and its bar.
+    async fn started_bar(total: Option<u64>) -> (Terminal, ProgressBar) {
         let terminal = Terminal::new(
             Output::Human,
             Display::Bars(ProgressDrawTarget::hidden()),
@@ -1130,25 +1131,39 @@ parameters = { Identity = "{{ item.ExternalDirectoryObjectId }}", Archive = true
                 for_each: Some("find".into()),
                 index: 2,
                 steps: 2,
-                total: Some(3),
+                total,
             })
             .await;
         let bar = terminal.bars.as_ref().unwrap().bar("hide").unwrap();
+        (terminal, bar)
+    }
+
+    /// An item of step `hide` ended, leaving the step with `counts`.
+    fn hide_item(outcome: ItemOutcome, counts: StepCounts, total: Option<u64>) -> JobEvent {
+        JobEvent::Item {
+            step: "hide".into(),
+            outcome,
+            target: None,
+            error: None,
+            counts: StepCounts {
+                step: "hide".into(),
+                ..counts
+            },
+            total,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bar_counts_the_items_of_its_step_against_the_total() {
+        let (terminal, bar) = started_bar(Some(3)).await;
         assert_eq!((bar.position(), bar.length()), (0, Some(3)));
         for done in 1..=2 {
+            let counts = StepCounts {
+                done,
+                ..StepCounts::default()
+            };
             terminal
-                .emit(JobEvent::Item {
-                    step: "hide".into(),
-                    outcome: ItemOutcome::Done,
-                    target: None,
-                    error: None,
-                    counts: StepCounts {
-                        step: "hide".into(),
-                        done,
-                        ..StepCounts::default()
-                    },
-                    total: Some(3),
-                })
+                .emit(hide_item(ItemOutcome::Done, counts, Some(3)))
                 .await;
         }
         assert_eq!(bar.position(), 2);
@@ -1169,38 +1184,15 @@ parameters = { Identity = "{{ item.ExternalDirectoryObjectId }}", Archive = true
 
     #[tokio::test]
     async fn a_step_over_a_streaming_source_gets_its_total_once_known() {
-        let terminal = Terminal::new(
-            Output::Human,
-            Display::Bars(ProgressDrawTarget::hidden()),
-            Box::new(Captured::default()),
-            None,
-        );
-        terminal
-            .emit(JobEvent::StepStarted {
-                step: "hide".into(),
-                cmdlet: "Set-Mailbox".into(),
-                for_each: Some("find".into()),
-                index: 2,
-                steps: 2,
-                total: None,
-            })
-            .await;
-        let bar = terminal.bars.as_ref().unwrap().bar("hide").unwrap();
+        let (terminal, bar) = started_bar(None).await;
         assert_eq!(bar.length(), None);
         for (planned, total) in [(1, None), (2, Some(5))] {
+            let counts = StepCounts {
+                writes_planned: planned,
+                ..StepCounts::default()
+            };
             terminal
-                .emit(JobEvent::Item {
-                    step: "hide".into(),
-                    outcome: ItemOutcome::Planned,
-                    target: None,
-                    error: None,
-                    counts: StepCounts {
-                        step: "hide".into(),
-                        writes_planned: planned,
-                        ..StepCounts::default()
-                    },
-                    total,
-                })
+                .emit(hide_item(ItemOutcome::Planned, counts, total))
                 .await;
         }
         assert_eq!((bar.position(), bar.length()), (2, Some(5)));

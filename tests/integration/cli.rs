@@ -48,6 +48,16 @@ fn simulated_workspace() -> (tempfile::TempDir, Vec<(&'static str, String)>) {
     (dir, env)
 }
 
+/// A quick job for a history to hold: an example's dry run against the simulator.
+const RECORDED_DRY_RUN: [&str; 6] = [
+    "run",
+    "mailboxes-near-quota",
+    "--dry-run",
+    "--simulate",
+    "--output",
+    "json",
+];
+
 fn run_simulated(args: &[&str]) -> std::process::Output {
     let (dir, env) = simulated_workspace();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -122,15 +132,7 @@ fn every_command_takes_output_human_or_json_and_the_old_spellings_still_work() {
     let (dir, env) = simulated_workspace();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // One job, so that `jobs` has a history to print.
-    let run = [
-        "run",
-        "mailboxes-near-quota",
-        "--dry-run",
-        "--simulate",
-        "--output",
-        "json",
-    ];
-    let out = run_binary(dir.path(), &run, &env);
+    let out = run_binary(dir.path(), &RECORDED_DRY_RUN, &env);
     assert!(out.status.success(), "{}", stderr(&out));
     for command in ["validate", "next mailboxes-near-quota", "jobs"] {
         let mut human: Vec<&str> = command.split(' ').collect();
@@ -253,16 +255,8 @@ fn a_broken_settings_line_never_prints_the_secret_on_it() {
 fn jobs_before_takes_an_instant_as_the_api_does_or_a_job_id() {
     let (dir, env) = simulated_workspace();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let run = [
-        "run",
-        "mailboxes-near-quota",
-        "--dry-run",
-        "--simulate",
-        "--output",
-        "json",
-    ];
     for _ in 0..2 {
-        let out = run_binary(dir.path(), &run, &env);
+        let out = run_binary(dir.path(), &RECORDED_DRY_RUN, &env);
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let list = |extra: &[&str]| -> Vec<serde_json::Value> {
