@@ -118,7 +118,7 @@ fn is_placeholder(word: &str) -> bool {
 }
 
 /// Runbooks named by `runbook-worker run|next NAME [--param k=v]…`,
-/// `runbook-worker validate runbooks/NAME.toml` and `/api/runbooks/NAME/run` (with the
+/// `runbook-worker validate runbooks/NAME.toml`, `runbook-worker jobs --runbook NAME` and `/api/runbooks/NAME/run` (with the
 /// `params` of a `-d` JSON body).
 fn uses(shell: &str) -> Vec<Use> {
     let joined = shell.replace("\\\n", " ");
@@ -146,6 +146,16 @@ fn uses(shell: &str) -> Vec<Use> {
                             line: line.to_string(),
                         });
                     }
+                }
+            }
+            if command == "jobs" {
+                let named = rest.windows(2).find(|w| w[0] == "--runbook").map(|w| w[1]);
+                if let Some(name) = named.filter(|n| !is_placeholder(n)) {
+                    found.push(Use {
+                        runbook: name.to_string(),
+                        params: Vec::new(),
+                        line: line.to_string(),
+                    });
                 }
             }
             if matches!(command, "run" | "next") {
@@ -251,7 +261,7 @@ fn every_runbook_and_parameter_the_readme_uses_exists() {
 #[test]
 fn a_readme_example_naming_a_missing_runbook_or_parameter_is_found() {
     let found = uses(
-        "curl -s -X POST -H \"Authorization: Bearer $TOKEN\" \\\n     -d '{\"params\": {\"days\": 30}}' \\\n     localhost:8080/api/runbooks/archive-old-mailboxes/run\nrunbook-worker --config /etc/x.toml run team-calendar-access --param team=Sales -p 'delegate=a@b' # note\nrunbook-worker run ./drafts/new.toml\nrunbook-worker next NAME_OR_FILE\n",
+        "curl -s -X POST -H \"Authorization: Bearer $TOKEN\" \\\n     -d '{\"params\": {\"days\": 30}}' \\\n     localhost:8080/api/runbooks/archive-old-mailboxes/run\nrunbook-worker --config /etc/x.toml run team-calendar-access --param team=Sales -p 'delegate=a@b' # note\nrunbook-worker run ./drafts/new.toml\nrunbook-worker next NAME_OR_FILE\nrunbook-worker jobs --runbook archive-mailboxes --limit 10\n",
     );
     let seen: Vec<(&str, Vec<&str>)> = found
         .iter()
@@ -267,6 +277,7 @@ fn a_readme_example_naming_a_missing_runbook_or_parameter_is_found() {
         [
             ("archive-old-mailboxes", vec!["days"]),
             ("team-calendar-access", vec!["team", "delegate"]),
+            ("archive-mailboxes", vec![]),
         ]
     );
 }
