@@ -178,6 +178,27 @@ impl Target {
 }
 
 impl NotifySettings {
+    /// Where email targets' `sendMail` goes: `notify.graph_endpoint` when it is set to
+    /// something else than Microsoft Graph's public host, else `[graph] endpoint` (the
+    /// same override Graph steps use, e.g. the simulator), else the public host.
+    pub fn mail_endpoint(&self, graph_endpoint: Option<&str>) -> Result<Url, NotifyError> {
+        let (key, text) = match graph_endpoint {
+            Some(graph) if self.graph_endpoint == DEFAULT_GRAPH_ENDPOINT => {
+                ("graph.endpoint", graph)
+            }
+            _ => ("notify.graph_endpoint", self.graph_endpoint.as_str()),
+        };
+        Url::parse(text.trim()).map_err(|e| NotifyError::InvalidEndpoint {
+            key,
+            message: format!("not a valid URL ({e})"),
+        })
+    }
+
+    /// The names of the targets, as runbooks' `notify` lists name them.
+    pub fn target_names(&self) -> Vec<String> {
+        self.targets.iter().map(|t| t.name.clone()).collect()
+    }
+
     /// Values that parse but make no sense, as (`notify.key`, message). Messages name the
     /// target and never contain a URL or secret.
     pub fn problems(&self) -> Vec<(String, String)> {

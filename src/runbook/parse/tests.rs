@@ -204,7 +204,7 @@ fn bad_files_report_every_error_with_position_and_message() {
         (
             "unknown top-level key without a close match",
             with_step("colour = 1\n"),
-            vec![r#"x.toml:1:1: unknown key "colour" (expected one of: description, schedule, timezone, timeout, enabled, identity, organization, max_changes, retries, params, overlap, missed, max_lateness, jitter, start_at, end_at, on_interrupt, steps)"#],
+            vec![r#"x.toml:1:1: unknown key "colour" (expected one of: description, schedule, timezone, timeout, enabled, identity, organization, max_changes, retries, params, overlap, missed, max_lateness, jitter, start_at, end_at, on_interrupt, notify, steps)"#],
         ),
         (
             "misspelt step key",
