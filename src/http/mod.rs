@@ -598,6 +598,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn public_url_must_be_https_or_loopback_http() {
+        let problems = |url: &str| {
+            let settings: HttpSettings =
+                toml::from_str(&format!("public_url = \"{url}\"")).expect("parses");
+            settings.problems()
+        };
+        assert_eq!(problems("https://runbooks.contoso.com/"), Vec::new());
+        assert_eq!(problems("http://127.0.0.1:8080"), Vec::new());
+        let refused = problems("http://runbooks.contoso.com");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].0, "http.public_url");
+        assert!(refused[0].1.contains("https"), "{refused:?}");
+        let error = toml::from_str::<HttpSettings>("public_url = \"not a url\"").unwrap_err();
+        assert!(error.to_string().contains("not a valid URL"), "{error}");
+    }
+
+    #[test]
     fn readiness_lists_every_problem_and_is_ready_only_without_one() {
         let cases: Vec<(Readiness, Vec<&str>)> = vec![
             (Readiness::ready(), vec![]),
