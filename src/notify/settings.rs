@@ -605,7 +605,10 @@ mod tests {
         let problems = settings.problems();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].0, "notify.targets[0].secret_env");
-        assert!(problems[0].1.contains("HOOK_SECRET is not set"), "{problems:?}");
+        assert!(
+            problems[0].1.contains("HOOK_SECRET is not set"),
+            "{problems:?}"
+        );
 
         let env = HashMap::from([("HOOK_SECRET".to_string(), secret.to_string())]);
         settings.read_secret_env(&env);
@@ -613,9 +616,15 @@ mod tests {
         let targets = resolve_targets(&settings).expect("resolves");
         assert!(matches!(
             &targets[0].endpoint,
-            Endpoint::Webhook { secret: Some(_), .. }
+            Endpoint::Webhook {
+                secret: Some(_),
+                ..
+            }
         ));
-        assert!(!format!("{settings:?}").contains("C2FVsBQ"), "Debug is redacted");
+        assert!(
+            !format!("{settings:?}").contains("C2FVsBQ"),
+            "Debug is redacted"
+        );
 
         settings.targets[0].secret = Some(SecretString::from(secret.to_string()));
         let problems = settings.problems();
