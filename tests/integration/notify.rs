@@ -941,6 +941,80 @@ mod end_to_end {
         app.stop().await;
     }
 
+    /// Three replicas against Azurite run one failing scheduled runbook: every failed job is
+    /// notified exactly once, by the replica that ran it. Needs Azurite: run it with
+    /// `./scripts/test.sh notify`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_three_replicas_each_failure_is_notified_exactly_once() {
+        use secrecy::ExposeSecret as _;
+
+        use crate::support::coordination::AzuriteContainer;
+
+        let receiver = Receiver::start(vec![Reply::Status(204)]).await;
+        let container = AzuriteContainer::new();
+        let mut replicas = Vec::new();
+        for replica in ["r1", "r2", "r3"] {
+            let app = spawn_app_with(TestAppOptions {
+                settings_file: Some(notify_settings(
+                    "default = [\"hook\"]\nmin_interval = \"0s\"",
+                    &hook("hook", &receiver.url("/hook")),
+                )),
+                ..TestAppOptions::default()
+                    .runbook("tag-owner.toml", &flaky("", "schedule = \"*/2 * * * * *\""))
+                    .setting("RUNBOOK_WORKER__COORDINATION__KIND", "azure-blob")
+                    .setting(
+                        "RUNBOOK_WORKER__COORDINATION__SAS_URL",
+                        container.sas_url().expose_secret(),
+                    )
+                    .setting("RUNBOOK_WORKER__COORDINATION__REPLICA_ID", replica)
+            })
+            .await;
+            replicas.push(app);
+        }
+        let enough = wait_until(Duration::from_secs(60), || async {
+            receiver.requests().len() >= 4
+        })
+        .await;
+        assert!(enough, "{} messages", receiver.requests().len());
+        // Stopping drains every queued notification: what was sent is all there is.
+        let mut failed_jobs = Vec::new();
+        for app in replicas {
+            let jobs = app
+                .get_json("/api/jobs?runbook=tag-owner&status=Failed&limit=1000")
+                .await;
+            let ids: Vec<String> = jobs["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_string())
+                .collect();
+            app.stop().await;
+            failed_jobs.extend(ids);
+        }
+        let messages: Vec<Value> = receiver.requests().iter().map(|r| r.json()).collect();
+        let mut notified: Vec<String> = messages
+            .iter()
+            .filter(|m| m["type"] == "job.failed")
+            .map(|m| m["job_id"].as_str().unwrap().to_string())
+            .collect();
+        notified.sort();
+        let mut occurrences: Vec<&str> = messages
+            .iter()
+            .map(|m| m["scheduled_for"].as_str().unwrap())
+            .collect();
+        occurrences.sort_unstable();
+        occurrences.dedup();
+        assert_eq!(
+            occurrences.len(),
+            messages.len(),
+            "an occurrence was notified twice: {messages:#?}"
+        );
+        failed_jobs.sort();
+        // Jobs that ended after the count above may have been stopped before they ended
+        // Failed; every Failed job was notified and nothing else.
+        assert_eq!(notified, failed_jobs, "{messages:#?}");
+    }
+
     /// The worker binary with JSON logs: each finished job is one `job_finished` event with
     /// its counts, and neither the webhook URL nor its secret is in the log.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
