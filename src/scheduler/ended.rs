@@ -46,6 +46,29 @@ pub(crate) struct Ended<'a> {
     pub notify: bool,
 }
 
+impl<'a> Ended<'a> {
+    /// A job of `runbook` that ended at `ended_at` without starting, with no id yet, that
+    /// this replica tells people about; callers set what else they know.
+    pub fn new(
+        runbook: &'a Arc<Runbook>,
+        trigger: Trigger,
+        scheduled_for: Option<DateTime<Utc>>,
+        dry_run: bool,
+        ended_at: DateTime<Utc>,
+    ) -> Self {
+        Ended {
+            runbook,
+            job_id: None,
+            trigger,
+            scheduled_for,
+            dry_run,
+            started_at: None,
+            ended_at,
+            notify: true,
+        }
+    }
+}
+
 /// Sums of the step counts, for the log event.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Counts {

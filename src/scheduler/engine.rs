@@ -1018,14 +1018,15 @@ impl Scheduler {
             return;
         };
         let ended = Ended {
-            runbook: &runbook,
             job_id,
-            trigger,
-            scheduled_for,
-            dry_run,
             started_at,
-            ended_at: self.ctx.clock.now(),
-            notify: true,
+            ..Ended::new(
+                &runbook,
+                trigger,
+                scheduled_for,
+                dry_run,
+                self.ctx.clock.now(),
+            )
         };
         if !missed {
             ended::log_finished(&self.ctx, &ended, outcome);

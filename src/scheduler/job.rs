@@ -196,14 +196,10 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
     };
 
     let ended_at = |job_id, started_at, notify| Ended {
-        runbook: &runbook,
         job_id,
-        trigger,
-        scheduled_for,
-        dry_run,
         started_at,
-        ended_at: ctx.clock.now(),
         notify,
+        ..Ended::new(&runbook, trigger, scheduled_for, dry_run, ctx.clock.now())
     };
 
     // 1. Queued behind another job: in the history from the moment it is due.
@@ -484,14 +480,14 @@ pub(crate) async fn record_overlap_skip(
     tracing::info!(runbook = %job.runbook, scheduled_for = ?job.scheduled_for, reason, "occurrence skipped");
     let id = record_skip(&ctx, &job, None, reason).await;
     let ended = Ended {
-        runbook: &runbook,
         job_id: id.as_ref(),
-        trigger: job.trigger,
-        scheduled_for: job.scheduled_for,
-        dry_run: job.dry_run,
-        started_at: None,
-        ended_at: ctx.clock.now(),
-        notify: true,
+        ..Ended::new(
+            &runbook,
+            job.trigger,
+            job.scheduled_for,
+            job.dry_run,
+            ctx.clock.now(),
+        )
     };
     let outcome = Outcome::new(JobStatus::Skipped).with_error(reason);
     ended::job_finished(&ctx, ended, &outcome).await;
