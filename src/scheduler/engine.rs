@@ -365,6 +365,21 @@ impl Scheduler {
                                 ClaimKind::Occurrence(instant),
                             );
                         }
+                        for (name, instant) in missed_at_start(&self.catalog, &last, now) {
+                            let outcome = Outcome::new(JobStatus::Skipped).with_error(
+                                "missed: no worker ran at its time and the runbook's `missed` policy does not catch it up",
+                            );
+                            self.announce(
+                                &name,
+                                None,
+                                Trigger::Schedule,
+                                Some(instant),
+                                None,
+                                false,
+                                &outcome,
+                                true,
+                            );
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the last occurrences; no catch-up runs")
@@ -1271,6 +1286,38 @@ pub fn catch_ups(
         .collect()
 }
 
+/// The occurrences missed while no worker ran that are not caught up (`missed = "skip"`,
+/// or older than `max_lateness`): the latest of each runbook, for a `missed` notice. Pure.
+pub fn missed_at_start(
+    catalog: &LiveCatalog,
+    last_fired: &std::collections::BTreeMap<String, DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Vec<(String, DateTime<Utc>)> {
+    catalog
+        .iter()
+        .map(|l| &l.runbook)
+        .filter(|r| r.enabled)
+        .filter_map(|r| {
+            let schedule = r.schedule.as_ref()?;
+            let last = *last_fired.get(&r.name)?;
+            let latest = schedule.latest_at_or_before(now)?;
+            if latest <= last || latest >= now || !window(r).contains(latest) {
+                return None;
+            }
+            let caught_up = missed_run(
+                schedule,
+                &window(r),
+                Some(last),
+                now,
+                r.missed,
+                r.max_lateness,
+            )
+            .is_some();
+            (!caught_up).then(|| (r.name.clone(), latest))
+        })
+        .collect()
+}
+
 /// What a reload's loading task gave, as a load result: a task that failed (a panic in the
 /// loader) counts as an unreadable folder, which keeps every runbook in force, rather than
 /// as an empty folder, which would unschedule them all.
@@ -1475,6 +1522,11 @@ mod tests {
             .collect();
         let found = catch_ups(&catalog, &last, utc("2026-03-05T08:00:00Z"));
         assert_eq!(found, [("once".to_string(), utc("2026-03-05T06:00:00Z"))]);
+        // What is not caught up is missed: "skip" always, "run-once" beyond max_lateness.
+        let missed = missed_at_start(&catalog, &last, utc("2026-03-05T08:00:00Z"));
+        assert_eq!(missed, [("skip".to_string(), utc("2026-03-05T06:00:00Z"))]);
+        let nothing_since = missed_at_start(&catalog, &last, utc("2026-03-01T07:00:00Z"));
+        assert_eq!(nothing_since, []);
     }
 
     #[tokio::test]

@@ -941,6 +941,41 @@ mod end_to_end {
         app.stop().await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_occurrence_the_scheduler_could_not_fire_in_time_is_notified_as_missed() {
+        let receiver = Receiver::start(vec![Reply::Status(204)]).await;
+        let start = crate::support::worker::utc("2026-03-02T06:00:30Z");
+        let clock = ManualClock::new(start);
+        let app = spawn_app_with(TestAppOptions {
+            settings_file: Some(notify_settings(
+                "default = [\"hook\"]",
+                &format!(
+                    "{}events = [\"missed\"]\n",
+                    hook("hook", &receiver.url("/hook"))
+                ),
+            )),
+            clock: Some(std::sync::Arc::new(clock.clone())),
+            ..TestAppOptions::default()
+                .runbook("tag-owner.toml", &flaky("", "schedule = \"* * * * *\""))
+        })
+        .await;
+        // A stalled host: the loop wakes 45 s after the 06:01 occurrence (missed = "skip").
+        clock.set(crate::support::worker::utc("2026-03-02T06:01:45Z"));
+        let ok = wait_until(Duration::from_secs(20), || async {
+            !receiver.requests().is_empty()
+        })
+        .await;
+        assert!(ok, "no missed notice");
+        let body = receiver.requests()[0].json();
+        assert_eq!(body["type"], "job.missed");
+        assert_eq!(body["runbook"], "tag-owner");
+        assert_eq!(body["scheduled_for"], "2026-03-02T06:01:00Z");
+        assert_eq!(body["job_id"], Value::Null);
+        let jobs = app.get_json("/api/jobs?runbook=tag-owner").await;
+        assert_eq!(jobs["jobs"].as_array().unwrap().len(), 0, "{jobs}");
+        app.stop().await;
+    }
+
     /// Three replicas against Azurite run one failing scheduled runbook: every failed job is
     /// notified exactly once, by the replica that ran it. Needs Azurite: run it with
     /// `./scripts/test.sh notify`.
