@@ -351,6 +351,19 @@ fn bad_files_report_every_error_with_position_and_message() {
             ],
         ),
         (
+            "bad notify lists",
+            with_step("notify = \"ops\"\n"),
+            vec![r#"x.toml:1:10: "notify" must be a list of target names such as ["ops-mail"], got a string"#],
+        ),
+        (
+            "notify names a target twice or not at all",
+            with_step("notify = [\"ops\", \"\", \"ops\"]\n"),
+            vec![
+                r#"x.toml:1:18: a notification target name must not be empty"#,
+                r#"x.toml:1:22: notification target "ops" is listed twice"#,
+            ],
+        ),
+        (
             "bad retries",
             with_step("retries = 11\n"),
             vec![r#"x.toml:1:11: "retries" must be an integer between 0 and 10, got 11"#],
