@@ -1293,29 +1293,28 @@ pub fn missed_at_start(
     last_fired: &std::collections::BTreeMap<String, DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Vec<(String, DateTime<Utc>)> {
-    catalog
-        .iter()
-        .map(|l| &l.runbook)
-        .filter(|r| r.enabled)
-        .filter_map(|r| {
-            let schedule = r.schedule.as_ref()?;
-            let last = *last_fired.get(&r.name)?;
-            let latest = schedule.latest_at_or_before(now)?;
-            if latest <= last || latest >= now || !window(r).contains(latest) {
-                return None;
-            }
-            let caught_up = missed_run(
-                schedule,
-                &window(r),
-                Some(last),
-                now,
-                r.missed,
-                r.max_lateness,
-            )
-            .is_some();
-            (!caught_up).then(|| (r.name.clone(), latest))
-        })
-        .collect()
+    let caught_up: BTreeSet<String> = catch_ups(catalog, last_fired, now)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let mut missed = Vec::new();
+    for runbook in catalog.iter().map(|l| &l.runbook) {
+        if !runbook.enabled || caught_up.contains(&runbook.name) {
+            continue;
+        }
+        let (Some(schedule), Some(last)) = (&runbook.schedule, last_fired.get(&runbook.name))
+        else {
+            continue;
+        };
+        if let Some(latest) = schedule.latest_at_or_before(now)
+            && latest > *last
+            && latest < now
+            && window(runbook).contains(latest)
+        {
+            missed.push((runbook.name.clone(), latest));
+        }
+    }
+    missed
 }
 
 /// What a reload's loading task gave, as a load result: a task that failed (a panic in the
