@@ -263,6 +263,7 @@ async fn precision_in_process() -> Result<(), String> {
         Arc::new(NoOp),
         catalog,
         "bench".to_string(),
+        None,
     );
     let stop = CancellationToken::new();
     let task = tokio::spawn(scheduler.run(stop.clone()));

@@ -195,9 +195,10 @@ pub fn from_text(
             message: secrets.mask(&e.to_string()),
         },
     })?;
-    let settings: Settings = built
+    let mut settings: Settings = built
         .try_deserialize()
         .map_err(|e| secrets.mask_error(describe_config_error(e, &origin_of)))?;
+    settings.notify.read_secret_env(env);
 
     if let Some((key, message)) = settings.problems().into_iter().next() {
         return Err(secrets.mask_error(SettingsError::Invalid {

@@ -9,7 +9,9 @@
 //   - with replicas > 1, a blob container for coordination and the Storage Blob Data
 //     Contributor role for the identity on it, so each scheduled occurrence runs once,
 //   - the container app: probes on /healthz and /readyz, state on a per-replica EmptyDir
-//     volume, the API token as a secret.
+//     volume, the API token as a secret,
+//   - with `alertEmail`, an action group that emails it and a log search alert rule on the
+//     worker's `job_finished` log events with status Failed, TimedOut or Interrupted.
 //
 // Not done here: the Exchange permissions. Granting Exchange.ManageAsApp and a directory role
 // are Microsoft Graph operations that need directory privileges a resource-group deployment
@@ -65,6 +67,12 @@ param memory string = '0.5Gi'
 @description('Days the Log Analytics workspace keeps logs.')
 param logRetentionDays int = 30
 
+@description('Email address told when a job fails, times out or is interrupted (an Azure Monitor action group and a log search alert rule on the worker\'s job_finished events). Empty: no alerting resources.')
+param alertEmail string = ''
+
+@description('How often the failed-jobs alert rule runs and the window it looks back over (ISO 8601 duration, 5 minutes to 1 day).')
+param alertInterval string = 'PT15M'
+
 var suffix = uniqueString(resourceGroup().id, name)
 // Storage account names: 3-24 lower-case letters and digits, globally unique.
 var storageAccountName = take('rw${replace(name, '-', '')}${suffix}', 24)
@@ -75,6 +83,10 @@ var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 var acrPullRoleId = '7f951dda-4ed3-4680-a7ca-43fe172d538d'
 var usesRegistry = !empty(registryName)
 var httpPort = 8080
+var alerting = !empty(alertEmail)
+// The worker logs one JSON line per finished job (`event` = job_finished, see README "Alerts
+// in Azure Monitor and Prometheus"); Container Apps puts each line in Log_s.
+var jobFailedQuery = 'ContainerAppConsoleLogs_CL | where Log_s has "job_finished" | extend e = parse_json(Log_s) | where tostring(e.event) == "job_finished" and tostring(e.status) in ("Failed", "TimedOut", "Interrupted") | extend runbook = tostring(e.runbook), status = tostring(e.status), job_id = tostring(e.job_id) | project TimeGenerated, runbook, status, job_id'
 
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: '${name}-identity'
@@ -353,6 +365,67 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
           name: 'state'
           storageType: 'EmptyDir'
         }
+      ]
+    }
+  }
+}
+
+resource alertActionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (alerting) {
+  name: '${name}-alerts'
+  location: 'global'
+  properties: {
+    groupShortName: take(replace(name, '-', ''), 12)
+    enabled: true
+    emailReceivers: [
+      {
+        name: 'alert-email'
+        emailAddress: alertEmail
+        useCommonAlertSchema: true
+      }
+    ]
+  }
+}
+
+resource jobFailedAlert 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = if (alerting) {
+  name: '${name}-job-failed'
+  location: location
+  properties: {
+    displayName: '${name}: a runbook job failed'
+    description: 'A runbook-worker job ended Failed, TimedOut or Interrupted (job_finished log events in ContainerAppConsoleLogs_CL).'
+    severity: 2
+    enabled: true
+    scopes: [
+      logs.id
+    ]
+    evaluationFrequency: alertInterval
+    windowSize: alertInterval
+    criteria: {
+      allOf: [
+        {
+          query: jobFailedQuery
+          timeAggregation: 'Count'
+          dimensions: [
+            {
+              name: 'runbook'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: false
+    actions: {
+      actionGroups: [
+        alertActionGroup.id
       ]
     }
   }

@@ -27,9 +27,13 @@ use crate::identity::{
     IdentityEnvironment, IdentityError, IdentitySettings, ProviderCredential, ProviderOptions,
     SourceKind, TokenProvider, TokenProviders,
 };
+use crate::notify::{
+    GraphMailSender, MailSender, Notifier, NotifierDeps, NotifyError, NotifyEvents, TargetKind,
+    graph_client,
+};
 use crate::runbook::load_folder;
 use crate::scheduler::{
-    JobRunner, LiveCatalog, Scheduler, SchedulerHandle, SchedulerOptions, SchedulerParts,
+    JobEnded, JobRunner, LiveCatalog, Scheduler, SchedulerHandle, SchedulerOptions, SchedulerParts,
 };
 use crate::settings::Settings;
 use crate::simulator::exchange::{ExchangeSimulator, SimulatorConfig};
@@ -88,6 +92,8 @@ pub enum ComponentError {
     History(#[source] HistoryError),
     #[error("cannot set up replica coordination")]
     Coordination(#[source] CoordinationError),
+    #[error("cannot set up notifications")]
+    Notify(#[source] NotifyError),
     #[error("loading the runbooks folder failed")]
     Loading(#[source] tokio::task::JoinError),
     #[error("cannot start the simulated {what}")]
@@ -307,11 +313,15 @@ impl Components {
     pub async fn load_catalog(&self) -> Result<LiveCatalog, ComponentError> {
         let dir = self.settings.runbooks.dir.clone();
         let policy = self.settings.policy.clone();
+        let known = self.settings.notify.target_names();
         let load_dir = dir.clone();
-        let (runbooks, errors) =
-            tokio::task::spawn_blocking(move || load_folder(&load_dir, &policy))
-                .await
-                .map_err(ComponentError::Loading)?;
+        let (runbooks, errors) = tokio::task::spawn_blocking(move || {
+            let (mut runbooks, mut errors) = load_folder(&load_dir, &policy);
+            runbooks.check_notify_targets(&known, &mut errors);
+            (runbooks, errors)
+        })
+        .await
+        .map_err(ComponentError::Loading)?;
         Ok(LiveCatalog::first(&dir, runbooks, errors))
     }
 
@@ -325,9 +335,55 @@ impl Components {
             .unwrap_or_else(|| coordination::default_replica_id(host_name, std::process::id()))
     }
 
+    /// The notifier of `[notify]`, reporting outcomes to `events`, or `None` when no
+    /// target is defined. Email targets send through Microsoft Graph `sendMail` with the
+    /// worker's own identity. The task runs until `cancel`, then drains; await it.
+    pub fn notifier(
+        &self,
+        events: Arc<dyn NotifyEvents>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<Option<(Notifier, JoinHandle<()>)>, ComponentError> {
+        let settings = &self.settings.notify;
+        if settings.targets.is_empty() {
+            return Ok(None);
+        }
+        let wants_mail = settings
+            .targets
+            .iter()
+            .any(|t| TargetKind::parse(&t.kind) == Some(TargetKind::Email));
+        let mail = if wants_mail {
+            let base = settings
+                .mail_endpoint(self.settings.graph.endpoint.as_deref())
+                .map_err(ComponentError::Notify)?;
+            let tokens = self.token_provider().map_err(ComponentError::Identity)?;
+            let sender: Arc<dyn MailSender> = Arc::new(GraphMailSender::new(
+                tokens,
+                base,
+                graph_client(settings).map_err(ComponentError::Notify)?,
+                self.clock.clone(),
+            ));
+            Some(sender)
+        } else {
+            None
+        };
+        let started = Notifier::start(
+            settings,
+            NotifierDeps {
+                mail,
+                public_url: self.settings.http.public_url.clone(),
+                clock: self.clock.clone(),
+                metrics: self.metrics.clone(),
+                events,
+            },
+            cancel,
+        )
+        .map_err(ComponentError::Notify)?;
+        Ok(Some(started))
+    }
+
     /// The scheduler over `catalog`, recording in `history`, claiming through `coordinator`
-    /// and running jobs with `runner` (the executor, or a test's). Timings come from
-    /// `[worker]` and `[coordination]`.
+    /// and running jobs with `runner` (the executor, or a test's), telling `ended` (the
+    /// notifier) about each job end. Timings come from `[worker]` and `[coordination]`.
     pub fn scheduler(
         &self,
         history: HistoryStore,
@@ -335,6 +391,7 @@ impl Components {
         runner: Arc<dyn JobRunner>,
         catalog: LiveCatalog,
         replica_id: String,
+        ended: Option<Arc<dyn JobEnded>>,
     ) -> (Scheduler, SchedulerHandle) {
         Scheduler::new(
             SchedulerParts {
@@ -343,6 +400,7 @@ impl Components {
                 coordinator,
                 runner,
                 metrics: self.metrics.clone(),
+                ended,
             },
             SchedulerOptions {
                 replica_id,
@@ -356,6 +414,7 @@ impl Components {
                     .max(Duration::from_secs(1)),
                 runbooks_dir: self.settings.runbooks.dir.clone(),
                 policy: self.settings.policy.clone(),
+                notify_targets: self.settings.notify.target_names(),
             },
             catalog,
         )

@@ -14,6 +14,7 @@
 
 mod api;
 mod components;
+mod notify;
 mod runner;
 
 use std::collections::HashMap;
@@ -32,7 +33,9 @@ use crate::coordination::{self, CoordinationKind, Coordinator};
 use crate::executor::Executor;
 use crate::history::{self, HistoryStore};
 use crate::http::{self, ApiAuth, HttpError};
-use crate::scheduler::{DEFAULT_DEBOUNCE, JobRunner, Scheduler, SchedulerHandle, watch_folder};
+use crate::scheduler::{
+    DEFAULT_DEBOUNCE, JobEnded, JobRunner, Scheduler, SchedulerHandle, watch_folder,
+};
 use crate::settings::Settings;
 
 pub use components::{ComponentError, ComponentOptions, Components, SIMULATED_MAILBOXES, Target};
@@ -94,6 +97,29 @@ pub enum AppError {
     },
 }
 
+/// The notifier's tasks: the notifier itself and the recorder of its outcomes.
+struct Notifications {
+    /// Stops the notifier, which then sends what is queued for `notify.drain_timeout`.
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    /// Stops the recorder once the notifier has reported everything.
+    recorder_stop: CancellationToken,
+    recorder: JoinHandle<()>,
+}
+
+impl Notifications {
+    /// Runs after the scheduler stopped (every job end is handed over) and before the
+    /// history closes (every outcome is recorded).
+    async fn stop(self) {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the notifier task failed");
+        }
+        self.recorder_stop.cancel();
+        let _ = self.recorder.await;
+    }
+}
+
 /// A built worker, ready to run.
 pub struct App {
     components: Components,
@@ -108,6 +134,7 @@ pub struct App {
     executor: Option<Arc<Executor>>,
     lifecycle: Arc<Lifecycle>,
     watch_debounce: Duration,
+    notifications: Option<Notifications>,
 }
 
 impl std::fmt::Debug for App {
@@ -176,12 +203,37 @@ impl App {
 
         let catalog = components.load_catalog().await?;
         let replica_id = components.replica_id(options.host_name.as_deref());
+        let recorder_stop = CancellationToken::new();
+        let (record, recorder) = notify::record_on_job(history.clone(), recorder_stop.clone());
+        let stop_notifier = CancellationToken::new();
+        let (ended, notifications) = match components.notifier(record, stop_notifier.clone()) {
+            Ok(Some((notifier, task))) => (
+                Some(Arc::new(notify::NotifyOnEnd(notifier)) as Arc<dyn JobEnded>),
+                Some(Notifications {
+                    stop: stop_notifier,
+                    task,
+                    recorder_stop,
+                    recorder,
+                }),
+            ),
+            Ok(None) => {
+                recorder_stop.cancel();
+                let _ = recorder.await;
+                (None, None)
+            }
+            Err(e) => {
+                recorder_stop.cancel();
+                let _ = recorder.await;
+                return Err(e.into());
+            }
+        };
         let (scheduler, handle) = components.scheduler(
             history.clone(),
             coordinator.clone(),
             runner,
             catalog,
             replica_id,
+            ended,
         );
 
         let listener = TcpListener::bind(&settings.http.listen)
@@ -220,6 +272,7 @@ impl App {
             executor,
             lifecycle,
             watch_debounce: options.watch_debounce,
+            notifications,
         })
     }
 
@@ -256,6 +309,7 @@ impl App {
             executor,
             lifecycle,
             watch_debounce,
+            notifications,
         } = self;
         let settings = components.settings();
         let clock = components.clock();
@@ -317,6 +371,9 @@ impl App {
             None => scheduler_task.await,
         };
 
+        if let Some(notifications) = notifications {
+            notifications.stop().await;
+        }
         background.cancel();
         let _ = pruner.await;
         let _ = coordination_pruner.await;

@@ -85,12 +85,20 @@ pub async fn run(ctx: Context, args: ValidateArgs) -> anyhow::Result<ExitCode> {
         let missing_folder = !path.exists() && !runbook::is_runbook_file(path);
         let folder = path.is_dir() && !runbook::is_runbook_file(path);
         if folder || missing_folder {
-            let (catalog, mut folder_errors) = runbook::load_folder(path, policy);
+            let (mut catalog, mut folder_errors) = runbook::load_folder(path, policy);
+            catalog.check_notify_targets(&ctx.settings.notify.target_names(), &mut folder_errors);
             runbooks.extend(catalog.iter().map(|rb| ValidRunbook::from(rb.as_ref())));
             errors.append(&mut folder_errors);
         } else {
             match runbook::load_file(path, policy) {
-                Ok(rb) => runbooks.push(ValidRunbook::from(&rb)),
+                Ok(rb) => {
+                    let before = errors.len();
+                    let mut one = runbook::Catalog::of([rb]);
+                    one.check_notify_targets(&ctx.settings.notify.target_names(), &mut errors);
+                    if errors.len() == before {
+                        runbooks.extend(one.iter().map(|rb| ValidRunbook::from(rb.as_ref())));
+                    }
+                }
                 Err(mut file_errors) => errors.append(&mut file_errors),
             }
         }

@@ -152,15 +152,19 @@ pub enum StreamKind {
     Plan,
     /// Progress notes; only the most recent entries are kept.
     Progress,
+    /// What became of the job's notifications, one entry per target (never a URL or
+    /// secret); written after the job ended.
+    Notifications,
 }
 
 impl StreamKind {
-    pub const ALL: [StreamKind; 5] = [
+    pub const ALL: [StreamKind; 6] = [
         StreamKind::Output,
         StreamKind::Warning,
         StreamKind::Error,
         StreamKind::Plan,
         StreamKind::Progress,
+        StreamKind::Notifications,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -170,6 +174,7 @@ impl StreamKind {
             StreamKind::Error => "error",
             StreamKind::Plan => "plan",
             StreamKind::Progress => "progress",
+            StreamKind::Notifications => "notifications",
         }
     }
 

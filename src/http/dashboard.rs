@@ -326,7 +326,9 @@ fn status_class(value: Value) -> String {
 /// `{{ stream.kind|kind_class }}`: a CSS class from a fixed set.
 fn kind_class(value: Value) -> String {
     match value.as_str().unwrap_or("") {
-        kind @ ("output" | "warning" | "error" | "plan" | "progress") => format!("stream-{kind}"),
+        kind @ ("output" | "warning" | "error" | "plan" | "progress" | "notifications") => {
+            format!("stream-{kind}")
+        }
         _ => "stream-other".to_string(),
     }
 }

@@ -103,6 +103,22 @@ pub struct HttpSettings {
     /// Connections served at once; more get a JSON 503. Lowered at start to half the
     /// process's open-file limit so jobs always find file descriptors.
     pub max_connections: usize,
+    /// Where people reach the dashboard (`https://runbooks.contoso.com`); notifications
+    /// link to `<public_url>/jobs/<id>`. https, or http on a loopback address.
+    #[serde(deserialize_with = "public_url")]
+    pub public_url: Option<url::Url>,
+}
+
+fn public_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<url::Url>, D::Error> {
+    let text: Option<String> = Deserialize::deserialize(d)?;
+    match text.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => url::Url::parse(text).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "not a valid URL ({e}); expected https://host[/path]"
+            ))
+        }),
+    }
 }
 
 impl Default for HttpSettings {
@@ -116,6 +132,7 @@ impl Default for HttpSettings {
             idle_timeout: HumanDuration::from_secs(60),
             request_timeout: HumanDuration::from_secs(30),
             max_connections: 256,
+            public_url: None,
         }
     }
 }
@@ -148,6 +165,11 @@ impl HttpSettings {
                     ),
                 ));
             }
+        }
+        if let Some(url) = &self.public_url
+            && let Err(message) = crate::notify::check_url(url.as_str())
+        {
+            out.push(("http.public_url".to_string(), message));
         }
         if !(1..=MAX_MAX_CONNECTIONS).contains(&self.max_connections) {
             out.push((
@@ -574,6 +596,23 @@ async fn log_request(request: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_url_must_be_https_or_loopback_http() {
+        let problems = |url: &str| {
+            let settings: HttpSettings =
+                toml::from_str(&format!("public_url = \"{url}\"")).expect("parses");
+            settings.problems()
+        };
+        assert_eq!(problems("https://runbooks.contoso.com/"), Vec::new());
+        assert_eq!(problems("http://127.0.0.1:8080"), Vec::new());
+        let refused = problems("http://runbooks.contoso.com");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].0, "http.public_url");
+        assert!(refused[0].1.contains("https"), "{refused:?}");
+        let error = toml::from_str::<HttpSettings>("public_url = \"not a url\"").unwrap_err();
+        assert!(error.to_string().contains("not a valid URL"), "{error}");
+    }
 
     #[test]
     fn readiness_lists_every_problem_and_is_ready_only_without_one() {

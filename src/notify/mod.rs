@@ -67,6 +67,7 @@ pub use event::{JobNotice, MAX_ITEM_ERRORS, NotifyEvent};
 pub use mail::{GRAPH_RESOURCE, GraphMailSender, MailError, MailMessage, MailSender};
 pub use notifier::{Notifier, NotifierDeps, NotifyEvents, Submitted};
 pub use payload::{Message, WebhookBody};
+pub(crate) use settings::check_url;
 pub use settings::{
     DEFAULT_GRAPH_ENDPOINT, NotifySettings, Target, TargetKind, TargetSettings, resolve_targets,
 };
@@ -92,6 +93,8 @@ pub enum NotifyError {
     },
     #[error("no notification target named {name:?} (defined in [[notify.targets]]: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
     UnknownTarget { name: String, known: Vec<String> },
+    #[error("invalid setting `{key}`: {message}")]
+    InvalidEndpoint { key: &'static str, message: String },
     #[error("cannot build the HTTP client for notifications: {0}")]
     Client(String),
 }

@@ -79,6 +79,12 @@ pub struct TargetSettings {
     /// A Standard Webhooks secret (`whsec_<base64>`), for `webhook` targets.
     pub secret: Option<SecretString>,
     pub secret_file: Option<PathBuf>,
+    /// The name of an environment variable holding the secret (a container secret
+    /// reference), read when the settings are loaded.
+    pub secret_env: Option<String>,
+    /// The value of `secret_env`, filled by [`NotifySettings::read_secret_env`].
+    #[serde(skip)]
+    pub secret_env_value: Option<SecretString>,
     /// The mailbox an `email` target sends as.
     pub from: Option<String>,
     pub to: Vec<String>,
@@ -178,6 +184,39 @@ impl Target {
 }
 
 impl NotifySettings {
+    /// Where email targets' `sendMail` goes: `notify.graph_endpoint` when it is set to
+    /// something else than Microsoft Graph's public host, else `[graph] endpoint` (the
+    /// same override Graph steps use, e.g. the simulator), else the public host.
+    pub fn mail_endpoint(&self, graph_endpoint: Option<&str>) -> Result<Url, NotifyError> {
+        let (key, text) = match graph_endpoint {
+            Some(graph) if self.graph_endpoint == DEFAULT_GRAPH_ENDPOINT => {
+                ("graph.endpoint", graph)
+            }
+            _ => ("notify.graph_endpoint", self.graph_endpoint.as_str()),
+        };
+        Url::parse(text.trim()).map_err(|e| NotifyError::InvalidEndpoint {
+            key,
+            message: format!("not a valid URL ({e})"),
+        })
+    }
+
+    /// Reads each target's `secret_env` from `env` (the process environment, passed in:
+    /// only the binary reads it).
+    pub fn read_secret_env(&mut self, env: &std::collections::HashMap<String, String>) {
+        for target in &mut self.targets {
+            target.secret_env_value = target
+                .secret_env
+                .as_ref()
+                .and_then(|var| env.get(var))
+                .map(|value| SecretString::from(value.clone()));
+        }
+    }
+
+    /// The names of the targets, as runbooks' `notify` lists name them.
+    pub fn target_names(&self) -> Vec<String> {
+        self.targets.iter().map(|t| t.name.clone()).collect()
+    }
+
     /// Values that parse but make no sense, as (`notify.key`, message). Messages name the
     /// target and never contain a URL or secret.
     pub fn problems(&self) -> Vec<(String, String)> {
@@ -326,27 +365,41 @@ fn target_problems(
             }
         }
     }
-    if kind != TargetKind::Webhook && (t.secret.is_some() || t.secret_file.is_some()) {
+    let secret_keys: Vec<&str> = [
+        ("secret", t.secret.is_some()),
+        ("secret_file", t.secret_file.is_some()),
+        ("secret_env", t.secret_env.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if kind != TargetKind::Webhook && !secret_keys.is_empty() {
         out.push((
-            key(if t.secret.is_some() {
-                "secret"
-            } else {
-                "secret_file"
-            }),
+            key(secret_keys[0]),
             format!("{who}: a signing secret is for webhook targets only"),
         ));
     }
-    match (&t.secret, &t.secret_file) {
-        (Some(_), Some(_)) => out.push((
-            key("secret_file"),
-            format!("{who}: set `secret` or `secret_file`, not both"),
-        )),
-        (Some(secret), None) => {
-            if let Err(message) = SigningKey::parse(secret.expose_secret()) {
-                out.push((key("secret"), format!("{who}: {message}")));
+    if secret_keys.len() > 1 {
+        out.push((
+            key(secret_keys[1]),
+            format!("{who}: set one of `secret`, `secret_file` or `secret_env`, not several"),
+        ));
+    } else if let Some(secret) = &t.secret {
+        if let Err(message) = SigningKey::parse(secret.expose_secret()) {
+            out.push((key("secret"), format!("{who}: {message}")));
+        }
+    } else if let Some(var) = &t.secret_env {
+        match &t.secret_env_value {
+            None => out.push((
+                key("secret_env"),
+                format!("{who}: the environment variable {var} is not set"),
+            )),
+            Some(value) => {
+                if let Err(message) = SigningKey::parse(value.expose_secret()) {
+                    out.push((key("secret_env"), format!("{who}: {var}: {message}")));
+                }
             }
         }
-        _ => {}
     }
     if let Some(events) = &t.events {
         if events.is_empty() {
@@ -459,7 +512,19 @@ fn resolve_target(i: usize, t: &TargetSettings) -> Result<Target, NotifyError> {
                     SigningKey::parse(&read_secret_file(i, t, "secret_file", path)?)
                         .map_err(|m| invalid("secret_file", m))?,
                 ),
-                (None, None) => None,
+                (None, None) => match (&t.secret_env, &t.secret_env_value) {
+                    (Some(_), Some(value)) => Some(
+                        SigningKey::parse(value.expose_secret())
+                            .map_err(|m| invalid("secret_env", m))?,
+                    ),
+                    (Some(var), None) => {
+                        return Err(invalid(
+                            "secret_env",
+                            format!("the environment variable {var} is not set"),
+                        ));
+                    }
+                    (None, _) => None,
+                },
             };
             Endpoint::Webhook {
                 url: url()?,
@@ -507,6 +572,7 @@ fn read_secret_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn webhook(name: &str, url: &str) -> TargetSettings {
         TargetSettings {
@@ -523,6 +589,51 @@ mod tests {
             ..NotifySettings::default()
         }
         .problems()
+    }
+
+    #[test]
+    fn secret_env_reads_the_secret_from_the_environment_and_names_a_missing_variable() {
+        let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        let mut target = webhook("hook", "https://hooks.example.net/x");
+        target.secret_env = Some("HOOK_SECRET".to_string());
+        let mut settings = NotifySettings {
+            targets: vec![target],
+            ..NotifySettings::default()
+        };
+
+        settings.read_secret_env(&HashMap::new());
+        let problems = settings.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "notify.targets[0].secret_env");
+        assert!(
+            problems[0].1.contains("HOOK_SECRET is not set"),
+            "{problems:?}"
+        );
+
+        let env = HashMap::from([("HOOK_SECRET".to_string(), secret.to_string())]);
+        settings.read_secret_env(&env);
+        assert_eq!(settings.problems(), Vec::new());
+        let targets = resolve_targets(&settings).expect("resolves");
+        assert!(matches!(
+            &targets[0].endpoint,
+            Endpoint::Webhook {
+                secret: Some(_),
+                ..
+            }
+        ));
+        assert!(
+            !format!("{settings:?}").contains("C2FVsBQ"),
+            "Debug is redacted"
+        );
+
+        settings.targets[0].secret = Some(SecretString::from(secret.to_string()));
+        let problems = settings.problems();
+        assert!(
+            problems
+                .iter()
+                .any(|(k, m)| k == "notify.targets[0].secret_file" || m.contains("not several")),
+            "{problems:?}"
+        );
     }
 
     #[test]

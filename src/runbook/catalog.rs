@@ -48,6 +48,45 @@ impl Catalog {
         self.runbooks.is_empty()
     }
 
+    /// Takes out the runbooks whose `notify` names a target `known` (the names of
+    /// `[[notify.targets]]`) does not define, with an error naming the file, the target
+    /// and the known ones: a typo must not silence a runbook's failures.
+    pub fn check_notify_targets(&mut self, known: &[String], errors: &mut Vec<ValidationError>) {
+        self.runbooks.retain(|_, runbook| {
+            let unknown: Vec<&String> = runbook
+                .notify
+                .iter()
+                .filter(|name| !known.contains(name))
+                .collect();
+            for name in &unknown {
+                let defined = if known.is_empty() {
+                    "none are defined".to_string()
+                } else {
+                    format!("defined: {}", known.join(", "))
+                };
+                let mut error = ValidationError::whole_file(
+                    runbook.file.clone(),
+                    ErrorKind::Reference,
+                    format!(
+                        "\"notify\" names {name:?}, which no [[notify.targets]] entry in the settings defines ({defined})"
+                    ),
+                );
+                error.key = "notify".to_string();
+                errors.push(error);
+            }
+            unknown.is_empty()
+        });
+    }
+
+    /// A catalog of these runbooks (a single file checked on its own).
+    pub fn of(runbooks: impl IntoIterator<Item = Runbook>) -> Catalog {
+        let mut catalog = Catalog::default();
+        for runbook in runbooks {
+            catalog.insert(runbook);
+        }
+        catalog
+    }
+
     fn insert(&mut self, runbook: Runbook) {
         self.runbooks
             .insert(runbook.name.clone(), Arc::new(runbook));
@@ -210,6 +249,26 @@ mod tests {
     use super::*;
 
     const VALID: &str = "[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\n";
+
+    #[test]
+    fn a_runbook_naming_an_unknown_notify_target_is_refused_with_the_known_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("good.toml", &format!("notify = [\"ops-mail\"]\n{VALID}"));
+        write("typo.toml", &format!("notify = [\"ops-mial\"]\n{VALID}"));
+        write("default.toml", VALID);
+        let (mut catalog, mut errors) = load_folder(dir.path(), &PolicySettings::default());
+        assert_eq!(errors, Vec::new());
+        let known = vec!["ops-mail".to_string(), "teams-ops".to_string()];
+        catalog.check_notify_targets(&known, &mut errors);
+        assert_eq!(catalog.names().collect::<Vec<_>>(), ["default", "good"]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let text = errors[0].to_string();
+        assert!(text.contains("typo.toml"), "{text}");
+        assert!(text.contains("\"ops-mial\""), "{text}");
+        assert!(text.contains("defined: ops-mail, teams-ops"), "{text}");
+        assert_eq!(errors[0].key, "notify");
+    }
 
     #[test]
     fn temporary_and_foreign_files_are_not_runbooks() {

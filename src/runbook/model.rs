@@ -68,6 +68,8 @@ pub struct Runbook {
     /// No occurrence after this instant.
     pub end_at: Option<DateTime<Utc>>,
     pub on_interrupt: OnInterrupt,
+    /// The `[[notify.targets]]` this runbook's jobs notify, by name; empty: `notify.default`.
+    pub notify: Vec<String>,
     pub steps: Vec<Step>,
 }
 

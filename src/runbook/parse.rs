@@ -58,6 +58,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "start_at",
     "end_at",
     "on_interrupt",
+    "notify",
     "steps",
 ];
 /// Keys of one `[[steps]]` table.
@@ -733,6 +734,10 @@ impl<'t> Checker<'t> {
             .map(|t| t.iter().map(|(k, _)| k.get_ref().to_string()).collect())
             .unwrap_or_default();
         let steps = self.steps(root, &param_names, timezone, policy);
+        let notify = root
+            .get("notify")
+            .map(|n| self.notify_targets(n))
+            .unwrap_or_default();
 
         Some(Runbook {
             name: name.to_string(),
@@ -756,6 +761,7 @@ impl<'t> Checker<'t> {
             start_at,
             end_at,
             on_interrupt,
+            notify,
             steps: steps?,
         })
     }
@@ -1897,5 +1903,6 @@ fn join_key(prefix: &str, name: &str) -> String {
     }
 }
 
+mod notify;
 #[cfg(test)]
 mod tests;

@@ -87,6 +87,11 @@ pub struct RunbookDocument {
     /// mailbox job is not repeated blindly).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_interrupt: Option<OnInterrupt>,
+    /// The notification targets (`name`s of `[[notify.targets]]` in the settings) told
+    /// when a job of this runbook fails or recovers; default `notify.default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub notify: Option<Vec<String>>,
     /// The steps, run in order.
     #[schemars(length(min = 1))]
     pub steps: Vec<StepDocument>,

@@ -36,6 +36,7 @@ use crate::runbook::{
 use crate::telemetry::metrics::Metrics;
 
 use super::catalog::{LiveCatalog, ReloadSummary};
+use super::ended::{self, Ended, JobEnded};
 use super::handle::{Event, JobEvent, JobKey, LastJob, RunError, SchedulerHandle, Shared};
 use super::job::{
     ClaimKind, JobContext, JobOrder, JobRunner, StartWhen, record_overlap_skip, run_job,
@@ -70,6 +71,8 @@ pub struct SchedulerOptions {
     pub sweep_interval: Duration,
     pub runbooks_dir: PathBuf,
     pub policy: PolicySettings,
+    /// The names of `[[notify.targets]]`: a runbook naming another one does not load.
+    pub notify_targets: Vec<String>,
 }
 
 /// The components the scheduler drives.
@@ -80,6 +83,8 @@ pub struct SchedulerParts {
     pub coordinator: Coordinator,
     pub runner: Arc<dyn JobRunner>,
     pub metrics: Arc<Metrics>,
+    /// Hears about every job end (the notifier); `None`: nobody listens.
+    pub ended: Option<Arc<dyn JobEnded>>,
 }
 
 /// Whether two versions of a runbook fire at the same instants, so that a reload can keep
@@ -214,6 +219,7 @@ impl Scheduler {
             metrics: parts.metrics,
             replica_id: options.replica_id.clone(),
             events: tx.clone(),
+            ended: parts.ended,
         });
         let handle = SchedulerHandle {
             events: tx,
@@ -325,7 +331,24 @@ impl Scheduler {
             self.ctx
                 .metrics
                 .job_recorded(&job.runbook, JobStatus::Interrupted.as_str());
+            // This process's own leftovers (one state folder, one owner): it tells people.
+            let outcome = Outcome::new(JobStatus::Interrupted).with_error(
+                job.error
+                    .clone()
+                    .unwrap_or_else(|| "interrupted: the worker stopped while it ran".into()),
+            );
+            self.announce(
+                &job.runbook,
+                Some(&job.id),
+                job.trigger,
+                job.scheduled_for,
+                job.started_at,
+                job.dry_run,
+                &outcome,
+                false,
+            );
         }
+        self.seed_last_runs(&history).await;
 
         match self.ctx.coordinator.kind() {
             CoordinationKind::Local => {
@@ -340,6 +363,21 @@ impl Scheduler {
                                 Trigger::CatchUp,
                                 now,
                                 ClaimKind::Occurrence(instant),
+                            );
+                        }
+                        for (name, instant) in missed_at_start(&self.catalog, &last, now) {
+                            let outcome = Outcome::new(JobStatus::Skipped).with_error(
+                                "missed: no worker ran at its time and the runbook's `missed` policy does not catch it up",
+                            );
+                            self.announce(
+                                &name,
+                                None,
+                                Trigger::Schedule,
+                                Some(instant),
+                                None,
+                                false,
+                                &outcome,
+                                true,
                             );
                         }
                     }
@@ -547,6 +585,21 @@ impl Scheduler {
             )
         });
         tracing::warn!(runbook = %name, instant = %due.instant, late_ms = late.as_millis() as u64, catch_up = catch_up.is_some(), "the scheduler fired too late (a stalled host?); treating the occurrence as missed");
+        if catch_up.is_none() {
+            let outcome = Outcome::new(JobStatus::Skipped).with_error(
+                "missed: the scheduler could not fire it in time and the runbook's `missed` policy does not catch it up",
+            );
+            self.announce(
+                name,
+                None,
+                Trigger::Schedule,
+                Some(due.instant),
+                None,
+                false,
+                &outcome,
+                true,
+            );
+        }
         if let Some(catch_up) = catch_up {
             self.occurrence(
                 name,
@@ -597,7 +650,10 @@ impl Scheduler {
                     ClaimKind::Occurrence(instant),
                 );
             }
-            Event::Interrupted(interrupted) => self.interrupted(*interrupted),
+            Event::Interrupted(interrupted) => {
+                self.sweep_marked(&interrupted);
+                self.interrupted(*interrupted)
+            }
             Event::Job(job) => self.job_event(job),
         }
     }
@@ -614,10 +670,16 @@ impl Scheduler {
         self.load_in_flight = true;
         let dir = self.options.runbooks_dir.clone();
         let policy = self.options.policy.clone();
+        let known = self.options.notify_targets.clone();
         let events = self.ctx.events.clone();
         self.tracker.spawn(async move {
             let folder = dir.clone();
-            let loaded = tokio::task::spawn_blocking(move || load_folder(&dir, &policy)).await;
+            let loaded = tokio::task::spawn_blocking(move || {
+                let (mut catalog, mut errors) = load_folder(&dir, &policy);
+                catalog.check_notify_targets(&known, &mut errors);
+                (catalog, errors)
+            })
+            .await;
             let (catalog, errors) = load_result(&folder, loaded);
             let _ = events.send(Event::Loaded { catalog, errors });
         });
@@ -687,6 +749,9 @@ impl Scheduler {
         self.ctx
             .metrics
             .set_runbooks(catalog.len(), catalog.invalid_count());
+        self.ctx
+            .metrics
+            .retain_runbooks(|name| catalog.get(name).is_some());
         *self
             .shared
             .catalog
@@ -749,6 +814,7 @@ impl Scheduler {
                 };
                 self.tracker.spawn(record_overlap_skip(
                     self.ctx.clone(),
+                    runbook,
                     job,
                     reason.describe(),
                 ));
@@ -923,6 +989,98 @@ impl Scheduler {
             reply: Some(reply),
             start,
         });
+    }
+
+    /// A sweep of this replica marked an orphaned occurrence Interrupted: the fenced write
+    /// succeeded here only, so this replica tells people (the owner is gone).
+    fn sweep_marked(&self, interrupted: &InterruptedOccurrence) {
+        let record = &interrupted.record;
+        let job_id = record
+            .job_id
+            .as_deref()
+            .and_then(|id| id.parse::<JobId>().ok());
+        let outcome = Outcome::new(JobStatus::Interrupted).with_error(format!(
+            "interrupted: replica {} stopped answering while it held this occurrence",
+            record.owner
+        ));
+        self.announce(
+            &record.runbook,
+            job_id.as_ref(),
+            Trigger::Schedule,
+            Some(record.scheduled_for),
+            record.started_at,
+            false,
+            &outcome,
+            false,
+        );
+    }
+
+    /// A job or occurrence the loop itself found ended: the `job_finished` event (unless
+    /// `missed`: no job ran) and the notice. No history read: the loop never waits.
+    #[allow(clippy::too_many_arguments)]
+    fn announce(
+        &self,
+        name: &str,
+        job_id: Option<&JobId>,
+        trigger: Trigger,
+        scheduled_for: Option<DateTime<Utc>>,
+        started_at: Option<DateTime<Utc>>,
+        dry_run: bool,
+        outcome: &Outcome,
+        missed: bool,
+    ) {
+        let Some(runbook) = self.slots.get(name).map(|s| s.runbook.clone()) else {
+            return;
+        };
+        let ended = Ended {
+            job_id,
+            started_at,
+            ..Ended::new(
+                &runbook,
+                trigger,
+                scheduled_for,
+                dry_run,
+                self.ctx.clock.now(),
+            )
+        };
+        if !missed {
+            ended::log_finished(&self.ctx, &ended, outcome);
+        }
+        if let Some(listener) = &self.ctx.ended {
+            let mut notice = ended::notice(&ended, outcome);
+            notice.missed = missed;
+            listener.job_ended(notice);
+        }
+    }
+
+    /// The last-run and last-success gauges of each runbook, from the history at start.
+    async fn seed_last_runs(&self, history: &HistoryStore) {
+        for live in self.catalog.iter() {
+            let name = &live.runbook.name;
+            let filter = crate::history::JobFilter {
+                runbook: Some(name.clone()),
+                status: None,
+                limit: 50,
+                before: None,
+            };
+            let Ok(jobs) = history.list_jobs(&filter).await else {
+                continue;
+            };
+            // Newest first; a success also sets the last run, so it goes first.
+            let ran = jobs.iter().filter(|j| j.started_at.is_some());
+            if let Some(success) = ran
+                .clone()
+                .filter(|j| j.status == JobStatus::Completed && !j.dry_run)
+                .find_map(|j| j.ended_at)
+            {
+                self.ctx
+                    .metrics
+                    .runbook_ran(name, success.timestamp(), true);
+            }
+            if let Some(last) = ran.clone().find_map(|j| j.ended_at) {
+                self.ctx.metrics.runbook_ran(name, last.timestamp(), false);
+            }
+        }
     }
 
     /// A sweep marked an orphaned occurrence Interrupted: run it again when the runbook
@@ -1126,6 +1284,37 @@ pub fn catch_ups(
             Some((r.name.clone(), catch_up.scheduled_for))
         })
         .collect()
+}
+
+/// The occurrences missed while no worker ran that are not caught up (`missed = "skip"`,
+/// or older than `max_lateness`): the latest of each runbook, for a `missed` notice. Pure.
+pub fn missed_at_start(
+    catalog: &LiveCatalog,
+    last_fired: &std::collections::BTreeMap<String, DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Vec<(String, DateTime<Utc>)> {
+    let caught_up: BTreeSet<String> = catch_ups(catalog, last_fired, now)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let mut missed = Vec::new();
+    for runbook in catalog.iter().map(|l| &l.runbook) {
+        if !runbook.enabled || caught_up.contains(&runbook.name) {
+            continue;
+        }
+        let (Some(schedule), Some(last)) = (&runbook.schedule, last_fired.get(&runbook.name))
+        else {
+            continue;
+        };
+        if let Some(latest) = schedule.latest_at_or_before(now)
+            && latest > *last
+            && latest < now
+            && window(runbook).contains(latest)
+        {
+            missed.push((runbook.name.clone(), latest));
+        }
+    }
+    missed
 }
 
 /// What a reload's loading task gave, as a load result: a task that failed (a panic in the
@@ -1332,6 +1521,11 @@ mod tests {
             .collect();
         let found = catch_ups(&catalog, &last, utc("2026-03-05T08:00:00Z"));
         assert_eq!(found, [("once".to_string(), utc("2026-03-05T06:00:00Z"))]);
+        // What is not caught up is missed: "skip" always, "run-once" beyond max_lateness.
+        let missed = missed_at_start(&catalog, &last, utc("2026-03-05T08:00:00Z"));
+        assert_eq!(missed, [("skip".to_string(), utc("2026-03-05T06:00:00Z"))]);
+        let nothing_since = missed_at_start(&catalog, &last, utc("2026-03-01T07:00:00Z"));
+        assert_eq!(nothing_since, []);
     }
 
     #[tokio::test]

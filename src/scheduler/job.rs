@@ -26,6 +26,7 @@ use crate::history::{HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
 use crate::runbook::{JobSpec, Runbook};
 use crate::telemetry::metrics::Metrics;
 
+use super::ended::{self, Ended, JobEnded};
 use super::handle::{Event, JobEvent, JobKey, RunError};
 
 /// How a runner's job ended.
@@ -116,6 +117,8 @@ pub(crate) struct JobContext {
     /// Azure mode: keep the cluster-wide schedule status (last fired) up to date.
     pub record_fired: bool,
     pub events: mpsc::UnboundedSender<Event>,
+    /// Hears about every job end (notifications); see [`ended`].
+    pub ended: Option<Arc<dyn JobEnded>>,
 }
 
 /// Sends `Finished` when the task ends, also when it unwinds from a panic, so the engine
@@ -192,6 +195,13 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
             .collect::<Map<String, Value>>(),
     };
 
+    let ended_at = |job_id, started_at, notify| Ended {
+        job_id,
+        started_at,
+        notify,
+        ..Ended::new(&runbook, trigger, scheduled_for, dry_run, ctx.clock.now())
+    };
+
     // 1. Queued behind another job: in the history from the moment it is due.
     let mut job_id = None;
     let mut start_at = None;
@@ -212,7 +222,8 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
         if !started {
             let outcome = Outcome::new(JobStatus::Cancelled)
                 .with_error("cancelled while queued: it never started");
-            finish(&ctx, &name, &id, outcome, None).await;
+            finish(&ctx, &name, &id, outcome.clone(), None).await;
+            ended::job_finished(&ctx, ended_at(Some(&id), None, true), &outcome).await;
             return notice.send(Some(JobStatus::Cancelled));
         }
     }
@@ -224,13 +235,17 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
         Claimed::Elsewhere => {
             if let Some(id) = &job_id {
                 let outcome = Outcome::new(JobStatus::Skipped).with_error(CLAIMED_ELSEWHERE);
-                finish(&ctx, &name, id, outcome, None).await;
+                finish(&ctx, &name, id, outcome.clone(), None).await;
+                // The replica that ran it tells people.
+                ended::job_finished(&ctx, ended_at(Some(id), None, false), &outcome).await;
                 return notice.send(Some(JobStatus::Skipped));
             }
             return notice.send(None);
         }
         Claimed::Busy => {
-            record_skip(&ctx, &new_job, job_id.as_ref(), BUSY_ELSEWHERE).await;
+            let id = record_skip(&ctx, &new_job, job_id.as_ref(), BUSY_ELSEWHERE).await;
+            let outcome = Outcome::new(JobStatus::Skipped).with_error(BUSY_ELSEWHERE);
+            ended::job_finished(&ctx, ended_at(id.as_ref(), None, true), &outcome).await;
             return notice.send(Some(JobStatus::Skipped));
         }
         Claimed::Failed(e) => {
@@ -238,7 +253,8 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
             tracing::warn!(runbook = %name, scheduled_for = ?scheduled_for, error = %e, "cannot claim an occurrence; this replica does not run it");
             if let Some(id) = &job_id {
                 let outcome = Outcome::new(JobStatus::Skipped).with_error(reason);
-                finish(&ctx, &name, id, outcome, None).await;
+                finish(&ctx, &name, id, outcome.clone(), None).await;
+                ended::job_finished(&ctx, ended_at(Some(id), None, false), &outcome).await;
                 return notice.send(Some(JobStatus::Skipped));
             }
             return notice.send(None);
@@ -273,7 +289,8 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
             if let Some(guard) = guard {
                 complete_occurrence(&name, guard, FinalState::Interrupted, Some(&job_id)).await;
             }
-            finish(&ctx, &name, &job_id, outcome, None).await;
+            finish(&ctx, &name, &job_id, outcome.clone(), None).await;
+            ended::job_finished(&ctx, ended_at(Some(&job_id), None, true), &outcome).await;
             return notice.send(Some(JobStatus::Cancelled));
         }
     }
@@ -346,12 +363,19 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
         complete_occurrence(&name, guard, final_state(status), Some(&job_id)).await;
     }
     let duration = (ctx.clock.now() - started_at).to_std().unwrap_or_default();
-    finish(&ctx, &name, &job_id, outcome, Some(duration)).await;
+    finish(&ctx, &name, &job_id, outcome.clone(), Some(duration)).await;
     if let Some(flush) = flush {
         flush.await;
     }
-    tracing::info!(runbook = %name, job_id = %job_id, status = %status, duration_ms = duration.as_millis() as u64, "job ended");
+    // The engine hears of the end first: a queued job of the runbook need not wait for the
+    // history reads of the notice.
     notice.send(Some(status));
+    ended::job_finished(
+        &ctx,
+        ended_at(Some(&job_id), Some(started_at), true),
+        &outcome,
+    )
+    .await;
 }
 
 enum Claimed {
@@ -414,37 +438,59 @@ async fn record_queued(
     }
 }
 
-async fn record_skip(ctx: &JobContext, job: &NewJob, recorded: Option<&JobId>, reason: &str) {
+/// Records a Skipped occurrence; returns its job id when it is in the history.
+async fn record_skip(
+    ctx: &JobContext,
+    job: &NewJob,
+    recorded: Option<&JobId>,
+    reason: &str,
+) -> Option<JobId> {
     let result = match recorded {
-        Some(id) => {
-            ctx.history
-                .finish(id, Outcome::new(JobStatus::Skipped).with_error(reason))
-                .await
-        }
-        None => ctx
+        Some(id) => ctx
             .history
-            .record_skipped(job.clone(), reason)
+            .finish(id, Outcome::new(JobStatus::Skipped).with_error(reason))
             .await
-            .map(|_| ()),
+            .map(|()| id.clone()),
+        None => ctx.history.record_skipped(job.clone(), reason).await,
     };
     match result {
-        Ok(()) => ctx
-            .metrics
-            .job_recorded(&job.runbook, JobStatus::Skipped.as_str()),
+        Ok(id) => {
+            ctx.metrics
+                .job_recorded(&job.runbook, JobStatus::Skipped.as_str());
+            Some(id)
+        }
         Err(e) => {
             let reason = e.kind().as_str();
             tracing::warn!(runbook = %job.runbook, scheduled_for = ?job.scheduled_for, reason, error = %e.chain(), "cannot record a skipped occurrence");
             if recorded.is_none() {
                 ctx.metrics.occurrence_dropped(&job.runbook, reason);
             }
+            None
         }
     }
 }
 
 /// Records an overlap skip decided by the engine.
-pub(crate) async fn record_overlap_skip(ctx: Arc<JobContext>, job: NewJob, reason: &'static str) {
+pub(crate) async fn record_overlap_skip(
+    ctx: Arc<JobContext>,
+    runbook: Arc<Runbook>,
+    job: NewJob,
+    reason: &'static str,
+) {
     tracing::info!(runbook = %job.runbook, scheduled_for = ?job.scheduled_for, reason, "occurrence skipped");
-    record_skip(&ctx, &job, None, reason).await;
+    let id = record_skip(&ctx, &job, None, reason).await;
+    let ended = Ended {
+        job_id: id.as_ref(),
+        ..Ended::new(
+            &runbook,
+            job.trigger,
+            job.scheduled_for,
+            job.dry_run,
+            ctx.clock.now(),
+        )
+    };
+    let outcome = Outcome::new(JobStatus::Skipped).with_error(reason);
+    ended::job_finished(&ctx, ended, &outcome).await;
 }
 
 async fn finish(

@@ -8,6 +8,7 @@
 //! it through [`job::JobRunner`].
 
 pub mod catalog;
+pub mod ended;
 pub mod engine;
 pub mod handle;
 pub mod job;
@@ -17,6 +18,7 @@ pub mod watch;
 
 pub use crate::runbook::JobSpec;
 pub use catalog::{LiveCatalog, LiveRunbook, ReloadSummary};
+pub use ended::{JOB_FINISHED, JobEnded};
 pub use engine::{Scheduler, SchedulerOptions, SchedulerParts, catch_ups};
 pub use handle::{JobKey, LastJob, RunError, SchedulerHandle};
 pub use job::{JobRunner, RunEnd};

@@ -7,6 +7,8 @@
 //! `runbook_worker_`. Label values are runbook names, cmdlet names, job statuses and outcome
 //! words, never parameters, tokens or anything else a caller could make unbounded or secret.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -35,6 +37,12 @@ const JOB_DURATION_BUCKETS: [f64; 12] = [
 const LATENESS_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0,
 ];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    commit: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunbookStatusLabels {
@@ -89,6 +97,11 @@ pub struct Metrics {
     runbooks_invalid: Gauge,
     jobs_running: Gauge,
     notifications: Family<TargetOutcomeLabels, Counter>,
+    last_run: Family<RunbookLabels, Gauge>,
+    last_success: Family<RunbookLabels, Gauge>,
+    /// The runbooks that have last-run series, so that [`Metrics::retain_runbooks`] can
+    /// remove those of deleted runbooks (a family does not list its label sets).
+    timestamped: Mutex<BTreeSet<String>>,
 }
 
 impl Default for Metrics {
@@ -169,6 +182,30 @@ impl Metrics {
             "Notifications, by target and outcome (delivered, failed, gone, suppressed, dropped, disabled, abandoned)",
             notifications.clone(),
         );
+        let last_run = Family::<RunbookLabels, Gauge>::default();
+        registry.register(
+            "last_run_timestamp_seconds",
+            "When the last job of each runbook that ran ended (Unix seconds), whatever its status",
+            last_run.clone(),
+        );
+        let last_success = Family::<RunbookLabels, Gauge>::default();
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When the last Completed job of each runbook ended (Unix seconds); dry runs do not count",
+            last_success.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1; the labels name the running build",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                commit: label(env!("RUNBOOK_WORKER_GIT_COMMIT")),
+            })
+            .set(1);
         Self {
             registry,
             jobs,
@@ -182,7 +219,43 @@ impl Metrics {
             runbooks_invalid,
             jobs_running,
             notifications,
+            last_run,
+            last_success,
+            timestamped: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// A job of `runbook` that ran ended at `ended_at` (Unix seconds); `success`: it
+    /// Completed (and was not a dry run).
+    pub fn runbook_ran(&self, runbook: &str, ended_at: i64, success: bool) {
+        let labels = RunbookLabels {
+            runbook: label(runbook),
+        };
+        self.last_run.get_or_create(&labels).set(ended_at);
+        if success {
+            self.last_success.get_or_create(&labels).set(ended_at);
+        }
+        self.timestamped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(runbook.to_string());
+    }
+
+    /// Removes the last-run series of runbooks `keep` says no longer exist, so the series
+    /// stay bounded by the catalog.
+    pub fn retain_runbooks(&self, keep: impl Fn(&str) -> bool) {
+        let mut names = self.timestamped.lock().unwrap_or_else(|p| p.into_inner());
+        names.retain(|name| {
+            if keep(name) {
+                return true;
+            }
+            let labels = RunbookLabels {
+                runbook: label(name),
+            };
+            self.last_run.remove(&labels);
+            self.last_success.remove(&labels);
+            false
+        });
     }
 
     /// A job ran and ended with `status` (`Completed`, `Failed`, …) after `duration`.
@@ -346,6 +419,50 @@ mod tests {
         // prometheus-client leaves out a labelled family until it has a series.
         assert!(!text.contains("runbook_worker_jobs_total"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn last_run_gauges_follow_the_runs_and_leave_with_their_runbook() {
+        let m = Metrics::new();
+        m.runbook_ran("archive", 1_700_000_000, true);
+        m.runbook_ran("archive", 1_700_000_600, false);
+        m.runbook_ran("gone", 1_700_000_100, true);
+        let text = m.render();
+        for (series, want) in [
+            (
+                r#"runbook_worker_last_run_timestamp_seconds{runbook="archive"}"#,
+                "1700000600",
+            ),
+            (
+                r#"runbook_worker_last_success_timestamp_seconds{runbook="archive"}"#,
+                "1700000000",
+            ),
+            (
+                r#"runbook_worker_last_success_timestamp_seconds{runbook="gone"}"#,
+                "1700000100",
+            ),
+        ] {
+            assert_eq!(
+                sample(&text, series).as_deref(),
+                Some(want),
+                "{series}:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("# TYPE runbook_worker_last_success_timestamp_seconds gauge\n"),
+            "{text}"
+        );
+        let build = format!(
+            r#"runbook_worker_build_info{{version="{}",commit="{}"}}"#,
+            env!("CARGO_PKG_VERSION"),
+            env!("RUNBOOK_WORKER_GIT_COMMIT")
+        );
+        assert_eq!(sample(&text, &build).as_deref(), Some("1"), "{text}");
+
+        m.retain_runbooks(|name| name == "archive");
+        let text = m.render();
+        assert!(!text.contains(r#"runbook="gone""#), "{text}");
+        assert!(text.contains(r#"runbook="archive""#), "{text}");
     }
 
     #[test]

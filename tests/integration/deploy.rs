@@ -1172,6 +1172,50 @@ fn the_runbooks_share_is_mounted_read_only_and_state_on_a_volume() {
 }
 
 #[test]
+fn the_failed_job_alert_queries_what_the_worker_logs_and_exists_only_with_an_alert_email() {
+    let code = bicep_code();
+    assert!(code.contains("param alertEmail string = ''"));
+    assert!(code.contains("var alerting = !empty(alertEmail)"));
+    for resource in [
+        "resource alertActionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (alerting)",
+        "resource jobFailedAlert 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = if (alerting)",
+    ] {
+        assert!(code.contains(resource), "{resource} is not conditional");
+    }
+    assert!(code.contains("emailAddress: alertEmail"));
+    assert!(code.contains("alertActionGroup.id"));
+    assert!(code.contains("query: jobFailedQuery"));
+
+    // The query reads the table Container Apps fills from the environment's log-analytics
+    // destination, and names the event and the statuses exactly as the worker logs them.
+    let start = code.find("var jobFailedQuery = '").unwrap() + "var jobFailedQuery = '".len();
+    let query = &code[start..start + code[start..].find('\'').unwrap()];
+    assert!(code.contains("destination: 'log-analytics'"));
+    assert!(query.starts_with("ContainerAppConsoleLogs_CL "), "{query}");
+    assert!(
+        query.contains(&format!(
+            "tostring(e.event) == \"{}\"",
+            runbook_worker::scheduler::JOB_FINISHED
+        )),
+        "{query}"
+    );
+    let statuses = [
+        runbook_worker::history::JobStatus::Failed,
+        runbook_worker::history::JobStatus::TimedOut,
+        runbook_worker::history::JobStatus::Interrupted,
+    ]
+    .map(|s| format!("\"{}\"", s.as_str()))
+    .join(", ");
+    assert!(
+        query.contains(&format!("tostring(e.status) in ({statuses})")),
+        "{query}"
+    );
+    // The rule splits by the runbook field the query projects.
+    assert!(query.contains("runbook = tostring(e.runbook)"), "{query}");
+    assert_eq!(quoted_after(&code, &["dimensions: ["], "name"), "runbook");
+}
+
+#[test]
 fn the_bicep_brackets_balance() {
     let code = bicep_code();
     let mut stack = Vec::new();

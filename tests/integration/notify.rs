@@ -619,3 +619,521 @@ fn the_default_targets_can_come_from_the_environment_as_a_list() {
     assert_eq!(s.notify.default, vec!["a", "b"]);
     assert_eq!(s.notify.targets.len(), 2);
 }
+
+// ---------------------------------------------------------------------------------------
+// End to end: the whole worker (spawn_app, or the binary) against the simulated tenant,
+// the simulated Graph `sendMail` and loopback receivers.
+
+mod end_to_end {
+    use std::time::Duration;
+
+    use chrono::Utc;
+    use serde_json::{Value, json};
+
+    use runbook_worker::clock::ManualClock;
+    use runbook_worker::simulator::graph::{GraphSimulator, GraphSimulatorConfig};
+    use runbook_worker::simulator::identity::{IdentitySimulatorConfig, SimulatedIdentity};
+
+    use super::SECRET;
+    use crate::support::app::{TestApp, TestAppOptions, spawn_app_with};
+    use crate::support::executor::simulators;
+    use crate::support::http::{TOKEN, bearer};
+    use crate::support::notify::{Receiver, Reply, down_url, verify_standard_webhook};
+    use crate::support::wait_until;
+    use crate::support::worker::{WorkerProcess, simulator_settings};
+
+    /// Fails with its default parameter (no such mailbox), completes with
+    /// `{"params": {"who": "adele.vance@contoso.com"}}`.
+    fn flaky(notify: &str, top: &str) -> String {
+        format!(
+            "{notify}\n{top}\n[params]\nwho = {{ type = \"string\", default = \"nobody@contoso.com\" }}\n\n\
+             [[steps]]\nname = \"tag\"\ncmdlet = \"Set-Mailbox\"\nparameters = {{ Identity = \"{{{{ params.who }}}}\", CustomAttribute1 = \"Audited\" }}\n"
+        )
+    }
+
+    /// `[notify]` with fast retries, then `targets` (TOML of `[[notify.targets]]`).
+    fn notify_settings(extra: &str, targets: &str) -> String {
+        format!(
+            "[http]\npublic_url = \"https://runbooks.contoso.example/\"\n\n\
+             [notify]\nretry_delay = \"20ms\"\nmax_retry_delay = \"100ms\"\ntimeout = \"2s\"\ndrain_timeout = \"2s\"\n{extra}\n{targets}"
+        )
+    }
+
+    fn hook(name: &str, url: &str) -> String {
+        format!(
+            "[[notify.targets]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n"
+        )
+    }
+
+    /// The job's `notifications` stream entries, once there are `n`.
+    async fn notifications(app: &TestApp, job: &str, n: usize) -> Vec<Value> {
+        let path = format!("/api/jobs/{job}");
+        let entries = || async {
+            let job = app.get_json(&path).await;
+            job["streams"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .filter(|e| e["kind"] == "notifications")
+                        .cloned()
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        let ok = wait_until(Duration::from_secs(20), || async {
+            entries().await.len() >= n
+        })
+        .await;
+        let found = entries().await;
+        assert!(ok, "expected {n} notification entries on {job}: {found:#?}");
+        found
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_runbook_notifies_each_chosen_target_once_and_its_recovery_says_recovered() {
+        let hook_receiver = Receiver::start(vec![Reply::Status(204)]).await;
+        let teams = Receiver::start(vec![Reply::Status(202)]).await;
+        let graph = GraphSimulator::start(GraphSimulatorConfig::default())
+            .await
+            .expect("start the Graph simulator");
+        let hook_url = hook_receiver.url("/hooks/runbooks?key=hook-url-secret");
+        let targets = format!(
+            "{}[[notify.targets]]\nname = \"teams-ops\"\nkind = \"teams\"\nurl = \"{}\"\n\
+             [[notify.targets]]\nname = \"ops-mail\"\nkind = \"email\"\nfrom = \"adele.vance@contoso.com\"\nto = [\"ops@contoso.com\"]\n\
+             [[notify.targets]]\nname = \"unused\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            hook("hook", &hook_url),
+            teams.url("/workflows/abc/invoke?sig=teams-url-secret"),
+            hook_receiver.url("/unused"),
+        );
+        let app = spawn_app_with(TestAppOptions {
+            settings_file: Some(notify_settings("", &targets)),
+            identity: IdentitySimulatorConfig::default().with_system_assigned(Some(
+                SimulatedIdentity::new("worker").with_roles(&["Exchange.ManageAsApp", "Mail.Send"]),
+            )),
+            ..TestAppOptions::default()
+                .runbook(
+                    "tag-owner.toml",
+                    &flaky("notify = [\"hook\", \"teams-ops\", \"ops-mail\"]", ""),
+                )
+                .setting("RUNBOOK_WORKER__GRAPH__ENDPOINT", &graph.base_url())
+        })
+        .await;
+
+        let failed = app.run_runbook("tag-owner", json!({})).await;
+        assert_eq!(app.wait_for_job_end(&failed).await["status"], "Failed");
+        let entries = notifications(&app, &failed, 3).await;
+        let mut targets: Vec<&str> = entries
+            .iter()
+            .map(|e| e["data"]["target"].as_str().unwrap())
+            .collect();
+        targets.sort_unstable();
+        assert_eq!(targets, ["hook", "ops-mail", "teams-ops"], "{entries:#?}");
+        for entry in &entries {
+            assert_eq!(entry["data"]["outcome"], "delivered", "{entry}");
+            assert_eq!(entry["data"]["event"], "failed", "{entry}");
+            assert!(
+                entry["text"].as_str().unwrap().contains("delivered"),
+                "{entry}"
+            );
+        }
+
+        // The webhook: once, signed, with the job and its link.
+        let hooked: Vec<_> = hook_receiver
+            .requests()
+            .into_iter()
+            .filter(|r| r.uri.starts_with("/hooks/"))
+            .collect();
+        assert_eq!(hooked.len(), 1, "{hooked:?}");
+        assert!(verify_standard_webhook(SECRET, &hooked[0], Utc::now()));
+        let body = hooked[0].json();
+        assert_eq!(body["type"], "job.failed");
+        assert_eq!(body["runbook"], "tag-owner");
+        assert_eq!(body["job_id"], failed.as_str());
+        assert_eq!(body["status"], "Failed");
+        assert_eq!(
+            body["url"],
+            format!("https://runbooks.contoso.example/jobs/{failed}")
+        );
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("nobody@contoso.com"),
+            "{body}"
+        );
+        // Teams: one Adaptive Card.
+        let cards = teams.requests();
+        assert_eq!(cards.len(), 1);
+        assert!(cards[0].json().to_string().contains("AdaptiveCard"));
+        // Email: Graph accepted the identity's token (audience and Mail.Send checked).
+        let mail = graph.sent_mail();
+        assert_eq!(mail.len(), 1, "{mail:?}");
+        assert_eq!(mail[0].from, "adele.vance@contoso.com");
+        assert_eq!(mail[0].to, vec!["ops@contoso.com"]);
+        assert!(mail[0].subject.contains("tag-owner"), "{}", mail[0].subject);
+        // A target the runbook does not choose hears nothing.
+        assert!(
+            hook_receiver
+                .requests()
+                .iter()
+                .all(|r| !r.uri.starts_with("/unused"))
+        );
+
+        // The next job completes: each target hears "recovered", once.
+        let recovered = app
+            .run_runbook(
+                "tag-owner",
+                json!({"params": {"who": "adele.vance@contoso.com"}}),
+            )
+            .await;
+        let job = app.wait_for_job_end(&recovered).await;
+        assert_eq!(job["status"], "Completed", "{job}");
+        let entries = notifications(&app, &recovered, 3).await;
+        assert!(
+            entries
+                .iter()
+                .all(|e| e["data"]["event"] == "recovered" && e["data"]["outcome"] == "delivered"),
+            "{entries:#?}"
+        );
+        let hooked: Vec<_> = hook_receiver
+            .requests()
+            .into_iter()
+            .filter(|r| r.uri.starts_with("/hooks/"))
+            .collect();
+        assert_eq!(hooked.len(), 2);
+        assert_eq!(hooked[1].json()["type"], "job.recovered");
+        assert_eq!(teams.requests().len(), 2);
+        assert_eq!(graph.sent_mail().len(), 2);
+
+        // No URL or secret in the API: jobs, runbooks, metrics.
+        let mut seen = String::new();
+        for path in [
+            format!("/api/jobs/{failed}"),
+            format!("/api/jobs/{recovered}"),
+            "/api/jobs".to_string(),
+            "/api/runbooks/tag-owner".to_string(),
+            "/metrics".to_string(),
+        ] {
+            seen.push_str(&app.get(&path).await.text().await.unwrap());
+        }
+        for secret in [
+            "hook-url-secret",
+            "teams-url-secret",
+            &hook_receiver.base,
+            SECRET,
+            SECRET.trim_start_matches("whsec_"),
+        ] {
+            assert!(!seen.contains(secret), "{secret} leaked into the API");
+        }
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        assert!(
+            metrics.contains(
+                r#"runbook_worker_notifications_total{target="hook",outcome="delivered"} 2"#
+            ),
+            "{metrics}"
+        );
+        app.stop().await;
+        graph.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_email_target_without_mail_send_is_recorded_as_failed_and_the_job_keeps_its_outcome()
+    {
+        let graph = GraphSimulator::start(GraphSimulatorConfig::default())
+            .await
+            .expect("start the Graph simulator");
+        let targets = "[[notify.targets]]\nname = \"ops-mail\"\nkind = \"email\"\nfrom = \"adele.vance@contoso.com\"\nto = [\"ops@contoso.com\"]\n";
+        let app = spawn_app_with(TestAppOptions {
+            settings_file: Some(notify_settings("default = [\"ops-mail\"]", targets)),
+            ..TestAppOptions::default()
+                .runbook("tag-owner.toml", &flaky("", ""))
+                .setting("RUNBOOK_WORKER__GRAPH__ENDPOINT", &graph.base_url())
+        })
+        .await;
+        let failed = app.run_runbook("tag-owner", json!({})).await;
+        assert_eq!(app.wait_for_job_end(&failed).await["status"], "Failed");
+        let entries = notifications(&app, &failed, 1).await;
+        assert_eq!(entries[0]["data"]["target"], "ops-mail");
+        assert_eq!(entries[0]["data"]["outcome"], "failed");
+        assert_eq!(entries[0]["data"]["status"], 403, "{entries:#?}");
+        let text = entries[0]["text"].as_str().unwrap();
+        assert!(text.contains("Mail.Send"), "{text}");
+        assert!(graph.sent_mail().is_empty());
+        let job = app.get_json(&format!("/api/jobs/{failed}")).await;
+        assert_eq!(
+            job["status"], "Failed",
+            "a notification never changes the outcome"
+        );
+        app.stop().await;
+        graph.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receiver_answering_500_then_200_gets_the_job_message_once_after_a_retry() {
+        let receiver = Receiver::start(vec![Reply::Status(500), Reply::Status(200)]).await;
+        let app = spawn_app_with(TestAppOptions {
+            settings_file: Some(notify_settings(
+                "default = [\"hook\"]",
+                &hook("hook", &receiver.url("/hook")),
+            )),
+            ..TestAppOptions::default().runbook("tag-owner.toml", &flaky("", ""))
+        })
+        .await;
+        let failed = app.run_runbook("tag-owner", json!({})).await;
+        app.wait_for_job_end(&failed).await;
+        let entries = notifications(&app, &failed, 1).await;
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0]["data"]["outcome"], "delivered");
+        assert_eq!(entries[0]["data"]["attempts"], 2);
+        let requests = receiver.requests();
+        assert_eq!(requests.len(), 2, "one failed attempt, one delivery");
+        assert_eq!(
+            requests[0].header("webhook-id"),
+            requests[1].header("webhook-id"),
+            "the receiver can tell it is the same message"
+        );
+        app.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receiver_that_is_down_or_hangs_never_delays_the_next_scheduled_job() {
+        let hanging = Receiver::start(vec![Reply::Hang]).await;
+        let down = down_url().await;
+        let start = crate::support::worker::utc("2026-03-02T06:00:30Z");
+        let clock = ManualClock::new(start);
+        let targets = format!(
+            "{}{}",
+            hook("slow", &hanging.url("/hook")),
+            hook("dead", &down)
+        );
+        let app = spawn_app_with(TestAppOptions {
+            settings_file: Some(notify_settings(
+                "default = [\"slow\", \"dead\"]\nmin_interval = \"0s\"\nmax_attempts = 5",
+                &targets,
+            )),
+            clock: Some(std::sync::Arc::new(clock.clone())),
+            ..TestAppOptions::default()
+                .runbook("tag-owner.toml", &flaky("", "schedule = \"* * * * *\""))
+        })
+        .await;
+        let ended = |n: usize| {
+            let app = &app;
+            async move {
+                let jobs = app.get_json("/api/jobs?runbook=tag-owner").await;
+                jobs["jobs"].as_array().is_some_and(|jobs| {
+                    jobs.iter().filter(|j| j["status"] == "Failed").count() >= n
+                })
+            }
+        };
+        for n in 1..=3 {
+            clock.set(start + chrono::Duration::seconds(60 * n as i64 - 30));
+            assert!(
+                wait_until(Duration::from_secs(20), || ended(n)).await,
+                "scheduled job {n} ran and ended while earlier notifications hang: {} {}",
+                app.get_json("/api/jobs?runbook=tag-owner").await,
+                app.get_json("/api/runbooks/tag-owner").await
+            );
+        }
+        assert!(
+            !hanging.requests().is_empty(),
+            "the hanging receiver was called"
+        );
+        app.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_occurrence_the_scheduler_could_not_fire_in_time_is_notified_as_missed() {
+        let receiver = Receiver::start(vec![Reply::Status(204)]).await;
+        let start = crate::support::worker::utc("2026-03-02T06:00:30Z");
+        let clock = ManualClock::new(start);
+        let app = spawn_app_with(TestAppOptions {
+            settings_file: Some(notify_settings(
+                "default = [\"hook\"]",
+                &format!(
+                    "{}events = [\"missed\"]\n",
+                    hook("hook", &receiver.url("/hook"))
+                ),
+            )),
+            clock: Some(std::sync::Arc::new(clock.clone())),
+            ..TestAppOptions::default()
+                .runbook("tag-owner.toml", &flaky("", "schedule = \"* * * * *\""))
+        })
+        .await;
+        // A stalled host: the loop wakes 45 s after the 06:01 occurrence (missed = "skip").
+        clock.set(crate::support::worker::utc("2026-03-02T06:01:45Z"));
+        let ok = wait_until(Duration::from_secs(20), || async {
+            !receiver.requests().is_empty()
+        })
+        .await;
+        assert!(ok, "no missed notice");
+        let body = receiver.requests()[0].json();
+        assert_eq!(body["type"], "job.missed");
+        assert_eq!(body["runbook"], "tag-owner");
+        assert_eq!(body["scheduled_for"], "2026-03-02T06:01:00Z");
+        assert_eq!(body["job_id"], Value::Null);
+        let jobs = app.get_json("/api/jobs?runbook=tag-owner").await;
+        assert_eq!(jobs["jobs"].as_array().unwrap().len(), 0, "{jobs}");
+        app.stop().await;
+    }
+
+    /// Three replicas against Azurite run one failing scheduled runbook: every failed job is
+    /// notified exactly once, by the replica that ran it. Needs Azurite: run it with
+    /// `./scripts/test.sh notify`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_three_replicas_each_failure_is_notified_exactly_once() {
+        use secrecy::ExposeSecret as _;
+
+        use crate::support::coordination::AzuriteContainer;
+
+        let receiver = Receiver::start(vec![Reply::Status(204)]).await;
+        let container = AzuriteContainer::new();
+        let mut replicas = Vec::new();
+        for replica in ["r1", "r2", "r3"] {
+            let app = spawn_app_with(TestAppOptions {
+                settings_file: Some(notify_settings(
+                    "default = [\"hook\"]\nmin_interval = \"0s\"",
+                    &hook("hook", &receiver.url("/hook")),
+                )),
+                ..TestAppOptions::default()
+                    .runbook("tag-owner.toml", &flaky("", "schedule = \"*/2 * * * * *\""))
+                    .setting("RUNBOOK_WORKER__COORDINATION__KIND", "azure-blob")
+                    .setting(
+                        "RUNBOOK_WORKER__COORDINATION__SAS_URL",
+                        container.sas_url().expose_secret(),
+                    )
+                    .setting("RUNBOOK_WORKER__COORDINATION__REPLICA_ID", replica)
+            })
+            .await;
+            replicas.push(app);
+        }
+        let enough = wait_until(Duration::from_secs(60), || async {
+            receiver.requests().len() >= 4
+        })
+        .await;
+        assert!(enough, "{} messages", receiver.requests().len());
+        // Stopping drains every queued notification: what was sent is all there is.
+        let mut failed_jobs = Vec::new();
+        for app in replicas {
+            let jobs = app
+                .get_json("/api/jobs?runbook=tag-owner&status=Failed&limit=1000")
+                .await;
+            let ids: Vec<String> = jobs["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_string())
+                .collect();
+            app.stop().await;
+            failed_jobs.extend(ids);
+        }
+        let messages: Vec<Value> = receiver.requests().iter().map(|r| r.json()).collect();
+        let mut notified: Vec<String> = messages
+            .iter()
+            .filter(|m| m["type"] == "job.failed")
+            .map(|m| m["job_id"].as_str().unwrap().to_string())
+            .collect();
+        notified.sort();
+        let mut occurrences: Vec<&str> = messages
+            .iter()
+            .map(|m| m["scheduled_for"].as_str().unwrap())
+            .collect();
+        occurrences.sort_unstable();
+        occurrences.dedup();
+        assert_eq!(
+            occurrences.len(),
+            messages.len(),
+            "an occurrence was notified twice: {messages:#?}"
+        );
+        failed_jobs.sort();
+        // Jobs that ended after the count above may have been stopped before they ended
+        // Failed; every Failed job was notified and nothing else.
+        assert_eq!(notified, failed_jobs, "{messages:#?}");
+    }
+
+    /// The worker binary with JSON logs: each finished job is one `job_finished` event with
+    /// its counts, and neither the webhook URL nor its secret is in the log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_finished_job_logs_one_job_finished_event_and_no_notification_secret() {
+        let tenant = simulators(Default::default()).await;
+        let receiver = Receiver::start(vec![Reply::Status(500), Reply::Status(204)]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let runbooks = dir.path().join("runbooks");
+        std::fs::create_dir_all(&runbooks).unwrap();
+        std::fs::write(runbooks.join("tag-owner.toml"), flaky("", "")).unwrap();
+        let config = format!(
+            "[runbooks]\ndir = \"runbooks\"\n[state]\ndir = \"state\"\n{}\n\
+             [http]\nlisten = \"127.0.0.1:0\"\napi_token = \"{TOKEN}\"\n\n\
+             [notify]\ndefault = [\"hook\"]\nretry_delay = \"20ms\"\n\n{}",
+            simulator_settings(&tenant.identity.base_url(), &tenant.exchange.base_url()),
+            hook("hook", &receiver.url("/hook?key=hook-url-secret")),
+        );
+        std::fs::write(dir.path().join("worker.toml"), config).unwrap();
+        let mut worker = WorkerProcess::spawn(dir.path(), "worker.log");
+        worker.wait_ready().await;
+        let client = reqwest::Client::new();
+        let mut ids = Vec::new();
+        for body in [
+            json!({}),
+            json!({"params": {"who": "adele.vance@contoso.com"}}),
+        ] {
+            let answer: Value = client
+                .post(worker.url("/api/runbooks/tag-owner/run"))
+                .header("authorization", bearer(TOKEN))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let id = answer["job_id"].as_str().expect("job id").to_string();
+            let done = wait_until(Duration::from_secs(20), || async {
+                worker
+                    .logs()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .any(|v| v["event"] == "job_finished" && v["job_id"] == id.as_str())
+            })
+            .await;
+            assert!(done, "no job_finished for {id}:\n{}", worker.logs());
+            ids.push(id);
+        }
+        // Both notifications (failed, recovered) went out before the log is read.
+        assert!(
+            wait_until(Duration::from_secs(10), || async {
+                receiver.requests().len() >= 3
+            })
+            .await
+        );
+        worker.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(worker.wait_exit(Duration::from_secs(30)).await.success());
+
+        let logs = worker.logs();
+        let events: Vec<Value> = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["event"] == "job_finished")
+            .collect();
+        assert_eq!(events.len(), 2, "one event per job:\n{logs}");
+        let (failed, completed) = (&events[0], &events[1]);
+        assert_eq!(failed["job_id"], ids[0].as_str());
+        assert_eq!(failed["runbook"], "tag-owner");
+        assert_eq!(failed["status"], "Failed");
+        assert_eq!(failed["trigger"], "api");
+        assert_eq!(failed["errors"], 1);
+        assert_eq!(failed["writes_applied"], 0);
+        assert!(failed["duration_ms"].is_u64(), "{failed}");
+        assert_eq!(completed["status"], "Completed");
+        assert_eq!(completed["writes_applied"], 1);
+        assert_eq!(completed["writes_planned"], 0);
+        for secret in [
+            "hook-url-secret",
+            SECRET,
+            SECRET.trim_start_matches("whsec_"),
+        ] {
+            assert!(!logs.contains(secret), "{secret} in the log:\n{logs}");
+        }
+        tenant.exchange.shutdown().await;
+        tenant.identity.stop().await;
+    }
+}

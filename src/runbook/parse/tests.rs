@@ -204,7 +204,7 @@ fn bad_files_report_every_error_with_position_and_message() {
         (
             "unknown top-level key without a close match",
             with_step("colour = 1\n"),
-            vec![r#"x.toml:1:1: unknown key "colour" (expected one of: description, schedule, timezone, timeout, enabled, identity, organization, max_changes, retries, params, overlap, missed, max_lateness, jitter, start_at, end_at, on_interrupt, steps)"#],
+            vec![r#"x.toml:1:1: unknown key "colour" (expected one of: description, schedule, timezone, timeout, enabled, identity, organization, max_changes, retries, params, overlap, missed, max_lateness, jitter, start_at, end_at, on_interrupt, notify, steps)"#],
         ),
         (
             "misspelt step key",
@@ -348,6 +348,19 @@ fn bad_files_report_every_error_with_position_and_message() {
                 r#"x.toml:1:11: "overlap" must be one of "skip", "queue", "replace", got "skp" (did you mean "skip"?)"#,
                 r#"x.toml:2:10: "missed" must be one of "skip", "run-once", got "all""#,
                 r#"x.toml:3:16: "on_interrupt" must be one of "ignore", "rerun", got "rerun-always" (did you mean "rerun"?)"#,
+            ],
+        ),
+        (
+            "bad notify lists",
+            with_step("notify = \"ops\"\n"),
+            vec![r#"x.toml:1:10: "notify" must be a list of target names such as ["ops-mail"], got a string"#],
+        ),
+        (
+            "notify names a target twice or not at all",
+            with_step("notify = [\"ops\", \"\", \"ops\"]\n"),
+            vec![
+                r#"x.toml:1:18: a notification target name must not be empty"#,
+                r#"x.toml:1:22: notification target "ops" is listed twice"#,
             ],
         ),
         (

@@ -21,8 +21,9 @@ use runbook_worker::identity::ProviderOptions;
 use runbook_worker::scheduler::{JobRunner, SchedulerHandle};
 use runbook_worker::settings;
 use runbook_worker::simulator::exchange::{RecordedRequest, SimulatorConfig};
+use runbook_worker::simulator::identity::IdentitySimulatorConfig;
 
-use super::executor::{Simulators, simulators};
+use super::executor::{Simulators, simulators_with};
 use super::wait_until;
 
 /// The API token every `TestApp` is given (changes need it; reads on loopback do not).
@@ -40,6 +41,10 @@ pub struct TestAppOptions {
     pub clock: Option<SharedClock>,
     /// Runs jobs instead of the executor (scheduler tests that need no tenant).
     pub runner: Option<Arc<dyn JobRunner>>,
+    /// A settings file (TOML) for what variables cannot say well (`[[notify.targets]]`).
+    pub settings_file: Option<String>,
+    /// The simulated identity endpoint (e.g. the app roles of the worker's identity).
+    pub identity: IdentitySimulatorConfig,
 }
 
 impl Default for TestAppOptions {
@@ -53,6 +58,8 @@ impl Default for TestAppOptions {
             settings: Vec::new(),
             clock: None,
             runner: None,
+            settings_file: None,
+            identity: IdentitySimulatorConfig::default(),
         }
     }
 }
@@ -117,7 +124,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
-    let simulators = simulators(options.tenant).await;
+    let simulators = simulators_with(options.tenant, options.identity).await;
     let root = tempfile::tempdir().unwrap();
     let runbooks = root.path().join("runbooks");
     std::fs::create_dir_all(&runbooks).unwrap();
@@ -138,7 +145,12 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         API_TOKEN.to_string(),
     );
     env.extend(options.settings);
-    let settings = settings::load(None, root.path(), &env).expect("test settings load");
+    let file = options.settings_file.map(|text| {
+        let path = root.path().join("settings.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let settings = settings::load(file.as_deref(), root.path(), &env).expect("test settings load");
 
     let mut component_options = ComponentOptions {
         provider: ProviderOptions::default(),

@@ -286,7 +286,15 @@ pub struct Simulators {
 }
 
 pub async fn simulators(config: SimulatorConfig) -> Simulators {
-    let identity = IdentitySimulator::start(IdentitySimulatorConfig::default())
+    simulators_with(config, IdentitySimulatorConfig::default()).await
+}
+
+/// As [`simulators`], with the identity endpoint's own configuration (e.g. app roles).
+pub async fn simulators_with(
+    config: SimulatorConfig,
+    identity: IdentitySimulatorConfig,
+) -> Simulators {
+    let identity = IdentitySimulator::start(identity)
         .await
         .expect("start the identity simulator");
     let exchange = ExchangeSimulator::start(SimulatorConfig {

@@ -147,6 +147,7 @@ impl Engine {
             runner.clone(),
             catalog,
             "test".to_string(),
+            None,
         );
         let stop = CancellationToken::new();
         let task = tokio::spawn(scheduler.run(stop.clone()));
