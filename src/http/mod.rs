@@ -238,6 +238,23 @@ pub struct RunbookView {
     /// Set when the file on disk currently fails validation: the version shown (and
     /// scheduled) is the last good one.
     pub validation_error: Option<FileErrorView>,
+    /// The parameters a run may give (`[params]` of the file), sorted by name.
+    #[serde(default)]
+    pub params: Vec<ParamView>,
+}
+
+/// One declared parameter of a runbook: what a run request's `params` may hold.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ParamView {
+    pub name: String,
+    /// `string`, `integer`, `float`, `boolean`, `datetime`, `array` or `table`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The value a run without this parameter gets; `None` for a required one.
+    pub default: Option<serde_json::Value>,
+    /// A run must give it (it has no default).
+    pub required: bool,
+    pub description: Option<String>,
 }
 
 /// Why a runbook file fails validation.

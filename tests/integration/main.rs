@@ -6,6 +6,7 @@ mod support;
 mod app;
 mod architecture;
 mod cli;
+mod dashboard;
 mod coordination;
 mod deploy;
 mod exchange;

@@ -16,7 +16,7 @@ use runbook_worker::history::{
     JobDetail, JobStatus, JobSummary, StepCounts, StreamEntry, StreamKind, Trigger,
 };
 use runbook_worker::http::{
-    self, ApiAuth, ApiError, CancelOutcome, FileErrorView, JobFilter, Readiness, RunAccepted,
+    self, ApiAuth, ApiError, CancelOutcome, FileErrorView, JobFilter, ParamView, Readiness, RunAccepted,
     RunRequest, RunbookView, RunbooksView, ServerLimits, WorkerApi,
 };
 use runbook_worker::telemetry::metrics::Metrics;
@@ -161,6 +161,13 @@ impl FakeWorker {
                     last_status: Some("Completed".into()),
                     last_job_id: Some(JOB_1.into()),
                     validation_error: None,
+                    params: vec![ParamView {
+                        name: "days".into(),
+                        kind: "integer".into(),
+                        default: Some(json!(90)),
+                        required: false,
+                        description: Some("Mailboxes inactive for this many days".into()),
+                    }],
                 },
                 RunbookView {
                     name: "forwarding-cleanup".into(),
@@ -178,6 +185,7 @@ impl FakeWorker {
                         message: "unknown key `trottle` in [[steps]]: did you mean `throttle`?"
                             .into(),
                     }),
+                    params: Vec::new(),
                 },
                 RunbookView {
                     name: "quota-report".into(),
@@ -190,6 +198,7 @@ impl FakeWorker {
                     last_status: None,
                     last_job_id: None,
                     validation_error: None,
+                    params: Vec::new(),
                 },
             ],
             invalid_files: vec![FileErrorView {
