@@ -57,6 +57,9 @@ pub struct AppOptions {
     pub host_name: Option<String>,
     /// How long the runbooks folder must be quiet before a change is loaded.
     pub watch_debounce: Duration,
+    /// More routes served next to the product's (tests: pages that drive the dashboard
+    /// from the same origin).
+    pub extra_routes: Option<http::Router>,
 }
 
 impl Default for AppOptions {
@@ -67,6 +70,7 @@ impl Default for AppOptions {
             runner: None,
             host_name: None,
             watch_debounce: DEFAULT_DEBOUNCE,
+            extra_routes: None,
         }
     }
 }
@@ -205,7 +209,10 @@ impl App {
             lifecycle: lifecycle.clone(),
             runbooks_dir: settings.runbooks.dir.clone(),
         });
-        let router = http::router(api, metrics, auth);
+        let mut router = http::router(api, metrics, auth);
+        if let Some(extra) = options.extra_routes {
+            router = router.merge(extra);
+        }
 
         Ok(App {
             components,

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::api::path_segment;
 use super::bounds;
-use super::{ApiError, AppState, FileErrorView, JobFilter, RunbookView, RunbooksView};
+use super::{ApiError, AppState, FileErrorView, JobFilter, ParamView, RunbookView, RunbooksView};
 
 const STYLESHEET: &str = include_str!("assets/dashboard.css");
 const SCRIPT: &str = include_str!("assets/dashboard.js");
@@ -111,6 +111,65 @@ struct RunbookRow {
     last_status: Option<String>,
     last_job_id: Option<String>,
     validation_error: Option<FileErrorView>,
+    /// The Run-now form's fields, one per declared parameter.
+    params: Vec<ParamField>,
+}
+
+/// One input of the Run-now form: the declared parameter with the HTML input that reads its
+/// type and its default spelt as that input shows it. The script turns the input back into
+/// a value of `kind` (`data-type`) when the form is sent.
+#[derive(Debug, Serialize, PartialEq)]
+struct ParamField {
+    name: String,
+    kind: String,
+    /// `text`, `number`, `checkbox`, `datetime-local` or `json` (a textarea).
+    input: &'static str,
+    /// The number input's `step`: `1` for integers, `any` for floats.
+    step: Option<&'static str>,
+    /// The default, as the input's value (empty without one).
+    value: String,
+    /// A boolean's default.
+    checked: bool,
+    required: bool,
+    description: Option<String>,
+}
+
+fn param_field(view: ParamView) -> ParamField {
+    let default = view.default.as_ref();
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let (input, step, value) = match view.kind.as_str() {
+        "integer" => ("number", Some("1"), default.map(text)),
+        "float" => ("number", Some("any"), default.map(text)),
+        "boolean" => ("checkbox", None, None),
+        // A datetime-local input has no zone: the form shows and reads UTC.
+        "datetime" => (
+            "datetime-local",
+            Some("1"),
+            default
+                .and_then(|d| d.as_str())
+                .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+                .map(|t| {
+                    t.with_timezone(&Utc)
+                        .format("%Y-%m-%dT%H:%M:%S")
+                        .to_string()
+                }),
+        ),
+        "array" | "table" => ("json", None, default.map(|d| d.to_string())),
+        _ => ("text", None, default.map(text)),
+    };
+    ParamField {
+        checked: default.and_then(|d| d.as_bool()).unwrap_or(false),
+        name: view.name,
+        kind: view.kind,
+        input,
+        step,
+        value: value.unwrap_or_default(),
+        required: view.required,
+        description: view.description,
+    }
 }
 
 /// A row of the invalid files table.
@@ -137,6 +196,7 @@ fn runbook_row(view: RunbookView) -> RunbookRow {
         last_status: view.last_status,
         last_job_id: view.last_job_id,
         validation_error: view.validation_error,
+        params: view.params.into_iter().map(param_field).collect(),
     }
 }
 
@@ -500,6 +560,53 @@ mod tests {
             .unwrap();
         assert!(html.contains("&lt;b&gt;bold&lt;&#x2f;b&gt;"), "{html}");
         assert!(!html.contains("<b>bold"), "{html}");
+    }
+
+    #[test]
+    fn each_parameter_type_gets_its_input_with_the_default_filled() {
+        let view = |kind: &str, default: Option<serde_json::Value>| ParamView {
+            name: "p".into(),
+            kind: kind.into(),
+            required: default.is_none(),
+            default,
+            description: Some("help".into()),
+        };
+        let cases = [
+            (view("string", None), "text", None, "", false),
+            (view("string", Some("Sales".into())), "text", None, "Sales", false),
+            (view("integer", Some(30.into())), "number", Some("1"), "30", false),
+            (view("float", Some(0.5.into())), "number", Some("any"), "0.5", false),
+            (view("boolean", Some(true.into())), "checkbox", None, "", true),
+            (view("boolean", Some(false.into())), "checkbox", None, "", false),
+            (
+                view("datetime", Some("2025-01-01T02:00:00+02:00".into())),
+                "datetime-local",
+                Some("1"),
+                "2025-01-01T00:00:00",
+                false,
+            ),
+            (
+                view("array", Some(serde_json::json!(["a", 1]))),
+                "json",
+                None,
+                r#"["a",1]"#,
+                false,
+            ),
+            (view("table", None), "json", None, "", false),
+        ];
+        for (param, input, step, value, checked) in cases {
+            let kind = param.kind.clone();
+            let required = param.required;
+            let field = param_field(param);
+            assert_eq!(
+                (field.input, field.step, field.value.as_str(), field.checked),
+                (input, step, value, checked),
+                "{kind}"
+            );
+            assert_eq!(field.required, required, "{kind}");
+            assert_eq!(field.kind, kind);
+            assert_eq!(field.description.as_deref(), Some("help"));
+        }
     }
 
     #[test]

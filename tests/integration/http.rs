@@ -912,7 +912,7 @@ async fn the_dashboard_renders_in_headless_chromium() {
 }
 
 /// A page that frames the dashboard, presses Run now on one runbook, types the token and
-/// parameters into the dialog, submits it and copies the dialog's answer out.
+/// a parameter into the dialog's form, submits it and copies the dialog's answer out.
 const RUN_NOW_PAGE: &str = r##"<!doctype html>
 <html><body>
 <iframe id="app" src="/" width="1200" height="700"></iframe>
@@ -923,7 +923,7 @@ frame.addEventListener("load", () => {
   const doc = frame.contentDocument;
   doc.querySelector('button[data-action="run"][data-runbook="archive-old-mailboxes"]').click();
   doc.querySelector('input[name="token"]').value = "__TOKEN__";
-  doc.querySelector('textarea[name="params"]').value = '{"days": 30}';
+  doc.querySelector('#action-dialog [data-param="days"]').value = "30";
   doc.querySelector('input[name="dry_run"]').checked = true;
   doc.querySelector("#action-dialog form").requestSubmit();
   const result = doc.querySelector("[data-result]");

@@ -3,6 +3,9 @@
 // Each button opens a dialog that asks for the API token, POSTs to the JSON API with
 // `Authorization: Bearer <token>` and shows the job id or the worker's error. The token stays
 // in this page's memory: it is never stored, put in a URL or written into the page.
+// Run now shows one input per declared parameter: the server renders them into a
+// <template data-param-fields> next to each button; this script copies them into the dialog
+// and reads them back as values of their declared type (data-type).
 "use strict";
 
 (function () {
@@ -17,7 +20,7 @@
   const result = dialog.querySelector("[data-result]");
   const submit = dialog.querySelector("[data-submit]");
   const tokenInput = form.elements.namedItem("token");
-  const paramsInput = form.elements.namedItem("params");
+  const paramsSlot = dialog.querySelector("[data-params]");
   const dryRunInput = form.elements.namedItem("dry_run");
 
   let token = "";
@@ -26,6 +29,48 @@
   function show(message, state) {
     result.textContent = message;
     result.dataset.state = state;
+  }
+
+  // The parameters as typed JSON values, or the problems with them (all at once). An empty
+  // optional input is left out, so the runbook's default applies.
+  function readParams() {
+    const params = {};
+    const problems = [];
+    for (const input of paramsSlot.querySelectorAll("[data-param]")) {
+      const name = input.dataset.param;
+      const type = input.dataset.type;
+      if (type === "boolean") {
+        params[name] = input.checked;
+        continue;
+      }
+      const text = input.value.trim();
+      if (text === "") {
+        if (input.required) {
+          problems.push(name + " is required");
+        }
+        continue;
+      }
+      if (type === "integer" || type === "float") {
+        const number = Number(text);
+        if (!Number.isFinite(number) || (type === "integer" && !Number.isInteger(number))) {
+          problems.push(name + " must be " + (type === "integer" ? "a whole number" : "a number"));
+        } else {
+          params[name] = number;
+        }
+      } else if (type === "datetime") {
+        // datetime-local gives YYYY-MM-DDTHH:MM[:SS] without a zone; the form means UTC.
+        params[name] = (text.length === 16 ? text + ":00" : text) + "Z";
+      } else if (type === "array" || type === "table") {
+        try {
+          params[name] = JSON.parse(text);
+        } catch (e) {
+          problems.push(name + " is not valid JSON: " + e.message);
+        }
+      } else {
+        params[name] = input.value;
+      }
+    }
+    return { params: params, problems: problems };
   }
 
   function showJob(prefix, jobId) {
@@ -53,6 +98,12 @@
       ? "Starts a job of this runbook now, as the API's POST /api/runbooks/{name}/run does."
       : "Asks the job to stop between two calls; it ends as Cancelled.";
     runFields.hidden = !running;
+    paramsSlot.replaceChildren();
+    const fields = running && button.parentElement.querySelector("template[data-param-fields]");
+    if (fields) {
+      paramsSlot.appendChild(fields.content.cloneNode(true));
+    }
+    dryRunInput.checked = false;
     submit.textContent = running ? "Run" : "Cancel job";
     tokenInput.value = token;
     show("", "");
@@ -78,17 +129,12 @@
     let body = "{}";
     if (action.kind === "run") {
       url = "/api/runbooks/" + encodeURIComponent(action.runbook) + "/run";
-      let params = {};
-      const paramsText = paramsInput.value.trim();
-      if (paramsText) {
-        try {
-          params = JSON.parse(paramsText);
-        } catch (e) {
-          show("The parameters are not valid JSON: " + e.message, "error");
-          return;
-        }
+      const read = readParams();
+      if (read.problems.length > 0) {
+        show("Check the parameters: " + read.problems.join("; ") + ".", "error");
+        return;
       }
-      body = JSON.stringify({ params: params, dry_run: dryRunInput.checked });
+      body = JSON.stringify({ params: read.params, dry_run: dryRunInput.checked });
     } else {
       url = "/api/jobs/" + encodeURIComponent(action.job) + "/cancel";
     }

@@ -40,6 +40,8 @@ pub struct TestAppOptions {
     pub clock: Option<SharedClock>,
     /// Runs jobs instead of the executor (scheduler tests that need no tenant).
     pub runner: Option<Arc<dyn JobRunner>>,
+    /// Test pages served next to the worker's routes, from the same origin.
+    pub extra_routes: Option<runbook_worker::http::Router>,
 }
 
 impl Default for TestAppOptions {
@@ -53,6 +55,7 @@ impl Default for TestAppOptions {
             settings: Vec::new(),
             clock: None,
             runner: None,
+            extra_routes: None,
         }
     }
 }
@@ -154,6 +157,7 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         components,
         AppOptions {
             runner: options.runner,
+            extra_routes: options.extra_routes,
             watch_debounce: Duration::from_millis(100),
             ..AppOptions::default()
         },
