@@ -209,7 +209,8 @@ impl App {
             lifecycle: lifecycle.clone(),
             runbooks_dir: settings.runbooks.dir.clone(),
         });
-        let mut router = http::router(api, metrics, auth);
+        let limits = http::ServerLimits::from_settings(&settings.http);
+        let mut router = http::router_with_limits(api, metrics, auth, &limits);
         if let Some(extra) = options.extra_routes {
             router = router.merge(extra);
         }

@@ -18,8 +18,9 @@ use minijinja::{Environment, UndefinedBehavior, Value, context};
 use serde::Serialize;
 
 use super::api::path_segment;
-use super::bounds;
+use super::bounds::{self, ShownJob};
 use super::{ApiError, AppState, FileErrorView, JobFilter, ParamView, RunbookView, RunbooksView};
+use crate::history::JobSummary;
 
 const STYLESHEET: &str = include_str!("assets/dashboard.css");
 const SCRIPT: &str = include_str!("assets/dashboard.js");
@@ -78,6 +79,33 @@ impl Pages {
                     .into_response()
             }
         }
+    }
+
+    /// The named blocks of page `name` rendered with `ctx`, for the live updates: the same
+    /// markup as the whole page, so a page that follows a job cannot drift from one loaded
+    /// anew.
+    pub(crate) fn render_blocks(
+        &self,
+        name: &str,
+        ctx: Value,
+        blocks: &[&str],
+    ) -> Result<BTreeMap<String, String>, ApiError> {
+        let template = self.env.get_template(name).map_err(internal)?;
+        // The whole page is evaluated (into a sink) for the blocks to see what it sets up.
+        let mut captured = template
+            .render_captured_to(ctx, std::io::sink())
+            .map_err(internal)?;
+        captured.with_state_mut(|state| {
+            blocks
+                .iter()
+                .map(|block| {
+                    state
+                        .render_block(block)
+                        .map(|html| (block.to_string(), html))
+                        .map_err(internal)
+                })
+                .collect()
+        })
     }
 
     fn error_page(&self, state: &AppState, error: ApiError) -> Response {
@@ -239,44 +267,91 @@ fn next_run_texts(next: Option<DateTime<Utc>>, zone: &str) -> (Option<String>, O
     (Some(utc), local)
 }
 
+fn internal(e: minijinja::Error) -> ApiError {
+    ApiError::Internal(Box::new(e))
+}
+
+/// `?runbook=` of the front page and its live updates.
+pub(crate) fn runbook_filter(
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> Option<String> {
+    query
+        .ok()
+        .and_then(|Query(q)| q.get("runbook").cloned())
+        .filter(|r| !r.is_empty())
+}
+
+/// What the front page shows, read once: the page and its live updates render it alike.
+#[derive(Debug, Serialize)]
+pub(crate) struct IndexData {
+    runbooks: Vec<RunbookRow>,
+    invalid: Vec<InvalidRow>,
+    more_runbooks: usize,
+    more_invalid_files: usize,
+    jobs: Vec<JobSummary>,
+    jobs_error: Option<String>,
+    runbook_filter: Option<String>,
+}
+
+impl IndexData {
+    pub(crate) async fn read(state: &AppState, runbook_filter: Option<String>) -> Self {
+        let bounded = bounds::bound_runbooks(state.api.runbooks());
+        let view = bounded.view;
+        let invalid = invalid_rows(&view);
+        let runbooks: Vec<RunbookRow> = view.runbooks.into_iter().map(runbook_row).collect();
+        let filter = JobFilter {
+            runbook: runbook_filter.clone(),
+            status: None,
+            limit: RECENT_JOBS,
+            before: None,
+        };
+        // The catalog is in memory; the history may be down. Show what there is.
+        let (jobs, jobs_error) = match state.api.list_jobs(filter).await {
+            Ok(jobs) => (jobs, None),
+            Err(e) => (Vec::new(), Some(e.public_message())),
+        };
+        Self {
+            runbooks,
+            invalid,
+            more_runbooks: bounded.more_runbooks,
+            more_invalid_files: bounded.more_invalid_files,
+            jobs,
+            jobs_error,
+            runbook_filter,
+        }
+    }
+
+    /// The template context, with `live_version` for the page's script.
+    pub(crate) fn context(&self, state: &AppState) -> Value {
+        let readiness = state.api.readiness();
+        context! {
+            live_version => super::live::version_of(self),
+            problems => readiness.problems(),
+            ..Value::from_serialize(self)
+        }
+    }
+}
+
 pub(crate) async fn index(
     State(state): State<AppState>,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Response {
-    let runbook_filter = query
-        .ok()
-        .and_then(|Query(q)| q.get("runbook").cloned())
-        .filter(|r| !r.is_empty());
-    let bounded = bounds::bound_runbooks(state.api.runbooks());
-    let view = bounded.view;
-    let invalid = invalid_rows(&view);
-    let runbooks: Vec<RunbookRow> = view.runbooks.into_iter().map(runbook_row).collect();
-    let filter = JobFilter {
-        runbook: runbook_filter.clone(),
-        status: None,
-        limit: RECENT_JOBS,
-        before: None,
-    };
-    // The catalog is in memory; the history may be down. Show what there is.
-    let (jobs, jobs_error) = match state.api.list_jobs(filter).await {
-        Ok(jobs) => (jobs, None),
-        Err(e) => (Vec::new(), Some(e.public_message())),
-    };
+    let data = IndexData::read(&state, runbook_filter(query)).await;
+    state
+        .pages
+        .render(StatusCode::OK, "index.html", data.context(&state))
+}
+
+/// The job page's context; `live_version` tells its script what it shows.
+pub(crate) fn job_context(state: &AppState, job: &ShownJob, live_version: &str) -> Value {
     let readiness = state.api.readiness();
-    state.pages.render(
-        StatusCode::OK,
-        "index.html",
-        context! {
-            runbooks,
-            invalid,
-            more_runbooks => bounded.more_runbooks,
-            more_invalid_files => bounded.more_invalid_files,
-            jobs => Value::from_serialize(&jobs),
-            jobs_error,
-            runbook_filter,
-            problems => readiness.problems(),
-        },
-    )
+    context! {
+        job => Value::from_serialize(job),
+        live_version,
+        live_ended => !job.is_active(),
+        live_after => job.job.streams.last().map_or(0, |s| s.seq),
+        problems => readiness.problems(),
+    }
 }
 
 pub(crate) async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
@@ -290,14 +365,11 @@ pub(crate) async fn job(State(state): State<AppState>, Path(id): Path<String>) -
         }
         Err(e) => return state.pages.error_page(&state, e),
     };
-    let readiness = state.api.readiness();
+    let version = super::live::job_version(&job);
     state.pages.render(
         StatusCode::OK,
         "job.html",
-        context! {
-            job => Value::from_serialize(&job),
-            problems => readiness.problems(),
-        },
+        job_context(&state, &job, &version),
     )
 }
 
@@ -507,12 +579,15 @@ mod tests {
                 context! {
                     runbooks => empty.clone(), invalid => empty.clone(), more_runbooks => 0,
                     more_invalid_files => 0, jobs => empty.clone(), jobs_error => (),
-                    runbook_filter => (), problems => no_problems.clone(),
+                    runbook_filter => (), problems => no_problems.clone(), live_version => "v",
                 },
             ),
             (
                 "job.html",
-                context! { job => Value::from_serialize(&shown), problems => no_problems.clone() },
+                context! {
+                    job => Value::from_serialize(&shown), problems => no_problems.clone(),
+                    live_version => "v", live_after => 0, live_ended => true,
+                },
             ),
             (
                 "error.html",
@@ -545,6 +620,41 @@ mod tests {
     }
 
     #[test]
+    fn live_blocks_are_the_same_markup_as_the_whole_page() {
+        let pages = Pages::new();
+        let shown = bounds::bound_job(crate::http::fixtures::job_with_streams(3));
+        let ctx = || {
+            context! {
+                job => Value::from_serialize(&shown), problems => Vec::<String>::new(),
+                live_version => "v", live_after => 3, live_ended => true,
+            }
+        };
+        let page = pages
+            .env
+            .get_template("job.html")
+            .unwrap()
+            .render(ctx())
+            .unwrap();
+        let blocks = pages
+            .render_blocks("job.html", ctx(), &["job_head", "step_rows", "stream_rows"])
+            .unwrap();
+        assert_eq!(blocks.len(), 3);
+        for (name, html) in &blocks {
+            assert!(!html.trim().is_empty(), "{name} is empty");
+            assert!(
+                page.contains(html.as_str()),
+                "{name} differs:\n{html}\n{page}"
+            );
+        }
+        assert_eq!(blocks["stream_rows"].matches("<tr ").count(), 3);
+        assert!(
+            pages
+                .render_blocks("job.html", ctx(), &["no_such_block"])
+                .is_err()
+        );
+    }
+
+    #[test]
     fn stream_text_is_escaped_on_the_job_page() {
         let pages = Pages::new();
         let mut record = crate::http::fixtures::job_with_streams(1);
@@ -556,6 +666,7 @@ mod tests {
             .render(context! {
                 job => Value::from_serialize(bounds::bound_job(record)),
                 problems => Vec::<String>::new(),
+                live_version => "v", live_after => 1, live_ended => true,
             })
             .unwrap();
         assert!(html.contains("&lt;b&gt;bold&lt;&#x2f;b&gt;"), "{html}");
@@ -573,11 +684,41 @@ mod tests {
         };
         let cases = [
             (view("string", None), "text", None, "", false),
-            (view("string", Some("Sales".into())), "text", None, "Sales", false),
-            (view("integer", Some(30.into())), "number", Some("1"), "30", false),
-            (view("float", Some(0.5.into())), "number", Some("any"), "0.5", false),
-            (view("boolean", Some(true.into())), "checkbox", None, "", true),
-            (view("boolean", Some(false.into())), "checkbox", None, "", false),
+            (
+                view("string", Some("Sales".into())),
+                "text",
+                None,
+                "Sales",
+                false,
+            ),
+            (
+                view("integer", Some(30.into())),
+                "number",
+                Some("1"),
+                "30",
+                false,
+            ),
+            (
+                view("float", Some(0.5.into())),
+                "number",
+                Some("any"),
+                "0.5",
+                false,
+            ),
+            (
+                view("boolean", Some(true.into())),
+                "checkbox",
+                None,
+                "",
+                true,
+            ),
+            (
+                view("boolean", Some(false.into())),
+                "checkbox",
+                None,
+                "",
+                false,
+            ),
             (
                 view("datetime", Some("2025-01-01T02:00:00+02:00".into())),
                 "datetime-local",

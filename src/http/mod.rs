@@ -9,12 +9,14 @@
 //!
 //! Layout: `api` holds the JSON and probe handlers, `auth` the access rules, `bounds` the
 //! caps on what one response lists, `dashboard` the server-rendered pages with their embedded
-//! templates, CSS and script, `server` the accept loop with its connection cap and timeouts.
+//! templates, CSS and script, `live` the pages' live updates (polled by that script),
+//! `server` the accept loop with its connection cap and timeouts.
 
 mod api;
 mod auth;
 mod bounds;
 mod dashboard;
+mod live;
 mod server;
 
 #[cfg(test)]
@@ -480,6 +482,7 @@ struct AppState {
     metrics: Arc<Metrics>,
     auth: Arc<ApiAuth>,
     pages: Arc<dashboard::Pages>,
+    live: Arc<live::Live>,
 }
 
 /// Largest request body accepted (a run request's parameters).
@@ -493,12 +496,27 @@ const MAX_BODY_BYTES: usize = 256 * 1024;
 ///   `GET /api/occurrences`, `GET /`, `GET /jobs/{id}`;
 /// - changes (always the bearer token): `POST /api/runbooks/{name}/run`,
 ///   `POST /api/jobs/{id}/cancel`.
+///
+/// The dashboard's live updates (`GET /live/index`, `GET /live/jobs/{id}`, reads) wait
+/// within the default [`ServerLimits`]; [`router_with_limits`] sizes them for the server's.
 pub fn router(api: Arc<dyn WorkerApi>, metrics: Arc<Metrics>, auth: ApiAuth) -> Router {
+    router_with_limits(api, metrics, auth, &ServerLimits::default())
+}
+
+/// [`router`] for a server with `limits`: live updates wait at most half its request
+/// timeout, and at most a quarter of its connections wait at once.
+pub fn router_with_limits(
+    api: Arc<dyn WorkerApi>,
+    metrics: Arc<Metrics>,
+    auth: ApiAuth,
+    limits: &ServerLimits,
+) -> Router {
     let state = AppState {
         api,
         metrics,
         auth: Arc::new(auth),
         pages: Arc::new(dashboard::Pages::new()),
+        live: Arc::new(live::Live::new(limits)),
     };
 
     let open = Router::new()
@@ -531,7 +549,9 @@ pub fn router(api: Arc<dyn WorkerApi>, metrics: Arc<Metrics>, auth: ApiAuth) -> 
         .route("/api/jobs/{id}/cancel", change(post(api::cancel_job)))
         .route("/api/occurrences", read(get(api::occurrences)))
         .route("/", read(get(dashboard::index)))
-        .route("/jobs/{id}", read(get(dashboard::job)));
+        .route("/jobs/{id}", read(get(dashboard::job)))
+        .route("/live/index", read(get(live::index)))
+        .route("/live/jobs/{id}", read(get(live::job)));
 
     Router::new()
         .merge(open)

@@ -2,11 +2,18 @@
 //! the API lists them and as the Run-now form asks for them, pages that follow a running
 //! job, and the history charts, in headless Chromium.
 
+use std::time::Duration;
+
+use runbook_worker::history::{JobStatus, StreamKind, Trigger};
+use runbook_worker::http::ApiAuth;
 use serde_json::{Value, json};
 
 use crate::support::app::{API_TOKEN, TestAppOptions, spawn_app_with};
-use crate::support::http::chromium;
-use crate::support::worker::runbook;
+use crate::support::http::{
+    Call, JOB_1, JOB_2, JOB_3, JOB_404, TOKEN, bearer, chromium, job, new_job_id, spawn, step,
+};
+use crate::support::wait_until;
+use crate::support::worker::{FakeRunner, runbook};
 
 /// An on-demand runbook declaring one parameter of each type the form has an input for.
 fn report_runbook() -> String {
@@ -180,6 +187,279 @@ async fn the_run_now_form_is_built_from_the_parameters_and_sends_typed_values() 
     );
     assert_eq!(job["runbook"], "quota-report");
     assert_eq!(job["dry_run"], true);
-    assert_eq!(job["trigger"], "manual", "the dashboard's runs are manual: {job}");
+    assert_eq!(
+        job["trigger"], "manual",
+        "the dashboard's runs are manual: {job}"
+    );
+    app.stop().await;
+}
+
+/// The value of attribute `name` on the page's `<main>`.
+fn main_attribute(html: &str, name: &str) -> String {
+    let main = html
+        .split("<main")
+        .nth(1)
+        .and_then(|rest| rest.split('>').next())
+        .unwrap_or_else(|| panic!("no <main> in\n{html}"));
+    main.split(&format!(" {name}=\""))
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no {name} on <main{main}>"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_live_job_update_waits_for_a_change_and_brings_status_steps_and_new_lines() {
+    let server = spawn(ApiAuth::new(Some(TOKEN.into()), true)).await;
+    let page = server
+        .get(&format!("/jobs/{JOB_3}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        main_attribute(&page, "data-live"),
+        format!("/live/jobs/{JOB_3}")
+    );
+    assert_eq!(main_attribute(&page, "data-live-after"), "0");
+    let version = main_attribute(&page, "data-live-version");
+
+    // Nothing changed: the request waits. The job ends while it waits.
+    let gets = || {
+        server
+            .worker
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::GetJob(id) if id == JOB_3))
+            .count()
+    };
+    let before = gets();
+    let url = format!("/live/jobs/{JOB_3}?version={version}&after=0&wait=1");
+    let pending = server.get(&url);
+    let change = async {
+        assert!(
+            wait_until(Duration::from_secs(10), || async { gets() > before }).await,
+            "the live request never read the job"
+        );
+        let mut jobs = server.worker.jobs.lock().unwrap();
+        let running = jobs
+            .iter_mut()
+            .find(|j| j.job.id.as_str() == JOB_3)
+            .unwrap();
+        let ended = job(
+            JOB_3,
+            "archive-old-mailboxes",
+            Trigger::Manual,
+            JobStatus::Completed,
+            (
+                "2024-05-01T02:40:00Z",
+                Some("2024-05-01T02:40:00.020Z"),
+                Some("2024-05-01T02:41:00Z"),
+            ),
+            vec![step("find", 120, 117, 2, 1, 0)],
+            None,
+            vec![
+                (StreamKind::Output, "2024-05-01T02:40:30Z", "first <line>"),
+                (StreamKind::Warning, "2024-05-01T02:40:59Z", "second line"),
+            ],
+        );
+        *running = ended;
+    };
+    let (response, ()) = tokio::join!(pending, change);
+    assert_eq!(response.status(), 200);
+    let update: Value = response.json().await.unwrap();
+    assert_eq!(update["ended"], true, "{update}");
+    assert_eq!(update["status"], "Completed");
+    assert_eq!(update["after"], 2);
+    assert_ne!(update["version"], version.as_str());
+    let head = update["blocks"]["job_head"].as_str().unwrap();
+    assert!(head.contains(r#"id="job-status">Completed"#), "{head}");
+    assert!(!head.contains("Cancel this job"), "{head}");
+    let steps = update["blocks"]["step_rows"].as_str().unwrap();
+    assert!(steps.contains(r#"<td class="num">117</td>"#), "{steps}");
+    let lines = update["append"]["stream_rows"].as_str().unwrap();
+    assert_eq!(lines.matches("<tr ").count(), 2, "{lines}");
+    assert!(lines.contains("first &lt;line&gt;"), "escaped: {lines}");
+
+    // Asked again with what it now has: no line twice.
+    let again: Value = server
+        .get(&format!("/live/jobs/{JOB_3}?after=2"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["append"]["stream_rows"], "", "{again}");
+    assert_eq!(again["after"], 2);
+
+    for (path, status) in [
+        (format!("/live/jobs/{JOB_404}"), 404),
+        (format!("/live/jobs/{JOB_3}?after=x"), 400),
+    ] {
+        let response = server.get(&path).await;
+        assert_eq!(response.status(), status, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_live_front_page_update_brings_a_new_job_and_keeps_the_runbook_filter() {
+    let server = spawn(ApiAuth::new(Some(TOKEN.into()), true)).await;
+    let page = server
+        .get("/?runbook=archive-old-mailboxes")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let live = main_attribute(&page, "data-live");
+    assert_eq!(live, "/live/index?runbook=archive-old-mailboxes");
+    let version = main_attribute(&page, "data-live-version");
+
+    let unchanged: Value = server
+        .get(&format!("{live}&version=other"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        unchanged["version"],
+        version.as_str(),
+        "same data, same version"
+    );
+    let rows = unchanged["blocks"]["job_rows"].as_str().unwrap();
+    assert!(
+        rows.contains(JOB_1) && !rows.contains(JOB_2),
+        "filtered: {rows}"
+    );
+
+    // Asked with the version it has, the page gets no blocks to replace.
+    let same: Value = server
+        .get(&format!("{live}&version={version}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(same["version"], version.as_str());
+    assert_eq!(same["blocks"], json!({}), "{same}");
+
+    let id = server
+        .post(
+            "/api/runbooks/archive-old-mailboxes/run",
+            Some(&bearer(TOKEN)),
+            None,
+        )
+        .await;
+    assert_eq!(id.status(), 202);
+    let update: Value = server
+        .get(&format!("{live}&version={version}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(update["version"], version.as_str());
+    let rows = update["blocks"]["job_rows"].as_str().unwrap();
+    assert!(rows.contains(&new_job_id(4)), "{rows}");
+    assert!(
+        update["blocks"]["runbook_rows"]
+            .as_str()
+            .unwrap()
+            .contains(r#"data-runbook="quota-report""#),
+        "{update}"
+    );
+    server.stop().await;
+}
+
+/// A page that frames a running job's page, notes what it shows, lets the job end (through
+/// `/test/release`) and waits, without navigating, until the framed page says Completed.
+const LIVE_JOB_PAGE: &str = r##"<!doctype html>
+<html><body>
+<iframe id="app" width="1200" height="700"></iframe>
+<pre id="outcome">waiting</pre>
+<script>
+const frame = document.getElementById("app");
+const outcome = document.getElementById("outcome");
+let loads = 0;
+frame.addEventListener("load", async () => {
+  loads += 1;
+  if (loads > 1) {
+    outcome.textContent = "the job page was loaded again";
+    return;
+  }
+  const doc = frame.contentDocument;
+  const status = () => doc.getElementById("job-status").textContent;
+  const cancel = () => doc.querySelector('button[data-action="cancel"]') !== null;
+  const first = "first: " + status() + ", cancel button: " + cancel();
+  await fetch("/test/release");
+  const poll = setInterval(() => {
+    if (status() === "Completed") {
+      clearInterval(poll);
+      const ended = doc.querySelector("main").dataset.liveEnded !== undefined;
+      outcome.textContent = first + "\nthen: " + status() + ", cancel button: " + cancel() +
+        ", polling ended: " + ended;
+    }
+  }, 50);
+});
+frame.src = "/jobs/__ID__";
+</script>
+</body></html>"##;
+
+#[tokio::test]
+async fn a_running_jobs_page_shows_it_complete_without_a_reload_in_chromium() {
+    let runner = FakeRunner::new();
+    runner.hold("slow");
+    let release = {
+        let runner = runner.clone();
+        axum::routing::get(move || {
+            let runner = runner.clone();
+            async move {
+                runner.release("slow");
+                "released"
+            }
+        })
+    };
+    let pages = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let page = {
+        let pages = pages.clone();
+        axum::routing::get(move || {
+            let page = pages.lock().unwrap().clone();
+            async move { axum::response::Html(page) }
+        })
+    };
+    let app = spawn_app_with(TestAppOptions {
+        runner: Some(runner.clone()),
+        extra_routes: Some(
+            axum::Router::new()
+                .route("/test/release", release)
+                .route("/test/live", page),
+        ),
+        ..TestAppOptions::default().runbook("slow.toml", &runbook("description = \"held\""))
+    })
+    .await;
+    let id = app.run_runbook("slow", json!({})).await;
+    let running = wait_until(Duration::from_secs(10), || async {
+        app.get_json(&format!("/api/jobs/{id}")).await["status"] == "Running"
+    })
+    .await;
+    assert!(running, "the held job never ran");
+    *pages.lock().unwrap() = LIVE_JOB_PAGE.replace("__ID__", &id);
+
+    // Virtual time stands still while the page's live request waits for the change.
+    let dom = chromium(
+        &app.url("/test/live"),
+        &[
+            "--dump-dom".to_string(),
+            "--virtual-time-budget=30000".to_string(),
+        ],
+    )
+    .await;
+    assert!(
+        dom.contains(
+            "<pre id=\"outcome\">first: Running, cancel button: true\n\
+             then: Completed, cancel button: false, polling ended: true</pre>"
+        ),
+        "the page did not follow the job:\n{dom}"
+    );
+    assert_eq!(app.wait_for_job_end(&id).await["status"], "Completed");
     app.stop().await;
 }

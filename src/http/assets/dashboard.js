@@ -174,3 +174,84 @@
     }
   });
 })();
+
+// Live updates: a page whose <main> has data-live asks that URL every data-live-every ms
+// with the version it shows (and, on a job's page, the last stream line it has; with
+// data-live-wait the worker answers only when something changed, or after a wait). The
+// answer has the page's blocks rendered by the page's own templates (data-live-block:
+// replaced) and new stream lines (data-live-append: added).
+// A job's page stops asking when the job has ended; every page stops while it is hidden.
+(function () {
+  const main = document.querySelector("main[data-live]");
+  if (!main || typeof fetch !== "function") {
+    return;
+  }
+  const PAUSE_MS = Number(main.dataset.liveEvery) || 5000;
+  const MAX_PAUSE_MS = 30000;
+  let version = main.dataset.liveVersion || "";
+  let after = main.dataset.liveAfter || "";
+  let pause = PAUSE_MS;
+  let timer = null;
+
+  function apply(data) {
+    for (const [name, html] of Object.entries(data.blocks || {})) {
+      const block = main.querySelector('[data-live-block="' + name + '"]');
+      if (block && block.innerHTML !== html) {
+        block.innerHTML = html;
+      }
+    }
+    for (const [name, html] of Object.entries(data.append || {})) {
+      const list = main.querySelector('[data-live-append="' + name + '"]');
+      if (list && html) {
+        list.querySelectorAll("[data-empty]").forEach(function (row) { row.remove(); });
+        list.insertAdjacentHTML("beforeend", html);
+      }
+    }
+    version = data.version || version;
+    if (data.after !== undefined) {
+      after = String(data.after);
+    }
+    if (data.ended) {
+      main.dataset.liveEnded = "";
+    }
+  }
+
+  async function poll() {
+    timer = null;
+    if (main.dataset.liveEnded !== undefined || document.hidden) {
+      return;
+    }
+    const base = main.dataset.live;
+    let url = base + (base.includes("?") ? "&" : "?") + "version=" + encodeURIComponent(version);
+    if (after) {
+      url += "&after=" + encodeURIComponent(after);
+    }
+    if (main.dataset.liveWait !== undefined) {
+      url += "&wait=1";
+    }
+    try {
+      const response = await fetch(url, {
+        credentials: "same-origin",
+        headers: { "Accept": "application/json" },
+      });
+      if (!response.ok) {
+        throw new Error(String(response.status));
+      }
+      apply(await response.json());
+      pause = PAUSE_MS;
+    } catch (e) {
+      // The worker restarts or refuses: ask again later, less and less often.
+      pause = Math.min(pause * 2, MAX_PAUSE_MS);
+    }
+    schedule();
+  }
+
+  function schedule() {
+    if (timer === null && main.dataset.liveEnded === undefined && !document.hidden) {
+      timer = setTimeout(poll, pause);
+    }
+  }
+
+  document.addEventListener("visibilitychange", schedule);
+  schedule();
+})();

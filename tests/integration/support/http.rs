@@ -16,8 +16,8 @@ use runbook_worker::history::{
     JobDetail, JobStatus, JobSummary, StepCounts, StreamEntry, StreamKind, Trigger,
 };
 use runbook_worker::http::{
-    self, ApiAuth, ApiError, CancelOutcome, FileErrorView, JobFilter, ParamView, Readiness, RunAccepted,
-    RunRequest, RunbookView, RunbooksView, ServerLimits, WorkerApi,
+    self, ApiAuth, ApiError, CancelOutcome, FileErrorView, JobFilter, ParamView, Readiness,
+    RunAccepted, RunRequest, RunbookView, RunbooksView, ServerLimits, WorkerApi,
 };
 use runbook_worker::telemetry::metrics::Metrics;
 
