@@ -283,6 +283,10 @@ impl WorkerApi for Api {
         }
     }
 
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
     async fn occurrences(&self, runbook: &str, limit: usize) -> Result<Vec<Value>, ApiError> {
         let catalog = self.scheduler.catalog();
         let Some(live) = catalog.get(runbook) else {

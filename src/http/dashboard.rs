@@ -12,7 +12,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use minijinja::value::ValueKind;
 use minijinja::{Environment, UndefinedBehavior, Value, context};
 use serde::Serialize;
@@ -291,6 +291,43 @@ pub(crate) struct IndexData {
     jobs: Vec<JobSummary>,
     jobs_error: Option<String>,
     runbook_filter: Option<String>,
+    /// One runbook's last jobs as bars (`/?runbook=`), or every job of the last 24 hours
+    /// on a timeline (the front page): inline SVG from [`super::charts`].
+    chart: Option<String>,
+}
+
+/// The chart of the front page (`runbook` `None`) or of one runbook's view.
+async fn chart(state: &AppState, runbook: Option<&str>) -> Option<String> {
+    // The history may be down: the page shows the rest without a picture.
+    match runbook {
+        Some(name) => {
+            let filter = JobFilter {
+                runbook: Some(name.to_string()),
+                status: None,
+                limit: super::charts::MAX_BARS,
+                before: None,
+            };
+            let jobs = state.api.list_jobs(filter).await.ok()?;
+            Some(super::charts::history_bars(&jobs))
+        }
+        None => {
+            // The end of the current minute: the picture (and the page's version) changes
+            // at most once a minute when no job does, and a job of this minute is on it.
+            let now = state.api.now();
+            let now = now
+                - chrono::Duration::seconds(i64::from(now.second()))
+                - chrono::Duration::nanoseconds(i64::from(now.nanosecond()))
+                + chrono::Duration::minutes(1);
+            let filter = JobFilter {
+                runbook: None,
+                status: None,
+                limit: super::charts::MAX_TIMELINE_MARKS,
+                before: None,
+            };
+            let jobs = state.api.list_jobs(filter).await.ok()?;
+            Some(super::charts::timeline(&jobs, now))
+        }
+    }
 }
 
 impl IndexData {
@@ -310,7 +347,9 @@ impl IndexData {
             Ok(jobs) => (jobs, None),
             Err(e) => (Vec::new(), Some(e.public_message())),
         };
+        let chart = chart(state, runbook_filter.as_deref()).await;
         Self {
+            chart,
             runbooks,
             invalid,
             more_runbooks: bounded.more_runbooks,
@@ -428,17 +467,19 @@ fn when(value: Value) -> String {
 /// `elapsed(start, end)`: the time between two RFC 3339 instants, such as `2m 05s`.
 fn elapsed(start: Value, end: Value) -> String {
     match (parse_instant(&start), parse_instant(&end)) {
-        (Some(start), Some(end)) if end >= start => {
-            let ms = (end - start).num_milliseconds();
-            let secs = ms / 1000;
-            match secs {
-                0 => format!("{ms} ms"),
-                1..60 => format!("{}.{:01}s", secs, (ms % 1000) / 100),
-                60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
-                _ => format!("{}h {:02}m", secs / 3600, (secs % 3600) / 60),
-            }
-        }
+        (Some(start), Some(end)) if end >= start => duration_text((end - start).num_milliseconds()),
         _ => "—".to_string(),
+    }
+}
+
+/// A duration of `ms` milliseconds as `250 ms`, `12.5s`, `2m 05s` or `2h 07m`.
+pub(crate) fn duration_text(ms: i64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0 => format!("{ms} ms"),
+        1..60 => format!("{}.{:01}s", secs, (ms % 1000) / 100),
+        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, (secs % 3600) / 60),
     }
 }
 
@@ -580,6 +621,7 @@ mod tests {
                     runbooks => empty.clone(), invalid => empty.clone(), more_runbooks => 0,
                     more_invalid_files => 0, jobs => empty.clone(), jobs_error => (),
                     runbook_filter => (), problems => no_problems.clone(), live_version => "v",
+                    chart => (),
                 },
             ),
             (

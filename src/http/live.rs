@@ -145,7 +145,7 @@ pub(crate) async fn index(
     let names: &[&str] = if live.version.as_deref() == Some(version.as_str()) {
         &[]
     } else {
-        &["runbook_rows", "job_rows"]
+        &["runbook_rows", "chart", "job_rows"]
     };
     let blocks = state
         .pages

@@ -15,6 +15,7 @@
 mod api;
 mod auth;
 mod bounds;
+mod charts;
 mod dashboard;
 mod live;
 mod server;
@@ -193,6 +194,11 @@ pub trait WorkerApi: Send + Sync + 'static {
 
     /// Asks a running or queued job to stop (between calls, as the executor allows).
     async fn cancel_job(&self, id: &str) -> Result<CancelOutcome, ApiError>;
+
+    /// The worker's clock: where the dashboard's 24-hour timeline ends.
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
 
     /// The next `limit` occurrences of runbook `runbook`, soonest first, as the scheduler
     /// computes them (each with at least `utc` and `local` instants). The shape belongs to the

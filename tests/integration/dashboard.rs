@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 
 use crate::support::app::{API_TOKEN, TestAppOptions, spawn_app_with};
 use crate::support::http::{
-    Call, JOB_1, JOB_2, JOB_3, JOB_404, TOKEN, bearer, chromium, job, new_job_id, spawn, step,
+    Call, JOB_1, JOB_2, JOB_3, JOB_404, TOKEN, artifacts_dir, bearer, chromium, job, new_job_id,
+    spawn, step,
 };
 use crate::support::wait_until;
 use crate::support::worker::{FakeRunner, runbook};
@@ -461,5 +462,59 @@ async fn a_running_jobs_page_shows_it_complete_without_a_reload_in_chromium() {
         "the page did not follow the job:\n{dom}"
     );
     assert_eq!(app.wait_for_job_end(&id).await["status"], "Completed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_history_charts_render_in_chromium_with_a_bar_per_job() {
+    let app = spawn_app_with(
+        TestAppOptions::default()
+            .runbook("charted.toml", &runbook("description = \"three jobs\""))
+            .runbook("other.toml", &runbook("description = \"one job\"")),
+    )
+    .await;
+    for (name, dry_run) in [
+        ("charted", true),
+        ("charted", false),
+        ("charted", true),
+        ("other", true),
+    ] {
+        let id = app.run_runbook(name, json!({ "dry_run": dry_run })).await;
+        app.wait_for_job_end(&id).await;
+    }
+
+    let artifacts = artifacts_dir();
+    for (path, element, count, file) in [
+        (
+            "/?runbook=charted",
+            "<rect class=\"bar ",
+            3,
+            "dashboard-history-bars.png",
+        ),
+        ("/", "<rect class=\"mark ", 4, "dashboard-timeline.png"),
+    ] {
+        let dom = chromium(&app.url(path), &["--dump-dom".to_string()]).await;
+        assert_eq!(dom.matches(element).count(), count, "{path}:\n{dom}");
+        assert!(dom.contains("<svg class=\"chart "), "{path}: inline SVG");
+        assert!(
+            dom.contains("status-completed"),
+            "{path}: coloured by status"
+        );
+
+        let png = artifacts.join(file);
+        let _ = std::fs::remove_file(&png);
+        chromium(
+            &app.url(path),
+            &[
+                format!("--screenshot={}", png.display()),
+                "--window-size=1280,900".to_string(),
+            ],
+        )
+        .await;
+        let bytes = std::fs::read(&png).expect("chromium wrote the screenshot");
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+        assert!(bytes.len() > 10_000, "a blank page? {} bytes", bytes.len());
+        println!("screenshot: {}", png.display());
+    }
     app.stop().await;
 }
