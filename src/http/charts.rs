@@ -28,20 +28,9 @@ const PLOT_HEIGHT: f64 = 100.0;
 const MIN_BAR: f64 = 2.0;
 const TIMELINE_HEIGHT: f64 = 30.0;
 
-/// Text for an SVG text node or attribute value.
+/// Text for an SVG text node or attribute value, escaped as the templates escape.
 fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    minijinja::HtmlEscape(text).to_string()
 }
 
 /// The status as a class of a fixed set (`status-completed`, …, else `status-other`).

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use crate::support::app::{API_TOKEN, TestAppOptions, spawn_app_with};
 use crate::support::http::{
-    Call, JOB_1, JOB_2, JOB_3, JOB_404, TOKEN, artifacts_dir, bearer, chromium, job, new_job_id,
-    spawn, step,
+    Call, JOB_1, JOB_2, JOB_3, JOB_404, TOKEN, TestServer, bearer, chromium, job, new_job_id,
+    screenshot, spawn, step,
 };
 use crate::support::wait_until;
 use crate::support::worker::{FakeRunner, runbook};
@@ -195,6 +195,11 @@ async fn the_run_now_form_is_built_from_the_parameters_and_sends_typed_values() 
     app.stop().await;
 }
 
+/// `path` of the test server as JSON.
+async fn get_json(server: &TestServer, path: &str) -> Value {
+    server.get(path).await.json().await.expect("a JSON answer")
+}
+
 /// The value of attribute `name` on the page's `<main>`.
 fn main_attribute(html: &str, name: &str) -> String {
     let main = html
@@ -283,12 +288,7 @@ async fn a_live_job_update_waits_for_a_change_and_brings_status_steps_and_new_li
     assert!(lines.contains("first &lt;line&gt;"), "escaped: {lines}");
 
     // Asked again with what it now has: no line twice.
-    let again: Value = server
-        .get(&format!("/live/jobs/{JOB_3}?after=2"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let again: Value = get_json(&server, &format!("/live/jobs/{JOB_3}?after=2")).await;
     assert_eq!(again["append"]["stream_rows"], "", "{again}");
     assert_eq!(again["after"], 2);
 
@@ -317,12 +317,7 @@ async fn a_live_front_page_update_brings_a_new_job_and_keeps_the_runbook_filter(
     assert_eq!(live, "/live/index?runbook=archive-old-mailboxes");
     let version = main_attribute(&page, "data-live-version");
 
-    let unchanged: Value = server
-        .get(&format!("{live}&version=other"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let unchanged: Value = get_json(&server, &format!("{live}&version=other")).await;
     assert_eq!(
         unchanged["version"],
         version.as_str(),
@@ -335,12 +330,7 @@ async fn a_live_front_page_update_brings_a_new_job_and_keeps_the_runbook_filter(
     );
 
     // Asked with the version it has, the page gets no blocks to replace.
-    let same: Value = server
-        .get(&format!("{live}&version={version}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let same: Value = get_json(&server, &format!("{live}&version={version}")).await;
     assert_eq!(same["version"], version.as_str());
     assert_eq!(same["blocks"], json!({}), "{same}");
 
@@ -352,12 +342,7 @@ async fn a_live_front_page_update_brings_a_new_job_and_keeps_the_runbook_filter(
         )
         .await;
     assert_eq!(id.status(), 202);
-    let update: Value = server
-        .get(&format!("{live}&version={version}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let update: Value = get_json(&server, &format!("{live}&version={version}")).await;
     assert_ne!(update["version"], version.as_str());
     let rows = update["blocks"]["job_rows"].as_str().unwrap();
     assert!(rows.contains(&new_job_id(4)), "{rows}");
@@ -483,7 +468,6 @@ async fn the_history_charts_render_in_chromium_with_a_bar_per_job() {
         app.wait_for_job_end(&id).await;
     }
 
-    let artifacts = artifacts_dir();
     for (path, element, count, file) in [
         (
             "/?runbook=charted",
@@ -501,20 +485,7 @@ async fn the_history_charts_render_in_chromium_with_a_bar_per_job() {
             "{path}: coloured by status"
         );
 
-        let png = artifacts.join(file);
-        let _ = std::fs::remove_file(&png);
-        chromium(
-            &app.url(path),
-            &[
-                format!("--screenshot={}", png.display()),
-                "--window-size=1280,900".to_string(),
-            ],
-        )
-        .await;
-        let bytes = std::fs::read(&png).expect("chromium wrote the screenshot");
-        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-        assert!(bytes.len() > 10_000, "a blank page? {} bytes", bytes.len());
-        println!("screenshot: {}", png.display());
+        screenshot(&app.url(path), file, &[]).await;
     }
     app.stop().await;
 }

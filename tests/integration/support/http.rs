@@ -554,6 +554,23 @@ pub fn artifacts_dir() -> PathBuf {
     dir
 }
 
+/// Photographs `url` with Chromium (1280×900) into `file` in [`artifacts_dir`], checks
+/// that a PNG of a page with content came out, and says where it is.
+pub async fn screenshot(url: &str, file: &str, extra: &[String]) {
+    let png = artifacts_dir().join(file);
+    let _ = std::fs::remove_file(&png);
+    let mut flags = vec![
+        format!("--screenshot={}", png.display()),
+        "--window-size=1280,900".to_string(),
+    ];
+    flags.extend_from_slice(extra);
+    chromium(url, &flags).await;
+    let bytes = std::fs::read(&png).expect("chromium wrote the screenshot");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(bytes.len() > 10_000, "a blank page? {} bytes", bytes.len());
+    println!("screenshot: {}", png.display());
+}
+
 /// Debian's chromium, which `.ci/run` installs when it is missing.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
