@@ -291,7 +291,7 @@ mod tests {
         let svg = timeline(&[hostile], now());
         assert!(!svg.contains("<script>"), "{svg}");
         assert!(
-            svg.contains("&lt;script&gt;x&lt;/script&gt;&quot;"),
+            svg.contains("&lt;script&gt;x&lt;&#x2f;script&gt;&quot;"),
             "{svg}"
         );
     }

@@ -193,18 +193,34 @@
   let pause = PAUSE_MS;
   let timer = null;
 
+  const shown = {};
+
+  // The nodes of `html` (the worker's own escaped markup) as children of an element like
+  // `container`. DOMParser makes inert nodes: nothing in them runs.
+  function nodes(container, html) {
+    const rows = container.tagName === "TBODY";
+    const doc = new DOMParser().parseFromString(
+      rows ? "<table><tbody>" + html + "</tbody></table>" : "<div>" + html + "</div>",
+      "text/html");
+    const holder = doc.body.querySelector(rows ? "tbody" : "div");
+    return Array.from(holder.childNodes).map(function (node) {
+      return document.adoptNode(node);
+    });
+  }
+
   function apply(data) {
     for (const [name, html] of Object.entries(data.blocks || {})) {
       const block = main.querySelector('[data-live-block="' + name + '"]');
-      if (block && block.innerHTML !== html) {
-        block.innerHTML = html;
+      if (block && shown[name] !== html) {
+        block.replaceChildren(...nodes(block, html));
+        shown[name] = html;
       }
     }
     for (const [name, html] of Object.entries(data.append || {})) {
       const list = main.querySelector('[data-live-append="' + name + '"]');
       if (list && html) {
         list.querySelectorAll("[data-empty]").forEach(function (row) { row.remove(); });
-        list.insertAdjacentHTML("beforeend", html);
+        list.append(...nodes(list, html));
       }
     }
     version = data.version || version;
