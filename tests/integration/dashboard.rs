@@ -346,6 +346,7 @@ async fn a_live_front_page_update_brings_a_new_job_and_keeps_the_runbook_filter(
     assert_ne!(update["version"], version.as_str());
     let rows = update["blocks"]["job_rows"].as_str().unwrap();
     assert!(rows.contains(&new_job_id(4)), "{rows}");
+    assert!(!update.to_string().contains(TOKEN), "{update}");
     assert!(
         update["blocks"]["runbook_rows"]
             .as_str()
@@ -503,4 +504,18 @@ async fn the_history_charts_render_in_chromium_with_a_bar_per_job() {
         screenshot(&app.url(path), file, &[]).await;
     }
     app.stop().await;
+}
+
+#[tokio::test]
+async fn live_updates_are_reads_that_need_the_token_off_loopback() {
+    let server = spawn(ApiAuth::new(Some(TOKEN.into()), false)).await;
+    for path in ["/live/index".to_string(), format!("/live/jobs/{JOB_1}")] {
+        let anonymous = server.get(&path).await;
+        assert_eq!(anonymous.status(), 401, "{path}");
+        let with_token = server
+            .get_with(&path, &[("authorization", &bearer(TOKEN))])
+            .await;
+        assert_eq!(with_token.status(), 200, "{path}");
+    }
+    server.stop().await;
 }

@@ -1,4 +1,5 @@
-// runbook-worker dashboard: the Run-now and Cancel buttons, the page's only script.
+// runbook-worker dashboard: the Run-now and Cancel buttons and the live updates, the
+// page's only script.
 //
 // Each button opens a dialog that asks for the API token, POSTs to the JSON API with
 // `Authorization: Bearer <token>` and shows the job id or the worker's error. The token stays
