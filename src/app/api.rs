@@ -17,9 +17,10 @@ use crate::history::{
 };
 use crate::http::{
     ApiError, CancelOutcome, CoordinationReadiness, FileErrorView, HistoryReadiness, JobFilter,
-    Readiness, RequestedVia, RunAccepted, RunRequest, RunbookView, RunbooksView, WorkerApi,
+    ParamView, Readiness, RequestedVia, RunAccepted, RunRequest, RunbookView, RunbooksView,
+    WorkerApi,
 };
-use crate::runbook::{ParamInput, ValidationError};
+use crate::runbook::{ParamInput, Runbook, ValidationError};
 use crate::scheduler::{RunError, SchedulerHandle, plan_next, window};
 use crate::timing::schedule::describe_upcoming;
 
@@ -80,6 +81,21 @@ fn file_error(dir: &Path, file: &str, errors: &[ValidationError]) -> FileErrorVi
     }
 }
 
+/// The runbook's `[params]` declarations as the API lists them.
+fn param_views(runbook: &Runbook) -> Vec<ParamView> {
+    runbook
+        .params
+        .values()
+        .map(|spec| ParamView {
+            name: spec.name.clone(),
+            kind: spec.kind.name().to_string(),
+            default: spec.default.clone(),
+            required: spec.default.is_none(),
+            description: spec.description.clone(),
+        })
+        .collect()
+}
+
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -111,6 +127,7 @@ impl WorkerApi for Api {
                     validation_error: (!live.errors.is_empty()).then(|| {
                         file_error(&self.runbooks_dir, &live.errors[0].file, &live.errors)
                     }),
+                    params: param_views(r),
                 }
             })
             .collect();
@@ -231,6 +248,10 @@ impl WorkerApi for Api {
                 status: job.job.status.as_str().to_string(),
             }),
         }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     async fn occurrences(&self, runbook: &str, limit: usize) -> Result<Vec<Value>, ApiError> {

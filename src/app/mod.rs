@@ -60,6 +60,9 @@ pub struct AppOptions {
     pub host_name: Option<String>,
     /// How long the runbooks folder must be quiet before a change is loaded.
     pub watch_debounce: Duration,
+    /// More routes served next to the product's (tests: pages that drive the dashboard
+    /// from the same origin).
+    pub extra_routes: Option<http::Router>,
 }
 
 impl Default for AppOptions {
@@ -70,6 +73,7 @@ impl Default for AppOptions {
             runner: None,
             host_name: None,
             watch_debounce: DEFAULT_DEBOUNCE,
+            extra_routes: None,
         }
     }
 }
@@ -257,7 +261,11 @@ impl App {
             lifecycle: lifecycle.clone(),
             runbooks_dir: settings.runbooks.dir.clone(),
         });
-        let router = http::router(api, metrics, auth);
+        let limits = http::ServerLimits::from_settings(&settings.http);
+        let mut router = http::router_with_limits(api, metrics, auth, &limits);
+        if let Some(extra) = options.extra_routes {
+            router = router.merge(extra);
+        }
 
         Ok(App {
             components,

@@ -79,6 +79,16 @@ pub(crate) struct ShownJob {
     pub streams_more: usize,
 }
 
+impl ShownJob {
+    /// Queued or Running: the job may still change.
+    pub(crate) fn is_active(&self) -> bool {
+        matches!(
+            self.job.job.status,
+            crate::history::JobStatus::Queued | crate::history::JobStatus::Running
+        )
+    }
+}
+
 pub(crate) fn bound_job(mut job: JobDetail) -> ShownJob {
     let streams_more = job.streams.len().saturating_sub(MAX_SHOWN_STREAM_ENTRIES);
     job.streams.truncate(MAX_SHOWN_STREAM_ENTRIES);

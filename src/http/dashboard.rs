@@ -12,14 +12,15 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use minijinja::value::ValueKind;
 use minijinja::{Environment, UndefinedBehavior, Value, context};
 use serde::Serialize;
 
 use super::api::path_segment;
-use super::bounds;
-use super::{ApiError, AppState, FileErrorView, JobFilter, RunbookView, RunbooksView};
+use super::bounds::{self, ShownJob};
+use super::{ApiError, AppState, FileErrorView, JobFilter, ParamView, RunbookView, RunbooksView};
+use crate::history::JobSummary;
 
 const STYLESHEET: &str = include_str!("assets/dashboard.css");
 const SCRIPT: &str = include_str!("assets/dashboard.js");
@@ -80,6 +81,33 @@ impl Pages {
         }
     }
 
+    /// The named blocks of page `name` rendered with `ctx`, for the live updates: the same
+    /// markup as the whole page, so a page that follows a job cannot drift from one loaded
+    /// anew.
+    pub(crate) fn render_blocks(
+        &self,
+        name: &str,
+        ctx: Value,
+        blocks: &[&str],
+    ) -> Result<BTreeMap<String, String>, ApiError> {
+        let template = self.env.get_template(name).map_err(internal)?;
+        // The whole page is evaluated (into a sink) for the blocks to see what it sets up.
+        let mut captured = template
+            .render_captured_to(ctx, std::io::sink())
+            .map_err(internal)?;
+        captured.with_state_mut(|state| {
+            blocks
+                .iter()
+                .map(|block| {
+                    state
+                        .render_block(block)
+                        .map(|html| (block.to_string(), html))
+                        .map_err(internal)
+                })
+                .collect()
+        })
+    }
+
     fn error_page(&self, state: &AppState, error: ApiError) -> Response {
         let status = error.status();
         let message = error.public_message();
@@ -111,6 +139,65 @@ struct RunbookRow {
     last_status: Option<String>,
     last_job_id: Option<String>,
     validation_error: Option<FileErrorView>,
+    /// The Run-now form's fields, one per declared parameter.
+    params: Vec<ParamField>,
+}
+
+/// One input of the Run-now form: the declared parameter with the HTML input that reads its
+/// type and its default spelt as that input shows it. The script turns the input back into
+/// a value of `kind` (`data-type`) when the form is sent.
+#[derive(Debug, Serialize, PartialEq)]
+struct ParamField {
+    name: String,
+    kind: String,
+    /// `text`, `number`, `checkbox`, `datetime-local` or `json` (a textarea).
+    input: &'static str,
+    /// The number input's `step`: `1` for integers, `any` for floats.
+    step: Option<&'static str>,
+    /// The default, as the input's value (empty without one).
+    value: String,
+    /// A boolean's default.
+    checked: bool,
+    required: bool,
+    description: Option<String>,
+}
+
+fn param_field(view: ParamView) -> ParamField {
+    let default = view.default.as_ref();
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let (input, step, value) = match view.kind.as_str() {
+        "integer" => ("number", Some("1"), default.map(text)),
+        "float" => ("number", Some("any"), default.map(text)),
+        "boolean" => ("checkbox", None, None),
+        // A datetime-local input has no zone: the form shows and reads UTC.
+        "datetime" => (
+            "datetime-local",
+            Some("1"),
+            default
+                .and_then(|d| d.as_str())
+                .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+                .map(|t| {
+                    t.with_timezone(&Utc)
+                        .format("%Y-%m-%dT%H:%M:%S")
+                        .to_string()
+                }),
+        ),
+        "array" | "table" => ("json", None, default.map(|d| d.to_string())),
+        _ => ("text", None, default.map(text)),
+    };
+    ParamField {
+        checked: default.and_then(|d| d.as_bool()).unwrap_or(false),
+        name: view.name,
+        kind: view.kind,
+        input,
+        step,
+        value: value.unwrap_or_default(),
+        required: view.required,
+        description: view.description,
+    }
 }
 
 /// A row of the invalid files table.
@@ -137,6 +224,7 @@ fn runbook_row(view: RunbookView) -> RunbookRow {
         last_status: view.last_status,
         last_job_id: view.last_job_id,
         validation_error: view.validation_error,
+        params: view.params.into_iter().map(param_field).collect(),
     }
 }
 
@@ -179,44 +267,130 @@ fn next_run_texts(next: Option<DateTime<Utc>>, zone: &str) -> (Option<String>, O
     (Some(utc), local)
 }
 
+fn internal(e: minijinja::Error) -> ApiError {
+    ApiError::Internal(Box::new(e))
+}
+
+/// `?runbook=` of the front page and its live updates.
+pub(crate) fn runbook_filter(
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> Option<String> {
+    query
+        .ok()
+        .and_then(|Query(q)| q.get("runbook").cloned())
+        .filter(|r| !r.is_empty())
+}
+
+/// What the front page shows, read once: the page and its live updates render it alike.
+#[derive(Debug, Serialize)]
+pub(crate) struct IndexData {
+    runbooks: Vec<RunbookRow>,
+    invalid: Vec<InvalidRow>,
+    more_runbooks: usize,
+    more_invalid_files: usize,
+    jobs: Vec<JobSummary>,
+    jobs_error: Option<String>,
+    runbook_filter: Option<String>,
+    /// One runbook's last jobs as bars (`/?runbook=`), or every job of the last 24 hours
+    /// on a timeline (the front page): inline SVG from [`super::charts`].
+    chart: Option<String>,
+}
+
+/// The chart of the front page (`runbook` `None`) or of one runbook's view.
+async fn chart(state: &AppState, runbook: Option<&str>) -> Option<String> {
+    // The history may be down: the page shows the rest without a picture.
+    match runbook {
+        Some(name) => {
+            let filter = JobFilter {
+                runbook: Some(name.to_string()),
+                status: None,
+                limit: super::charts::MAX_BARS,
+                before: None,
+            };
+            let jobs = state.api.list_jobs(filter).await.ok()?;
+            Some(super::charts::history_bars(&jobs))
+        }
+        None => {
+            // The end of the current minute: the picture (and the page's version) changes
+            // at most once a minute when no job does, and a job of this minute is on it.
+            let now = state.api.now();
+            let now = now
+                - chrono::Duration::seconds(i64::from(now.second()))
+                - chrono::Duration::nanoseconds(i64::from(now.nanosecond()))
+                + chrono::Duration::minutes(1);
+            let filter = JobFilter {
+                runbook: None,
+                status: None,
+                limit: super::charts::MAX_TIMELINE_MARKS,
+                before: None,
+            };
+            let jobs = state.api.list_jobs(filter).await.ok()?;
+            Some(super::charts::timeline(&jobs, now))
+        }
+    }
+}
+
+impl IndexData {
+    pub(crate) async fn read(state: &AppState, runbook_filter: Option<String>) -> Self {
+        let bounded = bounds::bound_runbooks(state.api.runbooks());
+        let view = bounded.view;
+        let invalid = invalid_rows(&view);
+        let runbooks: Vec<RunbookRow> = view.runbooks.into_iter().map(runbook_row).collect();
+        let filter = JobFilter {
+            runbook: runbook_filter.clone(),
+            status: None,
+            limit: RECENT_JOBS,
+            before: None,
+        };
+        // The catalog is in memory; the history may be down. Show what there is.
+        let (jobs, jobs_error) = match state.api.list_jobs(filter).await {
+            Ok(jobs) => (jobs, None),
+            Err(e) => (Vec::new(), Some(e.public_message())),
+        };
+        let chart = chart(state, runbook_filter.as_deref()).await;
+        Self {
+            chart,
+            runbooks,
+            invalid,
+            more_runbooks: bounded.more_runbooks,
+            more_invalid_files: bounded.more_invalid_files,
+            jobs,
+            jobs_error,
+            runbook_filter,
+        }
+    }
+
+    /// The template context, with `live_version` for the page's script.
+    pub(crate) fn context(&self, state: &AppState) -> Value {
+        let readiness = state.api.readiness();
+        context! {
+            live_version => super::live::version_of(self),
+            problems => readiness.problems(),
+            ..Value::from_serialize(self)
+        }
+    }
+}
+
 pub(crate) async fn index(
     State(state): State<AppState>,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Response {
-    let runbook_filter = query
-        .ok()
-        .and_then(|Query(q)| q.get("runbook").cloned())
-        .filter(|r| !r.is_empty());
-    let bounded = bounds::bound_runbooks(state.api.runbooks());
-    let view = bounded.view;
-    let invalid = invalid_rows(&view);
-    let runbooks: Vec<RunbookRow> = view.runbooks.into_iter().map(runbook_row).collect();
-    let filter = JobFilter {
-        runbook: runbook_filter.clone(),
-        status: None,
-        limit: RECENT_JOBS,
-        before: None,
-    };
-    // The catalog is in memory; the history may be down. Show what there is.
-    let (jobs, jobs_error) = match state.api.list_jobs(filter).await {
-        Ok(jobs) => (jobs, None),
-        Err(e) => (Vec::new(), Some(e.public_message())),
-    };
+    let data = IndexData::read(&state, runbook_filter(query)).await;
+    state
+        .pages
+        .render(StatusCode::OK, "index.html", data.context(&state))
+}
+
+/// The job page's context; `live_version` tells its script what it shows.
+pub(crate) fn job_context(state: &AppState, job: &ShownJob, live_version: &str) -> Value {
     let readiness = state.api.readiness();
-    state.pages.render(
-        StatusCode::OK,
-        "index.html",
-        context! {
-            runbooks,
-            invalid,
-            more_runbooks => bounded.more_runbooks,
-            more_invalid_files => bounded.more_invalid_files,
-            jobs => Value::from_serialize(&jobs),
-            jobs_error,
-            runbook_filter,
-            problems => readiness.problems(),
-        },
-    )
+    context! {
+        job => Value::from_serialize(job),
+        live_version,
+        live_ended => !job.is_active(),
+        live_after => job.job.streams.last().map_or(0, |s| s.seq),
+        problems => readiness.problems(),
+    }
 }
 
 pub(crate) async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
@@ -230,14 +404,11 @@ pub(crate) async fn job(State(state): State<AppState>, Path(id): Path<String>) -
         }
         Err(e) => return state.pages.error_page(&state, e),
     };
-    let readiness = state.api.readiness();
+    let version = super::live::job_version(&job);
     state.pages.render(
         StatusCode::OK,
         "job.html",
-        context! {
-            job => Value::from_serialize(&job),
-            problems => readiness.problems(),
-        },
+        job_context(&state, &job, &version),
     )
 }
 
@@ -296,17 +467,19 @@ fn when(value: Value) -> String {
 /// `elapsed(start, end)`: the time between two RFC 3339 instants, such as `2m 05s`.
 fn elapsed(start: Value, end: Value) -> String {
     match (parse_instant(&start), parse_instant(&end)) {
-        (Some(start), Some(end)) if end >= start => {
-            let ms = (end - start).num_milliseconds();
-            let secs = ms / 1000;
-            match secs {
-                0 => format!("{ms} ms"),
-                1..60 => format!("{}.{:01}s", secs, (ms % 1000) / 100),
-                60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
-                _ => format!("{}h {:02}m", secs / 3600, (secs % 3600) / 60),
-            }
-        }
+        (Some(start), Some(end)) if end >= start => duration_text((end - start).num_milliseconds()),
         _ => "—".to_string(),
+    }
+}
+
+/// A duration of `ms` milliseconds as `250 ms`, `12.5s`, `2m 05s` or `2h 07m`.
+pub(crate) fn duration_text(ms: i64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0 => format!("{ms} ms"),
+        1..60 => format!("{}.{:01}s", secs, (ms % 1000) / 100),
+        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, (secs % 3600) / 60),
     }
 }
 
@@ -449,12 +622,16 @@ mod tests {
                 context! {
                     runbooks => empty.clone(), invalid => empty.clone(), more_runbooks => 0,
                     more_invalid_files => 0, jobs => empty.clone(), jobs_error => (),
-                    runbook_filter => (), problems => no_problems.clone(),
+                    runbook_filter => (), problems => no_problems.clone(), live_version => "v",
+                    chart => (),
                 },
             ),
             (
                 "job.html",
-                context! { job => Value::from_serialize(&shown), problems => no_problems.clone() },
+                context! {
+                    job => Value::from_serialize(&shown), problems => no_problems.clone(),
+                    live_version => "v", live_after => 0, live_ended => true,
+                },
             ),
             (
                 "error.html",
@@ -487,6 +664,41 @@ mod tests {
     }
 
     #[test]
+    fn live_blocks_are_the_same_markup_as_the_whole_page() {
+        let pages = Pages::new();
+        let shown = bounds::bound_job(crate::http::fixtures::job_with_streams(3));
+        let ctx = || {
+            context! {
+                job => Value::from_serialize(&shown), problems => Vec::<String>::new(),
+                live_version => "v", live_after => 3, live_ended => true,
+            }
+        };
+        let page = pages
+            .env
+            .get_template("job.html")
+            .unwrap()
+            .render(ctx())
+            .unwrap();
+        let blocks = pages
+            .render_blocks("job.html", ctx(), &["job_head", "step_rows", "stream_rows"])
+            .unwrap();
+        assert_eq!(blocks.len(), 3);
+        for (name, html) in &blocks {
+            assert!(!html.trim().is_empty(), "{name} is empty");
+            assert!(
+                page.contains(html.as_str()),
+                "{name} differs:\n{html}\n{page}"
+            );
+        }
+        assert_eq!(blocks["stream_rows"].matches("<tr ").count(), 3);
+        assert!(
+            pages
+                .render_blocks("job.html", ctx(), &["no_such_block"])
+                .is_err()
+        );
+    }
+
+    #[test]
     fn stream_text_is_escaped_on_the_job_page() {
         let pages = Pages::new();
         let mut record = crate::http::fixtures::job_with_streams(1);
@@ -498,10 +710,88 @@ mod tests {
             .render(context! {
                 job => Value::from_serialize(bounds::bound_job(record)),
                 problems => Vec::<String>::new(),
+                live_version => "v", live_after => 1, live_ended => true,
             })
             .unwrap();
         assert!(html.contains("&lt;b&gt;bold&lt;&#x2f;b&gt;"), "{html}");
         assert!(!html.contains("<b>bold"), "{html}");
+    }
+
+    #[test]
+    fn each_parameter_type_gets_its_input_with_the_default_filled() {
+        let view = |kind: &str, default: Option<serde_json::Value>| ParamView {
+            name: "p".into(),
+            kind: kind.into(),
+            required: default.is_none(),
+            default,
+            description: Some("help".into()),
+        };
+        let cases = [
+            (view("string", None), "text", None, "", false),
+            (
+                view("string", Some("Sales".into())),
+                "text",
+                None,
+                "Sales",
+                false,
+            ),
+            (
+                view("integer", Some(30.into())),
+                "number",
+                Some("1"),
+                "30",
+                false,
+            ),
+            (
+                view("float", Some(0.5.into())),
+                "number",
+                Some("any"),
+                "0.5",
+                false,
+            ),
+            (
+                view("boolean", Some(true.into())),
+                "checkbox",
+                None,
+                "",
+                true,
+            ),
+            (
+                view("boolean", Some(false.into())),
+                "checkbox",
+                None,
+                "",
+                false,
+            ),
+            (
+                view("datetime", Some("2025-01-01T02:00:00+02:00".into())),
+                "datetime-local",
+                Some("1"),
+                "2025-01-01T00:00:00",
+                false,
+            ),
+            (
+                view("array", Some(serde_json::json!(["a", 1]))),
+                "json",
+                None,
+                r#"["a",1]"#,
+                false,
+            ),
+            (view("table", None), "json", None, "", false),
+        ];
+        for (param, input, step, value, checked) in cases {
+            let kind = param.kind.clone();
+            let required = param.required;
+            let field = param_field(param);
+            assert_eq!(
+                (field.input, field.step, field.value.as_str(), field.checked),
+                (input, step, value, checked),
+                "{kind}"
+            );
+            assert_eq!(field.required, required, "{kind}");
+            assert_eq!(field.kind, kind);
+            assert_eq!(field.description.as_deref(), Some("help"));
+        }
     }
 
     #[test]

@@ -9,12 +9,15 @@
 //!
 //! Layout: `api` holds the JSON and probe handlers, `auth` the access rules, `bounds` the
 //! caps on what one response lists, `dashboard` the server-rendered pages with their embedded
-//! templates, CSS and script, `server` the accept loop with its connection cap and timeouts.
+//! templates, CSS and script, `live` the pages' live updates (polled by that script),
+//! `server` the accept loop with its connection cap and timeouts.
 
 mod api;
 mod auth;
 mod bounds;
+mod charts;
 mod dashboard;
+mod live;
 mod server;
 
 #[cfg(test)]
@@ -214,6 +217,11 @@ pub trait WorkerApi: Send + Sync + 'static {
     /// Asks a running or queued job to stop (between calls, as the executor allows).
     async fn cancel_job(&self, id: &str) -> Result<CancelOutcome, ApiError>;
 
+    /// The worker's clock: where the dashboard's 24-hour timeline ends.
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
     /// The next `limit` occurrences of runbook `runbook`, soonest first, as the scheduler
     /// computes them (each with at least `utc` and `local` instants). The shape belongs to the
     /// scheduler; this module passes it through.
@@ -260,6 +268,23 @@ pub struct RunbookView {
     /// Set when the file on disk currently fails validation: the version shown (and
     /// scheduled) is the last good one.
     pub validation_error: Option<FileErrorView>,
+    /// The parameters a run may give (`[params]` of the file), sorted by name.
+    #[serde(default)]
+    pub params: Vec<ParamView>,
+}
+
+/// One declared parameter of a runbook: what a run request's `params` may hold.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ParamView {
+    pub name: String,
+    /// `string`, `integer`, `float`, `boolean`, `datetime`, `array` or `table`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The value a run without this parameter gets; `None` for a required one.
+    pub default: Option<serde_json::Value>,
+    /// A run must give it (it has no default).
+    pub required: bool,
+    pub description: Option<String>,
 }
 
 /// Why a runbook file fails validation.
@@ -485,6 +510,7 @@ struct AppState {
     metrics: Arc<Metrics>,
     auth: Arc<ApiAuth>,
     pages: Arc<dashboard::Pages>,
+    live: Arc<live::Live>,
 }
 
 /// Largest request body accepted (a run request's parameters).
@@ -498,12 +524,27 @@ const MAX_BODY_BYTES: usize = 256 * 1024;
 ///   `GET /api/occurrences`, `GET /`, `GET /jobs/{id}`;
 /// - changes (always the bearer token): `POST /api/runbooks/{name}/run`,
 ///   `POST /api/jobs/{id}/cancel`.
+///
+/// The dashboard's live updates (`GET /live/index`, `GET /live/jobs/{id}`, reads) wait
+/// within the default [`ServerLimits`]; [`router_with_limits`] sizes them for the server's.
 pub fn router(api: Arc<dyn WorkerApi>, metrics: Arc<Metrics>, auth: ApiAuth) -> Router {
+    router_with_limits(api, metrics, auth, &ServerLimits::default())
+}
+
+/// [`router`] for a server with `limits`: live updates wait at most half its request
+/// timeout, and at most a quarter of its connections wait at once.
+pub fn router_with_limits(
+    api: Arc<dyn WorkerApi>,
+    metrics: Arc<Metrics>,
+    auth: ApiAuth,
+    limits: &ServerLimits,
+) -> Router {
     let state = AppState {
         api,
         metrics,
         auth: Arc::new(auth),
         pages: Arc::new(dashboard::Pages::new()),
+        live: Arc::new(live::Live::new(limits)),
     };
 
     let open = Router::new()
@@ -536,7 +577,9 @@ pub fn router(api: Arc<dyn WorkerApi>, metrics: Arc<Metrics>, auth: ApiAuth) -> 
         .route("/api/jobs/{id}/cancel", change(post(api::cancel_job)))
         .route("/api/occurrences", read(get(api::occurrences)))
         .route("/", read(get(dashboard::index)))
-        .route("/jobs/{id}", read(get(dashboard::job)));
+        .route("/jobs/{id}", read(get(dashboard::job)))
+        .route("/live/index", read(get(live::index)))
+        .route("/live/jobs/{id}", read(get(live::job)));
 
     Router::new()
         .merge(open)

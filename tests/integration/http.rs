@@ -12,9 +12,9 @@ use runbook_worker::http::{
 use serde_json::{Value, json};
 
 use crate::support::http::{
-    Call, FakeWorker, HOSTILE_DESCRIPTION, TOKEN, WRONG_TOKEN, artifacts_dir, bearer, chromium,
-    job, new_job_id, open_half_requests, params, read_until_closed, spawn, spawn_limited,
-    spawn_with, still_open,
+    Call, FakeWorker, HOSTILE_DESCRIPTION, TOKEN, WRONG_TOKEN, bearer, chromium, job, new_job_id,
+    open_half_requests, params, read_until_closed, screenshot, spawn, spawn_limited, spawn_with,
+    still_open,
 };
 use crate::support::wait_until;
 use crate::support::worker::{InProcess, runbook};
@@ -845,7 +845,6 @@ async fn an_unknown_job_page_is_a_404_page() {
 #[tokio::test]
 async fn the_dashboard_renders_in_headless_chromium() {
     let server = spawn(loopback_with_token()).await;
-    let artifacts = artifacts_dir();
 
     let dom = chromium(&server.url("/"), &["--dump-dom".to_string()]).await;
     for needle in [
@@ -893,26 +892,13 @@ async fn the_dashboard_renders_in_headless_chromium() {
         ("/", "dashboard.png"),
         ("/jobs/01HWVD8Q0G0000000000000002", "dashboard-job.png"),
     ] {
-        let png = artifacts.join(file);
-        let _ = std::fs::remove_file(&png);
-        chromium(
-            &server.url(path),
-            &[
-                format!("--screenshot={}", png.display()),
-                "--window-size=1280,900".to_string(),
-            ],
-        )
-        .await;
-        let bytes = std::fs::read(&png).expect("chromium wrote the screenshot");
-        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-        assert!(bytes.len() > 10_000, "a blank page? {} bytes", bytes.len());
-        println!("screenshot: {}", png.display());
+        screenshot(&server.url(path), file, &[]).await;
     }
     server.stop().await;
 }
 
 /// A page that frames the dashboard, presses Run now on one runbook, types the token and
-/// parameters into the dialog, submits it and copies the dialog's answer out.
+/// a parameter into the dialog's form, submits it and copies the dialog's answer out.
 const RUN_NOW_PAGE: &str = r##"<!doctype html>
 <html><body>
 <iframe id="app" src="/" width="1200" height="700"></iframe>
@@ -923,7 +909,7 @@ frame.addEventListener("load", () => {
   const doc = frame.contentDocument;
   doc.querySelector('button[data-action="run"][data-runbook="archive-old-mailboxes"]').click();
   doc.querySelector('input[name="token"]').value = "__TOKEN__";
-  doc.querySelector('textarea[name="params"]').value = '{"days": 30}';
+  doc.querySelector('#action-dialog [data-param="days"]').value = "30";
   doc.querySelector('input[name="dry_run"]').checked = true;
   doc.querySelector("#action-dialog form").requestSubmit();
   const result = doc.querySelector("[data-result]");
@@ -980,23 +966,12 @@ async fn the_run_now_button_starts_a_job_from_a_real_browser() {
     );
 
     // The same page, photographed: the dialog with its answer.
-    let png = artifacts_dir().join("dashboard-run-now.png");
-    let _ = std::fs::remove_file(&png);
-    chromium(
+    screenshot(
         &server.url("/test/run-now"),
-        &[
-            format!("--screenshot={}", png.display()),
-            "--window-size=1280,900".to_string(),
-            "--virtual-time-budget=10000".to_string(),
-        ],
+        "dashboard-run-now.png",
+        &["--virtual-time-budget=10000".to_string()],
     )
     .await;
-    assert!(
-        std::fs::read(&png)
-            .expect("screenshot")
-            .starts_with(b"\x89PNG")
-    );
-    println!("screenshot: {}", png.display());
     assert_eq!(server.worker.changes().len(), 2);
     server.stop().await;
 }

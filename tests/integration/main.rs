@@ -7,6 +7,7 @@ mod app;
 mod architecture;
 mod cli;
 mod coordination;
+mod dashboard;
 mod deploy;
 mod docs;
 mod exchange;

@@ -1,8 +1,12 @@
-// runbook-worker dashboard: the Run-now and Cancel buttons, the page's only script.
+// runbook-worker dashboard: the Run-now and Cancel buttons and the live updates, the
+// page's only script.
 //
 // Each button opens a dialog that asks for the API token, POSTs to the JSON API with
 // `Authorization: Bearer <token>` and shows the job id or the worker's error. The token stays
 // in this page's memory: it is never stored, put in a URL or written into the page.
+// Run now shows one input per declared parameter: the server renders them into a
+// <template data-param-fields> next to each button; this script copies them into the dialog
+// and reads them back as values of their declared type (data-type).
 "use strict";
 
 (function () {
@@ -17,7 +21,7 @@
   const result = dialog.querySelector("[data-result]");
   const submit = dialog.querySelector("[data-submit]");
   const tokenInput = form.elements.namedItem("token");
-  const paramsInput = form.elements.namedItem("params");
+  const paramsSlot = dialog.querySelector("[data-params]");
   const dryRunInput = form.elements.namedItem("dry_run");
 
   let token = "";
@@ -26,6 +30,48 @@
   function show(message, state) {
     result.textContent = message;
     result.dataset.state = state;
+  }
+
+  // The parameters as typed JSON values, or the problems with them (all at once). An empty
+  // optional input is left out, so the runbook's default applies.
+  function readParams() {
+    const params = {};
+    const problems = [];
+    for (const input of paramsSlot.querySelectorAll("[data-param]")) {
+      const name = input.dataset.param;
+      const type = input.dataset.type;
+      if (type === "boolean") {
+        params[name] = input.checked;
+        continue;
+      }
+      const text = input.value.trim();
+      if (text === "") {
+        if (input.required) {
+          problems.push(name + " is required");
+        }
+        continue;
+      }
+      if (type === "integer" || type === "float") {
+        const number = Number(text);
+        if (!Number.isFinite(number) || (type === "integer" && !Number.isInteger(number))) {
+          problems.push(name + " must be " + (type === "integer" ? "a whole number" : "a number"));
+        } else {
+          params[name] = number;
+        }
+      } else if (type === "datetime") {
+        // datetime-local gives YYYY-MM-DDTHH:MM[:SS] without a zone; the form means UTC.
+        params[name] = (text.length === 16 ? text + ":00" : text) + "Z";
+      } else if (type === "array" || type === "table") {
+        try {
+          params[name] = JSON.parse(text);
+        } catch (e) {
+          problems.push(name + " is not valid JSON: " + e.message);
+        }
+      } else {
+        params[name] = input.value;
+      }
+    }
+    return { params: params, problems: problems };
   }
 
   function showJob(prefix, jobId) {
@@ -53,6 +99,12 @@
       ? "Starts a job of this runbook now, as the API's POST /api/runbooks/{name}/run does."
       : "Asks the job to stop between two calls; it ends as Cancelled.";
     runFields.hidden = !running;
+    paramsSlot.replaceChildren();
+    const fields = running && button.parentElement.querySelector("template[data-param-fields]");
+    if (fields) {
+      paramsSlot.appendChild(fields.content.cloneNode(true));
+    }
+    dryRunInput.checked = false;
     submit.textContent = running ? "Run" : "Cancel job";
     tokenInput.value = token;
     show("", "");
@@ -78,17 +130,12 @@
     let body = "{}";
     if (action.kind === "run") {
       url = "/api/runbooks/" + encodeURIComponent(action.runbook) + "/run";
-      let params = {};
-      const paramsText = paramsInput.value.trim();
-      if (paramsText) {
-        try {
-          params = JSON.parse(paramsText);
-        } catch (e) {
-          show("The parameters are not valid JSON: " + e.message, "error");
-          return;
-        }
+      const read = readParams();
+      if (read.problems.length > 0) {
+        show("Check the parameters: " + read.problems.join("; ") + ".", "error");
+        return;
       }
-      body = JSON.stringify({ params: params, dry_run: dryRunInput.checked });
+      body = JSON.stringify({ params: read.params, dry_run: dryRunInput.checked });
     } else {
       url = "/api/jobs/" + encodeURIComponent(action.job) + "/cancel";
     }
@@ -127,4 +174,101 @@
       submit.disabled = false;
     }
   });
+})();
+
+// Live updates: a page whose <main> has data-live asks that URL every data-live-every ms
+// with the version it shows (and, on a job's page, the last stream line it has; with
+// data-live-wait the worker answers only when something changed, or after a wait). The
+// answer has the page's blocks rendered by the page's own templates (data-live-block:
+// replaced) and new stream lines (data-live-append: added).
+// A job's page stops asking when the job has ended; every page stops while it is hidden.
+(function () {
+  const main = document.querySelector("main[data-live]");
+  if (!main || typeof fetch !== "function") {
+    return;
+  }
+  const PAUSE_MS = Number(main.dataset.liveEvery) || 5000;
+  const MAX_PAUSE_MS = 30000;
+  let version = main.dataset.liveVersion || "";
+  let after = main.dataset.liveAfter || "";
+  let pause = PAUSE_MS;
+  let timer = null;
+
+  const shown = {};
+
+  // The nodes of `html` (the worker's own escaped markup) as children of an element like
+  // `container`. DOMParser makes inert nodes: nothing in them runs.
+  function nodes(container, html) {
+    const rows = container.tagName === "TBODY";
+    const doc = new DOMParser().parseFromString(
+      rows ? "<table><tbody>" + html + "</tbody></table>" : "<div>" + html + "</div>",
+      "text/html");
+    const holder = doc.body.querySelector(rows ? "tbody" : "div");
+    return Array.from(holder.childNodes).map(function (node) {
+      return document.adoptNode(node);
+    });
+  }
+
+  function apply(data) {
+    for (const [name, html] of Object.entries(data.blocks || {})) {
+      const block = main.querySelector('[data-live-block="' + name + '"]');
+      if (block && shown[name] !== html) {
+        block.replaceChildren(...nodes(block, html));
+        shown[name] = html;
+      }
+    }
+    for (const [name, html] of Object.entries(data.append || {})) {
+      const list = main.querySelector('[data-live-append="' + name + '"]');
+      if (list && html) {
+        list.querySelectorAll("[data-empty]").forEach(function (row) { row.remove(); });
+        list.append(...nodes(list, html));
+      }
+    }
+    version = data.version || version;
+    if (data.after !== undefined) {
+      after = String(data.after);
+    }
+    if (data.ended) {
+      main.dataset.liveEnded = "";
+    }
+  }
+
+  async function poll() {
+    timer = null;
+    if (main.dataset.liveEnded !== undefined || document.hidden) {
+      return;
+    }
+    const base = main.dataset.live;
+    let url = base + (base.includes("?") ? "&" : "?") + "version=" + encodeURIComponent(version);
+    if (after) {
+      url += "&after=" + encodeURIComponent(after);
+    }
+    if (main.dataset.liveWait !== undefined) {
+      url += "&wait=1";
+    }
+    try {
+      const response = await fetch(url, {
+        credentials: "same-origin",
+        headers: { "Accept": "application/json" },
+      });
+      if (!response.ok) {
+        throw new Error(String(response.status));
+      }
+      apply(await response.json());
+      pause = PAUSE_MS;
+    } catch (e) {
+      // The worker restarts or refuses: ask again later, less and less often.
+      pause = Math.min(pause * 2, MAX_PAUSE_MS);
+    }
+    schedule();
+  }
+
+  function schedule() {
+    if (timer === null && main.dataset.liveEnded === undefined && !document.hidden) {
+      timer = setTimeout(poll, pause);
+    }
+  }
+
+  document.addEventListener("visibilitychange", schedule);
+  schedule();
 })();

@@ -45,6 +45,8 @@ pub struct TestAppOptions {
     pub settings_file: Option<String>,
     /// The simulated identity endpoint (e.g. the app roles of the worker's identity).
     pub identity: IdentitySimulatorConfig,
+    /// Test pages served next to the worker's routes, from the same origin.
+    pub extra_routes: Option<runbook_worker::http::Router>,
 }
 
 impl Default for TestAppOptions {
@@ -60,6 +62,7 @@ impl Default for TestAppOptions {
             runner: None,
             settings_file: None,
             identity: IdentitySimulatorConfig::default(),
+            extra_routes: None,
         }
     }
 }
@@ -166,6 +169,7 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         components,
         AppOptions {
             runner: options.runner,
+            extra_routes: options.extra_routes,
             watch_debounce: Duration::from_millis(100),
             ..AppOptions::default()
         },

@@ -16,8 +16,8 @@ use runbook_worker::history::{
     JobDetail, JobStatus, JobSummary, StepCounts, StreamEntry, StreamKind, Trigger,
 };
 use runbook_worker::http::{
-    self, ApiAuth, ApiError, CancelOutcome, FileErrorView, JobFilter, Readiness, RunAccepted,
-    RunRequest, RunbookView, RunbooksView, ServerLimits, WorkerApi,
+    self, ApiAuth, ApiError, CancelOutcome, FileErrorView, JobFilter, ParamView, Readiness,
+    RunAccepted, RunRequest, RunbookView, RunbooksView, ServerLimits, WorkerApi,
 };
 use runbook_worker::telemetry::metrics::Metrics;
 
@@ -161,6 +161,13 @@ impl FakeWorker {
                     last_status: Some("Completed".into()),
                     last_job_id: Some(JOB_1.into()),
                     validation_error: None,
+                    params: vec![ParamView {
+                        name: "days".into(),
+                        kind: "integer".into(),
+                        default: Some(json!(90)),
+                        required: false,
+                        description: Some("Mailboxes inactive for this many days".into()),
+                    }],
                 },
                 RunbookView {
                     name: "forwarding-cleanup".into(),
@@ -178,6 +185,7 @@ impl FakeWorker {
                         message: "unknown key `trottle` in [[steps]]: did you mean `throttle`?"
                             .into(),
                     }),
+                    params: Vec::new(),
                 },
                 RunbookView {
                     name: "quota-report".into(),
@@ -190,6 +198,7 @@ impl FakeWorker {
                     last_status: None,
                     last_job_id: None,
                     validation_error: None,
+                    params: Vec::new(),
                 },
             ],
             invalid_files: vec![FileErrorView {
@@ -543,6 +552,23 @@ pub fn artifacts_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&dir).expect("create target/test-artifacts");
     dir
+}
+
+/// Photographs `url` with Chromium (1280×900) into `file` in [`artifacts_dir`], checks
+/// that a PNG of a page with content came out, and says where it is.
+pub async fn screenshot(url: &str, file: &str, extra: &[String]) {
+    let png = artifacts_dir().join(file);
+    let _ = std::fs::remove_file(&png);
+    let mut flags = vec![
+        format!("--screenshot={}", png.display()),
+        "--window-size=1280,900".to_string(),
+    ];
+    flags.extend_from_slice(extra);
+    chromium(url, &flags).await;
+    let bytes = std::fs::read(&png).expect("chromium wrote the screenshot");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(bytes.len() > 10_000, "a blank page? {} bytes", bytes.len());
+    println!("screenshot: {}", png.display());
 }
 
 /// Debian's chromium, which `.ci/run` installs when it is missing.
