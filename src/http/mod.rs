@@ -238,6 +238,24 @@ pub struct RunbookView {
     /// Set when the file on disk currently fails validation: the version shown (and
     /// scheduled) is the last good one.
     pub validation_error: Option<FileErrorView>,
+    /// Each schedule with its own time zone, params and next run (`schedule` and
+    /// `next_run` above are all of them together); empty for on-demand runbooks.
+    #[serde(default)]
+    pub schedules: Vec<ScheduleView>,
+}
+
+/// One schedule of a runbook (`schedule`, or one `[[schedules]]` entry).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScheduleView {
+    /// Its position in the file; jobs it fires record it.
+    pub index: usize,
+    /// Its cron expressions, joined with ", ".
+    pub cron: String,
+    pub time_zone: String,
+    /// The params its jobs get over the runbook's defaults.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Its next instant, in UTC; `None` when disabled or past `end_at`.
+    pub next_run: Option<DateTime<Utc>>,
 }
 
 /// Why a runbook file fails validation.

@@ -1455,3 +1455,52 @@ async fn the_dashboard_of_a_running_worker_renders_in_chromium() {
     println!("dashboard of a running worker: {}", shot.display());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn two_schedules_due_at_one_instant_both_run_each_with_its_params() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("runbooks")).unwrap();
+    write(
+        &root.path().join("runbooks"),
+        "regions.toml",
+        &runbook(
+            "[params]\nregion = { type = \"string\" }\n[[schedules]]\ncron = \"0 2 * * *\"\nparams = { region = \"EU\" }\n[[schedules]]\ncron = \"0 2 * * *\"\nparams = { region = \"US\" }",
+        ),
+    );
+    let engine = Engine::start(root.path(), utc("2026-05-04T01:00:00Z")).await;
+    let at = utc("2026-05-04T02:00:00Z");
+    assert_eq!(engine.next_run("regions"), Some(at));
+    engine.clock.set(at);
+    let jobs = engine
+        .wait_jobs("regions", "both schedules' jobs completed", |j| {
+            j.len() == 2 && j.iter().all(|j| j.status == JobStatus::Completed)
+        })
+        .await;
+    assert!(
+        jobs.iter().all(|j| j.scheduled_for == Some(at)),
+        "{jobs:#?}"
+    );
+    let mut regions: Vec<(history::JobId, Value)> = engine
+        .runner
+        .started()
+        .iter()
+        .map(|spec| (spec.id.clone(), spec.params["region"].clone()))
+        .collect();
+    regions.sort_by_key(|(_, r)| r.to_string());
+    assert_eq!(
+        regions.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
+        [json!("EU"), json!("US")]
+    );
+    // Each job records which schedule fired it.
+    for (id, region) in &regions {
+        let detail = engine.history.get_job(id).await.unwrap().unwrap();
+        let fired = detail
+            .streams
+            .iter()
+            .find_map(|e| e.data.as_ref().and_then(|d| d.get("schedule")).cloned())
+            .expect("a stream entry naming the schedule");
+        assert_eq!(fired["params"]["region"], *region, "{fired}");
+        assert_eq!(fired["cron"], json!("0 2 * * *"));
+    }
+    engine.stop().await;
+}

@@ -161,6 +161,7 @@ impl FakeWorker {
                     last_status: Some("Completed".into()),
                     last_job_id: Some(JOB_1.into()),
                     validation_error: None,
+                    schedules: Vec::new(),
                 },
                 RunbookView {
                     name: "forwarding-cleanup".into(),
@@ -178,6 +179,7 @@ impl FakeWorker {
                         message: "unknown key `trottle` in [[steps]]: did you mean `throttle`?"
                             .into(),
                     }),
+                    schedules: Vec::new(),
                 },
                 RunbookView {
                     name: "quota-report".into(),
@@ -190,6 +192,7 @@ impl FakeWorker {
                     last_status: None,
                     last_job_id: None,
                     validation_error: None,
+                    schedules: Vec::new(),
                 },
             ],
             invalid_files: vec![FileErrorView {
