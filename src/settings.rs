@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::coordination::CoordinationSettings;
 use crate::duration::HumanDuration;
 use crate::exchange::ExchangeSettings;
+use crate::executor::assets::{SecretsSettings, VarsSettings};
 use crate::graph::GraphSettings;
 use crate::history::HistorySettings;
 use crate::http::HttpSettings;
@@ -46,6 +47,10 @@ pub struct Settings {
     pub coordination: CoordinationSettings,
     pub log: LogSettings,
     pub notify: NotifySettings,
+    /// Shared variables for templates (`{{ vars.<name> }}`).
+    pub vars: VarsSettings,
+    /// Key Vault secret URLs for templates (`{{ secrets.<name> }}`).
+    pub secrets: SecretsSettings,
 }
 
 /// `[state]`: where the worker keeps its history database and reports.
@@ -328,7 +333,7 @@ fn describe_config_error(
             SettingsError::Unreadable {
                 origin: "settings file or RUNBOOK_WORKER__* environment".to_string(),
                 message: format!(
-                    "{message} (sections: identity, exchange, graph, keyvault, runbooks, policy, state, history, http, worker, coordination, log, notify)"
+                    "{message} (sections: identity, exchange, graph, keyvault, runbooks, policy, state, history, http, worker, coordination, log, notify, vars, secrets)"
                 ),
             }
         }
@@ -409,6 +414,7 @@ impl Settings {
         out.extend(self.coordination.problems());
         out.extend(self.history.problems());
         out.extend(self.notify.problems());
+        out.extend(crate::executor::assets::problems(&self.vars, &self.secrets));
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             out.push((
                 "log.level".to_string(),

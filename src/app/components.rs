@@ -21,12 +21,13 @@ use tokio::task::JoinHandle;
 use crate::clock::{SharedClock, SystemClock};
 use crate::coordination::{self, CoordinationError, Coordinator};
 use crate::exchange::{ExchangeClient, ExchangeError, ExchangeSettings, TenantLimiter};
-use crate::executor::{ExchangeClients, Executor, ExecutorDeps, ExecutorError};
+use crate::executor::{Assets, ExchangeClients, Executor, ExecutorDeps, ExecutorError};
 use crate::history::{self, HistoryError, HistoryStore};
 use crate::identity::{
     IdentityEnvironment, IdentityError, IdentitySettings, ProviderCredential, ProviderOptions,
     SourceKind, TokenProvider, TokenProviders,
 };
+use crate::keyvault::KeyVaultClient;
 use crate::runbook::load_folder;
 use crate::scheduler::{
     JobRunner, LiveCatalog, Scheduler, SchedulerHandle, SchedulerOptions, SchedulerParts,
@@ -120,6 +121,7 @@ pub struct Components {
     simulators: Option<Simulators>,
     providers: OnceLock<Arc<TokenProviders>>,
     exchange_clients: OnceLock<Arc<ExchangeClients>>,
+    assets: OnceLock<Arc<Assets>>,
 }
 
 impl std::fmt::Debug for Components {
@@ -172,6 +174,7 @@ impl Components {
             simulators,
             providers: OnceLock::new(),
             exchange_clients: OnceLock::new(),
+            assets: OnceLock::new(),
         })
     }
 
@@ -265,6 +268,33 @@ impl Components {
         ExchangeClient::new(&settings, tokens, limiter).map_err(ComponentError::Exchange)
     }
 
+    /// `[vars]` and `[secrets]`, with a Key Vault client on the worker's identity when
+    /// `[secrets]` names any (built once; its cache is shared by every job).
+    pub fn assets(&self) -> Arc<Assets> {
+        self.assets
+            .get_or_init(|| {
+                let vault = if self.settings.secrets.0.is_empty() {
+                    Err("no [secrets]".to_string())
+                } else {
+                    self.token_provider()
+                        .map_err(|e| e.to_string())
+                        .and_then(|tokens| {
+                            KeyVaultClient::new(&self.settings.keyvault, tokens)
+                                .map_err(|e| e.to_string())
+                        })
+                        .map(Arc::new)
+                };
+                Arc::new(Assets::new(
+                    &self.settings.vars,
+                    &self.settings.secrets,
+                    vault,
+                    self.settings.keyvault.refresh_interval.into(),
+                    self.clock.clone(),
+                ))
+            })
+            .clone()
+    }
+
     /// The executor that runs jobs for `run`, the scheduler and the API.
     pub fn executor(&self) -> Result<Executor, ComponentError> {
         Ok(Executor::new(ExecutorDeps {
@@ -273,6 +303,7 @@ impl Components {
             state_dir: self.settings.state.dir.clone(),
             clock: self.clock.clone(),
             metrics: Some(self.metrics.clone()),
+            assets: self.assets(),
         }))
     }
 

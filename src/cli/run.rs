@@ -353,6 +353,14 @@ impl Terminal {
             JobEvent::StepFinished { counts, .. } => {
                 Some(format!("  {}", executor::describe_counts(counts)))
             }
+            JobEvent::AssetsUsed { vars, secrets } => {
+                let mut parts: Vec<String> = vars
+                    .iter()
+                    .map(|(k, v)| format!("vars.{k} = {v}"))
+                    .collect();
+                parts.extend(secrets.iter().map(|n| format!("secrets.{n}")));
+                Some(format!("  uses {}", parts.join(", ")))
+            }
         }
     }
 

@@ -201,6 +201,17 @@ impl HistoryEvents {
                     })),
                 );
             }
+            JobEvent::AssetsUsed { vars, secrets } => {
+                let mut parts: Vec<String> = vars
+                    .iter()
+                    .map(|(k, v)| format!("vars.{k} = {v}"))
+                    .collect();
+                parts.extend(secrets.iter().map(|n| format!("secrets.{n}")));
+                state.pending.push(
+                    NewStreamEntry::output(format!("uses {}", parts.join(", ")))
+                        .with_data(json!({ "vars": vars, "secrets": secrets })),
+                );
+            }
             JobEvent::StepFinished { counts, .. } => {
                 state
                     .pending

@@ -50,6 +50,11 @@ pub struct Runbook {
     /// Each schedule with its own time zone and parameters: the single `schedule` key is
     /// one entry without parameters; `[[schedules]]` gives one entry per table.
     pub schedule_entries: Vec<ScheduleEntry>,
+    /// The shared variables (`vars.<name>`) its templates read; the settings' `[vars]`
+    /// must define them.
+    pub vars_used: BTreeSet<String>,
+    /// The secrets (`secrets.<name>`) its templates read, fetched from Key Vault per job.
+    pub secrets_used: BTreeSet<String>,
     pub timezone: chrono_tz::Tz,
     pub timeout: Duration,
     pub enabled: bool,

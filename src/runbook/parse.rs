@@ -97,6 +97,8 @@ pub fn parse_runbook(
         file,
         map: SourceMap::new(text),
         errors: Vec::new(),
+        vars_used: BTreeSet::new(),
+        secrets_used: BTreeSet::new(),
     };
     if let Some(problem) = runbook_name_problem(name) {
         checker
@@ -378,6 +380,9 @@ struct Checker<'t> {
     file: &'t str,
     map: SourceMap<'t>,
     errors: Vec<ValidationError>,
+    /// `vars.<name>` and `secrets.<name>` the templates read.
+    vars_used: BTreeSet<String>,
+    secrets_used: BTreeSet<String>,
 }
 
 impl<'t> Checker<'t> {
@@ -769,6 +774,8 @@ impl<'t> Checker<'t> {
             schedules,
             schedule,
             schedule_entries,
+            vars_used: std::mem::take(&mut self.vars_used),
+            secrets_used: std::mem::take(&mut self.secrets_used),
             timezone,
             timeout,
             enabled,
@@ -2012,6 +2019,17 @@ impl<'t> Checker<'t> {
                 did_you_mean(suggest(param, scope.params.iter().map(String::as_str)))
             ))),
             ["params", ..] => None,
+            [root @ ("vars" | "secrets")] => Some(problem(format!(
+                "{location}: refer to one of them as {root}.<name> (the names are in the settings' [{root}])"
+            ))),
+            ["vars", name, ..] => {
+                self.vars_used.insert((*name).to_string());
+                None
+            }
+            ["secrets", name, ..] => {
+                self.secrets_used.insert((*name).to_string());
+                None
+            }
             ["steps"] => Some(problem(format!(
                 "{location}: refer to a step's results as steps.<name>.count or steps.<name>.records"
             ))),

@@ -481,7 +481,7 @@ fn bad_files_report_every_error_with_position_and_message() {
             vec![
                 r#"x.toml:6:20: parameter "A" of step "find" uses "item", which only exists in steps with for_each; step "find" has no for_each"#,
                 r#"x.toml:6:44: parameter "B" of step "find" uses undeclared param "domian" (did you mean "domain"?); declare it under [params]"#,
-                r#"x.toml:6:71: parameter "C" of step "find" uses unknown variable "itme" (did you mean "item"?) (templates can use item, steps, params, job, now)"#,
+                r#"x.toml:6:71: parameter "C" of step "find" uses unknown variable "itme" (did you mean "item"?) (templates can use item, steps, params, job, now, vars, secrets)"#,
                 r#"x.toml:11:8: "when" of step "use": use steps.find.count or steps.find.records, not steps.find alone"#,
                 r#"x.toml:12:20: parameter "D" of step "use" uses unknown "steps.find.size" (a step has count and records)"#,
                 r#"x.toml:12:49: parameter "E" of step "use" uses steps.later, which runs later; templates can only use earlier steps"#,
@@ -800,4 +800,23 @@ fn bad_schedules_tables_are_named_with_their_key() {
             "{head}\nexpected {expected:?} in {errors:#?}"
         );
     }
+}
+
+#[test]
+fn templates_may_read_vars_and_secrets_and_the_runbook_lists_which() {
+    let rb = parse(&format!(
+        "{STEP}parameters = {{ Identity = \"{{{{ vars.domain }}}}\", Filter = \"{{{{ vars.team | opath }}}}\", Notes = \"{{{{ secrets.api_key }}}}\" }}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(rb.vars_used.iter().collect::<Vec<_>>(), ["domain", "team"]);
+    assert_eq!(rb.secrets_used.iter().collect::<Vec<_>>(), ["api_key"]);
+    let errors = errors(&format!(
+        "{STEP}parameters = {{ Identity = \"{{{{ vars }}}}\" }}\n"
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("refer to one of them as vars.<name>")),
+        "{errors:#?}"
+    );
 }
