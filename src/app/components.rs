@@ -85,6 +85,8 @@ pub enum ComponentError {
     Exchange(#[source] ExchangeError),
     #[error("cannot set up the job executor: {0}")]
     Executor(#[source] ExecutorError),
+    #[error("cannot read a secret setting from Key Vault: {0}")]
+    Secret(#[source] crate::executor::assets::AssetError),
     #[error("cannot open the job history")]
     History(#[source] HistoryError),
     #[error("cannot set up replica coordination")]
@@ -162,7 +164,7 @@ impl Components {
             clock: options.clock.clone(),
             ..options.provider
         };
-        Ok(Self {
+        let mut components = Self {
             settings,
             identity,
             exchange,
@@ -175,7 +177,34 @@ impl Components {
             providers: OnceLock::new(),
             exchange_clients: OnceLock::new(),
             assets: OnceLock::new(),
-        })
+        };
+        components.resolve_secret_settings().await?;
+        Ok(components)
+    }
+
+    /// Secret settings written as Key Vault references (`keyvault:<name>`) get their
+    /// values, before any part that uses them is built.
+    async fn resolve_secret_settings(&mut self) -> Result<(), ComponentError> {
+        let assets = self.assets();
+        let settings = &mut self.settings;
+        let mut slots: Vec<(String, &mut Option<secrecy::SecretString>)> = vec![
+            ("http.api_token".to_string(), &mut settings.http.api_token),
+            (
+                "coordination.sas_url".to_string(),
+                &mut settings.coordination.sas_url,
+            ),
+        ];
+        for (i, target) in settings.notify.targets.iter_mut().enumerate() {
+            slots.push((format!("notify.targets[{i}].url"), &mut target.url));
+            slots.push((format!("notify.targets[{i}].secret"), &mut target.secret));
+        }
+        for (key, value) in slots {
+            assets
+                .resolve_setting(&key, value)
+                .await
+                .map_err(ComponentError::Secret)?;
+        }
+        Ok(())
     }
 
     /// The settings as loaded (never edited, whatever the target).

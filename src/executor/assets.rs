@@ -96,7 +96,21 @@ pub enum AssetError {
     },
     #[error("[secrets] names \"{0}\", but Key Vault is not set up: {1}")]
     NoVault(String, String),
+    #[error(
+        "{key} names Key Vault secret \"{name}\" ({KEYVAULT_PREFIX}{name}), which [secrets] does not name; add {name} = \"https://<vault>.vault.azure.net/secrets/<name>\" there"
+    )]
+    UnknownReference { key: String, name: String },
+    #[error("{key}: {source}")]
+    Reference {
+        key: String,
+        #[source]
+        source: Box<AssetError>,
+    },
 }
+
+/// How a secret setting names a Key Vault secret instead of holding the value:
+/// `keyvault:<name>`, `<name>` being a key of `[secrets]`.
+pub const KEYVAULT_PREFIX: &str = "keyvault:";
 
 fn list(root: &str, names: &[String]) -> String {
     let names: Vec<String> = names.iter().map(|n| format!("{root}.{n}")).collect();
@@ -235,6 +249,41 @@ impl Assets {
                 }),
             },
         }
+    }
+}
+
+impl Assets {
+    /// When `value` (the setting `key`) is a Key Vault reference (`keyvault:<name>`),
+    /// replaces it by the secret's value; any other value stays. For secret settings
+    /// (`http.api_token`, `coordination.sas_url`, notify targets' `url` and `secret`),
+    /// resolved once at start.
+    pub async fn resolve_setting(
+        &self,
+        key: &str,
+        value: &mut Option<SecretString>,
+    ) -> Result<(), AssetError> {
+        let Some(name) = value
+            .as_ref()
+            .and_then(|v| v.expose_secret().trim().strip_prefix(KEYVAULT_PREFIX))
+            .map(str::to_string)
+        else {
+            return Ok(());
+        };
+        let Some(reference) = self.secrets.get(&name) else {
+            return Err(AssetError::UnknownReference {
+                key: key.to_string(),
+                name,
+            });
+        };
+        let secret = self
+            .secret(&name, reference)
+            .await
+            .map_err(|e| AssetError::Reference {
+                key: key.to_string(),
+                source: Box::new(e),
+            })?;
+        *value = Some(secret);
+        Ok(())
     }
 }
 
@@ -424,5 +473,30 @@ mod tests {
         let used: BTreeSet<String> = ["region".to_string()].into();
         let e = assets.vars_for(&used).unwrap_err().to_string();
         assert!(e.contains("vars.region") && e.contains("[vars]"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_setting_naming_an_unknown_secret_is_an_error_naming_both_and_others_stay() {
+        let assets = Assets::none(Arc::new(crate::clock::SystemClock));
+        let mut value = Some(SecretString::from("keyvault:api"));
+        let e = assets
+            .resolve_setting("http.api_token", &mut value)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("http.api_token names Key Vault secret \"api\"")
+                && e.contains("[secrets]"),
+            "{e}"
+        );
+        let mut plain = Some(SecretString::from("a-plain-token-of-32-characters!!"));
+        assets
+            .resolve_setting("http.api_token", &mut plain)
+            .await
+            .unwrap();
+        assert_eq!(
+            plain.as_ref().map(|v| v.expose_secret()),
+            Some("a-plain-token-of-32-characters!!")
+        );
     }
 }

@@ -66,11 +66,14 @@ async fn world() -> World {
         .expect("start the Key Vault simulator");
     vault.grant_secrets_user(&object_id);
     vault.set_secret("exo-password", SECRET);
+    // The API token too comes from the vault: the requests below are accepted only if the
+    // worker resolved `keyvault:api_token` at start.
+    vault.set_secret("worker-api-token", TOKEN);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("runbooks")).unwrap();
     std::fs::write(dir.path().join("runbooks/tagging.toml"), RUNBOOK).unwrap();
     let config = format!(
-        "[runbooks]\ndir = \"runbooks\"\n[state]\ndir = \"state\"\n[http]\nlisten = \"127.0.0.1:0\"\napi_token = \"{TOKEN}\"\n[log]\nlevel = \"debug\"\n{}\n[keyvault]\nendpoint = \"{}\"\n[vars]\nteam = \"ops\"\n[secrets]\npassword = \"https://ops-vault.vault.azure.net/secrets/exo-password\"\n",
+        "[runbooks]\ndir = \"runbooks\"\n[state]\ndir = \"state\"\n[http]\nlisten = \"127.0.0.1:0\"\napi_token = \"keyvault:api_token\"\n[log]\nlevel = \"debug\"\n{}\n[keyvault]\nendpoint = \"{}\"\n[vars]\nteam = \"ops\"\n[secrets]\npassword = \"https://ops-vault.vault.azure.net/secrets/exo-password\"\napi_token = \"https://ops-vault.vault.azure.net/secrets/worker-api-token\"\n",
         simulator_settings(&identity.base_url(), &exchange.base_url()),
         vault.base_url(),
     );
@@ -119,6 +122,7 @@ async fn run(worker: &WorkerProcess, dry_run: bool) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_goes_to_exchange_and_never_into_plans_history_api_logs_or_errors() {
+    // (Also: `http.api_token = "keyvault:api_token"` is read from the vault at start.)
     let world = world().await;
     let mut worker = WorkerProcess::spawn(world.dir.path(), "worker.log");
     worker.wait_ready().await;
