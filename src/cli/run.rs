@@ -354,12 +354,7 @@ impl Terminal {
                 Some(format!("  {}", executor::describe_counts(counts)))
             }
             JobEvent::AssetsUsed { vars, secrets } => {
-                let mut parts: Vec<String> = vars
-                    .iter()
-                    .map(|(k, v)| format!("vars.{k} = {v}"))
-                    .collect();
-                parts.extend(secrets.iter().map(|n| format!("secrets.{n}")));
-                Some(format!("  uses {}", parts.join(", ")))
+                Some(format!("  {}", executor::describe_assets(vars, secrets)))
             }
         }
     }

@@ -172,11 +172,7 @@ impl Assets {
 
     /// The `[vars]` a runbook reads, checked: every one must be defined.
     pub fn vars_for(&self, used: &BTreeSet<String>) -> Result<BTreeMap<String, Value>, AssetError> {
-        let missing: Vec<String> = used
-            .iter()
-            .filter(|n| !self.vars.contains_key(*n))
-            .cloned()
-            .collect();
+        let missing = missing(used, |n| self.vars.contains_key(n));
         if !missing.is_empty() {
             return Err(AssetError::UnknownVars(missing));
         }
@@ -192,11 +188,7 @@ impl Assets {
         &self,
         used: &BTreeSet<String>,
     ) -> Result<BTreeMap<String, SecretString>, AssetError> {
-        let missing: Vec<String> = used
-            .iter()
-            .filter(|n| !self.secrets.contains_key(*n))
-            .cloned()
-            .collect();
+        let missing = missing(used, |n| self.secrets.contains_key(n));
         if !missing.is_empty() {
             return Err(AssetError::UnknownSecrets(missing));
         }
@@ -285,6 +277,22 @@ impl Assets {
         *value = Some(secret);
         Ok(())
     }
+}
+
+/// The names in `used` that `known` does not know.
+fn missing(used: &BTreeSet<String>, known: impl Fn(&str) -> bool) -> Vec<String> {
+    used.iter().filter(|n| !known(n)).cloned().collect()
+}
+
+/// How a job's [`JobEvent::AssetsUsed`] reads: `vars.x = "v", secrets.y` (never a value
+/// of a secret).
+pub fn describe_assets(vars: &BTreeMap<String, Value>, secrets: &[String]) -> String {
+    let mut parts: Vec<String> = vars
+        .iter()
+        .map(|(k, v)| format!("vars.{k} = {v}"))
+        .collect();
+    parts.extend(secrets.iter().map(|n| format!("secrets.{n}")));
+    format!("uses {}", parts.join(", "))
 }
 
 /// Replaces secret values by [`MASK`] in text and JSON.

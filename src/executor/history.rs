@@ -202,13 +202,8 @@ impl HistoryEvents {
                 );
             }
             JobEvent::AssetsUsed { vars, secrets } => {
-                let mut parts: Vec<String> = vars
-                    .iter()
-                    .map(|(k, v)| format!("vars.{k} = {v}"))
-                    .collect();
-                parts.extend(secrets.iter().map(|n| format!("secrets.{n}")));
                 state.pending.push(
-                    NewStreamEntry::output(format!("uses {}", parts.join(", ")))
+                    NewStreamEntry::output(super::describe_assets(&vars, &secrets))
                         .with_data(json!({ "vars": vars, "secrets": secrets })),
                 );
             }

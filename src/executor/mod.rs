@@ -51,7 +51,7 @@ use crate::runbook::PolicySettings;
 use crate::telemetry::metrics::Metrics;
 
 pub use crate::history::StepCounts;
-pub use assets::{Assets, MASK, Masker};
+pub use assets::{Assets, MASK, Masker, describe_assets};
 pub use clients::{ClientError, ExchangeClients, FixedTokens, TokenSources};
 pub use engine::MAX_KEPT_RECORDS;
 pub use events::{Both, ItemOutcome, JobEvent, JobEvents, NoEvents, command_line};
