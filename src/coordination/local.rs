@@ -380,6 +380,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn two_schedules_at_one_instant_are_two_occurrences_each_claimed_once() {
+        let coordinator = LocalCoordinator::new(Arc::new(ManualClock::new(start())));
+        run_once(&coordinator, "a", start()).await;
+        assert!(
+            matches!(
+                coordinator.claim("a", start(), 0, "other"),
+                Claim::AlreadyClaimed
+            ),
+            "schedule 0's occurrence is taken"
+        );
+        let Claim::Acquired(second) = coordinator.claim("a", start(), 1, "test") else {
+            panic!("schedule 1 at the same instant is its own occurrence");
+        };
+        assert!(matches!(
+            coordinator.claim("a", start(), 1, "other"),
+            Claim::AlreadyClaimed
+        ));
+        second
+            .complete(FinalState::Completed, None)
+            .await
+            .expect("complete");
+        let schedules: Vec<usize> = coordinator
+            .list_occurrences("a", 10)
+            .iter()
+            .map(|r| r.schedule)
+            .collect();
+        assert_eq!(schedules.len(), 2);
+        assert!(
+            schedules.contains(&0) && schedules.contains(&1),
+            "{schedules:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn each_runbook_keeps_a_bounded_number_of_final_records_and_the_unfinished_one() {
         let clock = ManualClock::new(start());
         let coordinator = LocalCoordinator::new(Arc::new(clock.clone()));

@@ -1099,7 +1099,7 @@ impl<'a> AttemptRun<'a> {
                     self.metric(&step.cmdlet, outcome_label(&e));
                     if write {
                         if may_have_applied(&e) {
-                            tracing::warn!(step = %step.name, target = target.as_deref().unwrap_or(""), "a write's outcome is unknown");
+                            tracing::warn!(step = %step.name, target = self.assets.masker.text(target.as_deref().unwrap_or("")), "a write's outcome is unknown");
                         } else {
                             self.ledger.refused();
                         }

@@ -1504,3 +1504,53 @@ async fn two_schedules_due_at_one_instant_both_run_each_with_its_params() {
     }
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn next_lists_each_schedule_with_its_params_and_which_one_fires_when() {
+    let dir = tempfile::tempdir().unwrap();
+    let runbooks = dir.path().join("runbooks");
+    std::fs::create_dir_all(&runbooks).unwrap();
+    write(
+        &runbooks,
+        "regions.toml",
+        &runbook(
+            "timezone = \"Europe/Berlin\"\n[params]\nregion = { type = \"string\" }\n[[schedules]]\ncron = \"0 2 * * *\"\nparams = { region = \"EU\" }\n[[schedules]]\ncron = \"0 9 * * *\"\ntimezone = \"America/New_York\"\nparams = { region = \"US\" }",
+        ),
+    );
+    let env = [("RUNBOOK_WORKER__RUNBOOKS__DIR", "runbooks")];
+    let args = [
+        "next",
+        "regions",
+        "-n",
+        "3",
+        "--from",
+        "2026-01-05T00:00:00Z",
+    ];
+    let human = run_binary(dir.path(), &args, &env);
+    assert!(human.status.success(), "{}", stderr(&human));
+    let text = stdout(&human);
+    assert!(
+        text.contains("schedule 0: 0 2 * * * in Europe/Berlin, params region = \"EU\"")
+            && text.contains("schedule 1: 0 9 * * * in America/New_York, params region = \"US\""),
+        "{text}"
+    );
+    let json_args: Vec<&str> = args.iter().copied().chain(["--format", "json"]).collect();
+    let report: Value =
+        serde_json::from_str(&stdout(&run_binary(dir.path(), &json_args, &env))).unwrap();
+    let fired: Vec<(&str, u64)> = report["next"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["utc"].as_str().unwrap(), t["schedule"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        fired,
+        [
+            ("2026-01-05T01:00:00Z", 0),
+            ("2026-01-05T14:00:00Z", 1),
+            ("2026-01-06T01:00:00Z", 0)
+        ]
+    );
+    assert_eq!(report["schedules"][1]["params"], json!({"region": "US"}));
+    assert_eq!(report["schedules"][1]["next_run"], "2026-01-05T14:00:00Z");
+}
