@@ -489,6 +489,42 @@ mod tests {
     }
 
     #[test]
+    fn vars_and_secrets_come_from_the_file_and_the_environment_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "[vars]
+domain = \"contoso.com\"
+quota_gb = 50
+teams = [\"a\", \"b\"]
+\n[secrets]
+api_key = \"https://ops.vault.azure.net/secrets/api-key\"\n",
+        );
+        let s = load(
+            Some(&file),
+            dir.path(),
+            &env(&[("RUNBOOK_WORKER__VARS__REGION", "EU")]),
+        )
+        .unwrap();
+        assert_eq!(s.vars.0["domain"], serde_json::json!("contoso.com"));
+        assert_eq!(s.vars.0["quota_gb"], serde_json::json!(50));
+        assert_eq!(s.vars.0["teams"], serde_json::json!(["a", "b"]));
+        assert_eq!(s.vars.0["region"], serde_json::json!("EU"));
+        assert_eq!(
+            s.secrets.0["api_key"],
+            "https://ops.vault.azure.net/secrets/api-key"
+        );
+        let bad = write(
+            dir.path(),
+            "[secrets]\napi_key = \"https://example.com/secrets/api-key\"\n",
+        );
+        let err = load(Some(&bad), dir.path(), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("secrets.api_key"), "{err}");
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = write(dir.path(), "[identity]\nclient_id = \"from-file\"\n");
