@@ -15,7 +15,8 @@
 //!
 //! 1. **Claim.** A replica that wants to run X at T creates `occurrences/X/T.json` with
 //!    `If-None-Match: *`, state Claimed. The creator wins; everyone else gets
-//!    [`Claim::AlreadyClaimed`].
+//!    [`Claim::AlreadyClaimed`]. Schedule number N > 0 of X at T is `occurrences/X/T~sN.json`:
+//!    two schedules due at one instant are two occurrences.
 //! 2. **Lock.** The winner acquires the lease on `locks/X` with a fresh random lease id. If
 //!    another replica holds it, the record becomes Skipped and the claim is [`Claim::Busy`].
 //!    Otherwise the record becomes Running (`If-Match` on the version it created, so a
