@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::coordination::CoordinationSettings;
 use crate::duration::HumanDuration;
 use crate::exchange::ExchangeSettings;
+use crate::executor::assets::{SecretsSettings, VarsSettings};
 use crate::graph::GraphSettings;
 use crate::history::HistorySettings;
 use crate::http::HttpSettings;
@@ -46,6 +47,10 @@ pub struct Settings {
     pub coordination: CoordinationSettings,
     pub log: LogSettings,
     pub notify: NotifySettings,
+    /// Shared variables for templates (`{{ vars.<name> }}`).
+    pub vars: VarsSettings,
+    /// Key Vault secret URLs for templates (`{{ secrets.<name> }}`).
+    pub secrets: SecretsSettings,
 }
 
 /// `[state]`: where the worker keeps its history database and reports.
@@ -329,7 +334,7 @@ fn describe_config_error(
             SettingsError::Unreadable {
                 origin: "settings file or RUNBOOK_WORKER__* environment".to_string(),
                 message: format!(
-                    "{message} (sections: identity, exchange, graph, keyvault, runbooks, policy, state, history, http, worker, coordination, log, notify)"
+                    "{message} (sections: identity, exchange, graph, keyvault, runbooks, policy, state, history, http, worker, coordination, log, notify, vars, secrets)"
                 ),
             }
         }
@@ -410,6 +415,7 @@ impl Settings {
         out.extend(self.coordination.problems());
         out.extend(self.history.problems());
         out.extend(self.notify.problems());
+        out.extend(crate::executor::assets::problems(&self.vars, &self.secrets));
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             out.push((
                 "log.level".to_string(),
@@ -481,6 +487,42 @@ mod tests {
         .unwrap();
         let s = load(None, dir.path(), &env(&[])).unwrap();
         assert_eq!(s.exchange.page_size, 50);
+    }
+
+    #[test]
+    fn vars_and_secrets_come_from_the_file_and_the_environment_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "[vars]
+domain = \"contoso.com\"
+quota_gb = 50
+teams = [\"a\", \"b\"]
+\n[secrets]
+api_key = \"https://ops.vault.azure.net/secrets/api-key\"\n",
+        );
+        let s = load(
+            Some(&file),
+            dir.path(),
+            &env(&[("RUNBOOK_WORKER__VARS__REGION", "EU")]),
+        )
+        .unwrap();
+        assert_eq!(s.vars.0["domain"], serde_json::json!("contoso.com"));
+        assert_eq!(s.vars.0["quota_gb"], serde_json::json!(50));
+        assert_eq!(s.vars.0["teams"], serde_json::json!(["a", "b"]));
+        assert_eq!(s.vars.0["region"], serde_json::json!("EU"));
+        assert_eq!(
+            s.secrets.0["api_key"],
+            "https://ops.vault.azure.net/secrets/api-key"
+        );
+        let bad = write(
+            dir.path(),
+            "[secrets]\napi_key = \"https://example.com/secrets/api-key\"\n",
+        );
+        let err = load(Some(&bad), dir.path(), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("secrets.api_key"), "{err}");
     }
 
     #[test]

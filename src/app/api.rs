@@ -17,7 +17,7 @@ use crate::history::{
 };
 use crate::http::{
     ApiError, CancelOutcome, CoordinationReadiness, FileErrorView, HistoryReadiness, JobFilter,
-    ParamView, Readiness, RequestedVia, RunAccepted, RunRequest, RunbookView, RunbooksView,
+    ParamView, Readiness, RequestedVia, RunAccepted, RunRequest, RunbookView, RunbooksView, ScheduleView,
     WorkerApi,
 };
 use crate::runbook::{ParamInput, Runbook, ValidationError};
@@ -100,6 +100,24 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// Each schedule of `r` with its next instant after `now`.
+fn schedule_views(r: &crate::runbook::Runbook, now: DateTime<Utc>) -> Vec<ScheduleView> {
+    let window = window(r);
+    r.schedule_entries
+        .iter()
+        .map(|e| ScheduleView {
+            index: e.index,
+            cron: e.label.clone(),
+            time_zone: e.timezone.name().to_string(),
+            params: e.params.clone(),
+            next_run: r
+                .enabled
+                .then(|| window.next_fire(&e.schedule, now))
+                .flatten(),
+        })
+        .collect()
+}
+
 fn internal(e: history::HistoryError) -> ApiError {
     ApiError::Internal(Box::new(e))
 }
@@ -118,7 +136,13 @@ impl WorkerApi for Api {
                     name: r.name.clone(),
                     description: Some(r.description.clone()).filter(|d| !d.is_empty()),
                     file: shown_path(&self.runbooks_dir, &r.file),
-                    schedule: r.schedule.as_ref().map(|s| s.expressions().join(", ")),
+                    schedule: (!r.schedules.is_empty()).then(|| {
+                        r.schedules
+                            .iter()
+                            .map(|c| c.expression.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }),
                     time_zone: r.timezone.name().to_string(),
                     next_run: plan_next(r, now).map(|due| due.instant),
                     enabled: r.enabled,
@@ -128,6 +152,7 @@ impl WorkerApi for Api {
                         file_error(&self.runbooks_dir, &live.errors[0].file, &live.errors)
                     }),
                     params: param_views(r),
+                    schedules: schedule_views(r, now),
                 }
             })
             .collect();
@@ -265,20 +290,29 @@ impl WorkerApi for Api {
         let tz = r.timezone;
         let now = self.clock.now();
         let mut out = Vec::new();
-        if let (Some(schedule), true) = (r.schedule.as_ref(), r.enabled) {
+        if r.enabled {
             let window = window(r);
-            // Ask for a few more than needed: some may fall outside the active window.
-            for (local, utc) in describe_upcoming(schedule, now, limit.saturating_mul(2)) {
-                if out.len() >= limit || window.has_ended(utc) {
-                    break;
+            let mut upcoming = Vec::new();
+            for entry in &r.schedule_entries {
+                // Ask for a few more than needed: some may fall outside the active window.
+                for (local, utc) in describe_upcoming(&entry.schedule, now, limit.saturating_mul(2))
+                {
+                    if window.has_ended(utc) {
+                        break;
+                    }
+                    if window.contains(utc) {
+                        upcoming.push((utc, entry.index, local));
+                    }
                 }
-                if window.contains(utc) {
-                    out.push(json!({
-                        "utc": rfc3339(utc),
-                        "local": local.to_rfc3339_opts(SecondsFormat::Secs, true),
-                        "state": "scheduled",
-                    }));
-                }
+            }
+            upcoming.sort_by_key(|(utc, index, _)| (*utc, *index));
+            for (utc, index, local) in upcoming.into_iter().take(limit) {
+                out.push(json!({
+                    "utc": rfc3339(utc),
+                    "local": local.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    "state": "scheduled",
+                    "schedule": index,
+                }));
             }
         }
         // The cluster-wide records (this replica's only, with local coordination).

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::clock::{SharedClock, SystemClock};
 use crate::coordination::{self, CoordinationError, Coordinator};
 use crate::exchange::{ExchangeClient, ExchangeError, ExchangeSettings, TenantLimiter};
-use crate::executor::{ExchangeClients, Executor, ExecutorDeps, ExecutorError};
+use crate::executor::{Assets, ExchangeClients, Executor, ExecutorDeps, ExecutorError};
 use crate::history::{self, HistoryError, HistoryStore};
 use crate::identity::{
     IdentityEnvironment, IdentityError, IdentitySettings, ProviderCredential, ProviderOptions,
@@ -31,6 +31,7 @@ use crate::notify::{
     GraphMailSender, MailSender, Notifier, NotifierDeps, NotifyError, NotifyEvents, TargetKind,
     graph_client,
 };
+use crate::keyvault::KeyVaultClient;
 use crate::runbook::load_folder;
 use crate::scheduler::{
     JobEnded, JobRunner, LiveCatalog, Scheduler, SchedulerHandle, SchedulerOptions, SchedulerParts,
@@ -88,6 +89,8 @@ pub enum ComponentError {
     Exchange(#[source] ExchangeError),
     #[error("cannot set up the job executor: {0}")]
     Executor(#[source] ExecutorError),
+    #[error("cannot read a secret setting from Key Vault: {0}")]
+    Secret(#[source] crate::executor::assets::AssetError),
     #[error("cannot open the job history")]
     History(#[source] HistoryError),
     #[error("cannot set up replica coordination")]
@@ -126,6 +129,7 @@ pub struct Components {
     simulators: Option<Simulators>,
     providers: OnceLock<Arc<TokenProviders>>,
     exchange_clients: OnceLock<Arc<ExchangeClients>>,
+    assets: OnceLock<Arc<Assets>>,
 }
 
 impl std::fmt::Debug for Components {
@@ -166,7 +170,7 @@ impl Components {
             clock: options.clock.clone(),
             ..options.provider
         };
-        Ok(Self {
+        let mut components = Self {
             settings,
             identity,
             exchange,
@@ -178,7 +182,35 @@ impl Components {
             simulators,
             providers: OnceLock::new(),
             exchange_clients: OnceLock::new(),
-        })
+            assets: OnceLock::new(),
+        };
+        components.resolve_secret_settings().await?;
+        Ok(components)
+    }
+
+    /// Secret settings written as Key Vault references (`keyvault:<name>`) get their
+    /// values, before any part that uses them is built.
+    async fn resolve_secret_settings(&mut self) -> Result<(), ComponentError> {
+        let assets = self.assets();
+        let settings = &mut self.settings;
+        let mut slots: Vec<(String, &mut Option<secrecy::SecretString>)> = vec![
+            ("http.api_token".to_string(), &mut settings.http.api_token),
+            (
+                "coordination.sas_url".to_string(),
+                &mut settings.coordination.sas_url,
+            ),
+        ];
+        for (i, target) in settings.notify.targets.iter_mut().enumerate() {
+            slots.push((format!("notify.targets[{i}].url"), &mut target.url));
+            slots.push((format!("notify.targets[{i}].secret"), &mut target.secret));
+        }
+        for (key, value) in slots {
+            assets
+                .resolve_setting(&key, value)
+                .await
+                .map_err(ComponentError::Secret)?;
+        }
+        Ok(())
     }
 
     /// The settings as loaded (never edited, whatever the target).
@@ -271,6 +303,33 @@ impl Components {
         ExchangeClient::new(&settings, tokens, limiter).map_err(ComponentError::Exchange)
     }
 
+    /// `[vars]` and `[secrets]`, with a Key Vault client on the worker's identity when
+    /// `[secrets]` names any (built once; its cache is shared by every job).
+    pub fn assets(&self) -> Arc<Assets> {
+        self.assets
+            .get_or_init(|| {
+                let vault = if self.settings.secrets.0.is_empty() {
+                    Err("no [secrets]".to_string())
+                } else {
+                    self.token_provider()
+                        .map_err(|e| e.to_string())
+                        .and_then(|tokens| {
+                            KeyVaultClient::new(&self.settings.keyvault, tokens)
+                                .map_err(|e| e.to_string())
+                        })
+                        .map(Arc::new)
+                };
+                Arc::new(Assets::new(
+                    &self.settings.vars,
+                    &self.settings.secrets,
+                    vault,
+                    self.settings.keyvault.refresh_interval.into(),
+                    self.clock.clone(),
+                ))
+            })
+            .clone()
+    }
+
     /// The executor that runs jobs for `run`, the scheduler and the API.
     pub fn executor(&self) -> Result<Executor, ComponentError> {
         Ok(Executor::new(ExecutorDeps {
@@ -279,6 +338,7 @@ impl Components {
             state_dir: self.settings.state.dir.clone(),
             clock: self.clock.clone(),
             metrics: Some(self.metrics.clone()),
+            assets: self.assets(),
         }))
     }
 

@@ -132,6 +132,7 @@ async fn call(
         InvokeOptions {
             cancel: cancel.clone(),
             idempotent: false,
+            ..InvokeOptions::default()
         },
     );
     let interrupt = tokio::signal::ctrl_c();

@@ -46,12 +46,25 @@ struct Report {
     enabled: bool,
     jitter_ms: u64,
     next: Vec<FireTime>,
+    /// Each schedule with its params and next run.
+    schedules: Vec<ScheduleReport>,
 }
 
 #[derive(Debug, Serialize)]
 struct FireTime {
     local: String,
     utc: String,
+    /// The index of the schedule that fires then.
+    schedule: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct ScheduleReport {
+    index: usize,
+    cron: String,
+    time_zone: String,
+    params: std::collections::BTreeMap<String, serde_json::Value>,
+    next_run: Option<String>,
 }
 
 pub async fn run(ctx: Context, args: NextArgs) -> anyhow::Result<ExitCode> {
@@ -64,13 +77,13 @@ pub async fn run(ctx: Context, args: NextArgs) -> anyhow::Result<ExitCode> {
         None => SystemClock.now(),
     };
     let runbook = find(&ctx, &args.runbook)?;
-    let Some(schedule) = runbook.schedule.as_ref() else {
+    if runbook.schedule_entries.is_empty() {
         println!(
             "runbook {} has no schedule: it runs on demand only (runbook-worker run, the API, the dashboard)",
             runbook.name
         );
         return Ok(ExitCode::SUCCESS);
-    };
+    }
 
     let window = window(&runbook);
     // The schedule's own maths, started at the window's start when that is later.
@@ -78,27 +91,50 @@ pub async fn run(ctx: Context, args: NextArgs) -> anyhow::Result<ExitCode> {
         Some(start) if start > from => start - chrono::Duration::nanoseconds(1),
         _ => from,
     };
-    let next: Vec<FireTime> = describe_upcoming(schedule, after, args.count)
-        .into_iter()
-        .take_while(|(_, utc)| window.contains(*utc))
-        .map(|(local, utc)| FireTime {
-            local: local.format("%Y-%m-%d %H:%M:%S %Z (%:z)").to_string(),
-            utc: utc.to_rfc3339_opts(SecondsFormat::Secs, true),
-        })
-        .collect();
+    let mut next: Vec<(DateTime<Utc>, usize, FireTime)> = Vec::new();
+    let mut schedules = Vec::new();
+    for entry in &runbook.schedule_entries {
+        let upcoming: Vec<(DateTime<Utc>, usize, FireTime)> =
+            describe_upcoming(&entry.schedule, after, args.count)
+                .into_iter()
+                .take_while(|(_, utc)| window.contains(*utc))
+                .map(|(local, utc)| {
+                    let time = FireTime {
+                        local: local.format("%Y-%m-%d %H:%M:%S %Z (%:z)").to_string(),
+                        utc: utc.to_rfc3339_opts(SecondsFormat::Secs, true),
+                        schedule: entry.index,
+                    };
+                    (utc, entry.index, time)
+                })
+                .collect();
+        schedules.push(ScheduleReport {
+            index: entry.index,
+            cron: entry.label.clone(),
+            time_zone: entry.timezone.name().to_string(),
+            params: entry.params.clone(),
+            next_run: upcoming.first().map(|(_, _, t)| t.utc.clone()),
+        });
+        next.extend(upcoming);
+    }
+    next.sort_by_key(|(utc, index, _)| (*utc, *index));
     let report = Report {
         name: runbook.name.clone(),
         runbook: runbook.name.clone(),
         file: runbook.file.clone(),
-        schedule: schedule
-            .expressions()
+        schedule: runbook
+            .schedules
             .iter()
-            .map(|s| s.to_string())
+            .map(|s| s.expression.clone())
             .collect(),
         time_zone: runbook.timezone.name().to_string(),
         enabled: runbook.enabled,
         jitter_ms: u64::try_from(runbook.jitter.as_millis()).unwrap_or(u64::MAX),
-        next,
+        next: next
+            .into_iter()
+            .take(args.count)
+            .map(|(_, _, t)| t)
+            .collect(),
+        schedules,
     };
 
     let text = match args.output {
@@ -137,9 +173,31 @@ fn human(report: &Report) -> String {
         .max()
         .unwrap_or(0)
         .max(report.time_zone.len());
+    let several = report.schedules.len() > 1;
+    if several || report.schedules.iter().any(|s| !s.params.is_empty()) {
+        for s in &report.schedules {
+            let params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            out.push_str(&format!(
+                "schedule {}: {} in {}{}\n",
+                s.index,
+                s.cron,
+                s.time_zone,
+                if params.is_empty() {
+                    String::new()
+                } else {
+                    format!(", params {}", params.join(", "))
+                }
+            ));
+        }
+    }
     out.push_str(&format!("{:<width$}  UTC\n", report.time_zone));
     for time in &report.next {
-        out.push_str(&format!("{:<width$}  {}\n", time.local, time.utc));
+        let which = if several {
+            format!("  (schedule {})", time.schedule)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!("{:<width$}  {}{which}\n", time.local, time.utc));
     }
     out
 }

@@ -746,6 +746,9 @@ impl Terminal {
             JobEvent::StepFinished { counts, .. } => {
                 Some(format!("  {}", executor::describe_counts(counts)))
             }
+            JobEvent::AssetsUsed { vars, secrets } => {
+                Some(format!("  {}", executor::describe_assets(vars, secrets)))
+            }
         }
     }
 

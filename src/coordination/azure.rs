@@ -614,12 +614,15 @@ impl AzureBlobCoordinator {
         &self,
         runbook: &str,
         instant: DateTime<Utc>,
+        schedule: usize,
         replica_id: &str,
     ) -> Result<Claim, CoordinationError> {
         self.ensure_container().await?;
-        let name = record::occurrence_blob(runbook, instant);
-        let claimed =
-            OccurrenceRecord::claimed(runbook, instant, replica_id, self.inner.clock.now());
+        let claimed = OccurrenceRecord {
+            schedule,
+            ..OccurrenceRecord::claimed(runbook, instant, replica_id, self.inner.clock.now())
+        };
+        let name = claimed.blob_name();
         match self
             .write_record(&name, &claimed, Precondition::Absent)
             .await
@@ -637,7 +640,7 @@ impl AzureBlobCoordinator {
     ) -> Result<Claim, CoordinationError> {
         self.ensure_container().await?;
         let previous = &interrupted.record;
-        let name = record::occurrence_blob(&previous.runbook, previous.scheduled_for);
+        let name = previous.blob_name();
         let claimed = previous.reclaimed(replica_id, self.inner.clock.now());
         match self
             .write_record(&name, &claimed, Precondition::Matches(&interrupted.version))

@@ -98,21 +98,29 @@ impl LocalCoordinator {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn claim(&self, runbook: &str, instant: DateTime<Utc>, replica_id: &str) -> Claim {
+    pub fn claim(
+        &self,
+        runbook: &str,
+        instant: DateTime<Utc>,
+        schedule: usize,
+        replica_id: &str,
+    ) -> Claim {
         let now = self.clock.now();
-        let name = record::occurrence_blob(runbook, instant);
+        let claimed = OccurrenceRecord {
+            schedule,
+            ..OccurrenceRecord::claimed(runbook, instant, replica_id, now)
+        };
+        let name = claimed.blob_name();
         let mut state = self.lock();
         if state.records.contains_key(&name) {
             return Claim::AlreadyClaimed;
         }
-        let claimed = OccurrenceRecord::claimed(runbook, instant, replica_id, now);
         self.take_lock_and_start(&mut state, name, claimed, now)
     }
 
     pub fn claim_rerun(&self, interrupted: &InterruptedOccurrence, replica_id: &str) -> Claim {
         let now = self.clock.now();
-        let runbook = &interrupted.record.runbook;
-        let name = record::occurrence_blob(runbook, interrupted.record.scheduled_for);
+        let name = interrupted.record.blob_name();
         let mut state = self.lock();
         match state.records.get(&name) {
             Some((_, v)) if version(*v) == interrupted.version => {}
@@ -360,7 +368,7 @@ mod tests {
     }
 
     async fn run_once(coordinator: &LocalCoordinator, runbook: &str, instant: DateTime<Utc>) {
-        match coordinator.claim(runbook, instant, "test") {
+        match coordinator.claim(runbook, instant, 0, "test") {
             Claim::Acquired(guard) => {
                 guard
                     .complete(FinalState::Completed, Some("job".to_string()))
@@ -369,6 +377,40 @@ mod tests {
             }
             other => panic!("the occurrence at {instant} was not acquired: {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn two_schedules_at_one_instant_are_two_occurrences_each_claimed_once() {
+        let coordinator = LocalCoordinator::new(Arc::new(ManualClock::new(start())));
+        run_once(&coordinator, "a", start()).await;
+        assert!(
+            matches!(
+                coordinator.claim("a", start(), 0, "other"),
+                Claim::AlreadyClaimed
+            ),
+            "schedule 0's occurrence is taken"
+        );
+        let Claim::Acquired(second) = coordinator.claim("a", start(), 1, "test") else {
+            panic!("schedule 1 at the same instant is its own occurrence");
+        };
+        assert!(matches!(
+            coordinator.claim("a", start(), 1, "other"),
+            Claim::AlreadyClaimed
+        ));
+        second
+            .complete(FinalState::Completed, None)
+            .await
+            .expect("complete");
+        let schedules: Vec<usize> = coordinator
+            .list_occurrences("a", 10)
+            .iter()
+            .map(|r| r.schedule)
+            .collect();
+        assert_eq!(schedules.len(), 2);
+        assert!(
+            schedules.contains(&0) && schedules.contains(&1),
+            "{schedules:?}"
+        );
     }
 
     #[tokio::test]
@@ -385,7 +427,7 @@ mod tests {
         }
         assert_eq!(coordinator.record_count(), KEPT_PER_RUNBOOK);
         let Claim::Acquired(running) =
-            coordinator.claim("a", start() + chrono::Duration::hours(1), "test")
+            coordinator.claim("a", start() + chrono::Duration::hours(1), 0, "test")
         else {
             panic!("a new instant is acquired");
         };
@@ -400,7 +442,7 @@ mod tests {
         );
         // A pruned instant is not claimable twice within the retention: it is still there.
         assert!(matches!(
-            coordinator.claim("a", newest[1].scheduled_for, "test"),
+            coordinator.claim("a", newest[1].scheduled_for, 0, "test"),
             Claim::AlreadyClaimed
         ));
         drop(running);
@@ -411,7 +453,7 @@ mod tests {
         let clock = ManualClock::new(start());
         let coordinator = LocalCoordinator::new(Arc::new(clock.clone()));
         run_once(&coordinator, "old", start()).await;
-        let Claim::Acquired(unfinished) = coordinator.claim("stuck", start(), "test") else {
+        let Claim::Acquired(unfinished) = coordinator.claim("stuck", start(), 0, "test") else {
             panic!("acquired");
         };
         coordinator

@@ -15,7 +15,8 @@
 //!
 //! 1. **Claim.** A replica that wants to run X at T creates `occurrences/X/T.json` with
 //!    `If-None-Match: *`, state Claimed. The creator wins; everyone else gets
-//!    [`Claim::AlreadyClaimed`].
+//!    [`Claim::AlreadyClaimed`]. Schedule number N > 0 of X at T is `occurrences/X/T~sN.json`:
+//!    two schedules due at one instant are two occurrences.
 //! 2. **Lock.** The winner acquires the lease on `locks/X` with a fresh random lease id. If
 //!    another replica holds it, the record becomes Skipped and the claim is [`Claim::Busy`].
 //!    Otherwise the record becomes Running (`If-Match` on the version it created, so a
@@ -381,16 +382,30 @@ impl Coordinator {
         }
     }
 
-    /// Claims `runbook` at `instant` for `replica_id` (steps 1 and 2 of the design).
+    /// Claims `runbook` at `instant` for `replica_id` (steps 1 and 2 of the design): the
+    /// occurrence of its first (or only) schedule.
     pub async fn claim(
         &self,
         runbook: &str,
         instant: DateTime<Utc>,
         replica_id: &str,
     ) -> Result<Claim, CoordinationError> {
+        self.claim_schedule(runbook, instant, 0, replica_id).await
+    }
+
+    /// Claims the occurrence of `runbook`'s schedule number `schedule` at `instant`: two
+    /// schedules due at one instant are two occurrences, each claimed once. The runbook's
+    /// lock is still one, so their jobs never run at the same time.
+    pub async fn claim_schedule(
+        &self,
+        runbook: &str,
+        instant: DateTime<Utc>,
+        schedule: usize,
+        replica_id: &str,
+    ) -> Result<Claim, CoordinationError> {
         match self {
-            Self::Local(c) => Ok(c.claim(runbook, instant, replica_id)),
-            Self::AzureBlob(c) => c.claim(runbook, instant, replica_id).await,
+            Self::Local(c) => Ok(c.claim(runbook, instant, schedule, replica_id)),
+            Self::AzureBlob(c) => c.claim(runbook, instant, schedule, replica_id).await,
         }
     }
 

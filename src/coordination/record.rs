@@ -87,6 +87,11 @@ pub struct OccurrenceRecord {
     pub runbook: String,
     /// The schedule instant (the key; not a clock reading).
     pub scheduled_for: DateTime<Utc>,
+    /// Which of the runbook's schedules fired (its index; part of the key, so two
+    /// schedules due at one instant are two occurrences). Absent in records of schedule 0
+    /// and in records written before runbooks had several schedules.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub schedule: usize,
     /// The replica that created (or re-claimed) the record.
     pub owner: String,
     pub state: OccurrenceState,
@@ -100,6 +105,10 @@ pub struct OccurrenceRecord {
     pub job_id: Option<String>,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 impl OccurrenceRecord {
     pub fn claimed(
         runbook: &str,
@@ -110,6 +119,7 @@ impl OccurrenceRecord {
         Self {
             runbook: runbook.to_string(),
             scheduled_for,
+            schedule: 0,
             owner: owner.to_string(),
             state: OccurrenceState::Claimed,
             attempt: 1,
@@ -278,6 +288,13 @@ pub fn occurrences_prefix(runbook: &str) -> String {
 /// [`occurrence_blob`]), or `None` for a name it did not make.
 pub fn occurrence_instant(name: &str) -> Option<DateTime<Utc>> {
     let segment = name.strip_suffix(".json")?.rsplit('/').next()?;
+    let segment = match segment.split_once(SCHEDULE_MARK) {
+        Some((instant, index)) => {
+            index.parse::<usize>().ok()?;
+            instant
+        }
+        None => segment,
+    };
     let (date, time) = segment.split_once('T')?;
     let text = format!("{date}T{}", time.replace('-', ":"));
     DateTime::parse_from_rfc3339(&text)
@@ -286,11 +303,34 @@ pub fn occurrence_instant(name: &str) -> Option<DateTime<Utc>> {
 }
 
 pub fn occurrence_blob(runbook: &str, instant: DateTime<Utc>) -> String {
+    schedule_occurrence_blob(runbook, instant, 0)
+}
+
+/// Separates the instant from the schedule index in an occurrence record's name. Runbook
+/// names are escaped with `~`, instants never contain it.
+const SCHEDULE_MARK: &str = "~s";
+
+/// The record of the occurrence at `instant` of schedule `schedule`: schedule 0 keeps the
+/// name records had before runbooks had several schedules (`<instant>.json`), the others
+/// add their index (`<instant>~s1.json`).
+pub fn schedule_occurrence_blob(runbook: &str, instant: DateTime<Utc>, schedule: usize) -> String {
+    let suffix = if schedule == 0 {
+        String::new()
+    } else {
+        format!("{SCHEDULE_MARK}{schedule}")
+    };
     format!(
-        "{}{}.json",
+        "{}{}{suffix}.json",
         occurrences_prefix(runbook),
         instant_segment(instant)
     )
+}
+
+impl OccurrenceRecord {
+    /// This record's blob name.
+    pub fn blob_name(&self) -> String {
+        schedule_occurrence_blob(&self.runbook, self.scheduled_for, self.schedule)
+    }
 }
 
 pub fn lock_blob(runbook: &str) -> String {
@@ -359,7 +399,17 @@ mod tests {
         for instant in instants {
             let name = occurrence_blob("Archive mailboxes", instant);
             assert_eq!(occurrence_instant(&name), Some(instant), "{name}");
+            let name = schedule_occurrence_blob("Archive mailboxes", instant, 3);
+            assert_eq!(occurrence_instant(&name), Some(instant), "{name}");
         }
+        assert_eq!(
+            schedule_occurrence_blob("archive", at(10, 15, 0), 2),
+            "occurrences/archive/2026-03-29T10-15-00Z~s2.json"
+        );
+        assert_eq!(
+            schedule_occurrence_blob("archive", at(10, 15, 0), 0),
+            occurrence_blob("archive", at(10, 15, 0))
+        );
         for name in [
             "locks/a",
             "occurrences/a/garbage.json",

@@ -72,6 +72,10 @@ pub struct InvokeOptions {
     /// Replay this write after server errors as if it were a read. Only for calls whose
     /// repetition is harmless (setting absolute values), never for `New-`/`Add-`/`Remove-`.
     pub idempotent: bool,
+    /// What the call's log span shows as its target instead of its `Identity` parameter:
+    /// the executor passes it with secret values masked (the span is logged, the
+    /// parameter is not).
+    pub log_target: Option<String>,
 }
 
 /// Which hosts a redirect may lead to.
@@ -260,7 +264,11 @@ impl ExchangeClient {
         let span = tracing::info_span!(
             "exchange_call",
             cmdlet = %cmdlet,
-            target = call.target.as_deref().unwrap_or(""),
+            target = options
+                .log_target
+                .as_deref()
+                .or(call.target.as_deref())
+                .unwrap_or(""),
             client_request_id = %client_request_id,
         );
         let paging = Paging {

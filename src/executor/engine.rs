@@ -11,6 +11,8 @@
 //! back (each is recorded); only if that takes longer than [`STOP_GRACE`] is the attempt
 //! dropped.
 
+use super::assets::{AssetError, Assets, MaskedEvents, Masker};
+use secrecy::ExposeSecret as _;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::RangeInclusive;
@@ -212,9 +214,66 @@ pub(crate) async fn run_job(
         trigger = %job.trigger,
         dry_run = job.dry_run,
     );
-    run_attempts(deps, &job, events, &cancel)
-        .instrument(span)
-        .await
+    async {
+        let started = Instant::now();
+        let assets = match JobAssets::resolve(&deps.assets, &job.runbook).await {
+            Ok(assets) => assets,
+            Err(e) => {
+                let error = e.to_string();
+                tracing::warn!(error = %error, "the job's vars or secrets are not available");
+                return JobOutcome {
+                    status: FinalStatus::Failed,
+                    steps: Vec::new(),
+                    error: Some(error),
+                    duration: started.elapsed(),
+                    attempts: 1,
+                    reports: Vec::new(),
+                    peak_records_in_memory: 0,
+                };
+            }
+        };
+        let masked = MaskedEvents {
+            inner: events,
+            masker: assets.masker.clone(),
+        };
+        if !job.runbook.vars_used.is_empty() || !job.runbook.secrets_used.is_empty() {
+            masked
+                .emit(JobEvent::AssetsUsed {
+                    vars: assets.vars.clone(),
+                    secrets: assets.secrets.keys().cloned().collect(),
+                })
+                .await;
+        }
+        let mut outcome = run_attempts(deps, &job, &masked, &cancel, &assets).await;
+        outcome.error = assets.masker.opt(outcome.error);
+        outcome
+    }
+    .instrument(span)
+    .await
+}
+
+/// The vars and secret values one job's templates read, and the masker for its records.
+pub(crate) struct JobAssets {
+    pub vars: BTreeMap<String, Value>,
+    pub secrets: BTreeMap<String, String>,
+    pub masker: Masker,
+}
+
+impl JobAssets {
+    async fn resolve(assets: &Assets, runbook: &Runbook) -> Result<Self, AssetError> {
+        let vars = assets.vars_for(&runbook.vars_used)?;
+        let secret_values = assets.secrets_for(&runbook.secrets_used).await?;
+        let masker = Masker::new(secret_values.values());
+        let secrets = secret_values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose_secret().to_string()))
+            .collect();
+        Ok(Self {
+            vars,
+            secrets,
+            masker,
+        })
+    }
 }
 
 async fn run_attempts(
@@ -222,6 +281,7 @@ async fn run_attempts(
     job: &JobSpec,
     events: &dyn JobEvents,
     cancel: &CancellationToken,
+    assets: &JobAssets,
 ) -> JobOutcome {
     let started = Instant::now();
     let retries = job.runbook.retries;
@@ -238,14 +298,14 @@ async fn run_attempts(
                 dry_run: job.dry_run,
             })
             .await;
-        let result = run_attempt(deps, job, events, cancel, attempt, &ledger).await;
+        let result = run_attempt(deps, job, events, cancel, attempt, &ledger, assets).await;
+        let mut error = assets.masker.opt(result.error);
         tracing::info!(
             attempt,
             status = %result.status,
-            error = result.error.as_deref().unwrap_or(""),
+            error = error.as_deref().unwrap_or(""),
             "job attempt ended"
         );
-        let mut error = result.error;
         let retry_in = if result.status == FinalStatus::Failed && !cancel.is_cancelled() {
             retries.delay_before_retry(attempt).and_then(|delay| {
                 match retry_refusal(result.retryable, ledger.writes()) {
@@ -308,6 +368,7 @@ async fn run_attempt(
     cancel: &CancellationToken,
     attempt: u32,
     ledger: &WriteLedger,
+    assets: &JobAssets,
 ) -> Attempt {
     let runbook = &job.runbook;
     let attempt_cancel = cancel.child_token();
@@ -317,6 +378,7 @@ async fn run_attempt(
         deps,
         job,
         runbook,
+        assets,
         events,
         cancel: attempt_cancel.clone(),
         tmp: tmp.clone(),
@@ -443,6 +505,7 @@ struct AttemptRun<'a> {
     deps: &'a ExecutorDeps,
     job: &'a JobSpec,
     runbook: &'a Runbook,
+    assets: &'a JobAssets,
     events: &'a dyn JobEvents,
     /// Cancelled by the caller's token, the timeout, or a failure.
     cancel: CancellationToken,
@@ -523,7 +586,8 @@ impl<'a> AttemptRun<'a> {
             runbook: runbook.name.clone(),
             scheduled_for: self.job.scheduled_for,
         };
-        let mut ctx = TemplateContext::new(&info, &params, self.deps.clock.now());
+        let mut ctx = TemplateContext::new(&info, &params, self.deps.clock.now())
+            .with_assets(&self.assets.vars, &self.assets.secrets);
         for stage in self.plan.stages() {
             if self.cancel.is_cancelled() {
                 return Err(JobError::Stopped);
@@ -1024,6 +1088,7 @@ impl<'a> AttemptRun<'a> {
             InvokeOptions {
                 cancel: stage.child_token(),
                 idempotent: false,
+                log_target: target.as_deref().map(|t| self.assets.masker.text(t)),
             },
         );
         let mut issues = Vec::new();
@@ -1034,7 +1099,7 @@ impl<'a> AttemptRun<'a> {
                     self.metric(&step.cmdlet, outcome_label(&e));
                     if write {
                         if may_have_applied(&e) {
-                            tracing::warn!(step = %step.name, target = target.as_deref().unwrap_or(""), "a write's outcome is unknown");
+                            tracing::warn!(step = %step.name, target = self.assets.masker.text(target.as_deref().unwrap_or("")), "a write's outcome is unknown");
                         } else {
                             self.ledger.refused();
                         }

@@ -98,6 +98,12 @@ pub enum JobEvent {
     },
     /// A step ended (also when it stopped early); `counts` are final.
     StepFinished { step: String, counts: StepCounts },
+    /// The shared variables the job's templates read, with their values, and the names
+    /// (never the values) of the secrets it read; once per job, before its first attempt.
+    AssetsUsed {
+        vars: std::collections::BTreeMap<String, Value>,
+        secrets: Vec<String>,
+    },
 }
 
 mod duration_ms {

@@ -201,6 +201,12 @@ impl HistoryEvents {
                     })),
                 );
             }
+            JobEvent::AssetsUsed { vars, secrets } => {
+                state.pending.push(
+                    NewStreamEntry::output(super::describe_assets(&vars, &secrets))
+                        .with_data(json!({ "vars": vars, "secrets": secrets })),
+                );
+            }
             JobEvent::StepFinished { counts, .. } => {
                 state
                     .pending

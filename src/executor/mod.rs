@@ -29,6 +29,7 @@
 //! Knows nothing of schedules (when a job runs is the scheduler's business), of HTTP, or
 //! of the InvokeCommand wire format (that is the exchange module's).
 
+pub mod assets;
 mod clients;
 mod engine;
 mod events;
@@ -50,6 +51,7 @@ use crate::runbook::PolicySettings;
 use crate::telemetry::metrics::Metrics;
 
 pub use crate::history::StepCounts;
+pub use assets::{Assets, MASK, Masker, describe_assets};
 pub use clients::{ClientError, ExchangeClients, FixedTokens, TokenSources};
 pub use engine::MAX_KEPT_RECORDS;
 pub use events::{Both, ItemOutcome, JobEvent, JobEvents, NoEvents, command_line};
@@ -72,6 +74,8 @@ pub struct ExecutorDeps {
     pub clock: SharedClock,
     /// Exchange calls per cmdlet and outcome are counted here when given.
     pub metrics: Option<Arc<Metrics>>,
+    /// `[vars]` and `[secrets]` for templates.
+    pub assets: Arc<Assets>,
 }
 
 /// Runs jobs. Cheap to share (`Arc<Executor>`); jobs run concurrently on one executor.

@@ -141,6 +141,8 @@ struct RunbookRow {
     validation_error: Option<FileErrorView>,
     /// The Run-now form's fields, one per declared parameter.
     params: Vec<ParamField>,
+    /// Shown when there are several schedules or any gives params.
+    schedules: Vec<ScheduleRow>,
 }
 
 /// One input of the Run-now form: the declared parameter with the HTML input that reads its
@@ -200,6 +202,15 @@ fn param_field(view: ParamView) -> ParamField {
     }
 }
 
+/// One schedule under a runbook's cron: which params it gives and when it fires next.
+#[derive(Debug, Serialize, PartialEq)]
+struct ScheduleRow {
+    cron: String,
+    time_zone: String,
+    params: String,
+    next_run_utc: Option<String>,
+}
+
 /// A row of the invalid files table.
 #[derive(Debug, Serialize, PartialEq)]
 struct InvalidRow {
@@ -212,6 +223,25 @@ struct InvalidRow {
 
 fn runbook_row(view: RunbookView) -> RunbookRow {
     let (next_run_utc, next_run_local) = next_run_texts(view.next_run, &view.time_zone);
+    let detailed = view.schedules.len() > 1 || view.schedules.iter().any(|s| !s.params.is_empty());
+    let schedules = if detailed {
+        view.schedules
+            .into_iter()
+            .map(|s| ScheduleRow {
+                next_run_utc: next_run_texts(s.next_run, &s.time_zone).0,
+                params: s
+                    .params
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                cron: s.cron,
+                time_zone: s.time_zone,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     RunbookRow {
         name: view.name,
         description: view.description,
@@ -225,6 +255,7 @@ fn runbook_row(view: RunbookView) -> RunbookRow {
         last_job_id: view.last_job_id,
         validation_error: view.validation_error,
         params: view.params.into_iter().map(param_field).collect(),
+        schedules,
     }
 }
 

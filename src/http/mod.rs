@@ -271,6 +271,10 @@ pub struct RunbookView {
     /// The parameters a run may give (`[params]` of the file), sorted by name.
     #[serde(default)]
     pub params: Vec<ParamView>,
+    /// Each schedule with its own time zone, params and next run (`schedule` and
+    /// `next_run` above are all of them together); empty for on-demand runbooks.
+    #[serde(default)]
+    pub schedules: Vec<ScheduleView>,
 }
 
 /// One declared parameter of a runbook: what a run request's `params` may hold.
@@ -285,6 +289,20 @@ pub struct ParamView {
     /// A run must give it (it has no default).
     pub required: bool,
     pub description: Option<String>,
+}
+
+/// One schedule of a runbook (`schedule`, or one `[[schedules]]` entry).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScheduleView {
+    /// Its position in the file; jobs it fires record it.
+    pub index: usize,
+    /// Its cron expressions, joined with ", ".
+    pub cron: String,
+    pub time_zone: String,
+    /// The params its jobs get over the runbook's defaults.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Its next instant, in UTC; `None` when disabled or past `end_at`.
+    pub next_run: Option<DateTime<Utc>>,
 }
 
 /// Why a runbook file fails validation.

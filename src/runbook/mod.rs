@@ -34,11 +34,12 @@ pub use job::JobSpec;
 pub use model::{
     CronSchedule, DEFAULT_RETRY_BACKOFF, DEFAULT_TIMEOUT, IdentityOverride, MAX_CONCURRENCY,
     MAX_JITTER, MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY, Missed, OnInterrupt, OutputFormat, OutputSpec,
-    Overlap, ParamSpec, ParamType, Retries, Runbook, Step, StepUsage, cron_parser,
+    Overlap, ParamSpec, ParamType, Retries, Runbook, ScheduleEntry, Step, StepUsage, cron_parser,
 };
 pub use params::{ParamError, ParamErrors, ParamInput};
 pub use parse::{
-    IDENTITY_KEYS, OUTPUT_KEYS, PARAM_KEYS, RETRIES_KEYS, STEP_KEYS, TOP_LEVEL_KEYS, parse_runbook,
+    IDENTITY_KEYS, OUTPUT_KEYS, PARAM_KEYS, RETRIES_KEYS, SCHEDULE_KEYS, STEP_KEYS, TOP_LEVEL_KEYS,
+    parse_runbook,
 };
 pub use policy::{
     CmdletPolicy, DESTRUCTIVE_VERBS, NOT_READ_CMDLETS, PolicyDenial, READ_VERBS, glob_matches,

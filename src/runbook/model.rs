@@ -40,11 +40,21 @@ pub struct Runbook {
     /// SHA-256 of the file's bytes, lower-case hex; history records it with every job.
     pub hash: String,
     pub description: String,
-    /// Empty for a runbook that only runs on demand (`run`, the API).
+    /// Every cron expression of every schedule, in file order; empty for a runbook that
+    /// only runs on demand (`run`, the API).
     pub schedules: Vec<CronSchedule>,
-    /// The same expressions as one [`Schedule`] in `timezone`, built once at validation:
-    /// the only thing the scheduler fires from (`None` without a schedule).
+    /// The first schedule's [`Schedule`] (the `schedule` key's, or the first
+    /// `[[schedules]]` entry's), for callers that show one; the scheduler fires from
+    /// [`Runbook::schedule_entries`].
     pub schedule: Option<Schedule>,
+    /// Each schedule with its own time zone and parameters: the single `schedule` key is
+    /// one entry without parameters; `[[schedules]]` gives one entry per table.
+    pub schedule_entries: Vec<ScheduleEntry>,
+    /// The shared variables (`vars.<name>`) its templates read; the settings' `[vars]`
+    /// must define them.
+    pub vars_used: BTreeSet<String>,
+    /// The secrets (`secrets.<name>`) its templates read, fetched from Key Vault per job.
+    pub secrets_used: BTreeSet<String>,
     pub timezone: chrono_tz::Tz,
     pub timeout: Duration,
     pub enabled: bool,
@@ -106,6 +116,22 @@ pub struct CronSchedule {
     /// The expression as written.
     pub expression: String,
     pub cron: croner::Cron,
+}
+
+/// One schedule of a runbook (Azure Automation's schedule link): its cron expressions in
+/// its time zone, and the parameter values its jobs get over the declared defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleEntry {
+    /// Position in the file (0 for the `schedule` key); part of the occurrence's identity,
+    /// so two schedules firing at the same instant are two occurrences.
+    pub index: usize,
+    /// How people see it: its cron expressions joined with ", ".
+    pub label: String,
+    /// The expressions fired from, built once at validation in `timezone`.
+    pub schedule: Schedule,
+    pub timezone: chrono_tz::Tz,
+    /// The values this schedule gives, already checked against `[params]` (types, names).
+    pub params: BTreeMap<String, serde_json::Value>,
 }
 
 /// How croner parses every runbook schedule: seconds optional (5 or 6 fields, seconds

@@ -136,6 +136,23 @@ impl Runbook {
         }
     }
 
+    /// The parameters of a job of schedule `index`: the schedule's values over the
+    /// defaults (checked at load, so this fails only for an index the runbook lacks or a
+    /// required param the schedule does not give, which validation refuses).
+    pub fn schedule_params(&self, index: usize) -> Result<BTreeMap<String, Json>, ParamErrors> {
+        let given = self
+            .schedule_entries
+            .iter()
+            .find(|e| e.index == index)
+            .map(|e| e.params.clone())
+            .unwrap_or_default();
+        self.resolve_params(
+            given
+                .into_iter()
+                .map(|(name, value)| (name, ParamInput::Json(value))),
+        )
+    }
+
     fn convert(&self, kind: ParamType, input: ParamInput) -> Result<Json, String> {
         match input {
             ParamInput::Text(text) => self.convert_text(kind, &text),

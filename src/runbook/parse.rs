@@ -29,7 +29,7 @@ use super::error::{ErrorKind, SourceMap, ValidationError};
 use super::model::{
     CronSchedule, DEFAULT_TIMEOUT, IdentityOverride, MAX_CONCURRENCY, MAX_JITTER,
     MAX_RETRY_ATTEMPTS, Missed, OnInterrupt, OutputFormat, OutputSpec, Overlap, ParamSpec,
-    ParamType, Retries, Runbook, Step, StepUsage, cron_parser,
+    ParamType, Retries, Runbook, ScheduleEntry, Step, StepUsage, cron_parser,
 };
 use super::policy::CmdletPolicy;
 use super::template::{
@@ -43,6 +43,7 @@ type Node<'i> = Spanned<DeValue<'i>>;
 pub const TOP_LEVEL_KEYS: &[&str] = &[
     "description",
     "schedule",
+    "schedules",
     "timezone",
     "timeout",
     "enabled",
@@ -72,6 +73,8 @@ pub const STEP_KEYS: &[&str] = &[
     "continue_on_error",
     "output",
 ];
+/// Keys of one `[[schedules]]` table.
+pub const SCHEDULE_KEYS: &[&str] = &["cron", "timezone", "params"];
 /// Keys of `identity`.
 pub const IDENTITY_KEYS: &[&str] = &["client_id", "object_id", "resource_id"];
 /// Keys of a parameter declared as a table under `[params]`.
@@ -95,6 +98,8 @@ pub fn parse_runbook(
         file,
         map: SourceMap::new(text),
         errors: Vec::new(),
+        vars_used: BTreeSet::new(),
+        secrets_used: BTreeSet::new(),
     };
     if let Some(problem) = runbook_name_problem(name) {
         checker
@@ -376,6 +381,9 @@ struct Checker<'t> {
     file: &'t str,
     map: SourceMap<'t>,
     errors: Vec<ValidationError>,
+    /// `vars.<name>` and `secrets.<name>` the templates read.
+    vars_used: BTreeSet<String>,
+    secrets_used: BTreeSet<String>,
 }
 
 impl<'t> Checker<'t> {
@@ -611,13 +619,21 @@ impl<'t> Checker<'t> {
             .get("timezone")
             .and_then(|n| self.timezone(n))
             .unwrap_or(Tz::UTC);
+        if let (Some(_), Some(node)) = (root.get("schedule"), root.get("schedules")) {
+            self.report(
+                node.span(),
+                "schedules",
+                ErrorKind::Value,
+                format!("{} has both \"schedule\" and \"[[schedules]]\"; keep one (\"schedule\" is one schedule without params)", self.file),
+            );
+        }
         let schedules = root
             .get("schedule")
-            .map(|n| self.schedules(n))
+            .map(|n| self.schedules(n, "schedule"))
             .unwrap_or_default();
         let schedule = root
             .get("schedule")
-            .and_then(|n| self.schedule(n, &schedules, timezone));
+            .and_then(|n| self.schedule(n, "schedule", &schedules, timezone));
         let timeout = match root.get("timeout") {
             None => DEFAULT_TIMEOUT,
             Some(node) => match self.duration(node, "timeout", "\"timeout\"") {
@@ -707,7 +723,23 @@ impl<'t> Checker<'t> {
                 "\"end_at\" must be later than \"start_at\"".to_string(),
             );
         }
-        if !schedules.is_empty() {
+        let (mut schedules, mut schedule, mut schedule_entries) = (schedules, schedule, Vec::new());
+        if let Some(entry) = schedule.clone() {
+            schedule_entries.push(ScheduleEntry {
+                index: 0,
+                label: entry.expressions().join(", "),
+                schedule: entry,
+                timezone,
+                params: BTreeMap::new(),
+            });
+        }
+        if let Some(node) = root.get("schedules") {
+            let (crons, entries) = self.schedule_tables(node, timezone, &params);
+            schedules = crons;
+            schedule = entries.first().map(|e| e.schedule.clone());
+            schedule_entries = entries;
+        }
+        if root.get("schedule").is_some() {
             for (param, spec) in &params {
                 if spec.default.is_none() {
                     let span = root
@@ -746,6 +778,9 @@ impl<'t> Checker<'t> {
             description,
             schedules,
             schedule,
+            schedule_entries,
+            vars_used: std::mem::take(&mut self.vars_used),
+            secrets_used: std::mem::take(&mut self.secrets_used),
             timezone,
             timeout,
             enabled,
@@ -767,41 +802,47 @@ impl<'t> Checker<'t> {
     }
 
     fn timezone(&mut self, node: &Node<'_>) -> Option<Tz> {
-        let text = self.string(node, "timezone", "\"timezone\"")?;
+        self.timezone_at(node, "timezone")
+    }
+
+    fn timezone_at(&mut self, node: &Node<'_>, key: &str) -> Option<Tz> {
+        let text = self.string(node, key, &format!("\"{key}\""))?;
         if let Ok(tz) = text.parse::<Tz>() {
             return Some(tz);
         }
         let hint = timezone_hint(&text);
         self.report(
             node.span(),
-            "timezone",
+            key,
             ErrorKind::TimeZone,
             format!("unknown time zone \"{text}\"{hint}; use an IANA name such as \"Europe/Berlin\" or \"UTC\""),
         );
         None
     }
 
-    fn schedules(&mut self, node: &Node<'_>) -> Vec<CronSchedule> {
+    /// The cron expressions of `key` (`schedule`, or `schedules[i].cron`): one string or a
+    /// list of them.
+    fn schedules(&mut self, node: &Node<'_>, key: &str) -> Vec<CronSchedule> {
         match node.get_ref() {
-            DeValue::String(s) => self.cron(node, s, "schedule").into_iter().collect(),
+            DeValue::String(s) => self.cron(node, s, key).into_iter().collect(),
             DeValue::Array(items) => {
                 if items.is_empty() {
                     self.report(
                         node.span(),
-                        "schedule",
+                        key,
                         ErrorKind::Value,
-                        "\"schedule\" is an empty list; remove it for a runbook that only runs on demand".to_string(),
+                        format!("\"{key}\" is an empty list; remove it for a runbook that only runs on demand"),
                     );
                 }
                 let mut out = Vec::new();
                 for (i, item) in items.iter().enumerate() {
-                    let key = format!("schedule[{i}]");
+                    let item_key = format!("{key}[{i}]");
                     match item.get_ref() {
-                        DeValue::String(s) => out.extend(self.cron(item, s, &key)),
+                        DeValue::String(s) => out.extend(self.cron(item, s, &item_key)),
                         _ => self.type_error(
                             item,
-                            &key,
-                            "each entry of \"schedule\"",
+                            &item_key,
+                            &format!("each entry of \"{key}\""),
                             "a cron expression string",
                         ),
                     }
@@ -811,8 +852,8 @@ impl<'t> Checker<'t> {
             _ => {
                 self.type_error(
                     node,
-                    "schedule",
-                    "\"schedule\"",
+                    key,
+                    &format!("\"{key}\""),
                     "a cron expression string or a list of them",
                 );
                 Vec::new()
@@ -820,11 +861,158 @@ impl<'t> Checker<'t> {
         }
     }
 
+    /// `[[schedules]]`: each table's cron, time zone and params, checked against the
+    /// declared `[params]` (names, types, and every required param given). Returns every
+    /// cron expression and the entries that are valid.
+    fn schedule_tables(
+        &mut self,
+        node: &Node<'_>,
+        runbook_tz: Tz,
+        params: &BTreeMap<String, ParamSpec>,
+    ) -> (Vec<CronSchedule>, Vec<ScheduleEntry>) {
+        let (mut crons, mut entries) = (Vec::new(), Vec::new());
+        let tables: Vec<&Node<'_>> = match node.get_ref() {
+            DeValue::Array(items) if !items.is_empty() => items.iter().collect(),
+            _ => {
+                self.type_error(
+                    node,
+                    "schedules",
+                    "\"schedules\"",
+                    "one or more [[schedules]] tables with a cron",
+                );
+                return (crons, entries);
+            }
+        };
+        for (index, item) in tables.into_iter().enumerate() {
+            let key = format!("schedules[{index}]");
+            let Some(table) = item.get_ref().as_table() else {
+                self.type_error(
+                    item,
+                    &key,
+                    &format!("\"{key}\""),
+                    "a table such as { cron = \"0 2 * * *\" }",
+                );
+                continue;
+            };
+            self.check_keys(table, SCHEDULE_KEYS, &key, &format!(" in {key}"), "");
+            let timezone = match table.get("timezone") {
+                Some(n) => match self.timezone_at(n, &format!("{key}.timezone")) {
+                    Some(tz) => tz,
+                    None => continue,
+                },
+                None => runbook_tz,
+            };
+            let cron_key = format!("{key}.cron");
+            let Some(cron_node) = table.get("cron") else {
+                self.report(
+                    item.span(),
+                    &cron_key,
+                    ErrorKind::MissingKey,
+                    format!("{key} has no \"cron\"; give it one, such as cron = \"0 2 * * *\""),
+                );
+                continue;
+            };
+            let expressions = self.schedules(cron_node, &cron_key);
+            crons.extend(expressions.iter().cloned());
+            let schedule = self.schedule(cron_node, &cron_key, &expressions, timezone);
+            let given = table
+                .get("params")
+                .map(|n| self.schedule_params(n, &key, params, timezone))
+                .unwrap_or_default();
+            let given_names: BTreeSet<&str> = table
+                .get("params")
+                .and_then(|n| n.get_ref().as_table())
+                .map(|t| t.iter().map(|(k, _)| k.get_ref().as_ref()).collect())
+                .unwrap_or_default();
+            for (name, spec) in params {
+                if spec.default.is_none() && !given_names.contains(name.as_str()) {
+                    self.report(
+                        item.span(),
+                        &format!("{key}.params.{name}"),
+                        ErrorKind::MissingKey,
+                        format!("param \"{name}\" has no default and {key} does not give it; add it to that schedule's params = {{ … }} or give the param a default"),
+                    );
+                }
+            }
+            if let Some(schedule) = schedule {
+                entries.push(ScheduleEntry {
+                    index,
+                    label: schedule.expressions().join(", "),
+                    schedule,
+                    timezone,
+                    params: given,
+                });
+            }
+        }
+        (crons, entries)
+    }
+
+    /// One schedule's `params = { … }`: every name declared, every value of its type.
+    fn schedule_params(
+        &mut self,
+        node: &Node<'_>,
+        key: &str,
+        params: &BTreeMap<String, ParamSpec>,
+        tz: Tz,
+    ) -> BTreeMap<String, serde_json::Value> {
+        let mut out = BTreeMap::new();
+        let Some(table) = node.get_ref().as_table() else {
+            self.type_error(
+                node,
+                &format!("{key}.params"),
+                &format!("\"params\" of {key}"),
+                "a table such as { region = \"EU\" }",
+            );
+            return out;
+        };
+        for (name, value) in table.iter() {
+            let name = name.get_ref().to_string();
+            let path = format!("{key}.params.{name}");
+            let Some(spec) = params.get(&name) else {
+                let hint = did_you_mean(suggest(&name, params.keys().map(String::as_str)));
+                self.report(
+                    value.span(),
+                    &path,
+                    ErrorKind::UnknownKey,
+                    format!("{key} gives param \"{name}\", which [params] does not declare{hint}"),
+                );
+                continue;
+            };
+            let got = param_type_of(value.get_ref());
+            if got != spec.kind && !(spec.kind == ParamType::Float && got == ParamType::Integer) {
+                self.report(
+                    value.span(),
+                    &path,
+                    ErrorKind::Type,
+                    format!(
+                        "param \"{name}\" of {key} must be of type {}, got {}",
+                        spec.kind.name(),
+                        describe(value.get_ref())
+                    ),
+                );
+                continue;
+            }
+            match toml_to_json(value.get_ref(), tz) {
+                Ok(json) => {
+                    out.insert(name, json);
+                }
+                Err(e) => self.report(
+                    value.span(),
+                    &path,
+                    ErrorKind::Value,
+                    format!("param \"{name}\" of {key}: {e}"),
+                ),
+            }
+        }
+        out
+    }
+
     /// The scheduler's [`Schedule`] of the expressions that passed their own checks, built
     /// here so that the runbook carries the one cron path the scheduler fires from.
     fn schedule(
         &mut self,
         node: &Node<'_>,
+        key: &str,
         schedules: &[CronSchedule],
         timezone: Tz,
     ) -> Option<Schedule> {
@@ -835,7 +1023,7 @@ impl<'t> Checker<'t> {
         match Schedule::new(&expressions, timezone) {
             Ok(schedule) => Some(schedule),
             Err(e) => {
-                self.report(node.span(), "schedule", ErrorKind::Cron, e.to_string());
+                self.report(node.span(), key, ErrorKind::Cron, e.to_string());
                 None
             }
         }
@@ -1837,6 +2025,17 @@ impl<'t> Checker<'t> {
                 did_you_mean(suggest(param, scope.params.iter().map(String::as_str)))
             ))),
             ["params", ..] => None,
+            [root @ ("vars" | "secrets")] => Some(problem(format!(
+                "{location}: refer to one of them as {root}.<name> (the names are in the settings' [{root}])"
+            ))),
+            ["vars", name, ..] => {
+                self.vars_used.insert((*name).to_string());
+                None
+            }
+            ["secrets", name, ..] => {
+                self.secrets_used.insert((*name).to_string());
+                None
+            }
             ["steps"] => Some(problem(format!(
                 "{location}: refer to a step's results as steps.<name>.count or steps.<name>.records"
             ))),

@@ -29,6 +29,12 @@ pub struct RunbookDocument {
     /// weekday, `5#2` = second Friday) work. Without it the runbook only runs on demand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleDocument>,
+    /// Several schedules, each with its own cron, optional time zone (default the
+    /// runbook's) and parameter values (Azure Automation's schedule links). Not together
+    /// with `schedule`. A param without a default must be given by every schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub schedules: Option<Vec<ScheduleTable>>,
     /// The IANA time zone the schedule is read in, such as "Europe/Berlin"; default UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
@@ -103,6 +109,20 @@ pub struct RunbookDocument {
 pub enum ScheduleDocument {
     One(String),
     Many(#[schemars(length(min = 1))] Vec<String>),
+}
+
+/// One `[[schedules]]` entry.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleTable {
+    /// A cron expression or a list of them, as for `schedule`.
+    pub cron: ScheduleDocument,
+    /// The IANA time zone this schedule is read in; default the runbook's `timezone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Values of declared `[params]` for this schedule's jobs, over their defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// Exactly one way to name a user-assigned managed identity.
@@ -290,7 +310,8 @@ mod tests {
     use super::*;
     use crate::runbook::model::{Missed, OnInterrupt, OutputFormat, Overlap, ParamType};
     use crate::runbook::parse::{
-        IDENTITY_KEYS, OUTPUT_KEYS, PARAM_KEYS, RETRIES_KEYS, STEP_KEYS, TOP_LEVEL_KEYS,
+        IDENTITY_KEYS, OUTPUT_KEYS, PARAM_KEYS, RETRIES_KEYS, SCHEDULE_KEYS, STEP_KEYS,
+        TOP_LEVEL_KEYS,
     };
 
     fn properties(schema: &serde_json::Value, definition: Option<&str>) -> Vec<String> {
@@ -317,9 +338,10 @@ mod tests {
     #[test]
     fn the_schema_and_the_validator_know_the_same_keys() {
         let schema: serde_json::Value = serde_json::from_str(&json_schema()).unwrap();
-        let cases: [(Option<&str>, &[&str]); 6] = [
+        let cases: [(Option<&str>, &[&str]); 7] = [
             (None, TOP_LEVEL_KEYS),
             (Some("StepDocument"), STEP_KEYS),
+            (Some("ScheduleTable"), SCHEDULE_KEYS),
             (Some("IdentityDocument"), IDENTITY_KEYS),
             (Some("ParamTable"), PARAM_KEYS),
             (Some("RetriesTable"), RETRIES_KEYS),

@@ -36,7 +36,8 @@ const EXPRESSION_PREFIX: &str = "{% set __runbook_value = (";
 const EXPRESSION_SUFFIX: &str = ") %}";
 
 /// The variables a template may use (minijinja's own global functions included).
-pub const TEMPLATE_VARIABLES: &[&str] = &["item", "steps", "params", "job", "now"];
+pub const TEMPLATE_VARIABLES: &[&str] =
+    &["item", "steps", "params", "job", "now", "vars", "secrets"];
 pub(crate) const BUILTIN_GLOBALS: &[&str] = &["range", "dict", "namespace", "debug"];
 /// Attributes of `job`.
 pub const JOB_ATTRIBUTES: &[&str] = &["id", "runbook", "scheduled_for"];
@@ -120,6 +121,10 @@ pub struct TemplateContext {
     params: Value,
     job: Value,
     now: Value,
+    /// The settings' `[vars]` and the job's secrets (undefined until
+    /// [`TemplateContext::with_assets`]).
+    vars: Value,
+    secrets: Value,
     /// The map templates are rendered against, rebuilt whenever a part changes so that a
     /// call renders all its parameters against one map.
     root: Value,
@@ -141,6 +146,8 @@ impl TemplateContext {
             params: Value::from_serialize(params),
             job: Value::from_serialize(job),
             now: Value::from(now.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            vars: Value::from(BTreeMap::<String, Value>::new()),
+            secrets: Value::from(BTreeMap::<String, Value>::new()),
             root: Value::UNDEFINED,
         };
         ctx.rebuild();
@@ -167,6 +174,20 @@ impl TemplateContext {
         self
     }
 
+    /// Adds the shared variables (`vars.<name>`) and the job's secret values
+    /// (`secrets.<name>`). A name that is not there is undefined, which rendering reports
+    /// as an error naming the template.
+    pub fn with_assets(
+        mut self,
+        vars: &BTreeMap<String, serde_json::Value>,
+        secrets: &BTreeMap<String, String>,
+    ) -> Self {
+        self.vars = Value::from_serialize(vars);
+        self.secrets = Value::from_serialize(secrets);
+        self.rebuild();
+        self
+    }
+
     /// The context for one record of a `for_each` step: `item` is that record.
     pub fn with_item(&self, item: &serde_json::Value) -> Self {
         let mut ctx = self.clone();
@@ -184,6 +205,8 @@ impl TemplateContext {
         root.insert("params", self.params.clone());
         root.insert("job", self.job.clone());
         root.insert("now", self.now.clone());
+        root.insert("vars", self.vars.clone());
+        root.insert("secrets", self.secrets.clone());
         self.root = Value::from(root);
     }
 

@@ -41,7 +41,7 @@ use super::handle::{Event, JobEvent, JobKey, LastJob, RunError, SchedulerHandle,
 use super::job::{
     ClaimKind, JobContext, JobOrder, JobRunner, StartWhen, record_overlap_skip, run_job,
 };
-use super::plan::{Due, plan_next, window};
+use super::plan::{Due, missed_occurrences, plan_after, plan_next, schedule_at, window};
 use super::sweep;
 use crate::timing::policy::{
     MissedPolicy, OverlapDecision, OverlapPolicy, decide_overlap, missed_run,
@@ -90,7 +90,7 @@ pub struct SchedulerParts {
 /// Whether two versions of a runbook fire at the same instants, so that a reload can keep
 /// the pending timer.
 fn same_timing(a: &Runbook, b: &Runbook) -> bool {
-    a.schedule == b.schedule
+    a.schedule_entries == b.schedule_entries
         && a.enabled == b.enabled
         && a.start_at == b.start_at
         && a.end_at == b.end_at
@@ -112,6 +112,8 @@ enum Phase {
 #[derive(Debug)]
 struct JobSlot {
     runbook: String,
+    /// The occurrence's instant for scheduled jobs.
+    occurrence: Option<DateTime<Utc>>,
     phase: Phase,
     job_id: Option<JobId>,
     cancel: CancellationToken,
@@ -162,6 +164,8 @@ struct JobPlan {
     runbook: Arc<Runbook>,
     trigger: Trigger,
     claim: ClaimKind,
+    /// The schedule whose occurrence this is (index into the runbook's schedules).
+    schedule: Option<usize>,
     scheduled_for: Option<DateTime<Utc>>,
     due_at: DateTime<Utc>,
     params: std::collections::BTreeMap<String, Value>,
@@ -356,13 +360,14 @@ impl Scheduler {
                 let now = self.ctx.clock.now();
                 match history.last_occurrence_per_runbook().await {
                     Ok(last) => {
-                        for (name, instant) in catch_ups(&self.catalog, &last, now) {
+                        for (name, instant, schedule) in catch_ups(&self.catalog, &last, now) {
                             self.occurrence(
                                 &name,
                                 instant,
+                                schedule,
                                 Trigger::CatchUp,
                                 now,
-                                ClaimKind::Occurrence(instant),
+                                ClaimKind::Occurrence(instant, schedule),
                             );
                         }
                         for (name, instant) in missed_at_start(&self.catalog, &last, now) {
@@ -395,15 +400,17 @@ impl Scheduler {
                     let wanted = self
                         .slots
                         .get(&name)
-                        .is_some_and(|s| s.runbook.on_interrupt == OnInterrupt::Rerun);
-                    if wanted {
+                        .filter(|s| s.runbook.on_interrupt == OnInterrupt::Rerun)
+                        .map(|s| schedule_at(&s.runbook, instant));
+                    if let Some(schedule) = wanted {
                         tracing::info!(runbook = %name, %instant, "rerunning a job the previous process left Interrupted (on_interrupt = \"rerun\")");
                         self.occurrence(
                             &name,
                             instant,
+                            schedule,
                             Trigger::Retry,
                             now,
-                            ClaimKind::Occurrence(instant),
+                            ClaimKind::Occurrence(instant, schedule),
                         );
                     }
                 }
@@ -416,7 +423,9 @@ impl Scheduler {
                     .iter()
                     .map(|l| l.runbook.clone())
                     .filter(|r| {
-                        r.missed == MissedPolicy::RunOnce && r.enabled && r.schedule.is_some()
+                        r.missed == MissedPolicy::RunOnce
+                            && r.enabled
+                            && !r.schedule_entries.is_empty()
                     })
                     .collect();
                 if !wanted.is_empty() {
@@ -505,12 +514,12 @@ impl Scheduler {
             let late = (now - due.fire_at).to_std().unwrap_or_default();
             // After a long stall, continue from the present rather than firing every
             // occurrence that passed meanwhile.
-            let after = if late > LATE_LIMIT {
-                now - chrono::Duration::from_std(LATE_LIMIT).unwrap_or_default()
+            let next = if late > LATE_LIMIT {
+                let after = now - chrono::Duration::from_std(LATE_LIMIT).unwrap_or_default();
+                plan_next(&slot.runbook, after.max(due.instant))
             } else {
-                due.instant
+                plan_after(&slot.runbook, &due)
             };
-            let next = plan_next(&slot.runbook, after.max(due.instant));
             self.arm(&name, next);
         }
     }
@@ -536,17 +545,18 @@ impl Scheduler {
             tracing::warn!(runbook = %name, instant = %due.instant, reason, "not claiming an occurrence while the coordination storage is unreachable");
             return true;
         }
-        let params = match runbook.resolve_params(Vec::new()) {
+        let params = match runbook.schedule_params(due.schedule) {
             Ok(params) => params,
             Err(e) => {
-                tracing::error!(runbook = %name, error = %e, "cannot resolve the default parameters of a scheduled run");
+                tracing::error!(runbook = %name, error = %e, "cannot resolve the parameters of a scheduled run");
                 return true;
             }
         };
         self.spawn(JobPlan {
             runbook,
             trigger: Trigger::Schedule,
-            claim: ClaimKind::Occurrence(due.instant),
+            claim: ClaimKind::Occurrence(due.instant, due.schedule),
+            schedule: Some(due.schedule),
             scheduled_for: Some(due.instant),
             due_at: due.fire_at,
             params,
@@ -565,18 +575,23 @@ impl Scheduler {
             self.occurrence(
                 name,
                 due.instant,
+                due.schedule,
                 Trigger::Schedule,
                 due.fire_at,
-                ClaimKind::Occurrence(due.instant),
+                ClaimKind::Occurrence(due.instant, due.schedule),
             );
             return;
         }
         let Some(runbook) = self.slots.get(name).map(|s| s.runbook.clone()) else {
             return;
         };
-        let catch_up = runbook.schedule.as_ref().and_then(|schedule| {
+        let entry = runbook
+            .schedule_entries
+            .iter()
+            .find(|e| e.index == due.schedule);
+        let catch_up = entry.and_then(|entry| {
             missed_run(
-                schedule,
+                &entry.schedule,
                 &window(&runbook),
                 Some(due.instant - chrono::Duration::nanoseconds(1)),
                 now,
@@ -604,9 +619,10 @@ impl Scheduler {
             self.occurrence(
                 name,
                 catch_up.scheduled_for,
+                due.schedule,
                 Trigger::CatchUp,
                 now,
-                ClaimKind::Occurrence(catch_up.scheduled_for),
+                ClaimKind::Occurrence(catch_up.scheduled_for, due.schedule),
             );
         }
     }
@@ -640,14 +656,19 @@ impl Scheduler {
                 }
                 let _ = reply.send(found.is_some());
             }
-            Event::CatchUp { name, instant } => {
+            Event::CatchUp {
+                name,
+                instant,
+                schedule,
+            } => {
                 let now = self.ctx.clock.now();
                 self.occurrence(
                     &name,
                     instant,
+                    schedule,
                     Trigger::CatchUp,
                     now,
-                    ClaimKind::Occurrence(instant),
+                    ClaimKind::Occurrence(instant, schedule),
                 );
             }
             Event::Interrupted(interrupted) => {
@@ -773,6 +794,7 @@ impl Scheduler {
         &mut self,
         name: &str,
         instant: DateTime<Utc>,
+        schedule: usize,
         trigger: Trigger,
         due_at: DateTime<Utc>,
         claim: ClaimKind,
@@ -788,15 +810,22 @@ impl Scheduler {
             tracing::warn!(runbook = %name, %instant, reason, "not claiming an occurrence while the coordination storage is unreachable");
             return;
         }
-        let params = match runbook.resolve_params(Vec::new()) {
+        let params = match runbook.schedule_params(schedule) {
             Ok(params) => params,
             Err(e) => {
-                tracing::error!(runbook = %name, error = %e, "cannot resolve the default parameters of a scheduled run");
+                tracing::error!(runbook = %name, error = %e, "cannot resolve the parameters of a scheduled run");
                 return;
             }
         };
         let (running, queued) = self.overlap_state(name);
-        let start = match decide_overlap(runbook.overlap, running, queued) {
+        // Another schedule's occurrence at this same instant is not an overlap to skip or
+        // replace: both schedules are due, so this one waits for its sibling.
+        let policy = if self.has_sibling(name, instant) {
+            OverlapPolicy::Queue
+        } else {
+            runbook.overlap
+        };
+        let start = match decide_overlap(policy, running, queued) {
             OverlapDecision::Start => Start::Now,
             OverlapDecision::Queue => Start::Queued,
             OverlapDecision::CancelRunningThenStart => {
@@ -825,6 +854,7 @@ impl Scheduler {
             runbook,
             trigger,
             claim,
+            schedule: Some(schedule),
             scheduled_for: Some(instant),
             due_at,
             params,
@@ -832,6 +862,18 @@ impl Scheduler {
             reply: None,
             start,
         });
+    }
+
+    /// Whether a job of `name` for another schedule's occurrence at `instant` is active or
+    /// queued.
+    fn has_sibling(&self, name: &str, instant: DateTime<Utc>) -> bool {
+        self.by_runbook.get(name).is_some_and(|jobs| {
+            jobs.active
+                .iter()
+                .chain(jobs.queued.iter())
+                .filter_map(|k| self.jobs.get(k))
+                .any(|j| j.occurrence == Some(instant))
+        })
     }
 
     /// (a job of `name` holds its occurrence and runs, a job of `name` is queued).
@@ -872,11 +914,16 @@ impl Scheduler {
                 (StartWhen::Signalled(signal), Some(go), Phase::Queued)
             }
         };
+        let order_occurrence = match &plan.claim {
+            ClaimKind::Nothing => None,
+            _ => plan.scheduled_for,
+        };
         let order = JobOrder {
             key,
             runbook: plan.runbook,
             trigger: plan.trigger,
             claim: plan.claim,
+            schedule: plan.schedule,
             scheduled_for: plan.scheduled_for,
             due_at: plan.due_at,
             params: plan.params,
@@ -890,6 +937,7 @@ impl Scheduler {
             key,
             JobSlot {
                 runbook: name.clone(),
+                occurrence: order_occurrence,
                 phase,
                 job_id: None,
                 cancel,
@@ -982,6 +1030,7 @@ impl Scheduler {
             runbook,
             trigger,
             claim: ClaimKind::Nothing,
+            schedule: None,
             scheduled_for: None,
             due_at: now,
             params,
@@ -1097,11 +1146,13 @@ impl Scheduler {
         }
         let name = record.runbook.clone();
         let instant = record.scheduled_for;
-        tracing::info!(runbook = %name, %instant, started = interrupted.started, "rerunning an interrupted occurrence");
+        let schedule = record.schedule;
+        tracing::info!(runbook = %name, %instant, schedule, started = interrupted.started, "rerunning an interrupted occurrence");
         let now = self.ctx.clock.now();
         self.occurrence(
             &name,
             instant,
+            schedule,
             Trigger::Retry,
             now,
             ClaimKind::Rerun(Box::new(interrupted)),
@@ -1266,22 +1317,14 @@ pub fn catch_ups(
     catalog: &LiveCatalog,
     last_fired: &std::collections::BTreeMap<String, DateTime<Utc>>,
     now: DateTime<Utc>,
-) -> Vec<(String, DateTime<Utc>)> {
+) -> Vec<(String, DateTime<Utc>, usize)> {
     catalog
         .iter()
         .map(|l| &l.runbook)
-        .filter(|r| r.enabled)
-        .filter_map(|r| {
-            let schedule = r.schedule.as_ref()?;
-            let catch_up = missed_run(
-                schedule,
-                &window(r),
-                last_fired.get(&r.name).copied(),
-                now,
-                r.missed,
-                r.max_lateness,
-            )?;
-            Some((r.name.clone(), catch_up.scheduled_for))
+        .flat_map(|r| {
+            missed_occurrences(r, last_fired.get(&r.name).copied(), now)
+                .into_iter()
+                .map(|(instant, schedule)| (r.name.clone(), instant, schedule))
         })
         .collect()
 }
@@ -1295,7 +1338,7 @@ pub fn missed_at_start(
 ) -> Vec<(String, DateTime<Utc>)> {
     let caught_up: BTreeSet<String> = catch_ups(catalog, last_fired, now)
         .into_iter()
-        .map(|(name, _)| name)
+        .map(|(name, _, _)| name)
         .collect();
     let mut missed = Vec::new();
     for runbook in catalog.iter().map(|l| &l.runbook) {
@@ -1520,7 +1563,10 @@ mod tests {
             .map(|n| (n.to_string(), utc("2026-03-01T06:00:00Z")))
             .collect();
         let found = catch_ups(&catalog, &last, utc("2026-03-05T08:00:00Z"));
-        assert_eq!(found, [("once".to_string(), utc("2026-03-05T06:00:00Z"))]);
+        assert_eq!(
+            found,
+            [("once".to_string(), utc("2026-03-05T06:00:00Z"), 0)]
+        );
         // What is not caught up is missed: "skip" always, "run-once" beyond max_lateness.
         let missed = missed_at_start(&catalog, &last, utc("2026-03-05T08:00:00Z"));
         assert_eq!(missed, [("skip".to_string(), utc("2026-03-05T06:00:00Z"))]);

@@ -67,6 +67,8 @@ pub(crate) enum Event {
     CatchUp {
         name: String,
         instant: DateTime<Utc>,
+        /// The schedule that missed it.
+        schedule: usize,
     },
     /// An orphaned occurrence a sweep marked Interrupted.
     Interrupted(Box<InterruptedOccurrence>),

@@ -22,7 +22,9 @@ use crate::clock::SharedClock;
 use crate::coordination::{
     Claim, CoordinationError, Coordinator, FinalState, InterruptedOccurrence, OccurrenceGuard,
 };
-use crate::history::{HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
+use crate::history::{
+    HistoryStore, JobId, JobStatus, NewJob, NewStreamEntry, Outcome, StreamKind, Trigger,
+};
 use crate::runbook::{JobSpec, Runbook};
 use crate::telemetry::metrics::Metrics;
 
@@ -71,8 +73,9 @@ pub trait JobRunner: Send + Sync + 'static {
 pub(crate) enum ClaimKind {
     /// A manual or API run: no occurrence, nothing to claim.
     Nothing,
-    /// A scheduled or catch-up occurrence at this instant.
-    Occurrence(DateTime<Utc>),
+    /// A scheduled or catch-up occurrence at this instant of the schedule with this
+    /// index (two schedules firing at one instant are two occurrences).
+    Occurrence(DateTime<Utc>, usize),
     /// An occurrence a sweep found interrupted, run again.
     Rerun(Box<InterruptedOccurrence>),
 }
@@ -94,6 +97,8 @@ pub(crate) struct JobOrder {
     pub runbook: Arc<Runbook>,
     pub trigger: Trigger,
     pub claim: ClaimKind,
+    /// The schedule whose occurrence this is (`None` for manual and API runs).
+    pub schedule: Option<usize>,
     /// The occurrence's instant (`None` for manual and API runs).
     pub scheduled_for: Option<DateTime<Utc>>,
     /// When it should have started (the instant plus jitter), for the lateness metric.
@@ -168,6 +173,7 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
         runbook,
         trigger,
         claim,
+        schedule,
         scheduled_for,
         due_at,
         params,
@@ -295,6 +301,12 @@ pub(crate) async fn run_job(ctx: Arc<JobContext>, order: JobOrder) {
         }
     }
 
+    if let Some(entry) =
+        schedule.and_then(|i| runbook.schedule_entries.iter().find(|e| e.index == i))
+    {
+        record_schedule(&ctx, &job_id, entry, &params).await;
+    }
+
     // The job starts now; its Running record is written alongside. The history's writer
     // takes commands in order, so the runner's first stream entries still land after it.
     let started_at = ctx.clock.now();
@@ -389,9 +401,9 @@ enum Claimed {
 async fn claim_occurrence(ctx: &JobContext, runbook: &Runbook, claim: &ClaimKind) -> Claimed {
     let answer = match claim {
         ClaimKind::Nothing => return Claimed::Nothing,
-        ClaimKind::Occurrence(instant) => {
+        ClaimKind::Occurrence(instant, schedule) => {
             ctx.coordinator
-                .claim(&runbook.name, *instant, &ctx.replica_id)
+                .claim_schedule(&runbook.name, *instant, *schedule, &ctx.replica_id)
                 .await
         }
         ClaimKind::Rerun(interrupted) => {
@@ -435,6 +447,37 @@ async fn record_queued(
             }
             None
         }
+    }
+}
+
+/// Writes which schedule fired the job, and with which params, as the job's first Output
+/// entry (`data.schedule`), so the history, the API and the dashboard show it.
+async fn record_schedule(
+    ctx: &JobContext,
+    id: &JobId,
+    entry: &crate::runbook::ScheduleEntry,
+    params: &BTreeMap<String, Value>,
+) {
+    let text = format!(
+        "fired by schedule {} ({}, {})",
+        entry.index, entry.label, entry.timezone
+    );
+    let data = serde_json::json!({
+        "schedule": {
+            "index": entry.index,
+            "cron": entry.label,
+            "timezone": entry.timezone.name(),
+            "params": entry.params,
+        },
+        "params": params,
+    });
+    let line = NewStreamEntry {
+        kind: StreamKind::Output,
+        text,
+        data: Some(data),
+    };
+    if let Err(e) = ctx.history.append_stream(id, vec![line]).await {
+        tracing::warn!(job_id = %id, error = %e.chain(), "cannot record which schedule fired the job");
     }
 }
 

@@ -16,8 +16,7 @@ use crate::coordination::Coordinator;
 use crate::runbook::Runbook;
 
 use super::handle::{Event, Shared};
-use super::plan::window;
-use crate::timing::policy::missed_run;
+use super::plan::missed_occurrences;
 
 /// Runbooks swept at once.
 const SWEEP_CONCURRENCY: usize = 4;
@@ -117,22 +116,12 @@ pub(crate) async fn catch_up_from_store(
                 continue;
             }
         };
-        let Some(schedule) = runbook.schedule.as_ref() else {
-            continue;
-        };
-        let now = clock.now();
-        if let Some(catch_up) = missed_run(
-            schedule,
-            &window(&runbook),
-            last_fired,
-            now,
-            runbook.missed,
-            runbook.max_lateness,
-        ) {
-            tracing::info!(runbook = %runbook.name, instant = %catch_up.scheduled_for, "an occurrence was missed while no replica ran: one catch-up run");
+        for (instant, schedule) in missed_occurrences(&runbook, last_fired, clock.now()) {
+            tracing::info!(runbook = %runbook.name, %instant, schedule, "an occurrence was missed while no replica ran: one catch-up run");
             let _ = events.send(Event::CatchUp {
                 name: runbook.name.clone(),
-                instant: catch_up.scheduled_for,
+                instant,
+                schedule,
             });
         }
     }

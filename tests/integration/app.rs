@@ -45,3 +45,43 @@ async fn the_job_page_shows_each_steps_real_counts_after_a_dry_run() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_api_and_the_dashboard_show_each_schedule_with_its_params_and_next_run() {
+    let app = spawn_app_with(TestAppOptions::default().runbook(
+        "regions.toml",
+        "[params]\nregion = { type = \"string\" }\n[[schedules]]\ncron = \"0 2 * * *\"\nparams = { region = \"EU\" }\n[[schedules]]\ncron = \"0 9 * * *\"\ntimezone = \"America/New_York\"\nparams = { region = \"US\" }\n[[steps]]\nname = \"find\"\ncmdlet = \"Get-Mailbox\"\n",
+    ))
+    .await;
+    let view = app.get_json("/api/runbooks").await;
+    let runbook = &view["runbooks"][0];
+    assert_eq!(runbook["name"], "regions", "{view}");
+    assert_eq!(
+        runbook["schedule"], "0 2 * * *, 0 9 * * *",
+        "the old field stays"
+    );
+    let schedules = runbook["schedules"].as_array().expect("schedules");
+    assert_eq!(schedules.len(), 2, "{runbook}");
+    assert_eq!(schedules[0]["params"], json!({"region": "EU"}));
+    assert_eq!(schedules[1]["time_zone"], "America/New_York");
+    assert_eq!(schedules[1]["params"], json!({"region": "US"}));
+    assert!(
+        schedules.iter().all(|s| s["next_run"].is_string()),
+        "{runbook}"
+    );
+    let next: Vec<&str> = schedules
+        .iter()
+        .map(|s| s["next_run"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        runbook["next_run"].as_str(),
+        next.iter().min().copied(),
+        "next_run is the earliest schedule's"
+    );
+
+    let html = app.get("/").await.text().await.unwrap();
+    assert!(
+        html.contains("region = &quot;US&quot;") || html.contains("region = \"US\""),
+        "the dashboard lists each schedule's params: {html}"
+    );
+}

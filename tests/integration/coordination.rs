@@ -69,7 +69,52 @@ on_both_backends!(
     concurrent_fired_instants_keep_the_latest,
     occurrences_are_listed_newest_first_up_to_the_limit,
     final_records_before_the_cutoff_are_pruned_once_across_replicas,
+    two_schedules_due_at_one_instant_are_claimed_once_each,
 );
+
+async fn two_schedules_due_at_one_instant_are_claimed_once_each(backend: Backend) {
+    let replicas = backend.replicas(2);
+    let (a, b) = (&replicas[0], &replicas[1]);
+    let first = acquired(
+        a.claim_schedule("regions", instant(0), 0, "a")
+            .await
+            .unwrap(),
+    );
+    assert!(matches!(
+        b.claim_schedule("regions", instant(0), 0, "b")
+            .await
+            .unwrap(),
+        Claim::AlreadyClaimed
+    ));
+    first
+        .complete(FinalState::Completed, None)
+        .await
+        .expect("complete");
+    // The second schedule's occurrence at the same instant is its own, claimed once.
+    let second = acquired(
+        b.claim_schedule("regions", instant(0), 1, "b")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(second.record().schedule, 1);
+    assert!(matches!(
+        a.claim_schedule("regions", instant(0), 1, "a")
+            .await
+            .unwrap(),
+        Claim::AlreadyClaimed
+    ));
+    second
+        .complete(FinalState::Completed, None)
+        .await
+        .expect("complete");
+    let records = a.list_occurrences("regions", 10).await.unwrap();
+    let mut schedules: Vec<(usize, &str)> = records
+        .iter()
+        .map(|r| (r.schedule, r.owner.as_str()))
+        .collect();
+    schedules.sort();
+    assert_eq!(schedules, [(0, "a"), (1, "b")]);
+}
 
 async fn exactly_one_of_five_concurrent_claimers_wins(backend: Backend) {
     let replicas = backend.replicas(5);

@@ -1521,7 +1521,11 @@ fn the_readme_migration_example_is_toml_in_the_runbook_shape() {
         &readme_section("Migrate an Azure Automation runbook"),
         "toml",
     );
-    assert_eq!(blocks.len(), 1);
+    assert_eq!(
+        blocks.len(),
+        3,
+        "the Exchange example, the settings and the Graph example"
+    );
     // The real validator, as `runbook-worker validate` runs it, with the default policy.
     let policy = runbook_worker::runbook::CmdletPolicy::new(&Default::default());
     let runbook =
@@ -1538,6 +1542,92 @@ fn the_readme_migration_example_is_toml_in_the_runbook_shape() {
     );
     assert_eq!(runbook.steps[1].for_each.as_deref(), Some("find"));
     assert!(runbook.max_changes.is_some());
+}
+
+#[test]
+fn the_readme_graph_and_exchange_example_uses_vars_secrets_and_schedules_the_worker_knows() {
+    let blocks = code_blocks(
+        &readme_section("Migrate an Azure Automation runbook"),
+        "toml",
+    );
+    // The settings block: `[vars]` and `[secrets]` as the settings loader checks them.
+    let settings: runbook_worker::settings::Settings =
+        toml::from_str(&blocks[1]).unwrap_or_else(|e| panic!("README settings block: {e}"));
+    assert_eq!(settings.problems(), Vec::<(String, String)>::new());
+    // The runbook. Graph steps are parsed by the graphsteps branch; until it is merged, each
+    // one is checked as a read cmdlet step whose parameters carry its path, query and body,
+    // so every template in them (params, item, secrets) is still compiled and resolved.
+    // After the merge, parse `blocks[2]` as it is.
+    let mut table: toml::Table = toml::from_str(&blocks[2]).expect("README runbook is TOML");
+    let mut graph_steps = Vec::new();
+    for step in table["steps"].as_array_mut().expect("steps").iter_mut() {
+        let step = step.as_table_mut().expect("a step table");
+        let Some(request) = step.remove("graph") else {
+            continue;
+        };
+        let request = request.as_str().expect("graph is a string").to_string();
+        assert!(
+            ["GET /v1.0/", "PATCH /v1.0/"]
+                .iter()
+                .any(|p| request.starts_with(p)),
+            "{request}"
+        );
+        graph_steps.push(step["name"].as_str().unwrap().to_string());
+        let mut parameters = toml::Table::new();
+        parameters.insert("Path".into(), request.into());
+        for key in ["query", "headers", "body"] {
+            if let Some(value) = step.remove(key) {
+                parameters.insert(key.into(), value);
+            }
+        }
+        step.insert("cmdlet".into(), "Get-User".into());
+        step.insert("parameters".into(), parameters.into());
+    }
+    assert_eq!(graph_steps, ["leavers", "scramble"]);
+    let policy = runbook_worker::runbook::CmdletPolicy::new(&Default::default());
+    let runbook = runbook_worker::runbook::parse_runbook(
+        "leavers",
+        "README.md",
+        &toml::to_string(&table).unwrap(),
+        &policy,
+    )
+    .unwrap_or_else(|errors| panic!("README Graph example is invalid: {errors:?}"));
+    let schedules: Vec<(&str, serde_json::Value)> = runbook
+        .schedule_entries
+        .iter()
+        .map(|e| (e.label.as_str(), e.params["department"].clone()))
+        .collect();
+    assert_eq!(
+        schedules,
+        [
+            ("0 0 2 * * *", serde_json::json!("Sales")),
+            ("0 0 3 * * 6", serde_json::json!("Finance"))
+        ]
+    );
+    let names = |set: &std::collections::BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&runbook.vars_used), ["helpdesk_address"]);
+    assert_eq!(names(&runbook.secrets_used), ["leaver_password"]);
+    // Every var and secret the runbook uses is defined by the settings block.
+    assert!(
+        runbook
+            .vars_used
+            .iter()
+            .all(|n| settings.vars.0.contains_key(n))
+    );
+    assert!(
+        runbook
+            .secrets_used
+            .iter()
+            .all(|n| settings.secrets.0.contains_key(n))
+    );
+    let cmdlets: Vec<&str> = runbook.steps[2..]
+        .iter()
+        .map(|s| s.cmdlet.as_str())
+        .collect();
+    assert_eq!(
+        cmdlets,
+        ["Set-Mailbox", "Set-MailboxAutoReplyConfiguration"]
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod support;
 
 mod app;
 mod architecture;
+mod assets;
 mod cli;
 mod coordination;
 mod dashboard;

@@ -1455,3 +1455,102 @@ async fn the_dashboard_of_a_running_worker_renders_in_chromium() {
     println!("dashboard of a running worker: {}", shot.display());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn two_schedules_due_at_one_instant_both_run_each_with_its_params() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("runbooks")).unwrap();
+    write(
+        &root.path().join("runbooks"),
+        "regions.toml",
+        &runbook(
+            "[params]\nregion = { type = \"string\" }\n[[schedules]]\ncron = \"0 2 * * *\"\nparams = { region = \"EU\" }\n[[schedules]]\ncron = \"0 2 * * *\"\nparams = { region = \"US\" }",
+        ),
+    );
+    let engine = Engine::start(root.path(), utc("2026-05-04T01:00:00Z")).await;
+    let at = utc("2026-05-04T02:00:00Z");
+    assert_eq!(engine.next_run("regions"), Some(at));
+    engine.clock.set(at);
+    let jobs = engine
+        .wait_jobs("regions", "both schedules' jobs completed", |j| {
+            j.len() == 2 && j.iter().all(|j| j.status == JobStatus::Completed)
+        })
+        .await;
+    assert!(
+        jobs.iter().all(|j| j.scheduled_for == Some(at)),
+        "{jobs:#?}"
+    );
+    let mut regions: Vec<(history::JobId, Value)> = engine
+        .runner
+        .started()
+        .iter()
+        .map(|spec| (spec.id.clone(), spec.params["region"].clone()))
+        .collect();
+    regions.sort_by_key(|(_, r)| r.to_string());
+    assert_eq!(
+        regions.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
+        [json!("EU"), json!("US")]
+    );
+    // Each job records which schedule fired it.
+    for (id, region) in &regions {
+        let detail = engine.history.get_job(id).await.unwrap().unwrap();
+        let fired = detail
+            .streams
+            .iter()
+            .find_map(|e| e.data.as_ref().and_then(|d| d.get("schedule")).cloned())
+            .expect("a stream entry naming the schedule");
+        assert_eq!(fired["params"]["region"], *region, "{fired}");
+        assert_eq!(fired["cron"], json!("0 2 * * *"));
+    }
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn next_lists_each_schedule_with_its_params_and_which_one_fires_when() {
+    let dir = tempfile::tempdir().unwrap();
+    let runbooks = dir.path().join("runbooks");
+    std::fs::create_dir_all(&runbooks).unwrap();
+    write(
+        &runbooks,
+        "regions.toml",
+        &runbook(
+            "timezone = \"Europe/Berlin\"\n[params]\nregion = { type = \"string\" }\n[[schedules]]\ncron = \"0 2 * * *\"\nparams = { region = \"EU\" }\n[[schedules]]\ncron = \"0 9 * * *\"\ntimezone = \"America/New_York\"\nparams = { region = \"US\" }",
+        ),
+    );
+    let env = [("RUNBOOK_WORKER__RUNBOOKS__DIR", "runbooks")];
+    let args = [
+        "next",
+        "regions",
+        "-n",
+        "3",
+        "--from",
+        "2026-01-05T00:00:00Z",
+    ];
+    let human = run_binary(dir.path(), &args, &env);
+    assert!(human.status.success(), "{}", stderr(&human));
+    let text = stdout(&human);
+    assert!(
+        text.contains("schedule 0: 0 2 * * * in Europe/Berlin, params region = \"EU\"")
+            && text.contains("schedule 1: 0 9 * * * in America/New_York, params region = \"US\""),
+        "{text}"
+    );
+    let json_args: Vec<&str> = args.iter().copied().chain(["--format", "json"]).collect();
+    let report: Value =
+        serde_json::from_str(&stdout(&run_binary(dir.path(), &json_args, &env))).unwrap();
+    let fired: Vec<(&str, u64)> = report["next"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["utc"].as_str().unwrap(), t["schedule"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        fired,
+        [
+            ("2026-01-05T01:00:00Z", 0),
+            ("2026-01-05T14:00:00Z", 1),
+            ("2026-01-06T01:00:00Z", 0)
+        ]
+    );
+    assert_eq!(report["schedules"][1]["params"], json!({"region": "US"}));
+    assert_eq!(report["schedules"][1]["next_run"], "2026-01-05T14:00:00Z");
+}

@@ -204,7 +204,7 @@ fn bad_files_report_every_error_with_position_and_message() {
         (
             "unknown top-level key without a close match",
             with_step("colour = 1\n"),
-            vec![r#"x.toml:1:1: unknown key "colour" (expected one of: description, schedule, timezone, timeout, enabled, identity, organization, max_changes, retries, params, overlap, missed, max_lateness, jitter, start_at, end_at, on_interrupt, notify, steps)"#],
+            vec![r#"x.toml:1:1: unknown key "colour" (expected one of: description, schedule, schedules, timezone, timeout, enabled, identity, organization, max_changes, retries, params, overlap, missed, max_lateness, jitter, start_at, end_at, on_interrupt, notify, steps)"#],
         ),
         (
             "misspelt step key",
@@ -494,7 +494,7 @@ fn bad_files_report_every_error_with_position_and_message() {
             vec![
                 r#"x.toml:6:20: parameter "A" of step "find" uses "item", which only exists in steps with for_each; step "find" has no for_each"#,
                 r#"x.toml:6:44: parameter "B" of step "find" uses undeclared param "domian" (did you mean "domain"?); declare it under [params]"#,
-                r#"x.toml:6:71: parameter "C" of step "find" uses unknown variable "itme" (did you mean "item"?) (templates can use item, steps, params, job, now)"#,
+                r#"x.toml:6:71: parameter "C" of step "find" uses unknown variable "itme" (did you mean "item"?) (templates can use item, steps, params, job, now, vars, secrets)"#,
                 r#"x.toml:11:8: "when" of step "use": use steps.find.count or steps.find.records, not steps.find alone"#,
                 r#"x.toml:12:20: parameter "D" of step "use" uses unknown "steps.find.size" (a step has count and records)"#,
                 r#"x.toml:12:49: parameter "E" of step "use" uses steps.later, which runs later; templates can only use earlier steps"#,
@@ -716,4 +716,120 @@ fn a_template_in_an_opath_filter_must_be_quoted_by_opath() {
             errors(&text)
         );
     }
+}
+
+#[test]
+fn schedules_tables_carry_their_own_cron_time_zone_and_params() {
+    let rb = parse(&with_step(
+        r#"
+timezone = "Europe/Berlin"
+[params]
+region = { type = "string" }
+limit = 10
+ratio = 0.5
+[[schedules]]
+cron = "0 2 * * *"
+params = { region = "EU", ratio = 2 }
+[[schedules]]
+cron = ["0 6 * * 1", "0 6 * * 4"]
+timezone = "America/New_York"
+params = { region = "US", limit = 3 }
+"#,
+    ))
+    .unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(rb.schedule_entries.len(), 2);
+    let (eu, us) = (&rb.schedule_entries[0], &rb.schedule_entries[1]);
+    assert_eq!((eu.index, eu.label.as_str()), (0, "0 2 * * *"));
+    assert_eq!(
+        eu.timezone,
+        chrono_tz::Europe::Berlin,
+        "the runbook's zone by default"
+    );
+    assert_eq!(us.label, "0 6 * * 1, 0 6 * * 4");
+    assert_eq!(us.timezone, chrono_tz::America::New_York);
+    assert_eq!(rb.schedules.len(), 3, "every expression of every schedule");
+    let params = rb.schedule_params(1).unwrap();
+    assert_eq!(params["region"], serde_json::json!("US"));
+    assert_eq!(params["limit"], serde_json::json!(3));
+    assert_eq!(
+        params["ratio"],
+        serde_json::json!(0.5),
+        "defaults fill the rest"
+    );
+    assert_eq!(
+        rb.schedule_params(0).unwrap()["ratio"],
+        serde_json::json!(2)
+    );
+}
+
+#[test]
+fn the_single_schedule_key_is_one_schedule_without_params() {
+    let rb = parse(&with_step("schedule = [\"0 1 * * *\", \"0 13 * * *\"]\n")).unwrap();
+    assert_eq!(rb.schedule_entries.len(), 1);
+    assert_eq!(rb.schedule_entries[0].label, "0 1 * * *, 0 13 * * *");
+    assert!(rb.schedule_entries[0].params.is_empty());
+}
+
+#[test]
+fn bad_schedules_tables_are_named_with_their_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "schedule = \"0 1 * * *\"\n[[schedules]]\ncron = \"0 2 * * *\"\n",
+            "x.toml has both \"schedule\" and \"[[schedules]]\"",
+        ),
+        (
+            "[params]\nregion = \"ALL\"\n[[schedules]]\ncron = \"0 2 * * *\"\nparams = { regon = \"EU\" }\n",
+            "schedules[0] gives param \"regon\", which [params] does not declare (did you mean \"region\"?)",
+        ),
+        (
+            "[params]\nlimit = 5\n[[schedules]]\ncron = \"0 2 * * *\"\nparams = { limit = \"many\" }\n",
+            "param \"limit\" of schedules[0] must be of type integer, got a string",
+        ),
+        (
+            "[params]\nregion = { type = \"string\" }\n[[schedules]]\ncron = \"0 2 * * *\"\nparams = { region = \"EU\" }\n[[schedules]]\ncron = \"0 3 * * *\"\n",
+            "param \"region\" has no default and schedules[1] does not give it",
+        ),
+        (
+            "[[schedules]]\ntimezone = \"UTC\"\n",
+            "schedules[0] has no \"cron\"",
+        ),
+        (
+            "[[schedules]]\ncron = \"0 2 * *\"\n",
+            "invalid cron schedule \"0 2 * *\": 4 fields",
+        ),
+        (
+            "[[schedules]]\ncron = \"0 2 * * *\"\ntimezone = \"Berlin\"\n",
+            "unknown time zone \"Berlin\"",
+        ),
+        (
+            "[[schedules]]\ncron = \"0 2 * * *\"\nparms = {}\n",
+            "unknown key \"parms\" in schedules[0] (did you mean \"params\"?)",
+        ),
+    ];
+    for (head, expected) in cases {
+        let errors = errors(&with_step(head));
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{head}\nexpected {expected:?} in {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn templates_may_read_vars_and_secrets_and_the_runbook_lists_which() {
+    let rb = parse(&format!(
+        "{STEP}parameters = {{ Identity = \"{{{{ vars.domain }}}}\", Filter = \"{{{{ vars.team | opath }}}}\", Notes = \"{{{{ secrets.api_key }}}}\" }}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(rb.vars_used.iter().collect::<Vec<_>>(), ["domain", "team"]);
+    assert_eq!(rb.secrets_used.iter().collect::<Vec<_>>(), ["api_key"]);
+    let errors = errors(&format!(
+        "{STEP}parameters = {{ Identity = \"{{{{ vars }}}}\" }}\n"
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("refer to one of them as vars.<name>")),
+        "{errors:#?}"
+    );
 }

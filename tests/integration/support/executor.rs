@@ -66,6 +66,9 @@ pub async fn harness_with(config: SimulatorConfig, options: Options) -> Harness 
         clients: Arc::new(clients),
         policy: options.policy,
         state_dir: state.path().to_path_buf(),
+        assets: Arc::new(runbook_worker::executor::Assets::none(
+            options.clock.clone(),
+        )),
         clock: options.clock,
         metrics: Some(metrics.clone()),
     });
@@ -262,6 +265,7 @@ fn kind(event: &JobEvent) -> String {
         JobEvent::Planned { .. } => "planned".into(),
         JobEvent::Report { .. } => "report".into(),
         JobEvent::StepFinished { .. } => "step_finished".into(),
+        JobEvent::AssetsUsed { .. } => "assets_used".into(),
     }
 }
 

@@ -168,6 +168,7 @@ impl FakeWorker {
                         required: false,
                         description: Some("Mailboxes inactive for this many days".into()),
                     }],
+                    schedules: Vec::new(),
                 },
                 RunbookView {
                     name: "forwarding-cleanup".into(),
@@ -186,6 +187,7 @@ impl FakeWorker {
                             .into(),
                     }),
                     params: Vec::new(),
+                    schedules: Vec::new(),
                 },
                 RunbookView {
                     name: "quota-report".into(),
@@ -199,6 +201,7 @@ impl FakeWorker {
                     last_job_id: None,
                     validation_error: None,
                     params: Vec::new(),
+                    schedules: Vec::new(),
                 },
             ],
             invalid_files: vec![FileErrorView {
