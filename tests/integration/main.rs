@@ -11,6 +11,7 @@ mod deploy;
 mod exchange;
 mod executor;
 mod graph;
+mod graphsteps;
 mod history;
 mod history_blob;
 mod http;
