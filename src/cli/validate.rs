@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -58,33 +59,45 @@ struct Report {
     errors: Vec<ValidationError>,
 }
 
+/// Reads runbook files and folders the way the worker does: the valid runbooks and every
+/// error. A path that does not exist is reported as a folder unless it names a .toml file,
+/// so that a missing runbooks folder says so; a directory named like a runbook file
+/// (`x.toml`) is read as a file, which refuses it: the caller meant a runbook, and "no
+/// runbook files" would pass.
+pub(super) fn load_paths(
+    paths: &[PathBuf],
+    policy: &runbook::PolicySettings,
+) -> (Vec<Arc<Runbook>>, Vec<ValidationError>) {
+    let mut runbooks = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let missing_folder = !path.exists() && !runbook::is_runbook_file(path);
+        let folder = path.is_dir() && !runbook::is_runbook_file(path);
+        if folder || missing_folder {
+            let (catalog, mut folder_errors) = runbook::load_folder(path, policy);
+            runbooks.extend(catalog.iter().cloned());
+            errors.append(&mut folder_errors);
+        } else {
+            match runbook::load_file(path, policy) {
+                Ok(rb) => runbooks.push(Arc::new(rb)),
+                Err(mut file_errors) => errors.append(&mut file_errors),
+            }
+        }
+    }
+    (runbooks, errors)
+}
+
 pub async fn run(ctx: Context, args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let paths = if args.paths.is_empty() {
         vec![ctx.settings.runbooks.dir.clone()]
     } else {
         args.paths
     };
-    let policy = &ctx.settings.policy;
-    let mut runbooks = Vec::new();
-    let mut errors = Vec::new();
-    for path in &paths {
-        // A path that does not exist is reported as a folder unless it names a .toml
-        // file, so that a missing runbooks folder says so.
-        // A directory named like a runbook file (`x.toml`) is read as a file, which
-        // refuses it: the caller meant a runbook, and "no runbook files" would pass.
-        let missing_folder = !path.exists() && !runbook::is_runbook_file(path);
-        let folder = path.is_dir() && !runbook::is_runbook_file(path);
-        if folder || missing_folder {
-            let (catalog, mut folder_errors) = runbook::load_folder(path, policy);
-            runbooks.extend(catalog.iter().map(|rb| ValidRunbook::from(rb.as_ref())));
-            errors.append(&mut folder_errors);
-        } else {
-            match runbook::load_file(path, policy) {
-                Ok(rb) => runbooks.push(ValidRunbook::from(&rb)),
-                Err(mut file_errors) => errors.append(&mut file_errors),
-            }
-        }
-    }
+    let (loaded, mut errors) = load_paths(&paths, &ctx.settings.policy);
+    let runbooks: Vec<ValidRunbook> = loaded
+        .iter()
+        .map(|rb| ValidRunbook::from(rb.as_ref()))
+        .collect();
 
     let all_valid = errors.is_empty();
     let mut stdout = std::io::stdout().lock();

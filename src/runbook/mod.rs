@@ -20,6 +20,7 @@ mod job;
 mod model;
 mod params;
 mod parse;
+pub mod permissions;
 mod policy;
 pub mod schema;
 mod template;

@@ -155,3 +155,68 @@ fn licence_aware_archives_enables_archives_only_for_licensed_owners() {
         "{real}"
     );
 }
+
+#[test]
+fn permissions_lists_each_graph_role_with_its_id_and_the_grant_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let runbooks = concat!(env!("CARGO_MANIFEST_DIR"), "/runbooks");
+    let out = run_binary(
+        dir.path(),
+        &["permissions", runbooks, "--output", "json"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let needs: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let roles: Vec<(&str, &str)> = needs["graph"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["role"].as_str().unwrap(), g["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            (
+                "GroupMember.Read.All",
+                "98830695-27a2-44f7-8c18-0c3ebc9698f6"
+            ),
+            ("User.Read.All", "df021288-bdef-4463-88db-98f22de89214"),
+        ]
+    );
+    assert_eq!(needs["exchange"]["app_role"], "Exchange.ManageAsApp");
+    assert_eq!(
+        needs["exchange"]["directory_role"],
+        "Exchange Recipient Administrator"
+    );
+    let command = needs["grant_command"].as_str().unwrap();
+    assert!(
+        command.ends_with("--graph-role GroupMember.Read.All --graph-role User.Read.All"),
+        "{command}"
+    );
+    // Every option the command uses is one the script takes.
+    let script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/permissions/grant-exchange-permissions.sh"
+    ))
+    .unwrap();
+    for option in command.split_whitespace().filter(|w| w.starts_with("--")) {
+        assert!(
+            script.contains(&format!("{option})")) || script.contains(&format!("{option} |")),
+            "{option}"
+        );
+    }
+
+    // A read-only runbook folder needs only Global Reader.
+    let only = dir.path().join("reads");
+    std::fs::create_dir(&only).unwrap();
+    std::fs::copy(
+        format!("{runbooks}/mailboxes-near-quota.toml"),
+        only.join("mailboxes-near-quota.toml"),
+    )
+    .unwrap();
+    let out = run_binary(dir.path(), &["permissions", only.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("\"Global Reader\""), "{text}");
+    assert!(text.contains("Microsoft Graph: nothing"), "{text}");
+}
