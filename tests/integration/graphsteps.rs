@@ -220,3 +220,168 @@ fn permissions_lists_each_graph_role_with_its_id_and_the_grant_command() {
     assert!(text.contains("\"Global Reader\""), "{text}");
     assert!(text.contains("Microsoft Graph: nothing"), "{text}");
 }
+
+mod executor {
+    use std::sync::Arc;
+
+    use runbook_worker::clock::SystemClock;
+    use runbook_worker::executor::{
+        ExchangeClients, Executor, ExecutorDeps, FinalStatus, FixedTokens,
+    };
+    use runbook_worker::runbook::PolicySettings;
+    use runbook_worker::simulator::exchange::{ExchangeSimulator, SimulatorConfig};
+    use runbook_worker::simulator::graph::Fault;
+    use runbook_worker::simulator::identity::SIMULATED_TENANT_ID;
+
+    use crate::support::exchange::settings_for;
+    use crate::support::executor::{Recorder, job, runbook};
+    use crate::support::graph::{World, graph_settings, world};
+
+    const USERS: usize = 8;
+
+    /// Every enabled user (3 per page) gets a licence: a Graph read feeding a Graph write.
+    const LICENCES: &str = r#"retries = { attempts = 2, backoff = "1s" }
+[[steps]]
+name = "users"
+graph = "GET /v1.0/users"
+query = { "$filter" = "accountEnabled eq true", "$select" = "id,userPrincipalName", "$top" = 3 }
+
+[[steps]]
+name = "licence"
+graph = "POST /v1.0/users/{{ item.id }}/assignLicense"
+for_each = "users"
+body = { addLicenses = [{ skuId = "05e9a617-0261-4cee-bb44-138d3ef5d965" }], removeLicenses = [] }
+"#;
+
+    struct Setup {
+        world: World,
+        _exchange: ExchangeSimulator,
+        _state: tempfile::TempDir,
+        executor: Executor,
+    }
+
+    async fn setup() -> Setup {
+        let world = world(&["User.Read.All", "LicenseAssignment.ReadWrite.All"], USERS).await;
+        let exchange = ExchangeSimulator::start(SimulatorConfig {
+            tenant_id: SIMULATED_TENANT_ID.to_string(),
+            mailboxes: USERS,
+            ..SimulatorConfig::default()
+        })
+        .await
+        .unwrap();
+        let clients = ExchangeClients::new(
+            settings_for(&exchange),
+            Arc::new(FixedTokens(world.tokens.clone())),
+        )
+        .unwrap()
+        .with_graph(graph_settings(&world.graph));
+        let state = tempfile::tempdir().unwrap();
+        let executor = Executor::new(ExecutorDeps {
+            clients: Arc::new(clients),
+            policy: PolicySettings::default(),
+            state_dir: state.path().to_path_buf(),
+            clock: Arc::new(SystemClock),
+            metrics: None,
+        });
+        Setup {
+            world,
+            _exchange: exchange,
+            _state: state,
+            executor,
+        }
+    }
+
+    fn posts(world: &World) -> usize {
+        world
+            .graph
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .count()
+    }
+
+    #[tokio::test]
+    async fn graph_pages_feed_graph_writes_which_a_dry_run_only_plans() {
+        let s = setup().await;
+        let enabled = s
+            .world
+            .graph
+            .with_directory(|d| d.users.iter().filter(|u| u.account_enabled).count());
+        assert!(enabled > 3, "more than one page");
+        let rb = runbook(LICENCES);
+        let recorder = Recorder::default();
+        let dry = s
+            .executor
+            .run(job(&rb, true), &recorder, Default::default())
+            .await;
+        assert_eq!(dry.status, FinalStatus::Completed, "{:?}", dry.error);
+        assert_eq!(dry.steps[0].records_read, enabled as u64);
+        assert_eq!(dry.steps[1].writes_planned, enabled as u64);
+        assert_eq!(posts(&s.world), 0, "a dry run sends no Graph write");
+        let (label, planned) = recorder.planned().remove(0);
+        assert!(
+            label.starts_with("POST /v1.0/users/") && label.ends_with("/assignLicense"),
+            "{label}"
+        );
+        assert_eq!(planned["body"]["removeLicenses"], serde_json::json!([]));
+        // Paging: one GET per page of 3, following @odata.nextLink.
+        let gets = s
+            .world
+            .graph
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET")
+            .count();
+        assert_eq!(gets, enabled.div_ceil(3));
+
+        // Throttled once: the GET is retried after Retry-After and the job completes.
+        s.world.graph.inject(
+            Some(reqwest::Method::GET),
+            Some("/v1.0/users"),
+            Fault::Throttle {
+                retry_after: Some("0".into()),
+            },
+            1,
+        );
+        let real = s
+            .executor
+            .run(job(&rb, false), &Recorder::default(), Default::default())
+            .await;
+        assert_eq!(real.status, FinalStatus::Completed, "{:?}", real.error);
+        assert_eq!(real.steps[1].done, enabled as u64);
+        assert_eq!(posts(&s.world), enabled);
+        assert_eq!(s.world.graph.pending_faults(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_graph_write_with_an_unknown_outcome_is_never_sent_again() {
+        let s = setup().await;
+        s.world.graph.inject(
+            Some(reqwest::Method::POST),
+            Some("assignLicense"),
+            Fault::ServerError {
+                status: 503,
+                after_executing: true,
+            },
+            1,
+        );
+        let outcome = s
+            .executor
+            .run(
+                job(&runbook(LICENCES), false),
+                &Recorder::default(),
+                Default::default(),
+            )
+            .await;
+        assert_eq!(outcome.status, FinalStatus::Failed);
+        assert_eq!(outcome.attempts, 1, "retries are refused after a write");
+        let error = outcome.error.unwrap();
+        assert!(error.contains("not retried"), "{error}");
+        assert!(error.contains("outcome is unknown"), "{error}");
+        assert_eq!(
+            posts(&s.world),
+            1,
+            "the write was sent once, never replayed"
+        );
+    }
+}
