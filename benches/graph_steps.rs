@@ -14,10 +14,9 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use runbook_worker::simulator::exchange::{ExchangeSimulator, SimulatorConfig};
 use runbook_worker::simulator::graph::{GraphSimulator, GraphSimulatorConfig};
 use runbook_worker::simulator::identity::{
-    IdentitySimulator, IdentitySimulatorConfig, SIMULATED_TENANT_ID, SimulatedIdentity,
+    IdentitySimulatorConfig, SIMULATED_TENANT_ID, SimulatedIdentity,
 };
 
 const USERS: usize = 100_000;
@@ -51,18 +50,10 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 async fn run() -> Result<(), String> {
     let me =
         SimulatedIdentity::new("worker").with_roles(&["Exchange.ManageAsApp", "User.Read.All"]);
-    let identity =
-        IdentitySimulator::start(IdentitySimulatorConfig::default().with_system_assigned(Some(me)))
-            .await
-            .map_err(|e| e.to_string())?;
-    let exchange = ExchangeSimulator::start(SimulatorConfig {
-        tenant_id: SIMULATED_TENANT_ID.to_string(),
-        mailboxes: 25,
-        record_requests: false,
-        ..SimulatorConfig::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let support::Tenant { identity, exchange } = support::Tenant::start_with(
+        IdentitySimulatorConfig::default().with_system_assigned(Some(me)),
+    )
+    .await?;
     let graph = GraphSimulator::start(GraphSimulatorConfig {
         tenant_id: SIMULATED_TENANT_ID.to_string(),
         users: USERS,

@@ -126,12 +126,32 @@ impl ExchangeClients {
         let Some(settings) = &self.graph else {
             return Err(ClientError::GraphNotConfigured);
         };
+        self.cached(
+            &self.graph_clients,
+            organization,
+            identity,
+            |tenant, _, tokens| {
+                GraphClient::new(settings, self.settings.cloud, tokens, self.limiter(tenant))
+                    .map_err(|e| ClientError::Graph(Box::new(e)))
+            },
+        )
+    }
+
+    /// The client of `cache` for (tenant, identity), built by `build(tenant, organization,
+    /// tokens)` on first use and shared afterwards.
+    fn cached<C: Clone>(
+        &self,
+        cache: &Mutex<HashMap<ClientKey, C>>,
+        organization: Option<&str>,
+        identity: Option<&IdentityOverride>,
+        build: impl FnOnce(&str, Option<&str>, Arc<dyn TokenSource>) -> Result<C, ClientError>,
+    ) -> Result<C, ClientError> {
         let organization = organization.map(str::trim).filter(|o| !o.is_empty());
         let key = ClientKey {
             tenant: self.tenant_key(organization),
             identity: identity.map(selector),
         };
-        let mut clients = self.graph_clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut clients = cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
@@ -139,13 +159,7 @@ impl ExchangeClients {
             .tokens
             .for_identity(identity)
             .map_err(|e| ClientError::Identity(Box::new(e)))?;
-        let client = GraphClient::new(
-            settings,
-            self.settings.cloud,
-            tokens,
-            self.limiter(&key.tenant),
-        )
-        .map_err(|e| ClientError::Graph(Box::new(e)))?;
+        let client = build(&key.tenant, organization, tokens)?;
         clients.insert(key, client.clone());
         Ok(client)
     }
@@ -182,28 +196,19 @@ impl ExchangeClients {
         organization: Option<&str>,
         identity: Option<&IdentityOverride>,
     ) -> Result<ExchangeClient, ClientError> {
-        let organization = organization.map(str::trim).filter(|o| !o.is_empty());
-        let key = ClientKey {
-            tenant: self.tenant_key(organization),
-            identity: identity.map(selector),
-        };
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
-        }
-        let tokens = self
-            .tokens
-            .for_identity(identity)
-            .map_err(|e| ClientError::Identity(Box::new(e)))?;
-        let limiter = self.limiter(&key.tenant);
-        let mut settings = self.settings.clone();
-        if let Some(organization) = organization {
-            settings.organization = Some(organization.to_string());
-        }
-        let client = ExchangeClient::new(&settings, tokens, limiter)
-            .map_err(|e| ClientError::Exchange(Box::new(e)))?;
-        clients.insert(key, client.clone());
-        Ok(client)
+        self.cached(
+            &self.clients,
+            organization,
+            identity,
+            |tenant, organization, tokens| {
+                let mut settings = self.settings.clone();
+                if let Some(organization) = organization {
+                    settings.organization = Some(organization.to_string());
+                }
+                ExchangeClient::new(&settings, tokens, self.limiter(tenant))
+                    .map_err(|e| ClientError::Exchange(Box::new(e)))
+            },
+        )
     }
 
     /// How many distinct clients and tenant limiters exist (diagnostics and tests).
