@@ -1511,6 +1511,29 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_lower_cased_values_of_a_field_matched_without_regard_to_case() {
+        let record = json!({"userPrincipalName": "Adele@Contoso.COM", "Size": 7, "Tags": ["x"]});
+        assert_eq!(
+            key_of(&record, "UserPrincipalName").as_deref(),
+            Some("adele@contoso.com")
+        );
+        assert_eq!(key_of(&record, "size").as_deref(), Some("7"));
+        assert_eq!(key_of(&record, "Tags"), None, "arrays make no key");
+        assert_eq!(key_of(&record, "missing"), None);
+        let text = JobError::TooManyKeys {
+            step: "disabled".into(),
+            field: "userPrincipalName".into(),
+        }
+        .to_string();
+        assert!(
+            text.contains("keys(\"disabled\", \"userPrincipalName\")")
+                && text.contains(&MAX_KEYS.to_string())
+                && text.contains("narrow the step's filter"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn only_failures_of_a_running_job_are_retried() {
         let table = [
             (
