@@ -21,7 +21,12 @@ pub struct Tenant {
 
 impl Tenant {
     pub async fn start() -> Result<Tenant, String> {
-        let identity = IdentitySimulator::start(IdentitySimulatorConfig::default())
+        Self::start_with(IdentitySimulatorConfig::default()).await
+    }
+
+    /// As [`Tenant::start`], with the identity endpoint configured by `identity`.
+    pub async fn start_with(identity: IdentitySimulatorConfig) -> Result<Tenant, String> {
+        let identity = IdentitySimulator::start(identity)
             .await
             .map_err(|e| e.to_string())?;
         let exchange = ExchangeSimulator::start(SimulatorConfig {

@@ -16,6 +16,8 @@ readonly MANAGE_AS_APP_ROLE_ID="dc50a0fb-09a3-484d-be87-e023b12c6440"
 readonly EXCHANGE_ADMINISTRATOR="29232cdf-9323-42fd-ade2-1d097af3e4de"
 readonly EXCHANGE_RECIPIENT_ADMINISTRATOR="31392ffb-586c-42d1-9346-e59415a2cc4e"
 readonly GLOBAL_READER="f2ef992c-3afb-46b9-b7cf-a126ee74c451"
+# "Microsoft Graph", the same appId in every tenant.
+readonly GRAPH_APP_ID="00000003-0000-0000-c000-000000000000"
 
 readonly EXIT_FAILED=1
 readonly EXIT_USAGE=2
@@ -25,13 +27,15 @@ readonly EXIT_NO_AZ=5
 
 usage() {
     cat <<'EOF'
-Usage: grant-exchange-permissions.sh (--principal-id ID | --client-id ID) [--role ROLE] [--dry-run]
+Usage: grant-exchange-permissions.sh (--principal-id ID | --client-id ID) [--role ROLE] [--graph-role NAME]... [--dry-run]
 
 Grants a managed identity what runbook-worker needs to run Exchange Online admin cmdlets:
   1. the Exchange.ManageAsApp application role (dc50a0fb-09a3-484d-be87-e023b12c6440) on the
      tenant's "Office 365 Exchange Online" service principal (appId
      00000002-0000-0ff1-ce00-000000000000), and
-  2. an Entra directory role, assigned tenant-wide.
+  2. an Entra directory role, assigned tenant-wide, and
+  3. each Microsoft Graph application permission named with --graph-role, on the tenant's
+     "Microsoft Graph" service principal (appId 00000003-0000-0000-c000-000000000000).
 Each is created only when it is missing, so running the script again changes nothing.
 
 Identify the managed identity by one of:
@@ -53,6 +57,13 @@ Options:
                   "Global Reader"                     read-only runbooks (Get-*) only
                   none                                skip this step (you use Exchange RBAC role
                                                       groups instead)
+  --graph-role NAME
+                a Microsoft Graph application permission that runbooks with Graph steps
+                need, such as User.Read.All; repeat for several. `runbook-worker
+                permissions` prints the exact list for your runbooks. Known: User.Read.All,
+                User.ReadWrite.All, Group.Read.All, GroupMember.Read.All, Directory.Read.All,
+                Organization.Read.All, LicenseAssignment.ReadWrite.All, Mail.Send,
+                AuditLog.Read.All, Application.Read.All
   --dry-run     read the current state (GET requests only) and print every change as the
                 request it would send (method, URL, body); send nothing that changes anything
   -h, --help    show this help
@@ -85,6 +96,7 @@ principal_id=""
 client_id=""
 role_name="Exchange Administrator"
 dry_run=false
+graph_roles=()
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -101,6 +113,11 @@ while [[ $# -gt 0 ]]; do
         --role)
             [[ $# -ge 2 ]] || die $EXIT_USAGE "$1 needs a value such as \"Exchange Administrator\""
             role_name=$2
+            shift 2
+            ;;
+        --graph-role)
+            [[ $# -ge 2 ]] || die $EXIT_USAGE "$1 needs a value such as User.Read.All"
+            graph_roles+=("$2")
             shift 2
             ;;
         --dry-run)
@@ -145,6 +162,31 @@ case "${role_name,,}" in
         die $EXIT_USAGE "unknown role '$role_name': use \"Exchange Administrator\", \"Exchange Recipient Administrator\", \"Global Reader\" or none"
         ;;
 esac
+
+# The appRoleId of a Microsoft Graph application permission (the same in every tenant; the
+# table is runbook-worker's src/graph/permissions.rs). Prints nothing for an unknown name.
+graph_role_id() {
+    case "${1,,}" in
+        user.read.all) say "df021288-bdef-4463-88db-98f22de89214" ;;
+        group.read.all) say "5b567255-7703-4780-807c-7be8301ae99b" ;;
+        groupmember.read.all) say "98830695-27a2-44f7-8c18-0c3ebc9698f6" ;;
+        directory.read.all) say "7ab1d382-f21e-4acd-a863-ba3e13f7da61" ;;
+        mail.send) say "b633e1c5-b582-4048-a93e-9f11b44c7e96" ;;
+        user.readwrite.all) say "741f803b-c850-494e-b5df-cde7c675a1ca" ;;
+        organization.read.all) say "498476ce-e0fe-48b0-b801-37ba7e2685c6" ;;
+        licenseassignment.readwrite.all) say "5facf0c1-8979-4e95-abcf-ff3d079771c0" ;;
+        auditlog.read.all) say "b0afded3-3588-46d8-8b3d-9842eff778da" ;;
+        application.read.all) say "9a5d68dd-52b0-4cc2-bd40-abcf44ac3a30" ;;
+        *) ;;
+    esac
+}
+
+graph_role_ids=()
+for name in "${graph_roles[@]}"; do
+    id=$(graph_role_id "$name")
+    [[ -n "$id" ]] || die $EXIT_USAGE "unknown Graph application permission '$name' (see --help for the known ones)"
+    graph_role_ids+=("$id")
+done
 
 # --- Graph helpers --------------------------------------------------------------------------
 
@@ -273,6 +315,26 @@ else
         graph_post "roleManagement/directory/roleAssignments" \
             "{\"principalId\":\"$sp_id\",\"roleDefinitionId\":\"$role_template_id\",\"directoryScopeId\":\"/\"}"
     fi
+fi
+
+# --- 5. Microsoft Graph application permissions -------------------------------------------
+
+if [[ ${#graph_roles[@]} -gt 0 ]]; then
+    graph_sp_id=$(graph_get "servicePrincipals?\$filter=appId%20eq%20'$GRAPH_APP_ID'&\$select=id,displayName" "value[0].id")
+    [[ -n "$graph_sp_id" ]] ||
+        die $EXIT_FAILED "the \"Microsoft Graph\" service principal (appId $GRAPH_APP_ID) is missing from tenant $tenant_id: create it with az ad sp create --id $GRAPH_APP_ID"
+    for i in "${!graph_roles[@]}"; do
+        name=${graph_roles[$i]} id=${graph_role_ids[$i]}
+        granted=$(graph_get "servicePrincipals/$sp_id/appRoleAssignments" \
+            "length(value[?appRoleId=='$id' && resourceId=='$graph_sp_id'])")
+        if [[ "$granted" =~ ^[1-9] ]]; then
+            say "Graph $name: already granted"
+        else
+            say "Graph $name: granting"
+            graph_post "servicePrincipals/$sp_id/appRoleAssignments" \
+                "{\"principalId\":\"$sp_id\",\"resourceId\":\"$graph_sp_id\",\"appRoleId\":\"$id\"}"
+        fi
+    done
 fi
 
 # --- what comes next ------------------------------------------------------------------------

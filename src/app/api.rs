@@ -17,8 +17,8 @@ use crate::history::{
 };
 use crate::http::{
     ApiError, CancelOutcome, CoordinationReadiness, FileErrorView, HistoryReadiness, JobFilter,
-    ParamView, Readiness, RequestedVia, RunAccepted, RunRequest, RunbookView, RunbooksView, ScheduleView,
-    WorkerApi,
+    ParamView, Readiness, RequestedVia, RunAccepted, RunRequest, RunbookView, RunbooksView,
+    ScheduleView, WorkerApi,
 };
 use crate::runbook::{ParamInput, Runbook, ValidationError};
 use crate::scheduler::{RunError, SchedulerHandle, plan_next, window};

@@ -22,23 +22,27 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::coordination::{self, CoordinationError, Coordinator};
 use crate::exchange::{ExchangeClient, ExchangeError, ExchangeSettings, TenantLimiter};
 use crate::executor::{Assets, ExchangeClients, Executor, ExecutorDeps, ExecutorError};
+use crate::graph::GraphSettings;
 use crate::history::{self, HistoryError, HistoryStore};
 use crate::identity::{
     IdentityEnvironment, IdentityError, IdentitySettings, ProviderCredential, ProviderOptions,
     SourceKind, TokenProvider, TokenProviders,
 };
+use crate::keyvault::KeyVaultClient;
 use crate::notify::{
     GraphMailSender, MailSender, Notifier, NotifierDeps, NotifyError, NotifyEvents, TargetKind,
     graph_client,
 };
-use crate::keyvault::KeyVaultClient;
 use crate::runbook::load_folder;
 use crate::scheduler::{
     JobEnded, JobRunner, LiveCatalog, Scheduler, SchedulerHandle, SchedulerOptions, SchedulerParts,
 };
 use crate::settings::Settings;
 use crate::simulator::exchange::{ExchangeSimulator, SimulatorConfig};
-use crate::simulator::identity::{IdentitySimulator, IdentitySimulatorConfig, SIMULATED_TENANT_ID};
+use crate::simulator::graph::{GraphSimulator, GraphSimulatorConfig};
+use crate::simulator::identity::{
+    IdentitySimulator, IdentitySimulatorConfig, SIMULATED_TENANT_ID, SimulatedIdentity,
+};
 use crate::telemetry::metrics::Metrics;
 
 use super::runner::{IdentityHealth, ReportingTokens};
@@ -111,6 +115,7 @@ pub enum ComponentError {
 struct Simulators {
     identity: IdentitySimulator,
     exchange: ExchangeSimulator,
+    graph: GraphSimulator,
 }
 
 /// The worker's parts, built on first use from the settings and the target. See the module
@@ -121,6 +126,8 @@ pub struct Components {
     /// pointing at the simulators.
     identity: IdentitySettings,
     exchange: ExchangeSettings,
+    /// `[graph]` as Graph clients are built from it.
+    graph: GraphSettings,
     env: IdentityEnvironment,
     clock: SharedClock,
     provider_options: ProviderOptions,
@@ -149,6 +156,7 @@ impl Components {
         env: &HashMap<String, String>,
         options: ComponentOptions,
     ) -> Result<Self, ComponentError> {
+        let mut graph = settings.graph.clone();
         let (identity, exchange, simulators) = match options.target {
             Target::Settings => (settings.identity.clone(), settings.exchange.clone(), None),
             Target::Simulated => {
@@ -163,6 +171,7 @@ impl Components {
                     organization: None,
                     ..settings.exchange.clone()
                 };
+                graph.endpoint = Some(simulators.graph.base_url());
                 (identity, exchange, Some(simulators))
             }
         };
@@ -174,6 +183,7 @@ impl Components {
             settings,
             identity,
             exchange,
+            graph,
             env: IdentityEnvironment::from_map(env),
             clock: options.clock,
             provider_options,
@@ -226,6 +236,11 @@ impl Components {
     /// `[exchange]` as the Exchange clients are built from it.
     pub fn exchange_settings(&self) -> &ExchangeSettings {
         &self.exchange
+    }
+
+    /// `[graph]` as Graph clients are built from it.
+    pub fn graph_settings(&self) -> &GraphSettings {
+        &self.graph
     }
 
     /// The identity variables of the process environment.
@@ -285,7 +300,8 @@ impl Components {
         });
         let clients = Arc::new(
             ExchangeClients::new(self.exchange.clone(), tokens)
-                .map_err(ComponentError::Executor)?,
+                .map_err(ComponentError::Executor)?
+                .with_graph(self.graph.clone()),
         );
         Ok(self.exchange_clients.get_or_init(|| clients).clone())
     }
@@ -492,18 +508,32 @@ impl Components {
         if let Some(simulators) = self.simulators {
             simulators.identity.stop().await;
             simulators.exchange.shutdown().await;
+            simulators.graph.shutdown().await;
         }
     }
 }
 
 /// Starts the simulated identity endpoint and Exchange tenant on 127.0.0.1.
+/// What the simulated machine's identity holds: Exchange, and the Graph app roles the
+/// example runbooks need.
+pub const SIMULATED_ROLES: &[&str] = &[
+    crate::identity::claims::EXCHANGE_MANAGE_AS_APP,
+    "User.Read.All",
+    "GroupMember.Read.All",
+    "Organization.Read.All",
+    "LicenseAssignment.ReadWrite.All",
+    "Mail.Send",
+];
+
 async fn start_simulators() -> Result<Simulators, ComponentError> {
-    let identity = IdentitySimulator::start(IdentitySimulatorConfig::default())
-        .await
-        .map_err(|source| ComponentError::Simulator {
-            what: "identity endpoint",
-            source,
-        })?;
+    let me = SimulatedIdentity::new("system").with_roles(SIMULATED_ROLES);
+    let identity =
+        IdentitySimulator::start(IdentitySimulatorConfig::default().with_system_assigned(Some(me)))
+            .await
+            .map_err(|source| ComponentError::Simulator {
+                what: "identity endpoint",
+                source,
+            })?;
     let exchange = ExchangeSimulator::start(SimulatorConfig {
         tenant_id: SIMULATED_TENANT_ID.to_string(),
         mailboxes: SIMULATED_MAILBOXES,
@@ -516,11 +546,28 @@ async fn start_simulators() -> Result<Simulators, ComponentError> {
         what: "Exchange tenant",
         source,
     })?;
+    // The same organisation as the Exchange tenant: the same users, ids and UPNs.
+    let graph = GraphSimulator::start(GraphSimulatorConfig {
+        tenant_id: SIMULATED_TENANT_ID.to_string(),
+        users: SIMULATED_MAILBOXES,
+        record_requests: false,
+        ..GraphSimulatorConfig::default()
+    })
+    .await
+    .map_err(|source| ComponentError::Simulator {
+        what: "Microsoft Graph",
+        source,
+    })?;
     tracing::info!(
         identity = %identity.base_url(),
         exchange = %exchange.base_url(),
+        graph = %graph.base_url(),
         mailboxes = SIMULATED_MAILBOXES,
         "simulating the managed identity and an Exchange Online tenant on 127.0.0.1"
     );
-    Ok(Simulators { identity, exchange })
+    Ok(Simulators {
+        identity,
+        exchange,
+        graph,
+    })
 }

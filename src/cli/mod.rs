@@ -43,6 +43,9 @@ pub enum Command {
     /// Check runbook files (syntax, keys, cron, time zones, templates, cmdlet policy)
     /// without contacting anything; exit 1 when any is invalid.
     Validate(validate::ValidateArgs),
+    /// Print what the identity needs for the runbooks: the Exchange roles, each Microsoft
+    /// Graph app role with its id, and the grant script's command line.
+    Permissions(permissions::PermissionsArgs),
     /// List recorded jobs, newest first (reads <state.dir>/history.sqlite3).
     Jobs(jobs::JobsArgs),
     /// Show one job with its step counts and streams.
@@ -84,6 +87,7 @@ mod invoke;
 mod jobs;
 mod next;
 mod notify;
+mod permissions;
 mod probe;
 mod run;
 mod serve;
@@ -186,6 +190,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Token(args) => token::run(ctx, args).await,
         Command::Validate(args) => validate::run(ctx, args).await,
+        Command::Permissions(args) => permissions::run(ctx, args).await,
         Command::Jobs(args) => jobs::run_list(ctx, args).await,
         Command::Job(args) => jobs::run_show(ctx, args).await,
         Command::Serve(args) => serve::run(ctx, args).await,

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -66,6 +67,34 @@ struct Report {
     valid: bool,
     runbooks: Vec<ValidRunbook>,
     errors: Vec<ValidationError>,
+}
+
+/// Reads runbook files and folders the way the worker does: the valid runbooks and every
+/// error. A path that does not exist is reported as a folder unless it names a .toml file,
+/// so that a missing runbooks folder says so; a directory named like a runbook file
+/// (`x.toml`) is read as a file, which refuses it: the caller meant a runbook, and "no
+/// runbook files" would pass.
+pub(super) fn load_paths(
+    paths: &[PathBuf],
+    policy: &runbook::PolicySettings,
+) -> (Vec<Arc<Runbook>>, Vec<ValidationError>) {
+    let mut runbooks = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let missing_folder = !path.exists() && !runbook::is_runbook_file(path);
+        let folder = path.is_dir() && !runbook::is_runbook_file(path);
+        if folder || missing_folder {
+            let (catalog, mut folder_errors) = runbook::load_folder(path, policy);
+            runbooks.extend(catalog.iter().cloned());
+            errors.append(&mut folder_errors);
+        } else {
+            match runbook::load_file(path, policy) {
+                Ok(rb) => runbooks.push(Arc::new(rb)),
+                Err(mut file_errors) => errors.append(&mut file_errors),
+            }
+        }
+    }
+    (runbooks, errors)
 }
 
 pub async fn run(ctx: Context, args: ValidateArgs) -> anyhow::Result<ExitCode> {

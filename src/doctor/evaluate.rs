@@ -35,6 +35,7 @@ pub fn evaluate(facts: &Facts, now: DateTime<Utc>) -> Report {
             runbook_files(&facts.runbooks),
             runbook_permissions(&facts.runbooks),
             runbook_policy(facts),
+            graph_roles(facts),
             state_folder(&facts.state),
             clock(facts, now),
             coordination(&facts.coordination),
@@ -294,6 +295,65 @@ fn grant_fix(claims: &TokenClaims, role: &str) -> String {
     format!(
         "{} (signed in with az login as a Global Administrator or Privileged Role Administrator; add --dry-run to see the changes first), {TOKEN_CACHE_NOTE}",
         grant_command(claims, role)
+    )
+}
+
+/// The Graph token's `roles` against what the runbooks' Graph steps need.
+fn graph_roles(facts: &Facts) -> Finding {
+    let check = Check::GraphRoles;
+    let needed = &facts.runbooks.graph_roles;
+    if needed.is_empty() {
+        return ok(check, "no runbook calls Microsoft Graph");
+    }
+    let held = match &facts.graph_token_roles {
+        None => return skipped(check, "no token could be had (see identity-source)"),
+        Some(Err(error)) => {
+            return fail(
+                check,
+                format!("cannot get a token for Microsoft Graph: {error}"),
+                "fix the identity first (identity-source, exchange-token)",
+            );
+        }
+        Some(Ok(held)) => held,
+    };
+    let missing: Vec<&crate::runbook::permissions::GraphRoleNeed> = needed
+        .iter()
+        .filter(|n| !held.iter().any(|h| h.eq_ignore_ascii_case(&n.role)))
+        .collect();
+    if missing.is_empty() {
+        let names: Vec<&str> = needed.iter().map(|n| n.role.as_str()).collect();
+        return ok(
+            check,
+            format!("the Graph token's roles hold {}", names.join(", ")),
+        );
+    }
+    let described: Vec<String> = missing
+        .iter()
+        .map(|n| {
+            format!(
+                "{} ({}), for {}",
+                n.role,
+                n.id,
+                n.needed_by.first().map(String::as_str).unwrap_or("")
+            )
+        })
+        .collect();
+    let who = facts
+        .identity
+        .claims()
+        .map(|c| grant_command(c, "none"))
+        .unwrap_or_else(|| format!("{GRANT_SCRIPT} --principal-id <principal id> --role none"));
+    let flags: String = missing
+        .iter()
+        .map(|n| format!(" {} {}", crate::graph::permissions::GRANT_FLAG, n.role))
+        .collect();
+    fail(
+        check,
+        format!(
+            "the Graph token lacks app roles the runbooks need: {}",
+            described.join("; ")
+        ),
+        format!("{who}{flags} (add --dry-run to see the changes first), {TOKEN_CACHE_NOTE}"),
     )
 }
 
@@ -920,7 +980,9 @@ mod tests {
                 errors: vec![],
                 loose_permissions: vec![],
                 authors_group: None,
+                graph_roles: vec![],
             },
+            graph_token_roles: None,
             policy: PolicySettings::default(),
             state: StateFacts::Writable {
                 dir: PathBuf::from("/state"),
@@ -1448,6 +1510,50 @@ mod tests {
                 finding.message
             );
         }
+    }
+
+    #[test]
+    fn graph_roles_the_runbooks_need_are_checked_against_the_graph_token() {
+        use crate::runbook::permissions::GraphRoleNeed;
+        let need = |role: &str| GraphRoleNeed {
+            role: role.into(),
+            id: crate::graph::permissions::app_role_id(role).unwrap().into(),
+            needed_by: vec![format!("leavers/disabled: GET /v1.0/users ({role})")],
+        };
+        let graph_check = |facts: &Facts| {
+            evaluate(facts, now())
+                .findings
+                .into_iter()
+                .find(|f| f.check == Check::GraphRoles)
+                .unwrap()
+        };
+        let mut facts = good();
+        facts.runbooks.graph_roles = vec![need("GroupMember.Read.All"), need("User.Read.All")];
+        facts.graph_token_roles = Some(Ok(vec!["user.read.all".into()]));
+        let finding = graph_check(&facts);
+        assert_eq!(finding.status, Status::Fail, "{finding:?}");
+        assert!(
+            finding
+                .message
+                .contains("GroupMember.Read.All (98830695-27a2-44f7-8c18-0c3ebc9698f6)"),
+            "{finding:?}"
+        );
+        assert!(!finding.message.contains("User.Read.All ("), "{finding:?}");
+        let fix = finding.fix.unwrap();
+        assert!(
+            fix.contains("--role \"none\" --graph-role GroupMember.Read.All"),
+            "{fix}"
+        );
+
+        facts.graph_token_roles = Some(Ok(vec![
+            "User.Read.All".into(),
+            "GroupMember.Read.All".into(),
+        ]));
+        assert_eq!(graph_check(&facts).status, Status::Ok);
+        facts.graph_token_roles = Some(Err("IMDS refused".into()));
+        assert_eq!(graph_check(&facts).status, Status::Fail);
+        facts.graph_token_roles = None;
+        assert_eq!(graph_check(&facts).status, Status::Skipped);
     }
 
     #[test]

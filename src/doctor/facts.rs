@@ -22,6 +22,9 @@ pub struct Facts {
     pub exchange_organization: Option<String>,
     pub exchange_call: CallFacts,
     pub runbooks: RunbookFacts,
+    /// The `roles` of a token for the Graph resource, or why none was had; `None` when no
+    /// runbook needs a Graph role (no token is asked for then).
+    pub graph_token_roles: Option<Result<Vec<String>, String>>,
     pub policy: PolicySettings,
     pub state: StateFacts,
     pub coordination: CoordinationFacts,
@@ -101,6 +104,9 @@ pub struct RunbookFacts {
     pub loose_permissions: Vec<LoosePermission>,
     /// `runbooks.authors_group`, when set.
     pub authors_group: Option<AuthorsGroup>,
+    /// The Graph app roles the valid runbooks need (see
+    /// [`crate::runbook::permissions`]).
+    pub graph_roles: Vec<crate::runbook::permissions::GraphRoleNeed>,
 }
 
 /// The group `runbooks.authors_group` names, and whether this machine knows it.

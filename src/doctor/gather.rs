@@ -29,7 +29,7 @@ pub async fn gather(components: &Components, options: &DoctorOptions) -> Facts {
     let settings = components.settings();
     let exchange_settings = components.exchange_settings();
     let resource = exchange_settings.cloud.resource();
-    let runbooks = gather_runbooks(&settings.runbooks, &settings.policy);
+    let mut runbooks = gather_runbooks(&settings.runbooks, &settings.policy);
     let state = gather_state(&settings.state.dir);
 
     let (identity, exchange_call) = match components.token_provider() {
@@ -52,6 +52,20 @@ pub async fn gather(components: &Components, options: &DoctorOptions) -> Facts {
         }
     };
     let coordination = gather_coordination(components).await;
+    let graph_token_roles = match components.token_provider() {
+        Ok(provider) if !runbooks.graph_roles.is_empty() => {
+            let graph = crate::graph::resource(exchange_settings.cloud);
+            Some(
+                provider
+                    .token(&graph)
+                    .await
+                    .map(|t| t.claims().map(|c| c.roles).unwrap_or_default())
+                    .map_err(|e| e.to_string()),
+            )
+        }
+        _ => None,
+    };
+    runbooks.graph_roles.sort_by(|a, b| a.role.cmp(&b.role));
 
     Facts {
         identity,
@@ -62,6 +76,7 @@ pub async fn gather(components: &Components, options: &DoctorOptions) -> Facts {
             .filter(|o| !o.trim().is_empty()),
         exchange_call,
         runbooks,
+        graph_token_roles,
         policy: settings.policy.clone(),
         state,
         coordination,
@@ -177,13 +192,20 @@ fn gather_runbooks(settings: &RunbooksSettings, policy: &PolicySettings) -> Runb
 
     let (catalog, errors) = load_folder(dir, policy);
     facts.errors = errors;
+    facts.graph_roles = crate::runbook::permissions::required_permissions(
+        catalog.iter().map(|r| r.as_ref()),
+        false,
+    )
+    .graph;
     facts.runbooks = catalog
         .iter()
         .map(|runbook| {
             let writes: BTreeSet<&str> = runbook
                 .steps
                 .iter()
-                .filter(|step| !step.is_read())
+                // Graph writes need Graph app roles (the graph-roles check), not an
+                // Exchange role.
+                .filter(|step| !step.is_read() && step.graph.is_none())
                 .map(|step| step.cmdlet.as_str())
                 .collect();
             RunbookSummary {

@@ -62,6 +62,8 @@ pub enum Check {
     RunbookPermissions,
     /// Every cmdlet the runbooks call is allowed by `[policy]`.
     RunbookPolicy,
+    /// The Graph token's `roles` hold every Graph app role the runbooks need.
+    GraphRoles,
     /// The state folder is writable.
     StateFolder,
     /// The local clock agrees with the token's times.
@@ -71,7 +73,7 @@ pub enum Check {
 }
 
 impl Check {
-    pub const ALL: [Check; 12] = [
+    pub const ALL: [Check; 13] = [
         Check::IdentitySource,
         Check::ExchangeToken,
         Check::ExchangeAppRole,
@@ -81,6 +83,7 @@ impl Check {
         Check::RunbookFiles,
         Check::RunbookPermissions,
         Check::RunbookPolicy,
+        Check::GraphRoles,
         Check::StateFolder,
         Check::Clock,
         Check::Coordination,
@@ -98,6 +101,7 @@ impl Check {
             Check::RunbookFiles => "runbook-files",
             Check::RunbookPermissions => "runbook-permissions",
             Check::RunbookPolicy => "runbook-policy",
+            Check::GraphRoles => "graph-roles",
             Check::StateFolder => "state-folder",
             Check::Clock => "clock",
             Check::Coordination => "coordination",

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use crate::exchange::{ExchangeClient, ExchangeSettings, TenantLimiter};
+use crate::graph::{GraphClient, GraphError, GraphSettings};
 use crate::identity::{IdentityError, IdentitySelector, TokenProviders, TokenSource};
 use crate::runbook::IdentityOverride;
 
@@ -76,6 +77,9 @@ pub struct ExchangeClients {
     tokens: Arc<dyn TokenSources>,
     limiters: Mutex<HashMap<String, Arc<TenantLimiter>>>,
     clients: Mutex<HashMap<ClientKey, ExchangeClient>>,
+    /// `[graph]`, for runbooks with Graph steps; `None`: Graph steps fail with a message.
+    graph: Option<GraphSettings>,
+    graph_clients: Mutex<HashMap<ClientKey, GraphClient>>,
 }
 
 impl std::fmt::Debug for ExchangeClients {
@@ -97,10 +101,76 @@ impl ExchangeClients {
             tokens,
             limiters: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
+            graph: None,
+            graph_clients: Mutex::new(HashMap::new()),
         };
         // No client is built until a job needs one (each holds an HTTP client and its TLS
         // configuration); the settings loader has already checked `[exchange]`.
         Ok(clients)
+    }
+
+    /// Lets Graph steps run, with clients built from `settings` (on first use, in the cloud
+    /// of `exchange.cloud`).
+    pub fn with_graph(mut self, settings: GraphSettings) -> Self {
+        self.graph = Some(settings);
+        self
+    }
+
+    /// The Graph client for a runbook's `organization` and `identity` overrides, sharing
+    /// the tenant's limiter with its Exchange calls; created on first use.
+    pub fn graph_client(
+        &self,
+        organization: Option<&str>,
+        identity: Option<&IdentityOverride>,
+    ) -> Result<GraphClient, ClientError> {
+        let Some(settings) = &self.graph else {
+            return Err(ClientError::GraphNotConfigured);
+        };
+        self.cached(
+            &self.graph_clients,
+            organization,
+            identity,
+            |tenant, _, tokens| {
+                GraphClient::new(settings, self.settings.cloud, tokens, self.limiter(tenant))
+                    .map_err(|e| ClientError::Graph(Box::new(e)))
+            },
+        )
+    }
+
+    /// The client of `cache` for (tenant, identity), built by `build(tenant, organization,
+    /// tokens)` on first use and shared afterwards.
+    fn cached<C: Clone>(
+        &self,
+        cache: &Mutex<HashMap<ClientKey, C>>,
+        organization: Option<&str>,
+        identity: Option<&IdentityOverride>,
+        build: impl FnOnce(&str, Option<&str>, Arc<dyn TokenSource>) -> Result<C, ClientError>,
+    ) -> Result<C, ClientError> {
+        let organization = organization.map(str::trim).filter(|o| !o.is_empty());
+        let key = ClientKey {
+            tenant: self.tenant_key(organization),
+            identity: identity.map(selector),
+        };
+        let mut clients = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let tokens = self
+            .tokens
+            .for_identity(identity)
+            .map_err(|e| ClientError::Identity(Box::new(e)))?;
+        let client = build(&key.tenant, organization, tokens)?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    fn limiter(&self, tenant: &str) -> Arc<TenantLimiter> {
+        let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            limiters
+                .entry(tenant.to_string())
+                .or_insert_with(|| Arc::new(TenantLimiter::from_settings(&self.settings))),
+        )
     }
 
     /// The `[exchange]` settings clients are built from.
@@ -126,35 +196,19 @@ impl ExchangeClients {
         organization: Option<&str>,
         identity: Option<&IdentityOverride>,
     ) -> Result<ExchangeClient, ClientError> {
-        let organization = organization.map(str::trim).filter(|o| !o.is_empty());
-        let key = ClientKey {
-            tenant: self.tenant_key(organization),
-            identity: identity.map(selector),
-        };
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
-        }
-        let tokens = self
-            .tokens
-            .for_identity(identity)
-            .map_err(|e| ClientError::Identity(Box::new(e)))?;
-        let limiter = {
-            let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(
-                limiters
-                    .entry(key.tenant.clone())
-                    .or_insert_with(|| Arc::new(TenantLimiter::from_settings(&self.settings))),
-            )
-        };
-        let mut settings = self.settings.clone();
-        if let Some(organization) = organization {
-            settings.organization = Some(organization.to_string());
-        }
-        let client = ExchangeClient::new(&settings, tokens, limiter)
-            .map_err(|e| ClientError::Exchange(Box::new(e)))?;
-        clients.insert(key, client.clone());
-        Ok(client)
+        self.cached(
+            &self.clients,
+            organization,
+            identity,
+            |tenant, organization, tokens| {
+                let mut settings = self.settings.clone();
+                if let Some(organization) = organization {
+                    settings.organization = Some(organization.to_string());
+                }
+                ExchangeClient::new(&settings, tokens, self.limiter(tenant))
+                    .map_err(|e| ClientError::Exchange(Box::new(e)))
+            },
+        )
     }
 
     /// How many distinct clients and tenant limiters exist (diagnostics and tests).
@@ -181,6 +235,12 @@ pub enum ClientError {
     Identity(#[source] Box<IdentityError>),
     #[error("{0}")]
     Exchange(#[source] Box<crate::exchange::ExchangeError>),
+    #[error("{0}")]
+    Graph(#[source] Box<GraphError>),
+    #[error(
+        "this worker was built without a Microsoft Graph client, so Graph steps cannot run (a bug: the composition root sets [graph])"
+    )]
+    GraphNotConfigured,
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 
 use super::assets::{AssetError, Assets, MaskedEvents, Masker};
 use secrecy::ExposeSecret as _;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::ops::RangeInclusive;
 use std::panic::AssertUnwindSafe;
@@ -30,9 +30,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::exchange::{ExchangeClient, ExchangeError, InvokeOptions, ParamValue, cmdlet};
+use crate::exchange::{ExchangeClient, ExchangeError, InvokeOptions, cmdlet};
+use crate::graph::{GraphClient, GraphError, GraphRequest};
 use crate::history::StepCounts;
-use crate::runbook::{CmdletPolicy, JobInfo, PolicyDenial, Runbook, Step, TemplateContext};
+use crate::runbook::{
+    CmdletPolicy, JobInfo, MAX_KEYS, PolicyDenial, RenderedGraphCall, Runbook, Step,
+    TemplateContext, param_json,
+};
 
 use super::clients::ClientError;
 use super::events::{ItemOutcome, JobEvent, JobEvents};
@@ -86,6 +90,10 @@ pub(crate) enum JobError {
         "step \"{step}\" returned more than {MAX_KEPT_RECORDS} records, which a template reads as steps.{step}.records: narrow the step's filter or stop reading its records in templates"
     )]
     TooManyKept { step: String },
+    #[error(
+        "keys(\"{step}\", \"{field}\") would hold more than {MAX_KEYS} keys: narrow the step's filter so that the set of keys stays small"
+    )]
+    TooManyKeys { step: String, field: String },
     #[error("{0}")]
     File(#[from] FileError),
     /// The timeout or the cancellation token stopped the attempt.
@@ -557,7 +565,23 @@ enum ItemEnd {
 #[derive(Default)]
 struct SinkEnd {
     kept: Option<Vec<Value>>,
+    /// `keys("step", field)` sets: (field, lower-cased values).
+    keys: Vec<(String, HashSet<String>)>,
     report: Option<ReportWriter>,
+}
+
+/// What a finished stage hands to the template context, by step index.
+#[derive(Default)]
+struct StageEnd {
+    kept: BTreeMap<usize, Vec<Value>>,
+    keys: BTreeMap<usize, Vec<(String, HashSet<String>)>>,
+}
+
+/// The clients one job's steps call.
+struct JobClients {
+    exchange: ExchangeClient,
+    /// Built only for runbooks with Graph steps.
+    graph: Option<GraphClient>,
 }
 
 type StepFuture<'f> = Pin<Box<dyn Future<Output = Result<SinkEnd, JobError>> + Send + 'f>>;
@@ -576,11 +600,22 @@ impl<'a> AttemptRun<'a> {
                     denial,
                 })?;
         }
-        let client = self
+        let exchange = self
             .deps
             .clients
             .client(runbook.organization.as_deref(), runbook.identity.as_ref())
             .map_err(JobError::Client)?;
+        let graph = if runbook.steps.iter().any(|s| s.graph.is_some()) {
+            Some(
+                self.deps
+                    .clients
+                    .graph_client(runbook.organization.as_deref(), runbook.identity.as_ref())
+                    .map_err(JobError::Client)?,
+            )
+        } else {
+            None
+        };
+        let client = JobClients { exchange, graph };
         let info = JobInfo {
             id: self.job.id.to_string(),
             runbook: runbook.name.clone(),
@@ -592,11 +627,14 @@ impl<'a> AttemptRun<'a> {
             if self.cancel.is_cancelled() {
                 return Err(JobError::Stopped);
             }
-            let mut kept = self.run_stage(stage.clone(), &ctx, &client).await?;
+            let mut end = self.run_stage(stage.clone(), &ctx, &client).await?;
             for index in stage {
                 let step = &runbook.steps[index];
                 let count = self.counts(index).records_read;
-                ctx = ctx.with_step(&step.name, count, kept.remove(&index).as_deref());
+                ctx = ctx.with_step(&step.name, count, end.kept.remove(&index).as_deref());
+                for (field, keys) in end.keys.remove(&index).unwrap_or_default() {
+                    ctx = ctx.with_keys(&step.name, &field, keys);
+                }
             }
         }
         Ok(())
@@ -708,8 +746,8 @@ impl<'a> AttemptRun<'a> {
         &self,
         stage: RangeInclusive<usize>,
         ctx: &TemplateContext,
-        client: &ExchangeClient,
-    ) -> Result<BTreeMap<usize, Vec<Value>>, JobError> {
+        client: &JobClients,
+    ) -> Result<StageEnd, JobError> {
         let head = *stage.start();
         self.check_max_changes(head, ctx).await?;
         let stage_cancel = self.cancel.child_token();
@@ -780,13 +818,16 @@ impl<'a> AttemptRun<'a> {
         .await;
 
         let mut first_error: Option<JobError> = None;
-        let mut kept = BTreeMap::new();
+        let mut stage_end = StageEnd::default();
         let mut reports = Vec::new();
         for (index, _is_sink, result) in results {
             match result {
                 Ok(end) => {
                     if let Some(records) = end.kept {
-                        kept.insert(index, records);
+                        stage_end.kept.insert(index, records);
+                    }
+                    if !end.keys.is_empty() {
+                        stage_end.keys.insert(index, end.keys);
                     }
                     if let Some(report) = end.report {
                         reports.push(report);
@@ -825,7 +866,7 @@ impl<'a> AttemptRun<'a> {
                 })
                 .await;
         }
-        Ok(kept)
+        Ok(stage_end)
     }
 
     /// Takes a step's records as they come: writes its report and spool file, keeps them
@@ -845,8 +886,32 @@ impl<'a> AttemptRun<'a> {
             None
         };
         let mut kept = plan.keep.then(Vec::new);
+        let mut keys: Vec<(String, HashSet<String>)> = self
+            .runbook
+            .key_sets_needed()
+            .get(step.name.as_str())
+            .map(|fields| {
+                fields
+                    .iter()
+                    .map(|f| (f.to_string(), HashSet::new()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut forward = forward;
         while let Some(record) = records.recv().await {
+            for (field, set) in &mut keys {
+                if let Some(key) = key_of(record.value(), field)
+                    && !set.contains(&key)
+                {
+                    if set.len() >= MAX_KEYS {
+                        return Err(JobError::TooManyKeys {
+                            step: step.name.clone(),
+                            field: field.clone(),
+                        });
+                    }
+                    set.insert(key);
+                }
+            }
             if let Some(report) = report.as_mut() {
                 report.write(record.value()).await?;
             }
@@ -871,7 +936,7 @@ impl<'a> AttemptRun<'a> {
         if let Some(spool) = spool {
             spool.finish().await?;
         }
-        Ok(SinkEnd { kept, report })
+        Ok(SinkEnd { kept, keys, report })
     }
 
     /// Runs one step: one call, or one per item with at most `concurrency` in flight.
@@ -881,7 +946,7 @@ impl<'a> AttemptRun<'a> {
         items: Option<Items<'_>>,
         out: Option<mpsc::Sender<Tracked>>,
         ctx: &TemplateContext,
-        client: &ExchangeClient,
+        client: &JobClients,
         stage: &CancellationToken,
     ) -> Result<(), JobError> {
         let step = &self.runbook.steps[index];
@@ -1026,7 +1091,7 @@ impl<'a> AttemptRun<'a> {
         item: Option<Tracked>,
         out: Option<mpsc::Sender<Tracked>>,
         ctx: &TemplateContext,
-        client: &ExchangeClient,
+        client: &JobClients,
         stage: &CancellationToken,
     ) -> ItemEnd {
         let step = &self.runbook.steps[index];
@@ -1054,6 +1119,11 @@ impl<'a> AttemptRun<'a> {
                 };
             }
             Rendered::Call(parameters) => parameters,
+            Rendered::Graph(call) => {
+                return self
+                    .graph_item(index, call, out, client.graph.as_ref(), stage)
+                    .await;
+            }
         };
         let target = cmdlet::target(&parameters);
         if !step.is_read() {
@@ -1082,7 +1152,7 @@ impl<'a> AttemptRun<'a> {
             }
         }
         let write = !step.is_read();
-        let mut invocation = client.invoke_with(
+        let mut invocation = client.exchange.invoke_with(
             &step.cmdlet,
             parameters,
             InvokeOptions {
@@ -1123,31 +1193,12 @@ impl<'a> AttemptRun<'a> {
                     .await;
             }
             issues.extend(page.errors);
-            let records: Vec<Tracked> = page
-                .records
-                .into_iter()
-                .map(|r| Tracked::new(Value::Object(r), &self.gauge))
-                .collect();
-            let read = records.len() as u64;
-            let counts = self.update_counts(index, |c| c.records_read += read);
-            if step.for_each.is_none() {
-                self.events
-                    .emit(JobEvent::Progress {
-                        step: step.name.clone(),
-                        counts,
-                        total: None,
-                    })
-                    .await;
-            }
-            if let Some(out) = &out {
-                for record in records {
-                    if out.send(record).await.is_err() {
-                        if write {
-                            self.ledger.confirmed();
-                        }
-                        return ItemEnd::Stopped;
-                    }
+            let records = page.records.into_iter().map(Value::Object);
+            if !self.pass_records(index, records, out.as_ref()).await {
+                if write {
+                    self.ledger.confirmed();
                 }
+                return ItemEnd::Stopped;
             }
         }
         if write {
@@ -1173,6 +1224,144 @@ impl<'a> AttemptRun<'a> {
             cancelled: false,
             transient: false,
         }
+    }
+
+    /// Counts a page's records and hands them to the step's sink; `false` when the sink
+    /// stopped taking them.
+    async fn pass_records(
+        &self,
+        index: usize,
+        records: impl ExactSizeIterator<Item = Value>,
+        out: Option<&mpsc::Sender<Tracked>>,
+    ) -> bool {
+        let step = &self.runbook.steps[index];
+        let read = records.len() as u64;
+        let records: Vec<Tracked> = records.map(|r| Tracked::new(r, &self.gauge)).collect();
+        let counts = self.update_counts(index, |c| c.records_read += read);
+        if step.for_each.is_none() {
+            self.events
+                .emit(JobEvent::Progress {
+                    step: step.name.clone(),
+                    counts,
+                    total: None,
+                })
+                .await;
+        }
+        if let Some(out) = out {
+            for record in records {
+                if out.send(record).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// One Graph call of a step. Writes are planned in a dry run and counted by the
+    /// ledger; the rendered call is checked against the policy again (a record's value
+    /// fills the path); pages stream into the sink as they arrive.
+    async fn graph_item(
+        &self,
+        index: usize,
+        call: RenderedGraphCall,
+        out: Option<mpsc::Sender<Tracked>>,
+        client: Option<&GraphClient>,
+        stage: &CancellationToken,
+    ) -> ItemEnd {
+        let step = &self.runbook.steps[index];
+        let target = Some(call.path.clone());
+        let failed = |error: String| ItemEnd::Failed {
+            target: target.clone(),
+            error,
+            non_terminating: false,
+            cancelled: false,
+            transient: false,
+        };
+        let label = call.label();
+        if let Err(denial) = CmdletPolicy::new(&self.deps.policy).check(&label) {
+            return failed(format!(
+                "Graph call \"{label}\" is not allowed by the policy: {denial}"
+            ));
+        }
+        let write = !step.is_read();
+        if write {
+            if self.job.dry_run {
+                self.planned.fetch_add(1, Ordering::SeqCst);
+                let mut planned = serde_json::Map::new();
+                if !call.query.is_empty() {
+                    planned.insert("query".into(), pairs_json(&call.query));
+                }
+                if let Some(body) = &call.body {
+                    planned.insert("body".into(), body.clone());
+                }
+                self.events
+                    .emit(JobEvent::Planned {
+                        step: step.name.clone(),
+                        cmdlet: label,
+                        target: target.clone(),
+                        parameters: Value::Object(planned),
+                    })
+                    .await;
+                return ItemEnd::Planned { target };
+            }
+            if let Err(limit) = self.ledger.reserve(self.runbook.max_changes) {
+                return failed(format!("not sent: the job reached max_changes = {limit}"));
+            }
+        }
+        let Some(client) = client else {
+            if write {
+                self.ledger.refused();
+            }
+            return failed(super::clients::ClientError::GraphNotConfigured.to_string());
+        };
+        let Ok(method) = reqwest::Method::from_bytes(call.method.as_bytes()) else {
+            if write {
+                self.ledger.refused();
+            }
+            return failed(format!("\"{}\" is not an HTTP method", call.method));
+        };
+        let mut request = GraphRequest::new(method, call.path).cancel(stage.child_token());
+        request.query = call.query;
+        request.headers = call.headers;
+        request.body = call.body;
+        let mut pages = client.request(request);
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(page) => {
+                    if !self
+                        .pass_records(index, page.records.into_iter(), out.as_ref())
+                        .await
+                    {
+                        if write {
+                            self.ledger.confirmed();
+                        }
+                        return ItemEnd::Stopped;
+                    }
+                }
+                Err(e) => {
+                    self.metric(&step.cmdlet, graph_outcome_label(&e));
+                    if write {
+                        if graph_may_have_applied(&e) {
+                            tracing::warn!(step = %step.name, target = target.as_deref().unwrap_or(""), "a Graph write's outcome is unknown");
+                        } else {
+                            self.ledger.refused();
+                        }
+                    }
+                    return ItemEnd::Failed {
+                        target,
+                        cancelled: matches!(e.root(), GraphError::Cancelled { .. }),
+                        transient: graph_transient(&e),
+                        error: e.to_string(),
+                        non_terminating: false,
+                    };
+                }
+            }
+        }
+        if write {
+            self.ledger.confirmed();
+        }
+        self.metric(&step.cmdlet, "ok");
+        ItemEnd::Done { target }
     }
 
     fn metric(&self, cmdlet: &str, outcome: &str) {
@@ -1218,6 +1407,7 @@ enum Rendered {
     Skip,
     Error(String),
     Call(crate::exchange::Parameters),
+    Graph(RenderedGraphCall),
 }
 
 fn render(step: &Step, ctx: &TemplateContext) -> Rendered {
@@ -1225,6 +1415,11 @@ fn render(step: &Step, ctx: &TemplateContext) -> Rendered {
         Ok(false) => return Rendered::Skip,
         Err(e) => return Rendered::Error(e.to_string()),
         Ok(true) => {}
+    }
+    match step.render_graph(ctx) {
+        Some(Ok(call)) => return Rendered::Graph(call),
+        Some(Err(e)) => return Rendered::Error(e.to_string()),
+        None => {}
     }
     match step.render_parameters(ctx) {
         Ok(parameters) => Rendered::Call(parameters),
@@ -1278,30 +1473,73 @@ pub(crate) fn parameters_json(parameters: &crate::exchange::Parameters) -> Value
     )
 }
 
-fn param_json(value: &ParamValue) -> Value {
+fn pairs_json(pairs: &[(String, String)]) -> Value {
+    Value::Object(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+/// The lower-cased value of `field` in a record (the property name matched without regard
+/// to case: Graph writes `userPrincipalName`, Exchange `UserPrincipalName`), for
+/// `keys()`. Strings, numbers and booleans make keys; anything else does not.
+fn key_of(record: &Value, field: &str) -> Option<String> {
+    let object = record.as_object()?;
+    let value = object.get(field).or_else(|| {
+        object
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(field))
+            .map(|(_, v)| v)
+    })?;
     match value {
-        ParamValue::Null => Value::Null,
-        ParamValue::Bool(b) => Value::Bool(*b),
-        ParamValue::Int(i) => Value::from(*i),
-        ParamValue::Float(f) => serde_json::Number::from_f64(*f)
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
-        ParamValue::String(s) => Value::String(s.clone()),
-        ParamValue::DateTime(t) => {
-            Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        }
-        ParamValue::Array(items) => Value::Array(items.iter().map(param_json).collect()),
-        ParamValue::HashTable(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), param_json(v)))
-                .collect(),
-        ),
+        Value::String(s) => Some(s.to_lowercase()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether a failed Graph write may have changed something (see [`may_have_applied`]).
+fn graph_may_have_applied(error: &GraphError) -> bool {
+    matches!(
+        error,
+        GraphError::OutcomeUnknown { .. }
+            | GraphError::Cancelled { .. }
+            | GraphError::Timeout { .. }
+            | GraphError::IncompleteResults { .. }
+    )
+}
+
+/// Whether a Graph call's failure may pass by itself (see [`is_transient`]).
+fn graph_transient(error: &GraphError) -> bool {
+    match error {
+        GraphError::Throttled { .. }
+        | GraphError::Token { .. }
+        | GraphError::Transport { .. }
+        | GraphError::Unavailable { .. }
+        | GraphError::Timeout { .. } => true,
+        GraphError::IncompleteResults { source, .. } => graph_transient(source),
+        _ => false,
+    }
+}
+
+fn graph_outcome_label(error: &GraphError) -> &'static str {
+    match error.root() {
+        GraphError::Throttled { .. } => "throttled",
+        GraphError::Cancelled { .. } => "cancelled",
+        GraphError::NotFound { .. } => "not_found",
+        GraphError::OutcomeUnknown { .. } => "outcome_unknown",
+        GraphError::Unauthorized { .. } | GraphError::Forbidden { .. } => "denied",
+        _ => "failed",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exchange::ParamValue;
     use serde_json::json;
 
     #[test]
@@ -1334,6 +1572,29 @@ mod tests {
                 "Rights": ["Reviewer"],
                 "Ratio": null,
             })
+        );
+    }
+
+    #[test]
+    fn keys_are_lower_cased_values_of_a_field_matched_without_regard_to_case() {
+        let record = json!({"userPrincipalName": "Adele@Contoso.COM", "Size": 7, "Tags": ["x"]});
+        assert_eq!(
+            key_of(&record, "UserPrincipalName").as_deref(),
+            Some("adele@contoso.com")
+        );
+        assert_eq!(key_of(&record, "size").as_deref(), Some("7"));
+        assert_eq!(key_of(&record, "Tags"), None, "arrays make no key");
+        assert_eq!(key_of(&record, "missing"), None);
+        let text = JobError::TooManyKeys {
+            step: "disabled".into(),
+            field: "userPrincipalName".into(),
+        }
+        .to_string();
+        assert!(
+            text.contains("keys(\"disabled\", \"userPrincipalName\")")
+                && text.contains(&MAX_KEYS.to_string())
+                && text.contains("narrow the step's filter"),
+            "{text}"
         );
     }
 

@@ -22,6 +22,8 @@ pub(crate) struct StepPlan {
     pub spool: bool,
     /// Keep the records in memory for `steps.<name>.records`.
     pub keep: bool,
+    /// Collect the keys a later `keys("step", "field")` reads.
+    pub keys: bool,
     /// A write `for_each` under `max_changes`: count the writes it would make before the
     /// first one.
     pub count_first: bool,
@@ -30,7 +32,7 @@ pub(crate) struct StepPlan {
 impl StepPlan {
     /// Whether the records go anywhere besides being counted (reports aside).
     pub(crate) fn has_sink(&self) -> bool {
-        self.pipe_to_next || self.spool || self.keep
+        self.pipe_to_next || self.spool || self.keep || self.keys
     }
 }
 
@@ -43,6 +45,7 @@ pub(crate) struct RunPlan {
 impl RunPlan {
     pub(crate) fn new(runbook: &Runbook) -> Self {
         let keep: BTreeSet<&str> = runbook.steps_needing_records();
+        let keyed = runbook.key_sets_needed();
         let guarded = runbook.max_changes.is_some();
         let mut steps = vec![StepPlan::default(); runbook.steps.len()];
         // The first step of the stage the step being looked at belongs to.
@@ -69,6 +72,7 @@ impl RunPlan {
                 pipe_to_next: pipe,
                 spool: !consumers.is_empty() && !pipe,
                 keep: keep.contains(step.name.as_str()),
+                keys: keyed.contains_key(step.name.as_str()),
                 count_first: guarded && step.for_each.is_some() && !step.is_read(),
             };
             if !pipe {

@@ -20,6 +20,7 @@ mod job;
 mod model;
 mod params;
 mod parse;
+pub mod permissions;
 mod policy;
 pub mod schema;
 mod template;
@@ -32,9 +33,10 @@ pub use catalog::{Catalog, is_runbook_file, load_file, load_folder, runbook_name
 pub use error::{ErrorKind, ValidationError};
 pub use job::JobSpec;
 pub use model::{
-    CronSchedule, DEFAULT_RETRY_BACKOFF, DEFAULT_TIMEOUT, IdentityOverride, MAX_CONCURRENCY,
-    MAX_JITTER, MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY, Missed, OnInterrupt, OutputFormat, OutputSpec,
-    Overlap, ParamSpec, ParamType, Retries, Runbook, ScheduleEntry, Step, StepUsage, cron_parser,
+    CronSchedule, DEFAULT_RETRY_BACKOFF, DEFAULT_TIMEOUT, GRAPH_METHODS, GRAPH_VERSIONS, GraphCall,
+    IdentityOverride, MAX_CONCURRENCY, MAX_JITTER, MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY, Missed,
+    OnInterrupt, OutputFormat, OutputSpec, Overlap, ParamSpec, ParamType, RenderedGraphCall,
+    Retries, Runbook, ScheduleEntry, Step, StepUsage, cron_parser, param_json,
 };
 pub use params::{ParamError, ParamErrors, ParamInput};
 pub use parse::{
@@ -46,8 +48,8 @@ pub use policy::{
     is_read_cmdlet,
 };
 pub use template::{
-    JOB_ATTRIBUTES, JobInfo, MAX_RENDERED_BYTES, OPATH_PARAMETERS, STEP_ATTRIBUTES, TEMPLATE_FUEL,
-    TEMPLATE_VARIABLES, TemplateContext, TemplateError,
+    JOB_ATTRIBUTES, JobInfo, MAX_KEYS, MAX_RENDERED_BYTES, OPATH_PARAMETERS, STEP_ATTRIBUTES,
+    TEMPLATE_FUEL, TEMPLATE_VARIABLES, TemplateContext, TemplateError,
 };
 
 /// `[runbooks]` settings.

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::exchange::params::Parameters;
+use crate::exchange::params::{ParamValue, Parameters};
 use crate::timing::schedule::Schedule;
 
 use super::template::{TemplateContext, TemplateError, TemplateSet, ValueTemplate};
@@ -99,6 +99,20 @@ impl Runbook {
             .filter(|(_, usage)| usage.records)
             .map(|(name, _)| name.as_str())
             .collect()
+    }
+
+    /// For each step a later `keys("step", "field")` reads: the fields whose values the
+    /// executor collects while that step's records pass.
+    pub fn key_sets_needed(&self) -> BTreeMap<&str, BTreeSet<&str>> {
+        let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for step in &self.steps {
+            for (source, fields) in &step.key_references {
+                out.entry(source.as_str())
+                    .or_default()
+                    .extend(fields.iter().map(String::as_str));
+            }
+        }
+        out
     }
 
     /// Whether any step calls a cmdlet that is not a read (see
@@ -272,12 +286,69 @@ pub struct StepUsage {
     pub records: bool,
 }
 
+/// The methods a Graph step may use.
+pub const GRAPH_METHODS: &[&str] = &["GET", "POST", "PATCH", "PUT", "DELETE"];
+/// The API versions a Graph step's path may start with.
+pub const GRAPH_VERSIONS: &[&str] = &["/v1.0/", "/beta/"];
+
+/// `graph = "METHOD /v1.0/path"` with its `query`, `headers` and `body`, templates
+/// compiled. The path is held segment by segment so that a rendered value fills one
+/// segment and can never add another (it is percent-encoded).
+#[derive(Clone, Debug)]
+pub struct GraphCall {
+    /// Upper case, one of [`GRAPH_METHODS`].
+    pub method: String,
+    /// The path as written (templates included), for messages and the policy.
+    pub path: String,
+    pub(crate) segments: Vec<ValueTemplate>,
+    pub(crate) query: BTreeMap<String, ValueTemplate>,
+    pub(crate) headers: BTreeMap<String, ValueTemplate>,
+    pub(crate) body: Option<ValueTemplate>,
+}
+
+impl GraphCall {
+    /// Whether the call only reads (a dry run sends it; it may be retried).
+    pub fn is_read(&self) -> bool {
+        self.method == "GET"
+    }
+
+    fn has_templates(&self) -> bool {
+        self.segments
+            .iter()
+            .chain(self.query.values())
+            .chain(self.headers.values())
+            .chain(self.body.iter())
+            .any(|v| !v.is_literal())
+    }
+}
+
+/// One Graph call of a step, rendered for one item: what the executor sends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderedGraphCall {
+    pub method: String,
+    /// Starts with `/v1.0/` or `/beta/`; rendered segments percent-encoded.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<serde_json::Value>,
+}
+
+impl RenderedGraphCall {
+    /// `METHOD /path`, what `[policy]` patterns match.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
 /// One validated step.
 #[derive(Clone, Debug)]
 pub struct Step {
     pub name: String,
-    /// A `Verb-Noun` name the cmdlet policy allows.
+    /// A `Verb-Noun` name the cmdlet policy allows; for a Graph step the call as written,
+    /// `METHOD /path` (what events, history and the policy show).
     pub cmdlet: String,
+    /// Set for a step that calls Microsoft Graph instead of a cmdlet.
+    pub graph: Option<GraphCall>,
     /// The earlier step whose records this step runs once for.
     pub for_each: Option<String>,
     /// The `when` expression as written.
@@ -290,15 +361,20 @@ pub struct Step {
     /// how. Their values exist once those steps have finished: a step that reads
     /// `steps.x` while iterating over `x` must wait for `x` to finish first.
     pub step_references: BTreeMap<String, StepUsage>,
+    /// `keys("step", "field")` calls in this step's templates: step → fields.
+    pub key_references: BTreeMap<String, BTreeSet<String>>,
     pub(crate) parameters: BTreeMap<String, ValueTemplate>,
     pub(crate) when_template: Option<ValueTemplate>,
     pub(crate) templates: Arc<TemplateSet>,
 }
 
 impl Step {
-    /// Whether the cmdlet only reads (a dry run sends it for real).
+    /// Whether the cmdlet (or Graph call) only reads (a dry run sends it for real).
     pub fn is_read(&self) -> bool {
-        super::policy::is_read_cmdlet(&self.cmdlet)
+        match &self.graph {
+            Some(graph) => graph.is_read(),
+            None => super::policy::is_read_cmdlet(&self.cmdlet),
+        }
     }
 
     /// The parameter names, in order.
@@ -309,7 +385,74 @@ impl Step {
     /// Whether any parameter or `when` uses a template; a step without templates renders
     /// the same parameters every time.
     pub fn has_templates(&self) -> bool {
-        self.when_template.is_some() || self.parameters.values().any(|v| !v.is_literal())
+        self.when_template.is_some()
+            || self.parameters.values().any(|v| !v.is_literal())
+            || self.graph.as_ref().is_some_and(GraphCall::has_templates)
+    }
+
+    /// Renders the Graph call for one item (`None` for a cmdlet step). Each templated path
+    /// segment is percent-encoded and may not be empty, `.` or `..`, so a record's value
+    /// stays inside its segment.
+    pub fn render_graph(
+        &self,
+        ctx: &TemplateContext,
+    ) -> Option<Result<RenderedGraphCall, TemplateError>> {
+        let graph = self.graph.as_ref()?;
+        Some(self.render_graph_call(graph, ctx))
+    }
+
+    fn render_graph_call(
+        &self,
+        graph: &GraphCall,
+        ctx: &TemplateContext,
+    ) -> Result<RenderedGraphCall, TemplateError> {
+        let location = |part: &str| format!("{part} of step \"{}\"", self.name);
+        let mut path = String::new();
+        for segment in &graph.segments {
+            path.push('/');
+            match segment {
+                ValueTemplate::Literal(value) => path.push_str(&scalar_text(value)),
+                template => {
+                    let where_ = location("the graph path");
+                    let text = scalar_text(&template.render(&self.templates, ctx, &where_)?);
+                    if matches!(text.trim(), "" | "." | "..") {
+                        return Err(TemplateError::NotAValue {
+                            location: where_,
+                            template: graph.path.clone(),
+                            what: format!("the path segment {text:?}"),
+                        });
+                    }
+                    path.push_str(&encode_segment(&text));
+                }
+            }
+        }
+        let pairs = |table: &BTreeMap<String, ValueTemplate>, part: &str| {
+            table
+                .iter()
+                .map(|(k, v)| {
+                    let where_ = location(&format!("{part} \"{k}\""));
+                    Ok((
+                        k.clone(),
+                        scalar_text(&v.render(&self.templates, ctx, &where_)?),
+                    ))
+                })
+                .collect::<Result<Vec<_>, TemplateError>>()
+        };
+        let body = match &graph.body {
+            None => None,
+            Some(body) => Some(param_json(&body.render(
+                &self.templates,
+                ctx,
+                &location("the body"),
+            )?)),
+        };
+        Ok(RenderedGraphCall {
+            method: graph.method.clone(),
+            path,
+            query: pairs(&graph.query, "query")?,
+            headers: pairs(&graph.headers, "header")?,
+            body,
+        })
     }
 
     /// Renders the parameters for one call. Templates fill values only: whatever a record
@@ -335,6 +478,61 @@ impl Step {
                 template.truthy(&self.templates, ctx, &location)
             }
         }
+    }
+}
+
+/// A rendered scalar as the text of a path segment, query value or header.
+fn scalar_text(value: &ParamValue) -> String {
+    match value {
+        ParamValue::String(s) => s.clone(),
+        other => match param_json(other) {
+            serde_json::Value::String(s) => s,
+            json => json.to_string(),
+        },
+    }
+}
+
+/// Characters escaped in a rendered path segment: everything that could end the segment,
+/// start a query or fragment, or be read as an escape.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'\\')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+fn encode_segment(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
+}
+
+/// A rendered value as plain JSON: datetimes as RFC 3339, hashtables as objects (what a
+/// Graph body and a plan show).
+pub fn param_json(value: &ParamValue) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        ParamValue::Null => Value::Null,
+        ParamValue::Bool(b) => Value::Bool(*b),
+        ParamValue::Int(i) => Value::from(*i),
+        ParamValue::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        ParamValue::String(s) => Value::String(s.clone()),
+        ParamValue::DateTime(t) => {
+            Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        }
+        ParamValue::Array(items) => Value::Array(items.iter().map(param_json).collect()),
+        ParamValue::HashTable(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), param_json(v)))
+                .collect(),
+        ),
     }
 }
 

@@ -27,9 +27,9 @@ use crate::timing::schedule::Schedule;
 
 use super::error::{ErrorKind, SourceMap, ValidationError};
 use super::model::{
-    CronSchedule, DEFAULT_TIMEOUT, IdentityOverride, MAX_CONCURRENCY, MAX_JITTER,
-    MAX_RETRY_ATTEMPTS, Missed, OnInterrupt, OutputFormat, OutputSpec, Overlap, ParamSpec,
-    ParamType, Retries, Runbook, ScheduleEntry, Step, StepUsage, cron_parser,
+    CronSchedule, DEFAULT_TIMEOUT, GRAPH_METHODS, GRAPH_VERSIONS, GraphCall, IdentityOverride,
+    MAX_CONCURRENCY, MAX_JITTER, MAX_RETRY_ATTEMPTS, Missed, OnInterrupt, OutputFormat, OutputSpec,
+    Overlap, ParamSpec, ParamType, Retries, Runbook, ScheduleEntry, Step, StepUsage, cron_parser,
 };
 use super::policy::CmdletPolicy;
 use super::template::{
@@ -66,7 +66,11 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
 pub const STEP_KEYS: &[&str] = &[
     "name",
     "cmdlet",
+    "graph",
     "parameters",
+    "query",
+    "headers",
+    "body",
     "for_each",
     "when",
     "concurrency",
@@ -367,6 +371,7 @@ struct Scope<'a> {
 struct PendingStep {
     name: String,
     cmdlet: String,
+    graph: Option<GraphCall>,
     for_each: Option<String>,
     when: Option<String>,
     when_template: Option<ValueTemplate>,
@@ -375,6 +380,7 @@ struct PendingStep {
     output: Option<OutputSpec>,
     parameters: BTreeMap<String, ValueTemplate>,
     step_references: BTreeMap<String, StepUsage>,
+    key_references: BTreeMap<String, BTreeSet<String>>,
 }
 
 struct Checker<'t> {
@@ -1444,12 +1450,14 @@ impl<'t> Checker<'t> {
                 .map(|p| Step {
                     name: p.name,
                     cmdlet: p.cmdlet,
+                    graph: p.graph,
                     for_each: p.for_each,
                     when: p.when,
                     concurrency: p.concurrency,
                     continue_on_error: p.continue_on_error,
                     output: p.output,
                     step_references: p.step_references,
+                    key_references: p.key_references,
                     parameters: p.parameters,
                     when_template: p.when_template,
                     templates: set.clone(),
@@ -1505,17 +1513,40 @@ impl<'t> Checker<'t> {
             }
         }
 
-        let cmdlet = match table.get("cmdlet") {
-            None => {
+        let graph_node = table.get("graph");
+        let cmdlet = match (table.get("cmdlet"), graph_node) {
+            (None, None) => {
                 self.report(
                     node.span(),
                     &prefix,
                     ErrorKind::MissingKey,
-                    format!("missing key \"cmdlet\" in {label}"),
+                    format!("missing key \"cmdlet\" in {label} (or \"graph\" for a Microsoft Graph call)"),
                 );
                 None
             }
-            Some(n) => self.cmdlet(n, &format!("{prefix}.cmdlet"), &label, policy),
+            (Some(n), Some(_)) => {
+                self.report(
+                    n.span(),
+                    &format!("{prefix}.cmdlet"),
+                    ErrorKind::Value,
+                    format!("{label} has both \"cmdlet\" and \"graph\"; a step calls either a cmdlet or Microsoft Graph: split it into two steps"),
+                );
+                None
+            }
+            (Some(n), None) => {
+                for key in ["query", "headers", "body"] {
+                    if let Some(span) = key_span(table, key) {
+                        self.report(
+                            span,
+                            &format!("{prefix}.{key}"),
+                            ErrorKind::Value,
+                            format!("\"{key}\" of {label} only applies to a Graph step (graph = \"GET /v1.0/…\"); a cmdlet takes parameters"),
+                        );
+                    }
+                }
+                self.cmdlet(n, &format!("{prefix}.cmdlet"), &label, policy)
+            }
+            (None, Some(n)) => self.graph_label(n, &format!("{prefix}.graph"), &label, policy),
         };
 
         let for_each = table
@@ -1594,7 +1625,14 @@ impl<'t> Checker<'t> {
             .and_then(|n| self.output(n, &format!("{prefix}.output"), &label));
 
         let mut parameters = BTreeMap::new();
-        if let Some(n) = table.get("parameters") {
+        if let (Some(span), Some(_)) = (key_span(table, "parameters"), graph_node) {
+            self.report(
+                span,
+                &format!("{prefix}.parameters"),
+                ErrorKind::Value,
+                format!("\"parameters\" of {label} only applies to a cmdlet; a Graph step takes query, headers and body"),
+            );
+        } else if let Some(n) = table.get("parameters") {
             let key = format!("{prefix}.parameters");
             match n.get_ref().as_table() {
                 None => self.type_error(
@@ -1666,8 +1704,30 @@ impl<'t> Checker<'t> {
             }
         }
 
+        let graph = match graph_node {
+            Some(n) if cmdlet.is_some() => self.graph_call(
+                n,
+                table,
+                &prefix,
+                &label,
+                tz,
+                &scope,
+                compiler,
+                &mut step_references,
+            ),
+            _ => None,
+        };
+        let key_references =
+            self.key_references(table, &prefix, &label, i, names, &mut step_references);
+
         Some(PendingStep {
             name: name?,
+            graph: if graph_node.is_some() {
+                Some(graph?)
+            } else {
+                None
+            },
+            key_references,
             cmdlet: cmdlet?,
             for_each: if has_for_each { Some(for_each?) } else { None },
             when,
@@ -1713,6 +1773,264 @@ impl<'t> Checker<'t> {
             return None;
         }
         Some(name)
+    }
+
+    /// `graph = "METHOD /v1.0/path"`: the method, the path's version and the policy.
+    /// Returns the call as `METHOD /path`, what the step shows as its `cmdlet`.
+    fn graph_label(
+        &mut self,
+        node: &Node<'_>,
+        key: &str,
+        label: &str,
+        policy: &CmdletPolicy,
+    ) -> Option<String> {
+        let text = self.string(node, key, &format!("\"graph\" of {label}"))?;
+        let example =
+            "such as \"GET /v1.0/users\" or \"POST /v1.0/users/{{ item.id }}/assignLicense\"";
+        let Some((method, path)) = text.trim().split_once(char::is_whitespace) else {
+            self.report(
+                node.span(),
+                key,
+                ErrorKind::Value,
+                format!(
+                    "\"graph\" of {label} must be a method and a path, {example}; got \"{text}\""
+                ),
+            );
+            return None;
+        };
+        let (method, path) = (method.to_ascii_uppercase(), path.trim());
+        if !GRAPH_METHODS.contains(&method.as_str()) {
+            self.report(
+                node.span(),
+                key,
+                ErrorKind::Value,
+                format!(
+                    "\"graph\" of {label} has the method \"{method}\"; use one of {}",
+                    GRAPH_METHODS.join(", ")
+                ),
+            );
+            return None;
+        }
+        if !GRAPH_VERSIONS.iter().any(|v| path.starts_with(v)) {
+            self.report(
+                node.span(),
+                key,
+                ErrorKind::Value,
+                format!("the path of \"graph\" of {label} must start with /v1.0/ or /beta/ (the Graph API version), got \"{path}\""),
+            );
+            return None;
+        }
+        if path.contains(['?', '#'])
+            || path.contains(char::is_whitespace) && !has_template_syntax(path)
+        {
+            self.report(
+                node.span(),
+                key,
+                ErrorKind::Value,
+                format!("the path of \"graph\" of {label} holds a query or spaces; put query options under query = {{ \"$filter\" = \"…\" }}"),
+            );
+            return None;
+        }
+        let call = format!("{method} {path}");
+        if let Err(denial) = policy.check(&call) {
+            self.report(
+                node.span(),
+                key,
+                ErrorKind::Policy,
+                format!("Graph call \"{call}\" of {label} is not allowed by the policy: {denial}"),
+            );
+            return None;
+        }
+        Some(call)
+    }
+
+    /// The path's segments, `query`, `headers` and `body` of a Graph step whose `graph`
+    /// key was valid.
+    #[allow(clippy::too_many_arguments)]
+    fn graph_call(
+        &mut self,
+        node: &Node<'_>,
+        table: &DeTable<'_>,
+        prefix: &str,
+        label: &str,
+        tz: Tz,
+        scope: &Scope<'_>,
+        compiler: &mut TemplateCompiler,
+        usage: &mut BTreeMap<String, StepUsage>,
+    ) -> Option<GraphCall> {
+        let DeValue::String(text) = node.get_ref() else {
+            return None;
+        };
+        let (method, path) = text.trim().split_once(char::is_whitespace)?;
+        let (method, path) = (method.to_ascii_uppercase(), path.trim().to_string());
+        let key = format!("{prefix}.graph");
+        let mut ok = true;
+        let mut segments = Vec::new();
+        for (j, segment) in path_segments(&path).into_iter().enumerate() {
+            if segment.is_empty() {
+                self.report(node.span(), &key, ErrorKind::Value, format!("the path of \"graph\" of {label} has an empty segment (\"//\" or a trailing \"/\")"));
+                ok = false;
+                continue;
+            }
+            let compiled = compiler.string_value(&format!("{key}[{j}]"), segment);
+            match self.compiled(
+                node,
+                &key,
+                segment,
+                compiled,
+                &format!("the graph path of {label}"),
+                scope,
+                usage,
+            ) {
+                Some(v) => segments.push(v),
+                None => ok = false,
+            }
+        }
+        let mut tables: [BTreeMap<String, ValueTemplate>; 2] = Default::default();
+        for (slot, part) in tables.iter_mut().zip(["query", "headers"]) {
+            let Some(n) = table.get(part) else { continue };
+            let pkey = format!("{prefix}.{part}");
+            let Some(entries) = n.get_ref().as_table() else {
+                self.type_error(
+                    n,
+                    &pkey,
+                    &format!("\"{part}\" of {label}"),
+                    "a table such as { \"$select\" = \"id,userPrincipalName\" }",
+                );
+                ok = false;
+                continue;
+            };
+            for (k, v) in entries.iter() {
+                let name = k.get_ref().to_string();
+                let vkey = join_key(&pkey, &name);
+                if part == "headers"
+                    && (reqwest::header::HeaderName::try_from(name.as_str()).is_err()
+                        || ["authorization", "host", "content-length"]
+                            .contains(&name.to_ascii_lowercase().as_str()))
+                {
+                    self.report(k.span(), &vkey, ErrorKind::Value, format!("header \"{name}\" of {label} is not a header a runbook may set (the worker sets Authorization, Host and Content-Length)"));
+                    ok = false;
+                    continue;
+                }
+                if matches!(v.get_ref(), DeValue::Array(_) | DeValue::Table(_)) {
+                    self.type_error(
+                        v,
+                        &vkey,
+                        &format!("{part} \"{name}\" of {label}"),
+                        "a string, number or boolean",
+                    );
+                    ok = false;
+                    continue;
+                }
+                let location = format!("{part} \"{name}\" of {label}");
+                match self.param_value(v, &vkey, &location, tz, scope, compiler, usage) {
+                    Some(value) => {
+                        slot.insert(name, value);
+                    }
+                    None => ok = false,
+                }
+            }
+        }
+        let [query, headers] = tables;
+        let body = match table.get("body") {
+            None => None,
+            Some(n) if matches!(method.as_str(), "GET" | "DELETE") => {
+                self.report(n.span(), &format!("{prefix}.body"), ErrorKind::Value, format!("{label} sends {method}, which takes no body; body is for POST, PATCH and PUT"));
+                ok = false;
+                None
+            }
+            Some(n) => {
+                let bkey = format!("{prefix}.body");
+                if n.get_ref().as_table().is_none() {
+                    self.type_error(
+                        n,
+                        &bkey,
+                        &format!("\"body\" of {label}"),
+                        "a table (the JSON object sent)",
+                    );
+                    ok = false;
+                    None
+                } else {
+                    let value = self.param_value(
+                        n,
+                        &bkey,
+                        &format!("the body of {label}"),
+                        tz,
+                        scope,
+                        compiler,
+                        usage,
+                    );
+                    ok &= value.is_some();
+                    value
+                }
+            }
+        };
+        ok.then_some(GraphCall {
+            method,
+            path,
+            segments,
+            query,
+            headers,
+            body,
+        })
+    }
+
+    /// Every `keys("step", "field")` in the step's strings: the step must come earlier and
+    /// both arguments must be quoted strings, so the executor knows before the job starts
+    /// which keys to collect. The step is also recorded as read by this one, so the two
+    /// never run in one stage.
+    fn key_references(
+        &mut self,
+        table: &DeTable<'_>,
+        prefix: &str,
+        label: &str,
+        index: usize,
+        names: &[Option<String>],
+        usage: &mut BTreeMap<String, StepUsage>,
+    ) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut strings = Vec::new();
+        for (k, v) in table.iter() {
+            if !matches!(
+                k.get_ref().as_ref(),
+                "name" | "cmdlet" | "for_each" | "output"
+            ) {
+                collect_strings(v, &join_key(prefix, k.get_ref()), &mut strings);
+            }
+        }
+        for (key, node, text) in strings {
+            for call in key_calls(&text) {
+                let Some((step, field)) = call else {
+                    self.report(node.span(), &key, ErrorKind::Template, format!("keys() in {label} takes two quoted strings, the step and the field: keys(\"disabled\", \"userPrincipalName\")"));
+                    continue;
+                };
+                let position = names
+                    .iter()
+                    .position(|n| n.as_deref() == Some(step.as_str()));
+                match position {
+                    Some(p) if p < index => {
+                        usage.entry(step.clone()).or_default();
+                        out.entry(step).or_default().insert(field);
+                    }
+                    _ => {
+                        let earlier = names[..index.min(names.len())]
+                            .iter()
+                            .flatten()
+                            .map(String::as_str);
+                        self.report(
+                            node.span(),
+                            &key,
+                            ErrorKind::Reference,
+                            format!(
+                                "keys(\"{step}\", …) in {label} must name an earlier step{}",
+                                did_you_mean(suggest(&step, earlier))
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn for_each(
@@ -2092,6 +2410,94 @@ impl<'t> Checker<'t> {
             self.report(node.span(), key, kind, message);
         }
     }
+}
+
+/// The span of `name` as a key of `table`.
+fn key_span(table: &DeTable<'_>, name: &str) -> Option<Range<usize>> {
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == name)
+        .map(|(k, _)| k.span())
+}
+
+/// A Graph path split at the `/`s outside `{{ … }}`, without the leading empty part.
+fn path_segments(path: &str) -> Vec<&str> {
+    let mut segments = Vec::new();
+    let (mut start, mut depth, mut i) = (1, 0usize, 1);
+    let bytes = path.as_bytes();
+    while i < bytes.len() {
+        if path[i..].starts_with("{{") {
+            depth += 1;
+            i += 2;
+            continue;
+        }
+        if path[i..].starts_with("}}") {
+            depth = depth.saturating_sub(1);
+            i += 2;
+            continue;
+        }
+        if bytes[i] == b'/' && depth == 0 {
+            segments.push(&path[start..i]);
+            start = i + 1;
+        }
+        i += 1;
+    }
+    segments.push(path.get(start..).unwrap_or_default());
+    segments
+}
+
+/// Every string inside `node`, with its key.
+fn collect_strings<'n, 'i>(
+    node: &'n Node<'i>,
+    key: &str,
+    out: &mut Vec<(String, &'n Node<'i>, String)>,
+) {
+    match node.get_ref() {
+        DeValue::String(s) => out.push((key.to_string(), node, s.to_string())),
+        DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                collect_strings(item, &format!("{key}[{i}]"), out);
+            }
+        }
+        DeValue::Table(table) => {
+            for (k, v) in table.iter() {
+                collect_strings(v, &join_key(key, k.get_ref()), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The arguments of each `keys(…)` call in a template's text: `Some((step, field))` when
+/// both are quoted strings, `None` otherwise.
+pub(crate) fn key_calls(text: &str) -> Vec<Option<(String, String)>> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(at) = text[from..].find("keys(").map(|a| a + from) {
+        from = at + 5;
+        let before = text[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.') {
+            continue;
+        }
+        let rest = &text[from..];
+        let args = rest.split_once(')').map(|(a, _)| a).unwrap_or(rest);
+        let parsed: Vec<Option<String>> = args
+            .split(',')
+            .map(|a| {
+                let a = a.trim();
+                ['"', '\'']
+                    .iter()
+                    .find_map(|q| a.strip_prefix(*q).and_then(|r| r.strip_suffix(*q)))
+                    .filter(|v| !v.is_empty() && !v.contains(['"', '\'']))
+                    .map(str::to_string)
+            })
+            .collect();
+        out.push(match parsed.as_slice() {
+            [Some(step), Some(field)] => Some((step.clone(), field.clone())),
+            _ => None,
+        });
+    }
+    out
 }
 
 fn join_key(prefix: &str, name: &str) -> String {

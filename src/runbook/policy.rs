@@ -11,6 +11,8 @@ use super::PolicySettings;
 /// Verbs whose cmdlets never need an explicit allow entry to be refused: creating and
 /// deleting objects is where a dropped file does the most damage.
 pub const DESTRUCTIVE_VERBS: &[&str] = &["Remove", "New"];
+/// Graph methods that need an allow entry naming them, as [`DESTRUCTIVE_VERBS`] do.
+pub const DESTRUCTIVE_METHODS: &[&str] = &["DELETE"];
 
 pub use crate::exchange::cmdlet::{NOT_READ_CMDLETS, READ_VERBS};
 
@@ -32,6 +34,8 @@ pub enum PolicyDenial {
     /// A `Remove-`/`New-` cmdlet matched only allow patterns that do not name its verb,
     /// such as `*`.
     NeedsExplicitAllow { verb: String },
+    /// A Graph `DELETE` matched only allow patterns that do not start with its method.
+    NeedsExplicitMethodAllow { method: String },
 }
 
 impl fmt::Display for PolicyDenial {
@@ -44,6 +48,10 @@ impl fmt::Display for PolicyDenial {
             PolicyDenial::NeedsExplicitAllow { verb } => write!(
                 f,
                 "{verb}- cmdlets need an entry in [policy] allow that starts with \"{verb}-\", such as \"{verb}-*\" or the cmdlet's full name"
+            ),
+            PolicyDenial::NeedsExplicitMethodAllow { method } => write!(
+                f,
+                "Graph {method} calls need an entry in [policy] allow that starts with \"{method} \", such as \"{method} /v1.0/groups/*/members/*\""
             ),
         }
     }
@@ -86,17 +94,33 @@ impl CmdletPolicy {
         if matching.is_empty() {
             return Err(PolicyDenial::NotAllowed);
         }
+        let starts_with = |p: &str, prefix: &str| {
+            p.len() >= prefix.len()
+                && p.is_char_boundary(prefix.len())
+                && p[..prefix.len()].eq_ignore_ascii_case(prefix)
+        };
+        // A Graph call is checked as "METHOD /path".
+        if let Some((method, _)) = cmdlet.split_once(' ') {
+            if let Some(destructive) = DESTRUCTIVE_METHODS
+                .iter()
+                .find(|m| m.eq_ignore_ascii_case(method))
+            {
+                let prefix = format!("{destructive} ");
+                if !matching.iter().any(|p| starts_with(p, &prefix)) {
+                    return Err(PolicyDenial::NeedsExplicitMethodAllow {
+                        method: (*destructive).to_string(),
+                    });
+                }
+            }
+            return Ok(());
+        }
         let verb = cmdlet.split_once('-').map(|(v, _)| v).unwrap_or(cmdlet);
         if let Some(destructive) = DESTRUCTIVE_VERBS
             .iter()
             .find(|v| v.eq_ignore_ascii_case(verb))
         {
             let prefix = format!("{destructive}-");
-            let named = matching.iter().any(|p| {
-                p.len() >= prefix.len()
-                    && p.is_char_boundary(prefix.len())
-                    && p[..prefix.len()].eq_ignore_ascii_case(&prefix)
-            });
+            let named = matching.iter().any(|p| starts_with(p, &prefix));
             if !named {
                 return Err(PolicyDenial::NeedsExplicitAllow {
                     verb: (*destructive).to_string(),
@@ -248,6 +272,44 @@ mod tests {
                 Err(Denied {
                     pattern: "set-casmailbox".to_string(),
                 }),
+            ),
+            // Graph calls match as "METHOD /path"; DELETE needs an allow naming it.
+            (&["*"], &[], "GET /v1.0/users", Ok(())),
+            (&["Get-*", "GET *"], &[], "GET /v1.0/users", Ok(())),
+            (&["Get-*"], &[], "GET /v1.0/users", Err(NotAllowed)),
+            (
+                &["POST /v1.0/users/*/assignLicense"],
+                &[],
+                "POST /v1.0/users/{{ item.id }}/assignLicense",
+                Ok(()),
+            ),
+            (
+                &["POST /v1.0/users/*/assignLicense"],
+                &[],
+                "POST /v1.0/users/x/sendMail",
+                Err(NotAllowed),
+            ),
+            (
+                &["*"],
+                &["PATCH *"],
+                "PATCH /v1.0/users/x",
+                Err(Denied {
+                    pattern: "PATCH *".to_string(),
+                }),
+            ),
+            (
+                &["*"],
+                &[],
+                "DELETE /v1.0/groups/g/members/u/$ref",
+                Err(NeedsExplicitMethodAllow {
+                    method: "DELETE".to_string(),
+                }),
+            ),
+            (
+                &["*", "delete /v1.0/groups/*"],
+                &[],
+                "DELETE /v1.0/groups/g/members/u/$ref",
+                Ok(()),
             ),
         ];
         for (allow, deny, cmdlet, expected) in cases {

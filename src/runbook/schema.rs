@@ -192,17 +192,38 @@ pub struct ParamTable {
     pub kind: Option<ParamType>,
 }
 
-/// One step: a cmdlet called once, or once per record of an earlier step.
+/// One step: a cmdlet or a Microsoft Graph call, made once, or once per record of an
+/// earlier step.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{"required": ["cmdlet"]}, {"required": ["graph"]}]))]
 pub struct StepDocument {
     /// Unique in the runbook; letters, digits and "_" (templates use `steps.<name>`).
     #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub name: String,
     /// The Exchange Online cmdlet, Verb-Noun, such as "Get-Mailbox". The `[policy]`
     /// settings decide which are allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z]+-[A-Za-z][A-Za-z0-9]*$"))]
-    pub cmdlet: String,
+    pub cmdlet: Option<String>,
+    /// A Microsoft Graph call instead of a cmdlet: "METHOD /v1.0/path" (GET, POST, PATCH,
+    /// PUT or DELETE; the path starts with /v1.0/ or /beta/ and may hold templates, each
+    /// filling one path segment), such as "GET /v1.0/users" or
+    /// "POST /v1.0/users/{{ item.id }}/assignLicense". GET collections stream page by page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z]+\s+/(v1\.0|beta)/\S"))]
+    pub graph: Option<String>,
+    /// Graph steps: query options, such as { "$filter" = "accountEnabled eq false",
+    /// "$select" = "id,userPrincipalName" }. Values may hold templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<BTreeMap<String, serde_json::Value>>,
+    /// Graph steps: request headers, such as { ConsistencyLevel = "eventual" }.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, serde_json::Value>>,
+    /// Graph steps with POST, PATCH or PUT: the JSON body, as a table. Strings may hold
+    /// templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<BTreeMap<String, serde_json::Value>>,
     /// The cmdlet's parameters: strings, integers, floats, booleans (switches), arrays,
     /// inline tables (hashtables) and datetimes. Strings may hold `{{ … }}` templates over
     /// item, steps, params, job and now; a string that is exactly one `{{ expression }}`

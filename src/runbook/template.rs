@@ -38,7 +38,13 @@ const EXPRESSION_SUFFIX: &str = ") %}";
 /// The variables a template may use (minijinja's own global functions included).
 pub const TEMPLATE_VARIABLES: &[&str] =
     &["item", "steps", "params", "job", "now", "vars", "secrets"];
-pub(crate) const BUILTIN_GLOBALS: &[&str] = &["range", "dict", "namespace", "debug"];
+pub(crate) const BUILTIN_GLOBALS: &[&str] = &["range", "dict", "namespace", "debug", "keys"];
+/// The context variable holding the key sets `keys()` reads; not a name a runbook can use
+/// (validation refuses unknown variables).
+const KEYS_VAR: &str = "__runbook_keys";
+/// The most keys one `keys("step", "field")` set holds: enough for a large tenant's users,
+/// small enough (a few MB) to hold while both sides stream.
+pub const MAX_KEYS: usize = 250_000;
 /// Attributes of `job`.
 pub const JOB_ATTRIBUTES: &[&str] = &["id", "runbook", "scheduled_for"];
 /// Attributes of `steps.<name>`.
@@ -116,6 +122,8 @@ fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Er
 #[derive(Clone, Debug)]
 pub struct TemplateContext {
     item: Option<Value>,
+    /// `keys("step", "field")` sets by [`key_name`].
+    keys: BTreeMap<String, Value>,
     steps: BTreeMap<String, Value>,
     steps_value: Value,
     params: Value,
@@ -141,6 +149,7 @@ impl TemplateContext {
     ) -> Self {
         let mut ctx = Self {
             item: None,
+            keys: BTreeMap::new(),
             steps: BTreeMap::new(),
             steps_value: Value::from(BTreeMap::<String, Value>::new()),
             params: Value::from_serialize(params),
@@ -188,6 +197,15 @@ impl TemplateContext {
         self
     }
 
+    /// Records the lower-cased values of `field` in the records of step `step`, for
+    /// `keys("step", "field")`. Only the set is held, never the records.
+    pub fn with_keys(mut self, step: &str, field: &str, keys: HashSet<String>) -> Self {
+        self.keys
+            .insert(key_name(step, field), Value::from_object(KeySet(keys)));
+        self.rebuild();
+        self
+    }
+
     /// The context for one record of a `for_each` step: `item` is that record.
     pub fn with_item(&self, item: &serde_json::Value) -> Self {
         let mut ctx = self.clone();
@@ -207,6 +225,9 @@ impl TemplateContext {
         root.insert("now", self.now.clone());
         root.insert("vars", self.vars.clone());
         root.insert("secrets", self.secrets.clone());
+        if !self.keys.is_empty() {
+            root.insert(KEYS_VAR, Value::from(self.keys.clone()));
+        }
         self.root = Value::from(root);
     }
 
@@ -272,7 +293,47 @@ fn environment() -> Environment<'static> {
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_fuel(Some(TEMPLATE_FUEL));
     env.add_filter("opath", opath);
+    env.add_function("keys", keys);
     env
+}
+
+fn key_name(step: &str, field: &str) -> String {
+    format!("{step}\u{0}{field}")
+}
+
+/// The lower-cased values of one field of one step's records: `x in keys(…)` looks a value
+/// up in O(1); the set cannot be printed or iterated (it may be large).
+#[derive(Debug)]
+struct KeySet(HashSet<String>);
+
+impl minijinja::value::Object for KeySet {
+    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        key.as_str()
+            .filter(|k| self.0.contains(*k))
+            .map(|_| Value::from(true))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+        minijinja::value::Enumerator::NonEnumerable
+    }
+}
+
+/// `keys("step", "field")`: the set the executor collected from that step's records.
+fn keys(state: &minijinja::State, step: &str, field: &str) -> Result<Value, minijinja::Error> {
+    state
+        .lookup(KEYS_VAR)
+        .and_then(|sets| sets.get_item(&Value::from(key_name(step, field))).ok())
+        .filter(|v| !v.is_undefined())
+        .ok_or_else(|| {
+            minijinja::Error::new(
+                minijinja::ErrorKind::UndefinedError,
+                format!("keys(\"{step}\", \"{field}\"): no keys were collected from that step"),
+            )
+        })
 }
 
 /// Collects a template's output and refuses to grow past [`MAX_RENDERED_BYTES`].

@@ -107,6 +107,16 @@ fn token_invoke_and_doctor_work_against_the_simulators_with_simulate() {
         .find(|f| f["check"] == "exchange-call")
         .unwrap_or_else(|| panic!("no exchange-call check in {findings:?}"));
     assert_eq!(call["status"], "ok", "{call}");
+    // The example runbooks call Graph: the simulated identity's Graph token holds the roles.
+    let graph = findings
+        .iter()
+        .find(|f| f["check"] == "graph-roles")
+        .unwrap_or_else(|| panic!("no graph-roles check in {findings:?}"));
+    assert_eq!(graph["status"], "ok", "{graph}");
+    assert!(
+        graph["message"].as_str().unwrap().contains("User.Read.All"),
+        "{graph}"
+    );
 }
 
 #[test]

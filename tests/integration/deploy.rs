@@ -1665,3 +1665,72 @@ fn every_permissions_command_in_the_readme_uses_options_the_script_has() {
     }
     assert!(checked >= 5, "only {checked} options checked");
 }
+
+#[test]
+fn graph_roles_are_granted_on_the_graph_service_principal_by_their_ids() {
+    const GRAPH_SP: &str = "a0b1c2d3-e4f5-4a6b-8c7d-9e0f1a2b3c4d";
+    let graph_lookup = format!(
+        "{GRAPH}/servicePrincipals?$filter=appId%20eq%20'00000003-0000-0000-c000-000000000000'&$select=id,displayName"
+    );
+    let mut az = Tenant::FRESH.az();
+    az.answer(
+        &format!("rest get {graph_lookup}"),
+        0,
+        &format!("{GRAPH_SP}\n"),
+    );
+    let out = az.run(
+        &permissions_script(),
+        &[
+            "--principal-id",
+            PRINCIPAL,
+            "--role",
+            "none",
+            "--graph-role",
+            "User.Read.All",
+            "--graph-role",
+            "groupmember.read.all",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(requests(&az).contains(&format!("GET {graph_lookup}")));
+    // The ids are the ones runbook-worker's permission table names.
+    let graph_body = |role: &str| {
+        serde_json::json!({
+            "principalId": PRINCIPAL,
+            "resourceId": GRAPH_SP,
+            "appRoleId": runbook_worker::graph::permissions::app_role_id(role).unwrap(),
+        })
+    };
+    assert_eq!(
+        post_bodies(&az),
+        vec![
+            app_role_body(PRINCIPAL),
+            graph_body("User.Read.All"),
+            graph_body("GroupMember.Read.All"),
+        ]
+    );
+    assert!(
+        stdout(&out).contains("Graph User.Read.All: granting"),
+        "{}",
+        stdout(&out)
+    );
+
+    let unknown = Tenant::FRESH.az();
+    let out = unknown.run(
+        &permissions_script(),
+        &[
+            "--principal-id",
+            PRINCIPAL,
+            "--graph-role",
+            "Everything.All",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Everything.All"), "{}", stderr(&out));
+    assert!(
+        requests(&unknown).is_empty(),
+        "nothing is asked before the arguments are checked"
+    );
+}

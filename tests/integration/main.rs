@@ -14,6 +14,7 @@ mod docs;
 mod exchange;
 mod executor;
 mod graph;
+mod graphsteps;
 mod history;
 mod history_blob;
 mod http;

@@ -309,6 +309,7 @@ async fn doctor_passes_when_everything_is_in_place() {
             "runbook-files",
             "runbook-permissions",
             "runbook-policy",
+            "graph-roles",
             "state-folder",
             "clock",
             "coordination",
@@ -330,7 +331,7 @@ async fn doctor_passes_when_everything_is_in_place() {
     let printed = stdout(&text);
     assert!(printed.contains("OK    identity-source"), "{printed}");
     assert!(
-        printed.contains("12 ok, 0 warnings, 0 failed, 0 skipped"),
+        printed.contains("13 ok, 0 warnings, 0 failed, 0 skipped"),
         "{printed}"
     );
 }

@@ -241,7 +241,7 @@ fn bad_files_report_every_error_with_position_and_message() {
             "[[steps]]\nconcurrency = 2\n".to_string(),
             vec![
                 r#"x.toml:1:1: missing key "name" in steps[0]"#,
-                r#"x.toml:1:1: missing key "cmdlet" in steps[0]"#,
+                r#"x.toml:1:1: missing key "cmdlet" in steps[0] (or "graph" for a Microsoft Graph call)"#,
                 r#"x.toml:2:15: "concurrency" in steps[0] only applies with for_each"#,
             ],
         ),
@@ -832,4 +832,191 @@ fn templates_may_read_vars_and_secrets_and_the_runbook_lists_which() {
             .any(|e| e.contains("refer to one of them as vars.<name>")),
         "{errors:#?}"
     );
+}
+
+const GRAPH_JOIN: &str = r#"
+[[steps]]
+name = "disabled"
+graph = "get /v1.0/users"
+query = { "$filter" = "accountEnabled eq false", "$select" = "id,userPrincipalName", "$top" = 999 }
+headers = { ConsistencyLevel = "eventual" }
+
+[[steps]]
+name = "mailboxes"
+cmdlet = "Get-Mailbox"
+
+[[steps]]
+name = "licence"
+graph = "POST /v1.0/users/{{ item.ExternalDirectoryObjectId }}/assignLicense"
+for_each = "mailboxes"
+when = "item.UserPrincipalName | lower in keys('disabled', \"userPrincipalName\")"
+body = { addLicenses = [], removeLicenses = ["{{ params.sku }}"] }
+
+[params]
+sku = "05e9a617-0261-4cee-bb44-138d3ef5d965"
+"#;
+
+fn graph_context() -> crate::runbook::TemplateContext {
+    use chrono::TimeZone;
+    let job = crate::runbook::JobInfo {
+        id: "j".to_string(),
+        runbook: "x".to_string(),
+        scheduled_for: Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap(),
+    };
+    let params = BTreeMap::from([(
+        "sku".to_string(),
+        serde_json::json!("05e9a617-0261-4cee-bb44-138d3ef5d965"),
+    )]);
+    crate::runbook::TemplateContext::new(&job, &params, job.scheduled_for)
+}
+
+#[test]
+fn a_graph_step_parses_renders_and_joins_through_keys() {
+    let rb = parse(GRAPH_JOIN).unwrap_or_else(|e| panic!("{e:#?}"));
+    let disabled = rb.step("disabled").unwrap();
+    assert_eq!(disabled.cmdlet, "GET /v1.0/users");
+    assert!(disabled.is_read());
+    let licence = rb.step("licence").unwrap();
+    assert!(!licence.is_read(), "POST is a write");
+    assert!(rb.has_writes());
+    assert_eq!(
+        rb.key_sets_needed(),
+        BTreeMap::from([("disabled", BTreeSet::from(["userPrincipalName"]))])
+    );
+    assert!(licence.step_references.contains_key("disabled"));
+
+    let call = disabled
+        .render_graph(&graph_context())
+        .expect("a Graph step")
+        .unwrap();
+    assert_eq!(call.label(), "GET /v1.0/users");
+    assert!(
+        call.query
+            .contains(&("$top".to_string(), "999".to_string()))
+    );
+    assert_eq!(
+        call.headers,
+        [("ConsistencyLevel".to_string(), "eventual".to_string())]
+    );
+
+    let keys = std::collections::HashSet::from(["adele@contoso.com".to_string()]);
+    let ctx = graph_context().with_keys("disabled", "userPrincipalName", keys);
+    // A value holding "/", "?" or "#" stays inside its segment.
+    let record = serde_json::json!({"UserPrincipalName": "Adele@Contoso.com", "ExternalDirectoryObjectId": "a/../b?c#d"});
+    let item = ctx.with_item(&record);
+    assert!(licence.matches_when(&item).unwrap());
+    let call = licence.render_graph(&item).unwrap().unwrap();
+    assert_eq!(call.path, "/v1.0/users/a%2F..%2Fb%3Fc%23d/assignLicense");
+    assert_eq!(
+        call.body,
+        Some(
+            serde_json::json!({"addLicenses": [], "removeLicenses": ["05e9a617-0261-4cee-bb44-138d3ef5d965"]})
+        )
+    );
+    let other = ctx.with_item(&serde_json::json!({"UserPrincipalName": "bob@contoso.com", "ExternalDirectoryObjectId": ".."}));
+    assert!(!licence.matches_when(&other).unwrap());
+    let error = licence
+        .render_graph(&other)
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("path segment"), "{error}");
+    // Without the collected keys, keys() is an error, not an empty set.
+    let error = licence
+        .matches_when(&graph_context().with_item(&record))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("keys"), "{error}");
+}
+
+#[test]
+fn bad_graph_steps_name_the_file_step_and_key() {
+    let step = |body: &str| format!("[[steps]]\nname = \"g\"\n{body}\n");
+    let cases = [
+        (
+            step("cmdlet = \"Get-Mailbox\"\ngraph = \"GET /v1.0/users\""),
+            "steps[0].cmdlet",
+            "both \"cmdlet\" and \"graph\"",
+        ),
+        (
+            step("graph = \"FETCH /v1.0/users\""),
+            "steps[0].graph",
+            "method \"FETCH\"",
+        ),
+        (
+            step("graph = \"GET /v2/users\""),
+            "steps[0].graph",
+            "must start with /v1.0/ or /beta/",
+        ),
+        (
+            step("graph = \"/v1.0/users\""),
+            "steps[0].graph",
+            "a method and a path",
+        ),
+        (
+            step("graph = \"GET /v1.0/users?$top=5\""),
+            "steps[0].graph",
+            "query = {",
+        ),
+        (
+            step("graph = \"GET /v1.0/users\"\nbody = { a = 1 }"),
+            "steps[0].body",
+            "takes no body",
+        ),
+        (
+            step("graph = \"GET /v1.0/users\"\nparameters = { a = 1 }"),
+            "steps[0].parameters",
+            "a Graph step takes query",
+        ),
+        (
+            step("cmdlet = \"Get-Mailbox\"\nquery = { a = \"1\" }"),
+            "steps[0].query",
+            "only applies to a Graph step",
+        ),
+        (
+            step("graph = \"GET /v1.0/users\"\nheaders = { Authorization = \"Bearer x\" }"),
+            "steps[0].headers.Authorization",
+            "not a header a runbook may set",
+        ),
+        (
+            step("graph = \"DELETE /v1.0/users/x\""),
+            "steps[0].graph",
+            "DELETE",
+        ),
+        (
+            step("graph = \"GET /v1.0/users/{{ item.id }}\""),
+            "steps[0].graph",
+            "uses \"item\"",
+        ),
+        (
+            format!(
+                "{STEP}{}",
+                "[[steps]]\nname = \"g\"\ncmdlet = \"Get-Mailbox\"\nwhen = \"'a' in keys(steps.find)\"\n"
+            ),
+            "steps[1].when",
+            "two quoted strings",
+        ),
+        (
+            format!(
+                "{STEP}{}",
+                "[[steps]]\nname = \"g\"\ncmdlet = \"Get-Mailbox\"\nwhen = \"'a' in keys('later', 'x')\"\n"
+            ),
+            "steps[1].when",
+            "earlier step",
+        ),
+        (
+            step("name2 = 1"),
+            "steps[0]",
+            "missing key \"cmdlet\" in step \"g\" (or \"graph\"",
+        ),
+    ];
+    for (text, key, message) in cases {
+        let errors = parse(&text).expect_err(&text);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.file == "x.toml" && e.key == key && e.to_string().contains(message)),
+            "{text}\nexpected {key}: {message}\ngot {errors:#?}"
+        );
+    }
 }

@@ -466,6 +466,7 @@ pub fn run(
         "remove-mailboxpermission" => remove_mailbox_permission(org, &args),
         "get-casmailbox" | "get-exocasmailbox" => get_cas_mailbox(org, &args),
         "set-casmailbox" => set_cas_mailbox(org, &args),
+        "set-mailboxautoreplyconfiguration" => set_auto_reply(org, &args),
         "get-organizationconfig" => {
             args.check(&[], false)?;
             Ok(Outcome::records(vec![Value::Object(org.config_record())]))
@@ -1344,6 +1345,46 @@ fn set_cas_mailbox(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, F
         return Ok(Outcome::nothing(vec![no_change_warning(&m)]));
     }
     org.replace(position, m);
+    Ok(Outcome::nothing(Vec::new()))
+}
+
+/// `Set-MailboxAutoReplyConfiguration`: the state must be one Exchange knows; messages and
+/// audience are kept as given.
+fn set_auto_reply(org: &mut Organisation, args: &Args<'_>) -> Result<Outcome, Failure> {
+    args.check(
+        &[
+            "Identity",
+            "AutoReplyState",
+            "InternalMessage",
+            "ExternalMessage",
+            "ExternalAudience",
+        ],
+        true,
+    )?;
+    let identity = args.required_text("Identity")?;
+    let (position, _) = target_mailbox(org, &identity)?;
+    let mut reply = org.auto_replies.get(&position).cloned().unwrap_or_default();
+    if let Some(state) = args.text("AutoReplyState")? {
+        let known = ["Enabled", "Disabled", "Scheduled"];
+        let Some(state) = known.iter().find(|k| k.eq_ignore_ascii_case(&state)) else {
+            return Err(conversion(
+                "AutoReplyState",
+                &Value::String(state),
+                "Microsoft.Exchange.Data.Storage.Management.OofState",
+            ));
+        };
+        reply.state = (*state).to_string();
+    }
+    if let Some(text) = args.text("InternalMessage")? {
+        reply.internal_message = Some(text);
+    }
+    if let Some(text) = args.text("ExternalMessage")? {
+        reply.external_message = Some(text);
+    }
+    if let Some(text) = args.text("ExternalAudience")? {
+        reply.external_audience = Some(text);
+    }
+    org.auto_replies.insert(position, reply);
     Ok(Outcome::nothing(Vec::new()))
 }
 

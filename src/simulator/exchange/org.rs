@@ -491,7 +491,20 @@ pub struct Organisation {
     pub mailbox_permissions: HashMap<usize, Vec<MailboxPermission>>,
     /// Folder permissions by (mailbox position, folder name in lower case).
     pub folder_permissions: HashMap<(usize, String), Vec<FolderPermission>>,
+    /// Automatic replies by mailbox position (none: disabled, no messages).
+    pub auto_replies: HashMap<usize, AutoReply>,
     pub smtp_client_authentication_disabled: bool,
+}
+
+/// A mailbox's `Set-MailboxAutoReplyConfiguration` state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AutoReply {
+    /// `Enabled`, `Disabled` or `Scheduled`.
+    pub state: String,
+    pub internal_message: Option<String>,
+    pub external_message: Option<String>,
+    /// `None`, `Known` or `All`.
+    pub external_audience: Option<String>,
 }
 
 /// SplitMix64: a tiny deterministic generator, stable across crate versions.
@@ -652,6 +665,7 @@ impl Organisation {
             index: HashMap::new(),
             mailbox_permissions: HashMap::new(),
             folder_permissions: HashMap::new(),
+            auto_replies: HashMap::new(),
             smtp_client_authentication_disabled: true,
         }
     }
