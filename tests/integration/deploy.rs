@@ -1554,44 +1554,19 @@ fn the_readme_graph_and_exchange_example_uses_vars_secrets_and_schedules_the_wor
     let settings: runbook_worker::settings::Settings =
         toml::from_str(&blocks[1]).unwrap_or_else(|e| panic!("README settings block: {e}"));
     assert_eq!(settings.problems(), Vec::<(String, String)>::new());
-    // The runbook. Graph steps are parsed by the graphsteps branch; until it is merged, each
-    // one is checked as a read cmdlet step whose parameters carry its path, query and body,
-    // so every template in them (params, item, secrets) is still compiled and resolved.
-    // After the merge, parse `blocks[2]` as it is.
-    let mut table: toml::Table = toml::from_str(&blocks[2]).expect("README runbook is TOML");
-    let mut graph_steps = Vec::new();
-    for step in table["steps"].as_array_mut().expect("steps").iter_mut() {
-        let step = step.as_table_mut().expect("a step table");
-        let Some(request) = step.remove("graph") else {
-            continue;
-        };
-        let request = request.as_str().expect("graph is a string").to_string();
-        assert!(
-            ["GET /v1.0/", "PATCH /v1.0/"]
-                .iter()
-                .any(|p| request.starts_with(p)),
-            "{request}"
-        );
-        graph_steps.push(step["name"].as_str().unwrap().to_string());
-        let mut parameters = toml::Table::new();
-        parameters.insert("Path".into(), request.into());
-        for key in ["query", "headers", "body"] {
-            if let Some(value) = step.remove(key) {
-                parameters.insert(key.into(), value);
-            }
-        }
-        step.insert("cmdlet".into(), "Get-User".into());
-        step.insert("parameters".into(), parameters.into());
-    }
-    assert_eq!(graph_steps, ["leavers", "scramble"]);
+    // The runbook, as the worker parses it: Graph steps, templates reading params, item,
+    // vars and secrets, and `[[schedules]]`.
     let policy = runbook_worker::runbook::CmdletPolicy::new(&Default::default());
-    let runbook = runbook_worker::runbook::parse_runbook(
-        "leavers",
-        "README.md",
-        &toml::to_string(&table).unwrap(),
-        &policy,
-    )
-    .unwrap_or_else(|errors| panic!("README Graph example is invalid: {errors:?}"));
+    let runbook =
+        runbook_worker::runbook::parse_runbook("leavers", "README.md", &blocks[2], &policy)
+            .unwrap_or_else(|errors| panic!("README Graph example is invalid: {errors:?}"));
+    let graph_steps: Vec<&str> = runbook
+        .steps
+        .iter()
+        .filter(|step| step.graph.is_some())
+        .map(|step| step.name.as_str())
+        .collect();
+    assert_eq!(graph_steps, ["leavers", "scramble"]);
     let schedules: Vec<(&str, serde_json::Value)> = runbook
         .schedule_entries
         .iter()
