@@ -354,12 +354,6 @@ impl Settings {
                 ),
             ));
         }
-        if url::Url::parse(&self.identity.imds_endpoint).is_err() {
-            out.push((
-                "identity.imds_endpoint".to_string(),
-                "expected a base URL such as http://169.254.169.254".to_string(),
-            ));
-        }
         if !(1..=1000).contains(&self.exchange.page_size) {
             out.push((
                 "exchange.page_size".to_string(),
@@ -382,27 +376,6 @@ impl Settings {
             out.push((
                 "exchange.max_concurrency".to_string(),
                 "must be at least 1".to_string(),
-            ));
-        }
-        if let Some(endpoint) = &self.exchange.endpoint
-            && !url::Url::parse(endpoint).is_ok_and(|url| {
-                matches!(url.scheme(), "http" | "https") && url.host_str().is_some()
-            })
-        {
-            out.push((
-                "exchange.endpoint".to_string(),
-                format!(
-                    "expected a base URL such as https://outlook.office365.com, got {endpoint:?}"
-                ),
-            ));
-        }
-        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            out.push((
-                "http.listen".to_string(),
-                format!(
-                    "expected ADDRESS:PORT such as 127.0.0.1:8080, got {:?}",
-                    self.http.listen
-                ),
             ));
         }
         out.extend(self.http.problems());
@@ -443,9 +416,9 @@ mod tests {
     fn defaults_apply_without_file_or_environment() {
         let dir = tempfile::tempdir().unwrap();
         let s = load(None, dir.path(), &env(&[])).unwrap();
-        assert_eq!(s.identity.imds_endpoint, "http://169.254.169.254");
+        assert_eq!(s.identity.imds_endpoint.as_str(), "http://169.254.169.254/");
         assert_eq!(s.exchange.page_size, 1000);
-        assert_eq!(s.http.listen, "127.0.0.1:8080");
+        assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.worker.shutdown_grace.get().as_secs(), 25);
     }
 

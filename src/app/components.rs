@@ -145,11 +145,11 @@ impl Components {
                 let simulators = start_simulators().await?;
                 let identity = IdentitySettings {
                     source: SourceKind::Imds,
-                    imds_endpoint: simulators.identity.base_url(),
+                    imds_endpoint: simulators.identity.endpoint(),
                     ..IdentitySettings::default()
                 };
                 let exchange = ExchangeSettings {
-                    endpoint: Some(simulators.exchange.base_url()),
+                    endpoint: Some(simulators.exchange.endpoint()),
                     organization: None,
                     ..settings.exchange.clone()
                 };

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 
 use runbook_worker::clock::{SharedClock, SystemClock};
 use runbook_worker::identity::{IdentityEnvironment, TokenProvider, TokenSource};
@@ -57,8 +57,7 @@ pub async fn run(ctx: Context, args: NotifyArgs) -> anyhow::Result<ExitCode> {
     };
     let mail = match &provider {
         Some(provider) => {
-            let base = url::Url::parse(&settings.graph_endpoint)
-                .context("notify.graph_endpoint is not a URL")?;
+            let base = settings.graph_endpoint.as_url().clone();
             let tokens: Arc<dyn TokenSource> = provider.clone();
             let sender: Arc<dyn MailSender> = Arc::new(GraphMailSender::new(
                 tokens,

@@ -577,7 +577,9 @@ async fn other_client_errors_are_not_retried() {
 #[tokio::test]
 async fn a_refused_connection_means_no_managed_identity_endpoint() {
     let settings = IdentitySettings {
-        imds_endpoint: format!("http://127.0.0.1:{}", closed_port()),
+        imds_endpoint: format!("http://127.0.0.1:{}", closed_port())
+            .parse()
+            .unwrap(),
         ..IdentitySettings::default()
     };
     let provider = TokenProvider::with_options(

@@ -57,7 +57,7 @@ pub async fn simulator(config: IdentitySimulatorConfig) -> IdentitySimulator {
 /// `[identity]` settings that send IMDS requests to the simulator.
 pub fn imds_settings(sim: &IdentitySimulator) -> IdentitySettings {
     IdentitySettings {
-        imds_endpoint: sim.base_url(),
+        imds_endpoint: sim.endpoint(),
         ..IdentitySettings::default()
     }
 }

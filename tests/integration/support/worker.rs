@@ -126,7 +126,7 @@ impl Engine {
         settings.state.dir = root.join("state");
         settings.worker.shutdown_grace = grace.into();
         // Never the real IMDS address: the fake runner asks for no token.
-        settings.identity.imds_endpoint = "http://127.0.0.1:9".to_string();
+        settings.identity.imds_endpoint = "http://127.0.0.1:9".parse().unwrap();
         let components = Components::build(
             settings,
             &HashMap::new(),
@@ -261,10 +261,10 @@ impl InProcess {
         let mut settings = Settings::default();
         settings.runbooks.dir = dir;
         settings.state.dir = root.path().join("state");
-        settings.http.listen = "127.0.0.1:0".to_string();
+        settings.http.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         // Never the real IMDS address: the fake runner makes no token requests, but the
         // settings must not point anywhere but loopback.
-        settings.identity.imds_endpoint = "http://127.0.0.1:9".to_string();
+        settings.identity.imds_endpoint = "http://127.0.0.1:9".parse().unwrap();
         adjust(&mut settings);
         let runner = FakeRunner::new();
         let app = App::build(
