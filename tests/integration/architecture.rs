@@ -119,7 +119,7 @@ fn identity_knows_nothing_of_exchange_and_exchange_nothing_of_runbooks() {
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "pure core",
-        &["duration", "clock", "timing", "bounded_file"],
+        &["duration", "base_url", "clock", "timing", "bounded_file"],
     ),
     (
         "adapters",
