@@ -116,8 +116,19 @@ impl SettingsError {
     }
 }
 
+/// The most problems one error lists; a file of thousands of bad keys still fits a screen.
+const MAX_LISTED: usize = 50;
+
 fn list(problems: &[SettingsError]) -> String {
-    problems.iter().map(|p| format!("\n  - {p}")).collect()
+    let mut text: String = problems
+        .iter()
+        .take(MAX_LISTED)
+        .map(|p| format!("\n  - {p}"))
+        .collect();
+    if problems.len() > MAX_LISTED {
+        text.push_str(&format!("\n  - and {} more", problems.len() - MAX_LISTED));
+    }
+    text
 }
 
 /// The largest settings file read, in bytes (1 MiB; a real one is under 4 KiB).
@@ -1115,6 +1126,19 @@ mod tests {
         assert!(err.contains("http.listen"), "{err}");
         assert!(err.contains("exchange.page_size"), "{err}");
         assert!(!err.contains(SECRET), "{err}");
+    }
+
+    #[test]
+    fn a_long_list_of_problems_is_cut_with_a_count() {
+        let keys: String = (0..60).map(|i| format!("bad_{i} = 1\n")).collect();
+        let err = error_of(&format!("[http]\n{keys}"), &[]);
+        assert!(err.starts_with("60 settings problems:"), "{err}");
+        assert_eq!(
+            err.matches("unknown setting http.bad_").count(),
+            50,
+            "{err}"
+        );
+        assert!(err.ends_with("and 10 more"), "{err}");
     }
 
     #[test]

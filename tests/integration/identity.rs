@@ -24,7 +24,7 @@ use runbook_worker::simulator::jwt;
 
 use crate::support::identity::{
     capture_logs, clocked_imds, env, fast_retry, imds_provider, imds_settings, options,
-    provider_with, simulator,
+    provider_with, run_against, simulator,
 };
 use crate::support::{closed_port, run_binary_off_runtime, stderr, stdout, wait_until};
 
@@ -799,14 +799,7 @@ async fn no_token_text_reaches_the_logs_of_a_full_token_flow() {
 #[tokio::test]
 async fn the_binary_never_prints_or_logs_the_token_even_at_trace_level() {
     let sim = simulator(IdentitySimulatorConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-
-    let out = run_binary_off_runtime(
-        dir.path(),
-        &["--log-level", "trace", "token"],
-        &[("RUNBOOK_WORKER__IDENTITY__IMDS_ENDPOINT", &sim.base_url())],
-    )
-    .await;
+    let out = run_against(&sim, &["--log-level", "trace", "token"]).await;
 
     assert!(out.status.success(), "{}", stderr(&out));
     let (printed, logged) = (stdout(&out), stderr(&out));
@@ -824,14 +817,7 @@ async fn the_binary_never_prints_or_logs_the_token_even_at_trace_level() {
 #[tokio::test]
 async fn token_prints_what_an_operator_needs_to_debug_permissions() {
     let sim = simulator(IdentitySimulatorConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-
-    let out = run_binary_off_runtime(
-        dir.path(),
-        &["token"],
-        &[("RUNBOOK_WORKER__IDENTITY__IMDS_ENDPOINT", &sim.base_url())],
-    )
-    .await;
+    let out = run_against(&sim, &["token"]).await;
 
     assert!(out.status.success(), "{}", stderr(&out));
     let printed = stdout(&out);
@@ -870,14 +856,7 @@ async fn token_hints_at_missing_exchange_permissions() {
         )),
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-
-    let out = run_binary_off_runtime(
-        dir.path(),
-        &["token"],
-        &[("RUNBOOK_WORKER__IDENTITY__IMDS_ENDPOINT", &sim.base_url())],
-    )
-    .await;
+    let out = run_against(&sim, &["token"]).await;
 
     let printed = stdout(&out);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -895,12 +874,9 @@ async fn token_hints_at_missing_exchange_permissions() {
 #[tokio::test]
 async fn token_raw_with_json_output_adds_the_token() {
     let sim = simulator(IdentitySimulatorConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-
-    let out = run_binary_off_runtime(
-        dir.path(),
+    let out = run_against(
+        &sim,
         &["token", "--raw", "--output", "json", "--resource", STORAGE],
-        &[("RUNBOOK_WORKER__IDENTITY__IMDS_ENDPOINT", &sim.base_url())],
     )
     .await;
 

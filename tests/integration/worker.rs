@@ -125,20 +125,7 @@ async fn the_engine_fires_at_the_dst_aware_instants_of_several_zones() {
 #[tokio::test]
 async fn overlap_skip_records_the_occurrence_as_skipped_while_the_job_runs() {
     let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("runbooks")).unwrap();
-    write(
-        &root.path().join("runbooks"),
-        "tick.toml",
-        &runbook("schedule = \"* * * * *\""),
-    );
-    let engine = Engine::start(root.path(), utc("2026-05-04T10:00:30Z")).await;
-    engine.runner.hold("tick");
-    engine.fire("tick", utc("2026-05-04T10:01:00Z")).await;
-    engine
-        .wait_jobs("tick", "the first job running", |j| {
-            j[0].status == JobStatus::Running
-        })
-        .await;
+    let engine = Engine::with_tick_running(root.path(), "schedule = \"* * * * *\"").await;
     let jobs = engine.fire("tick", utc("2026-05-04T10:02:00Z")).await;
     assert_eq!(jobs[1].status, JobStatus::Skipped);
     assert!(
@@ -171,20 +158,9 @@ async fn overlap_skip_records_the_occurrence_as_skipped_while_the_job_runs() {
 #[tokio::test]
 async fn overlap_queue_keeps_one_occurrence_waiting_and_skips_the_next() {
     let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("runbooks")).unwrap();
-    write(
-        &root.path().join("runbooks"),
-        "tick.toml",
-        &runbook("schedule = \"* * * * *\"\noverlap = \"queue\""),
-    );
-    let engine = Engine::start(root.path(), utc("2026-05-04T10:00:30Z")).await;
-    engine.runner.hold("tick");
-    engine.fire("tick", utc("2026-05-04T10:01:00Z")).await;
-    engine
-        .wait_jobs("tick", "the first job running", |j| {
-            j[0].status == JobStatus::Running
-        })
-        .await;
+    let engine =
+        Engine::with_tick_running(root.path(), "schedule = \"* * * * *\"\noverlap = \"queue\"")
+            .await;
     let jobs = engine.fire("tick", utc("2026-05-04T10:02:00Z")).await;
     assert_eq!(
         jobs[1].status,
@@ -219,20 +195,11 @@ async fn overlap_queue_keeps_one_occurrence_waiting_and_skips_the_next() {
 #[tokio::test]
 async fn overlap_replace_cancels_the_running_job_and_runs_the_new_occurrence() {
     let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("runbooks")).unwrap();
-    write(
-        &root.path().join("runbooks"),
-        "tick.toml",
-        &runbook("schedule = \"* * * * *\"\noverlap = \"replace\""),
-    );
-    let engine = Engine::start(root.path(), utc("2026-05-04T10:00:30Z")).await;
-    engine.runner.hold("tick");
-    engine.fire("tick", utc("2026-05-04T10:01:00Z")).await;
-    engine
-        .wait_jobs("tick", "the first job running", |j| {
-            j[0].status == JobStatus::Running
-        })
-        .await;
+    let engine = Engine::with_tick_running(
+        root.path(),
+        "schedule = \"* * * * *\"\noverlap = \"replace\"",
+    )
+    .await;
     engine.fire("tick", utc("2026-05-04T10:02:00Z")).await;
     engine
         .wait_jobs(

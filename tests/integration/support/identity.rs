@@ -94,6 +94,18 @@ pub async fn clocked_imds(
     (clock, sim, provider)
 }
 
+/// Runs the binary with `args` in an empty folder, its IMDS endpoint the simulator's.
+pub async fn run_against(sim: &IdentitySimulator, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = sim.base_url();
+    super::run_binary_off_runtime(
+        dir.path(),
+        args,
+        &[("RUNBOOK_WORKER__IDENTITY__IMDS_ENDPOINT", &endpoint)],
+    )
+    .await
+}
+
 /// Everything written to it, for asserting on log output.
 #[derive(Clone, Default)]
 pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);

@@ -162,6 +162,23 @@ impl Engine {
         }
     }
 
+    /// An engine over `tick.toml` (the [`runbook`] with `top`, which must schedule it every
+    /// minute) whose 10:01 occurrence of 4 May 2026 is running, held by the fake runner.
+    pub async fn with_tick_running(root: &Path, top: &str) -> Engine {
+        let runbooks = root.join("runbooks");
+        std::fs::create_dir_all(&runbooks).unwrap();
+        std::fs::write(runbooks.join("tick.toml"), runbook(top)).unwrap();
+        let engine = Engine::start(root, utc("2026-05-04T10:00:30Z")).await;
+        engine.runner.hold("tick");
+        engine.fire("tick", utc("2026-05-04T10:01:00Z")).await;
+        engine
+            .wait_jobs("tick", "the first job running", |j| {
+                j[0].status == JobStatus::Running
+            })
+            .await;
+        engine
+    }
+
     /// Every job of `runbook`, oldest first.
     pub async fn jobs(&self, runbook: &str) -> Vec<JobSummary> {
         let mut jobs = self
