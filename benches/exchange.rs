@@ -164,7 +164,11 @@ impl ChildSimulator {
 
     fn client(&self, limiter: Arc<TenantLimiter>) -> ExchangeClient {
         let settings = ExchangeSettings {
-            endpoint: Some(self.base_url.clone()),
+            endpoint: Some(
+                self.base_url
+                    .parse()
+                    .expect("the simulator printed a base URL"),
+            ),
             ..ExchangeSettings::default()
         };
         let tokens = Arc::new(SimulatedTokens::for_tenant(

@@ -54,7 +54,7 @@ fn main() {
             "exp": chrono::Utc::now().timestamp() + 3600,
         })));
         let settings = GraphSettings {
-            endpoint: Some(sim.base_url()),
+            endpoint: Some(sim.endpoint()),
             ..GraphSettings::default()
         };
         let client = GraphClient::new(&settings, Cloud::Global, tokens, Arc::new(TenantLimiter::new(4)))

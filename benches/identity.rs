@@ -36,7 +36,7 @@ fn main() {
 
 fn provider(sim: &IdentitySimulator) -> Arc<TokenProvider> {
     let settings = IdentitySettings {
-        imds_endpoint: sim.base_url(),
+        imds_endpoint: sim.endpoint(),
         ..IdentitySettings::default()
     };
     TokenProvider::with_options(

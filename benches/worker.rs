@@ -250,7 +250,7 @@ async fn precision_in_process() -> Result<(), String> {
     settings.state.dir = dir.path().join("state");
     settings.worker.shutdown_grace = Duration::from_secs(5).into();
     // Jobs are no-ops: nothing asks for a token, but nothing may point off this machine.
-    settings.identity.imds_endpoint = "http://127.0.0.1:9".to_string();
+    settings.identity.imds_endpoint = "http://127.0.0.1:9".parse()?;
     let components = Components::build(settings, &HashMap::new(), ComponentOptions::default())
         .await
         .map_err(|e| e.to_string())?;

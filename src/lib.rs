@@ -5,7 +5,7 @@
 //!
 //! Imports point from the pure core towards the edges, never back:
 //!
-//! - Pure core, no I/O, `now` passed in: [`duration`], [`clock`] (the abstraction itself),
+//! - Pure core, no I/O, `now` passed in: [`duration`], [`base_url`], [`clock`] (the abstraction itself),
 //!   the runbook model and parser in [`runbook`], cron maths and scheduling policies in [`timing`],
 //!   token-cache policy in [`identity`], parameter encoding in [`exchange`].
 //! - Adapters: [`identity`] (token endpoints), [`exchange`] (the InvokeCommand API),
@@ -22,6 +22,7 @@
 //! ARCHITECTURE.md has the code map and the invariants.
 
 pub mod app;
+pub mod base_url;
 pub mod bounded_file;
 pub mod clock;
 pub mod coordination;

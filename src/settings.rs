@@ -7,6 +7,7 @@
 //! never touch the process environment.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -95,8 +96,44 @@ pub enum SettingsError {
         origin: String,
         message: String,
     },
+    /// A key no section has: a misspelling, usually. `hint` is "; did you mean …?" or a list
+    /// of what exists.
+    #[error("unknown setting {key} from {origin}{hint}")]
+    Unknown {
+        key: String,
+        origin: String,
+        hint: String,
+    },
     #[error("invalid settings (from {origin}): {message}")]
     Unreadable { origin: String, message: String },
+    /// Every problem found, when there is more than one (each one of the variants above).
+    #[error("{} settings problems:{}", .0.len(), list(.0))]
+    Several(Vec<SettingsError>),
+}
+
+impl SettingsError {
+    /// The problems this error stands for: itself, or each of [`SettingsError::Several`].
+    pub fn problems(&self) -> Vec<&SettingsError> {
+        match self {
+            Self::Several(all) => all.iter().collect(),
+            one => vec![one],
+        }
+    }
+}
+
+/// The most problems one error lists; a file of thousands of bad keys still fits a screen.
+const MAX_LISTED: usize = 50;
+
+fn list(problems: &[SettingsError]) -> String {
+    let mut text: String = problems
+        .iter()
+        .take(MAX_LISTED)
+        .map(|p| format!("\n  - {p}"))
+        .collect();
+    if problems.len() > MAX_LISTED {
+        text.push_str(&format!("\n  - and {} more", problems.len() - MAX_LISTED));
+    }
+    text
 }
 
 /// The largest settings file read, in bytes (1 MiB; a real one is under 4 KiB).
@@ -165,14 +202,16 @@ pub fn from_text(
         .collect();
 
     let mut builder = config::Config::builder();
+    let mut table = None;
     if let Some((path, text)) = file {
         // Parsed here first: the `config` crate's TOML errors quote the offending line,
         // which may be `api_token = "…"`. This error gives the position only.
-        let table: toml::Table = toml::from_str(text).map_err(|e| SettingsError::File {
+        let parsed: toml::Table = toml::from_str(text).map_err(|e| SettingsError::File {
             path: path.to_path_buf(),
             message: syntax_message(text, &e),
         })?;
-        secrets.extend(secret_values(&table));
+        secrets.extend(secret_values(&parsed));
+        table = Some(parsed);
         builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
     }
     let secrets = Secrets(secrets);
@@ -189,7 +228,12 @@ pub fn from_text(
     );
 
     let file_path = file.map(|(path, _)| path);
-    let origin_of = |key: &str| origin(key, file_path, &overrides);
+    let origins = Origins {
+        file: file_path,
+        table: table.as_ref(),
+        overrides: &overrides,
+    };
+    let origin_of = |key: &str| origins.of(key);
     let built = builder.build().map_err(|e| match file_path {
         Some(path) => SettingsError::File {
             path: path.to_path_buf(),
@@ -200,19 +244,98 @@ pub fn from_text(
             message: secrets.mask(&e.to_string()),
         },
     })?;
-    let mut settings: Settings = built
-        .try_deserialize()
-        .map_err(|e| secrets.mask_error(describe_config_error(e, &origin_of)))?;
-    settings.notify.read_secret_env(env);
+    let tree = config::Source::collect(&built).map_err(|e| SettingsError::Unreadable {
+        origin: "settings file or RUNBOOK_WORKER__* environment".to_string(),
+        message: secrets.mask(&e.to_string()),
+    })?;
 
-    if let Some((key, message)) = settings.problems().into_iter().next() {
-        return Err(secrets.mask_error(SettingsError::Invalid {
-            origin: origin_of(&key),
-            key,
-            message,
-        }));
+    let mut problems = origins.unknown_keys();
+    let unknown: Vec<String> = problems
+        .iter()
+        .filter_map(|p| match p {
+            SettingsError::Unknown { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut sections = Sections {
+        tree,
+        unknown: &unknown,
+        problems: Vec::new(),
+        origin_of: &origin_of,
+    };
+    let mut settings = Settings {
+        identity: sections.take("identity"),
+        exchange: sections.take("exchange"),
+        graph: sections.take("graph"),
+        keyvault: sections.take("keyvault"),
+        runbooks: sections.take("runbooks"),
+        policy: sections.take("policy"),
+        state: sections.take("state"),
+        history: sections.take("history"),
+        http: sections.take("http"),
+        worker: sections.take("worker"),
+        coordination: sections.take("coordination"),
+        log: sections.take("log"),
+        notify: sections.take("notify"),
+        vars: sections.take("vars"),
+        secrets: sections.take("secrets"),
+    };
+    settings.notify.read_secret_env(env);
+    problems.append(&mut sections.problems);
+    // Checks across values run on what was read; a section that could not be read stands
+    // at its defaults, which pass them.
+    problems.extend(
+        settings
+            .problems()
+            .into_iter()
+            .map(|(key, message)| SettingsError::Invalid {
+                origin: origin_of(&key),
+                key,
+                message,
+            }),
+    );
+    let mut problems: Vec<SettingsError> = problems
+        .into_iter()
+        .map(|p| secrets.mask_error(p))
+        .collect();
+    match problems.len() {
+        0 => Ok(settings),
+        1 => Err(problems.remove(0)),
+        _ => Err(SettingsError::Several(problems)),
     }
-    Ok(settings)
+}
+
+/// The sections of the merged file and environment, read one at a time so that a bad value
+/// in one does not hide the problems of the others.
+struct Sections<'a> {
+    tree: config::Map<String, config::Value>,
+    /// Keys already reported as unknown: left out so the rest of their section is checked.
+    unknown: &'a [String],
+    problems: Vec<SettingsError>,
+    origin_of: &'a dyn Fn(&str) -> String,
+}
+
+impl Sections<'_> {
+    /// Section `name`, or its defaults when absent or unreadable (the problem is recorded).
+    fn take<T: serde::de::DeserializeOwned + Default>(&mut self, name: &str) -> T {
+        let Some(mut value) = self.tree.remove(name) else {
+            return T::default();
+        };
+        if self.unknown.iter().any(|k| k == name) {
+            return T::default();
+        }
+        if let config::ValueKind::Table(table) = &mut value.kind {
+            table.retain(|key, _| !self.unknown.contains(&format!("{name}.{key}")));
+        }
+        match T::deserialize(value) {
+            Ok(section) => section,
+            Err(e) => {
+                self.problems
+                    .push(describe_config_error(e, name, self.origin_of));
+                T::default()
+            }
+        }
+    }
 }
 
 /// "line L, column C: message" of a TOML syntax error, without the source snippet.
@@ -270,10 +393,18 @@ impl Secrets {
                 key,
                 origin,
             },
+            SettingsError::Unknown { key, origin, hint } => SettingsError::Unknown {
+                key: self.mask(&key),
+                origin,
+                hint,
+            },
             SettingsError::Unreadable { origin, message } => SettingsError::Unreadable {
                 origin,
                 message: self.mask(&message),
             },
+            SettingsError::Several(all) => {
+                SettingsError::Several(all.into_iter().map(|e| self.mask_error(e)).collect())
+            }
         }
     }
 }
@@ -287,57 +418,292 @@ pub fn env_var_for(key: &str) -> String {
     )
 }
 
-fn origin(key: &str, file: Option<&Path>, overrides: &HashMap<String, String>) -> String {
-    let var = env_var_for(key);
-    if overrides.contains_key(&var) {
-        format!("environment variable {var}")
-    } else if let Some(path) = file {
-        format!("file {}", path.display())
-    } else {
-        "built-in default".to_string()
+/// Where the values came from: the file (its path and parsed table) and the overrides.
+struct Origins<'a> {
+    file: Option<&'a Path>,
+    table: Option<&'a toml::Table>,
+    overrides: &'a HashMap<String, String>,
+}
+
+impl Origins<'_> {
+    /// Where `key` (`section.name`, maybe with an index: `notify.targets[0].url`) came from.
+    fn of(&self, key: &str) -> String {
+        let var = env_var_for(key);
+        let mut path = key.split(['.', '[']);
+        let in_file = self.table.is_some_and(|table| {
+            let section = path.next().and_then(|s| table.get(s));
+            match path.next() {
+                Some(name) => section
+                    .and_then(toml::Value::as_table)
+                    .is_some_and(|t| t.contains_key(name)),
+                None => section.is_some(),
+            }
+        });
+        if self.overrides.contains_key(&var) {
+            format!("environment variable {var}")
+        } else if let (true, Some(file)) = (in_file, self.file) {
+            format!("file {}", file.display())
+        } else {
+            "built-in default".to_string()
+        }
+    }
+
+    /// Keys that no section has, from the file and from `RUNBOOK_WORKER__*` variables, each
+    /// blamed on where it was written.
+    fn unknown_keys(&self) -> Vec<SettingsError> {
+        let mut out = Vec::new();
+        if let (Some(table), Some(file)) = (self.table, self.file) {
+            for (section, value) in table {
+                if FREE_FORM_SECTIONS.contains(&section.as_str()) {
+                    continue;
+                }
+                let origin = format!("file {}", file.display());
+                match (fields_of_section(section), value.as_table()) {
+                    (None, _) => out.push(unknown(section, None, origin)),
+                    (Some(fields), Some(keys)) => {
+                        for name in keys.keys().filter(|k| !fields.contains(&k.as_str())) {
+                            out.push(unknown(
+                                section,
+                                Some(name),
+                                format!("{origin}, section [{section}]"),
+                            ));
+                        }
+                    }
+                    // A section written as a value: its type error says so.
+                    (Some(_), None) => {}
+                }
+            }
+        }
+        let prefix = format!("{ENV_PREFIX}__");
+        let mut vars: Vec<&String> = self.overrides.keys().collect();
+        vars.sort();
+        for var in vars {
+            let Some(rest) = var.strip_prefix(&prefix) else {
+                continue;
+            };
+            let mut parts = rest.split("__").map(str::to_ascii_lowercase);
+            let section = parts.next().unwrap_or_default();
+            if FREE_FORM_SECTIONS.contains(&section.as_str()) {
+                continue;
+            }
+            let origin = format!("environment variable {var}");
+            match (fields_of_section(&section), parts.next()) {
+                (None, name) => out.push(unknown(&section, name.as_deref(), origin)),
+                (Some(_), None) => out.push(SettingsError::Unknown {
+                    key: section.clone(),
+                    origin,
+                    hint: format!(
+                        ": it names a section, not a setting; add the key, as in {}",
+                        env_var_for(&format!(
+                            "{section}.{}",
+                            fields_of_section(&section)
+                                .and_then(|f| f.first())
+                                .unwrap_or(&"")
+                        ))
+                    ),
+                }),
+                (Some(fields), Some(name)) if !fields.contains(&name.as_str()) => {
+                    out.push(unknown(&section, Some(&name), origin));
+                }
+                _ => {}
+            }
+        }
+        out
     }
 }
 
+/// An unknown `section` (with `name` absent) or `section.name`, with the closest known key.
+fn unknown(section: &str, name: Option<&str>, origin: String) -> SettingsError {
+    let (key, suggestion) = match (fields_of_section(section), name) {
+        (Some(fields), Some(name)) => (
+            format!("{section}.{name}"),
+            closest(name, fields.iter().copied()).map(|f| format!("{section}.{f}")),
+        ),
+        (None, name) => {
+            let key = match name {
+                Some(name) => format!("{section}.{name}"),
+                None => section.to_string(),
+            };
+            // A misspelt section, or a key written outside its section.
+            let suggestion = closest(section, SECTIONS.iter().copied())
+                .map(|s| match name {
+                    Some(name) => format!("{s}.{name}"),
+                    None => s.to_string(),
+                })
+                .or_else(|| {
+                    let keys = SECTIONS.iter().flat_map(|s| {
+                        fields_of_section(s)
+                            .unwrap_or_default()
+                            .iter()
+                            .map(move |f| (*s, *f))
+                    });
+                    keys.filter(|(_, f)| *f == section)
+                        .map(|(s, f)| format!("{s}.{f}"))
+                        .next()
+                });
+            (key, suggestion)
+        }
+        (Some(_), None) => (section.to_string(), None),
+    };
+    let hint = match suggestion {
+        Some(known) => format!("; did you mean {known}?"),
+        None if name.is_some() && fields_of_section(section).is_some() => format!(
+            "; [{section}] has {}",
+            fields_of_section(section).unwrap_or_default().join(", ")
+        ),
+        None => format!("; the sections are {}", SECTIONS.join(", ")),
+    };
+    SettingsError::Unknown { key, origin, hint }
+}
+
+/// The known name most like `written`, if one is close enough to be a misspelling.
+fn closest<'a>(written: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .map(|k| (strsim::jaro_winkler(written, k), k))
+        .filter(|(score, _)| *score >= 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
+}
+
+/// The settings sections, as the file and the variables name them.
+const SECTIONS: &[&str] = &[
+    "identity",
+    "exchange",
+    "graph",
+    "keyvault",
+    "runbooks",
+    "policy",
+    "state",
+    "history",
+    "http",
+    "worker",
+    "coordination",
+    "log",
+    "notify",
+];
+
+/// The keys of section `name`, as its type declares them; `None` for no such section.
+/// Sections whose keys are names the user chooses (`[vars]`, `[secrets]`): no key of theirs
+/// is unknown.
+const FREE_FORM_SECTIONS: &[&str] = &["vars", "secrets"];
+
+fn fields_of_section(name: &str) -> Option<&'static [&'static str]> {
+    Some(match name {
+        "identity" => fields_of::<IdentitySettings>(),
+        "exchange" => fields_of::<ExchangeSettings>(),
+        "graph" => fields_of::<GraphSettings>(),
+        "keyvault" => fields_of::<KeyVaultSettings>(),
+        "runbooks" => fields_of::<RunbooksSettings>(),
+        "policy" => fields_of::<PolicySettings>(),
+        "state" => fields_of::<StateSettings>(),
+        "history" => fields_of::<HistorySettings>(),
+        "http" => fields_of::<HttpSettings>(),
+        "worker" => fields_of::<WorkerSettings>(),
+        "coordination" => fields_of::<CoordinationSettings>(),
+        "log" => fields_of::<LogSettings>(),
+        "notify" => fields_of::<NotifySettings>(),
+        _ => return None,
+    })
+}
+
+/// The field names a struct's `Deserialize` asks for: a deserializer that only listens to
+/// `deserialize_struct`, so the list cannot drift from the section types.
+fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{Deserializer, Visitor};
+
+    #[derive(Debug)]
+    struct Stop;
+    impl fmt::Display for Stop {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("field names read")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl serde::de::Error for Stop {
+        fn custom<M: fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+
+    struct Fields<'f>(&'f mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Fields<'_> {
+        type Error = Stop;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            *self.0 = fields;
+            Err(Stop)
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
+}
+
+/// A section's deserialization error as a problem naming `section.key` and its origin.
 fn describe_config_error(
     e: config::ConfigError,
+    section: &str,
     origin_of: &dyn Fn(&str) -> String,
 ) -> SettingsError {
+    let full = |key: &str| {
+        if key.starts_with('[') {
+            format!("{section}{key}")
+        } else {
+            format!("{section}.{key}")
+        }
+    };
     match e {
         config::ConfigError::Type {
             key: Some(key),
             unexpected,
             expected,
             ..
-        } => SettingsError::Invalid {
-            origin: origin_of(&key),
-            // serde's `unexpected` quotes the value, and a secret's value stays out.
-            message: if SECRET_KEYS.contains(&key.as_str()) {
-                format!("expected {expected} (the value is not shown: it is a secret)")
-            } else {
-                format!("expected {expected}, got {unexpected}")
-            },
-            key,
-        },
+        } => {
+            let key = full(&key);
+            SettingsError::Invalid {
+                origin: origin_of(&key),
+                // serde's `unexpected` quotes the value, and a secret's value stays out.
+                message: if SECRET_KEYS.contains(&key.as_str()) {
+                    format!("expected {expected} (the value is not shown: it is a secret)")
+                } else {
+                    format!("expected {expected}, got {unexpected}")
+                },
+                key,
+            }
+        }
         config::ConfigError::At {
             key: Some(key),
             error,
             ..
-        } => SettingsError::Invalid {
-            origin: origin_of(&key),
-            message: error.to_string(),
-            key,
-        },
-        other => {
-            let message = other.to_string();
-            // serde's "unknown field `x`" errors carry no key path from `config`: say which
-            // sections exist so a typo is easy to spot.
-            SettingsError::Unreadable {
-                origin: "settings file or RUNBOOK_WORKER__* environment".to_string(),
-                message: format!(
-                    "{message} (sections: identity, exchange, graph, keyvault, runbooks, policy, state, history, http, worker, coordination, log, notify, vars, secrets)"
-                ),
+        } => {
+            let key = full(&key);
+            SettingsError::Invalid {
+                origin: origin_of(&key),
+                message: error.to_string(),
+                key,
             }
         }
+        other => SettingsError::Invalid {
+            origin: origin_of(section),
+            message: other.to_string(),
+            key: section.to_string(),
+        },
     }
 }
 
@@ -358,12 +724,6 @@ impl Settings {
                     "set at most one of identity.client_id, identity.object_id, identity.resource_id (also set: {})",
                     chosen[0].0
                 ),
-            ));
-        }
-        if url::Url::parse(&self.identity.imds_endpoint).is_err() {
-            out.push((
-                "identity.imds_endpoint".to_string(),
-                "expected a base URL such as http://169.254.169.254".to_string(),
             ));
         }
         if !(1..=1000).contains(&self.exchange.page_size) {
@@ -388,27 +748,6 @@ impl Settings {
             out.push((
                 "exchange.max_concurrency".to_string(),
                 "must be at least 1".to_string(),
-            ));
-        }
-        if let Some(endpoint) = &self.exchange.endpoint
-            && !url::Url::parse(endpoint).is_ok_and(|url| {
-                matches!(url.scheme(), "http" | "https") && url.host_str().is_some()
-            })
-        {
-            out.push((
-                "exchange.endpoint".to_string(),
-                format!(
-                    "expected a base URL such as https://outlook.office365.com, got {endpoint:?}"
-                ),
-            ));
-        }
-        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            out.push((
-                "http.listen".to_string(),
-                format!(
-                    "expected ADDRESS:PORT such as 127.0.0.1:8080, got {:?}",
-                    self.http.listen
-                ),
             ));
         }
         out.extend(self.http.problems());
@@ -450,9 +789,9 @@ mod tests {
     fn defaults_apply_without_file_or_environment() {
         let dir = tempfile::tempdir().unwrap();
         let s = load(None, dir.path(), &env(&[])).unwrap();
-        assert_eq!(s.identity.imds_endpoint, "http://169.254.169.254");
+        assert_eq!(s.identity.imds_endpoint.as_str(), "http://169.254.169.254/");
         assert_eq!(s.exchange.page_size, 1000);
-        assert_eq!(s.http.listen, "127.0.0.1:8080");
+        assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.worker.shutdown_grace.get().as_secs(), 25);
     }
 
@@ -689,6 +1028,172 @@ api_key = \"https://ops.vault.azure.net/secrets/api-key\"\n",
             .unwrap_err()
             .to_string();
         assert!(err.contains("a directory"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key_and_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "[exchange]\npage_size = 5000\n[identity]\nimds_endpoint = \"169.254.169.254\"\n\
+             [http]\nlisten = \"nowhere\"\n[log]\nformat = \"xml\"\n",
+        );
+        let err = load(
+            Some(&file),
+            dir.path(),
+            &env(&[
+                ("RUNBOOK_WORKER__HISTORY__RETENTION", "forever"),
+                ("RUNBOOK_WORKER__HTTP__LISTN", "0.0.0.0:1"),
+            ]),
+        )
+        .unwrap_err();
+        let SettingsError::Several(all) = &err else {
+            panic!("expected several problems, got {err}");
+        };
+        let text = err.to_string();
+        for key in [
+            "exchange.page_size",
+            "identity.imds_endpoint",
+            "http.listen",
+            "log.format",
+            "history.retention",
+            "http.listn",
+        ] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+        assert_eq!(all.len(), 6, "{text}");
+        assert!(
+            text.contains("RUNBOOK_WORKER__HISTORY__RETENTION"),
+            "{text}"
+        );
+        assert!(text.contains("worker.toml"), "{text}");
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_blamed_on_the_variable_with_the_key_it_meant() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(
+            None,
+            dir.path(),
+            &env(&[("RUNBOOK_WORKER__HTTP__LISTN", "127.0.0.1:9")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "unknown setting http.listn from environment variable RUNBOOK_WORKER__HTTP__LISTN; did you mean http.listen?"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_key_in_the_file_names_the_file_and_the_section() {
+        let cases = [
+            (
+                "[http]\nlisten = \"127.0.0.1:1\"\nanonymous_read = false\n",
+                "unknown setting http.anonymous_read from file ",
+                ", section [http]; did you mean http.anonymous_reads?",
+            ),
+            (
+                "[exchang]\npage_size = 10\n",
+                "unknown setting exchang from file ",
+                "; did you mean exchange?",
+            ),
+            (
+                "listen = \"127.0.0.1:1\"\n",
+                "unknown setting listen from file ",
+                "; did you mean http.listen?",
+            ),
+            (
+                "[http]\nzzz = 1\n",
+                "unknown setting http.zzz from file ",
+                "; [http] has listen, ",
+            ),
+        ];
+        for (text, start, end) in cases {
+            let err = error_of(text, &[]);
+            assert!(err.starts_with(start), "{text}: {err}");
+            assert!(err.contains("worker.toml"), "{text}: {err}");
+            assert!(err.contains(end), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_variable_naming_only_a_section_or_an_unknown_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (var, needle) in [
+            ("RUNBOOK_WORKER__HTTP", "names a section"),
+            ("RUNBOOK_WORKER__HTP__LISTEN", "did you mean http.listen?"),
+        ] {
+            let err = load(None, dir.path(), &env(&[(var, "x")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(var), "{err}");
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_value_left_at_its_default_is_blamed_on_the_default_not_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "[identity]\nclient_id = \"a\"\n");
+        let err = load(
+            Some(&file),
+            dir.path(),
+            &env(&[("RUNBOOK_WORKER__IDENTITY__OBJECT_ID", "b")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("identity.object_id"), "{err}");
+        assert!(
+            err.contains("environment variable RUNBOOK_WORKER__IDENTITY__OBJECT_ID"),
+            "{err}"
+        );
+        let blamed = Origins {
+            file: Some(&file),
+            table: Some(&toml::from_str("[identity]\nclient_id = \"a\"").unwrap()),
+            overrides: &HashMap::new(),
+        };
+        assert_eq!(blamed.of("exchange.page_size"), "built-in default");
+        assert!(blamed.of("identity.client_id").starts_with("file "));
+    }
+
+    #[test]
+    fn the_known_keys_are_read_from_the_section_types() {
+        assert_eq!(fields_of::<Settings>(), SECTIONS);
+        for section in SECTIONS {
+            let fields = fields_of_section(section).unwrap();
+            assert!(!fields.is_empty(), "{section}");
+        }
+        assert!(fields_of_section("http").unwrap().contains(&"listen"));
+        assert_eq!(fields_of_section("nope"), None);
+    }
+
+    #[test]
+    fn secrets_stay_out_of_a_list_of_problems() {
+        let err = error_of(
+            &format!("[http]\napi_token = \"{SECRET}\"\nlisten = \"{SECRET}\"\n"),
+            &[
+                ("RUNBOOK_WORKER__COORDINATION__SAS_URL", SECRET),
+                ("RUNBOOK_WORKER__EXCHANGE__PAGE_SIZE", "0"),
+            ],
+        );
+        assert!(err.contains("settings problems"), "{err}");
+        assert!(err.contains("http.listen"), "{err}");
+        assert!(err.contains("exchange.page_size"), "{err}");
+        assert!(!err.contains(SECRET), "{err}");
+    }
+
+    #[test]
+    fn a_long_list_of_problems_is_cut_with_a_count() {
+        let keys: String = (0..60).map(|i| format!("bad_{i} = 1\n")).collect();
+        let err = error_of(&format!("[http]\n{keys}"), &[]);
+        assert!(err.starts_with("60 settings problems:"), "{err}");
+        assert_eq!(
+            err.matches("unknown setting http.bad_").count(),
+            50,
+            "{err}"
+        );
+        assert!(err.ends_with("and 10 more"), "{err}");
     }
 
     #[test]

@@ -163,15 +163,15 @@ impl Components {
                 let simulators = start_simulators().await?;
                 let identity = IdentitySettings {
                     source: SourceKind::Imds,
-                    imds_endpoint: simulators.identity.base_url(),
+                    imds_endpoint: simulators.identity.endpoint(),
                     ..IdentitySettings::default()
                 };
                 let exchange = ExchangeSettings {
-                    endpoint: Some(simulators.exchange.base_url()),
+                    endpoint: Some(simulators.exchange.endpoint()),
                     organization: None,
                     ..settings.exchange.clone()
                 };
-                graph.endpoint = Some(simulators.graph.base_url());
+                graph.endpoint = Some(simulators.graph.endpoint());
                 (identity, exchange, Some(simulators))
             }
         };

@@ -240,14 +240,14 @@ impl App {
             ended,
         );
 
-        let listener = TcpListener::bind(&settings.http.listen)
+        let listener = TcpListener::bind(settings.http.listen)
             .await
             .map_err(|source| AppError::Listen {
-                listen: settings.http.listen.clone(),
+                listen: settings.http.listen.to_string(),
                 source,
             })?;
         let http_addr = listener.local_addr().map_err(|source| AppError::Listen {
-            listen: settings.http.listen.clone(),
+            listen: settings.http.listen.to_string(),
             source,
         })?;
         let auth = ApiAuth::from_settings(&settings.http, http_addr).map_err(AppError::Http)?;

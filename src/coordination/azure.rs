@@ -66,7 +66,7 @@ pub enum StorageTarget {
     SasUrl(SecretString),
     /// `https://<account>.blob.core.windows.net/<container>` and the managed identity.
     Token {
-        container_url: String,
+        container_url: Url,
         credential: Arc<dyn TokenCredential>,
     },
 }
@@ -80,7 +80,7 @@ impl fmt::Debug for StorageTarget {
                 .finish(),
             Self::Token { container_url, .. } => f
                 .debug_struct("Token")
-                .field("container_url", &redact_url(container_url))
+                .field("container_url", &redact_url(container_url.as_str()))
                 .finish_non_exhaustive(),
         }
     }
@@ -325,13 +325,7 @@ impl AzureBlobCoordinator {
                 container_url,
                 credential,
             } => {
-                let url = Url::parse(&container_url).map_err(|_| CoordinationError::Settings {
-                    key: "coordination.container_url".to_string(),
-                    message: format!(
-                        "expected https://<account>.blob.core.windows.net/<container>, got {}",
-                        redact_url(&container_url)
-                    ),
-                })?;
+                let url = container_url;
                 if url.scheme() != "https" {
                     return Err(CoordinationError::Settings {
                         key: "coordination.container_url".to_string(),

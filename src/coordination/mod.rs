@@ -75,6 +75,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::base_url::BaseUrl;
 use crate::clock::SharedClock;
 use crate::duration::HumanDuration;
 
@@ -100,7 +101,7 @@ pub enum CoordinationKind {
 pub struct CoordinationSettings {
     pub kind: CoordinationKind,
     /// `https://<account>.blob.core.windows.net/<container>`, used with the managed identity.
-    pub container_url: Option<String>,
+    pub container_url: Option<BaseUrl>,
     /// A container URL carrying a SAS query string instead of the managed identity (a bearer
     /// secret).
     pub sas_url: Option<SecretString>,
@@ -200,20 +201,20 @@ impl CoordinationSettings {
                 )),
             }
             if let Some(url) = &self.container_url {
-                match url::Url::parse(url) {
-                    Ok(parsed) if parsed.scheme() == "https" && parsed.query().is_none() => {}
-                    Ok(parsed) if parsed.query().is_some() => out.push((
+                if url.query().is_some() {
+                    out.push((
                         key("container_url"),
                         "carries a query string; put a SAS URL in sas_url or sas_url_file instead"
                             .to_string(),
-                    )),
-                    _ => out.push((
+                    ));
+                } else if url.scheme() != "https" {
+                    out.push((
                         key("container_url"),
                         format!(
                             "expected https://<account>.blob.core.windows.net/<container>, got {}",
-                            redact_url(url)
+                            redact_url(url.as_str())
                         ),
-                    )),
+                    ));
                 }
             }
         }
@@ -252,7 +253,7 @@ impl CoordinationSettings {
         }
         match (&self.container_url, credential) {
             (Some(url), Some(credential)) => Ok(StorageTarget::Token {
-                container_url: url.clone(),
+                container_url: url.as_url().clone(),
                 credential,
             }),
             (Some(_), None) => Err(CoordinationError::Settings {
@@ -697,7 +698,7 @@ mod tests {
     fn azure(f: impl FnOnce(&mut CoordinationSettings)) -> CoordinationSettings {
         let mut s = CoordinationSettings {
             kind: CoordinationKind::AzureBlob,
-            container_url: Some("https://acct.blob.core.windows.net/rw".to_string()),
+            container_url: Some("https://acct.blob.core.windows.net/rw".parse().unwrap()),
             ..CoordinationSettings::default()
         };
         f(&mut s);
@@ -718,11 +719,11 @@ mod tests {
                 Some("coordination.sas_url"),
             ),
             (
-                azure(|s| s.container_url = Some("http://acct/rw".to_string())),
+                azure(|s| s.container_url = Some("http://acct/rw".parse().unwrap())),
                 Some("coordination.container_url"),
             ),
             (
-                azure(|s| s.container_url = Some("https://acct/rw?sig=secret".to_string())),
+                azure(|s| s.container_url = Some("https://acct/rw?sig=secret".parse().unwrap())),
                 Some("coordination.container_url"),
             ),
             (

@@ -141,7 +141,7 @@ async fn gather_coordination(components: &Components) -> CoordinationFacts {
 /// The container, without any SAS.
 fn describe_target(settings: &CoordinationSettings) -> String {
     if let Some(url) = &settings.container_url {
-        return format!("container {}", redact_url(url));
+        return format!("container {}", redact_url(url.as_str()));
     }
     if let Some(url) = &settings.sas_url {
         return format!(

@@ -169,20 +169,8 @@ impl ExchangeClient {
         }
         let (base, hosts) = match &settings.endpoint {
             Some(endpoint) => {
-                let url = Url::parse(endpoint).map_err(|e| ExchangeError::Configuration {
-                    key: "endpoint",
-                    message: format!("{e}: expected a base URL such as https://outlook.office365.com, got {endpoint:?}"),
-                })?;
-                let host = url
-                    .host_str()
-                    .map(str::to_string)
-                    .filter(|_| matches!(url.scheme(), "http" | "https"));
-                let Some(host) = host else {
-                    return Err(ExchangeError::Configuration {
-                        key: "endpoint",
-                        message: format!("expected an http(s) URL with a host, got {endpoint:?}"),
-                    });
-                };
+                let url = endpoint.as_url().clone();
+                let host = url.host_str().unwrap_or_default().to_string();
                 let rule = HostRule::Endpoint {
                     scheme: url.scheme().to_string(),
                     host,

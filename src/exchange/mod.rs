@@ -22,6 +22,7 @@ pub mod retry;
 
 use serde::{Deserialize, Serialize};
 
+use crate::base_url::BaseUrl;
 use crate::duration::HumanDuration;
 pub use client::{ExchangeClient, Invocation, InvokeOptions, Output, Page};
 pub use error::ExchangeError;
@@ -68,7 +69,7 @@ pub struct ExchangeSettings {
     pub organization: Option<String>,
     pub cloud: Cloud,
     /// Base URL override (tests: `http://127.0.0.1:PORT`).
-    pub endpoint: Option<String>,
+    pub endpoint: Option<BaseUrl>,
     /// 1..=1000.
     pub page_size: u32,
     /// How long one request (one page, with its retries) may take.

@@ -267,7 +267,7 @@ mod tests {
     fn clients(organization: Option<&str>) -> ExchangeClients {
         let settings = ExchangeSettings {
             organization: organization.map(str::to_string),
-            endpoint: Some("http://127.0.0.1:9".to_string()),
+            endpoint: Some("http://127.0.0.1:9".parse().unwrap()),
             ..ExchangeSettings::default()
         };
         ExchangeClients::new(settings, Arc::new(FixedTokens(Arc::new(NoTokens)))).unwrap()
@@ -297,17 +297,17 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_endpoint_is_refused_by_the_first_client_built() {
+    fn a_bad_setting_is_refused_by_the_first_client_built() {
         // The settings loader refuses it first (see settings' tests); the clients, built on
-        // first use, refuse it too rather than call a wrong place.
+        // first use, refuse it too rather than call with a wrong page size.
         let settings = ExchangeSettings {
-            endpoint: Some("not a url".to_string()),
+            page_size: 0,
             ..ExchangeSettings::default()
         };
         let clients =
             ExchangeClients::new(settings, Arc::new(FixedTokens(Arc::new(NoTokens)))).unwrap();
         let err = clients.client(None, None).unwrap_err().to_string();
-        assert!(err.contains("endpoint"), "{err}");
+        assert!(err.contains("page_size"), "{err}");
         assert_eq!(clients.counts().0, 0, "no client was kept");
     }
 }

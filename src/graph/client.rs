@@ -207,21 +207,7 @@ impl GraphClient {
     ) -> Result<Self, GraphError> {
         let config = |key, message: String| GraphError::Configuration { key, message };
         let base = match &settings.endpoint {
-            Some(endpoint) => {
-                let url = Url::parse(endpoint).map_err(|e| {
-                    config(
-                        "endpoint",
-                        format!("{e}: expected a base URL such as https://graph.microsoft.com, got {endpoint:?}"),
-                    )
-                })?;
-                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                    return Err(config(
-                        "endpoint",
-                        format!("expected an http(s) URL with a host, got {endpoint:?}"),
-                    ));
-                }
-                url
-            }
+            Some(endpoint) => endpoint.as_url().clone(),
             None => Url::parse(&super::resource(cloud))
                 .map_err(|e| config("endpoint", e.to_string()))?,
         };

@@ -18,6 +18,7 @@ pub mod permissions;
 
 use serde::{Deserialize, Serialize};
 
+use crate::base_url::BaseUrl;
 use crate::duration::HumanDuration;
 use crate::exchange::Cloud;
 pub use client::{GraphClient, GraphPage, GraphRequest, MailMessage, Pages};
@@ -44,7 +45,7 @@ pub fn resource(cloud: Cloud) -> String {
 #[serde(deny_unknown_fields, default)]
 pub struct GraphSettings {
     /// Base URL override (tests: `http://127.0.0.1:PORT`); replaces the cloud's host.
-    pub endpoint: Option<String>,
+    pub endpoint: Option<BaseUrl>,
     /// How long one request (one page, with its retries) may take.
     pub timeout: HumanDuration,
     /// Retries of one request after throttling or a transient failure.
@@ -93,7 +94,10 @@ mod tests {
     fn graph_settings_read_from_toml_with_defaults_for_the_rest() {
         let settings: GraphSettings =
             toml::from_str("endpoint = \"http://127.0.0.1:1\"\nmax_retries = 2").unwrap();
-        assert_eq!(settings.endpoint.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(
+            settings.endpoint.as_ref().map(|url| url.as_str()),
+            Some("http://127.0.0.1:1/")
+        );
         assert_eq!(settings.max_retries, 2);
         assert_eq!(settings.max_response_bytes, 32 * 1024 * 1024);
         assert!(toml::from_str::<GraphSettings>("page_size = 5").is_err());

@@ -62,6 +62,7 @@ pub(crate) mod fixtures {
 }
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,7 +89,9 @@ pub use server::{ServerLimits, serve};
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
-    pub listen: String,
+    /// `ADDRESS:PORT` the API listens on.
+    #[serde(deserialize_with = "listen_address")]
+    pub listen: SocketAddr,
     /// Bearer token required by every route that changes something.
     pub api_token: Option<SecretString>,
     /// File holding the API token (preferred over `api_token` in files that are shared).
@@ -127,7 +130,7 @@ fn public_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<url::Url>
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8080".to_string(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_token: None,
             api_token_file: None,
             anonymous_reads: true,
@@ -138,6 +141,18 @@ impl Default for HttpSettings {
             public_url: None,
         }
     }
+}
+
+/// `http.listen`: a socket address, with a message that shows the expected form.
+fn listen_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected ADDRESS:PORT such as 127.0.0.1:8080, got {text:?}"
+        ))
+    })
 }
 
 /// Bounds of the `[http]` timeouts: below the minimum a slow but honest client fails, above

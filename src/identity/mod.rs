@@ -29,6 +29,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::base_url::BaseUrl;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
@@ -92,7 +93,7 @@ pub struct IdentitySettings {
     /// ARM resource id of a user-assigned identity.
     pub resource_id: Option<String>,
     /// Base URL that replaces the IMDS host.
-    pub imds_endpoint: String,
+    pub imds_endpoint: BaseUrl,
 }
 
 impl Default for IdentitySettings {
@@ -102,7 +103,9 @@ impl Default for IdentitySettings {
             client_id: None,
             object_id: None,
             resource_id: None,
-            imds_endpoint: DEFAULT_IMDS_ENDPOINT.to_string(),
+            imds_endpoint: DEFAULT_IMDS_ENDPOINT
+                .parse()
+                .expect("the default IMDS endpoint is a base URL"),
         }
     }
 }

@@ -228,12 +228,7 @@ pub fn resolve(
 
     let (plan, endpoint) = match kind {
         SourceKind::Imds | SourceKind::Auto => {
-            let base = parse_base_url(&settings.imds_endpoint).map_err(|message| {
-                IdentityError::Configuration {
-                    key: "identity.imds_endpoint".into(),
-                    message,
-                }
-            })?;
+            let base = settings.imds_endpoint.as_url().clone();
             let endpoint = imds_token_url(&base);
             (Plan::Imds { base }, endpoint)
         }
@@ -354,18 +349,6 @@ fn workload_missing(variable: &str, key: &str) -> IdentityError {
             "workload identity needs {variable}; the AKS webhook sets it when the pod's service account is labelled azure.workload.identity/use=true"
         ),
     }
-}
-
-/// A base URL with scheme and host; a trailing slash is dropped.
-fn parse_base_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text.trim())
-        .map_err(|e| format!("expected a base URL such as http://169.254.169.254 ({e})"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!(
-            "expected an http(s) base URL such as http://169.254.169.254, got {text:?}"
-        ));
-    }
-    Ok(url)
 }
 
 /// The full token URL for an IMDS base URL (keeping a path prefix, for a sidecar).
@@ -543,7 +526,7 @@ mod tests {
         for (base, expected) in cases {
             let resolved = resolve(
                 &IdentitySettings {
-                    imds_endpoint: base.into(),
+                    imds_endpoint: base.parse().unwrap(),
                     ..IdentitySettings::default()
                 },
                 &IdentityEnvironment::default(),
@@ -583,14 +566,6 @@ mod tests {
                 settings(SourceKind::Workload),
                 &[(AZURE_CLIENT_ID, "c"), (AZURE_FEDERATED_TOKEN_FILE, "/f")],
                 "identity.source",
-            ),
-            (
-                IdentitySettings {
-                    imds_endpoint: "169.254.169.254".into(),
-                    ..IdentitySettings::default()
-                },
-                &[],
-                "identity.imds_endpoint",
             ),
             (
                 IdentitySettings {

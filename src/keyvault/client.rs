@@ -54,19 +54,7 @@ impl KeyVaultClient {
         settings: &KeyVaultSettings,
         tokens: Arc<dyn TokenSource>,
     ) -> Result<Self, KeyVaultError> {
-        let endpoint = match &settings.endpoint {
-            None => None,
-            Some(text) => {
-                let url = Url::parse(text)
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-                    .ok_or_else(|| KeyVaultError::Configuration {
-                        key: "endpoint",
-                        message: format!("expected an http(s) base URL, got {text:?}"),
-                    })?;
-                Some(url)
-            }
-        };
+        let endpoint = settings.endpoint.as_ref().map(|url| url.as_url().clone());
         if settings.api_version.trim().is_empty() {
             return Err(KeyVaultError::Configuration {
                 key: "api_version",

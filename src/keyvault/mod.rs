@@ -25,6 +25,7 @@ use std::fmt;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::base_url::BaseUrl;
 use crate::duration::HumanDuration;
 pub use cache::{Lookup, SecretCache};
 pub use client::KeyVaultClient;
@@ -49,7 +50,7 @@ const VAULT_SUFFIXES: &[(&str, &str)] = &[
 pub struct KeyVaultSettings {
     /// Base URL that replaces every vault's `https://<vault>.vault.azure.net` (tests:
     /// `http://127.0.0.1:PORT`); the token resource stays the vault cloud's.
-    pub endpoint: Option<String>,
+    pub endpoint: Option<BaseUrl>,
     pub api_version: String,
     /// How long one secret read (with its retries) may take.
     pub timeout: HumanDuration,

@@ -14,6 +14,7 @@ use url::{Host, Url};
 use super::NotifyError;
 use super::event::NotifyEvent;
 use super::sign::SigningKey;
+use crate::base_url::BaseUrl;
 use crate::duration::HumanDuration;
 
 /// The Microsoft Graph base URL `email` targets send through.
@@ -45,7 +46,7 @@ pub struct NotifySettings {
     /// How long shutdown waits for messages still queued or being sent.
     pub drain_timeout: HumanDuration,
     /// Base URL of Microsoft Graph for `email` targets.
-    pub graph_endpoint: String,
+    pub graph_endpoint: BaseUrl,
     pub targets: Vec<TargetSettings>,
 }
 
@@ -60,7 +61,9 @@ impl Default for NotifySettings {
             max_retry_delay: HumanDuration::from_secs(5 * 60),
             timeout: HumanDuration::from_secs(15),
             drain_timeout: HumanDuration::from_secs(10),
-            graph_endpoint: DEFAULT_GRAPH_ENDPOINT.to_string(),
+            graph_endpoint: DEFAULT_GRAPH_ENDPOINT
+                .parse()
+                .expect("the default Graph endpoint is a base URL"),
             targets: Vec::new(),
         }
     }
@@ -187,16 +190,12 @@ impl NotifySettings {
     /// Where email targets' `sendMail` goes: `notify.graph_endpoint` when it is set to
     /// something else than Microsoft Graph's public host, else `[graph] endpoint` (the
     /// same override Graph steps use, e.g. the simulator), else the public host.
-    pub fn mail_endpoint(&self, graph_endpoint: Option<&str>) -> Result<Url, NotifyError> {
-        let (key, text) = match graph_endpoint {
-            Some(graph) if self.graph_endpoint == DEFAULT_GRAPH_ENDPOINT => {
-                ("graph.endpoint", graph)
-            }
-            _ => ("notify.graph_endpoint", self.graph_endpoint.as_str()),
-        };
-        Url::parse(text.trim()).map_err(|e| NotifyError::InvalidEndpoint {
-            key,
-            message: format!("not a valid URL ({e})"),
+    pub fn mail_endpoint(&self, graph_endpoint: Option<&Url>) -> Result<Url, NotifyError> {
+        let default = self.graph_endpoint.as_url().as_str().trim_end_matches('/')
+            == DEFAULT_GRAPH_ENDPOINT.trim_end_matches('/');
+        Ok(match graph_endpoint {
+            Some(graph) if default => graph.clone(),
+            _ => self.graph_endpoint.as_url().clone(),
         })
     }
 
@@ -257,7 +256,7 @@ impl NotifySettings {
                 "must be more than 0s".to_string(),
             ));
         }
-        if let Err(message) = check_url(&self.graph_endpoint) {
+        if let Err(message) = check_url(self.graph_endpoint.as_str()) {
             out.push(("notify.graph_endpoint".to_string(), message));
         }
         out

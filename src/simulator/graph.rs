@@ -195,6 +195,11 @@ impl GraphSimulator {
         self.server.base_url()
     }
 
+    /// [`Self::base_url`] as the checked type of `graph.endpoint`.
+    pub fn endpoint(&self) -> crate::base_url::BaseUrl {
+        self.server.endpoint()
+    }
+
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.requests).clone()
     }

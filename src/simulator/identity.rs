@@ -344,6 +344,11 @@ impl IdentitySimulator {
         format!("http://{}", self.addr)
     }
 
+    /// [`Self::base_url`] as the checked type of `identity.imds_endpoint`.
+    pub fn endpoint(&self) -> crate::base_url::BaseUrl {
+        crate::base_url::BaseUrl::of_socket(self.addr)
+    }
+
     /// The value for `IDENTITY_ENDPOINT`.
     pub fn app_service_endpoint(&self) -> String {
         format!("{}{APP_SERVICE_PATH}", self.base_url())

@@ -98,6 +98,11 @@ impl KeyVaultSimulator {
         self.server.base_url()
     }
 
+    /// [`Self::base_url`] as the checked type of `keyvault.endpoint`.
+    pub fn endpoint(&self) -> crate::base_url::BaseUrl {
+        self.server.endpoint()
+    }
+
     /// The secret URL a runbook would name: `https://<name>.vault.azure.net/secrets/<secret>`.
     pub fn secret_url(&self, secret: &str) -> String {
         format!(

@@ -41,6 +41,11 @@ impl Loopback {
         format!("http://{}", self.addr)
     }
 
+    /// [`Self::base_url`] as a checked base URL.
+    pub fn endpoint(&self) -> crate::base_url::BaseUrl {
+        crate::base_url::BaseUrl::of_socket(self.addr)
+    }
+
     /// Stops the server and waits for it.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();

@@ -119,7 +119,7 @@ fn identity_knows_nothing_of_exchange_and_exchange_nothing_of_runbooks() {
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "pure core",
-        &["duration", "clock", "timing", "bounded_file"],
+        &["duration", "base_url", "clock", "timing", "bounded_file"],
     ),
     (
         "adapters",
@@ -152,21 +152,116 @@ fn module_of(path: &str) -> Option<&str> {
     Some(first.strip_suffix(".rs").unwrap_or(first))
 }
 
-/// The top-level modules a file's code names as `crate::module`.
+/// The top-level modules a file's code names as `crate::module`, also inside a grouped
+/// `use crate::{a, b::c}`.
 fn imported_modules(code: &str) -> std::collections::BTreeSet<String> {
+    let ident = |text: &str| -> String {
+        text.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
     let mut out = std::collections::BTreeSet::new();
     let mut rest = code;
     while let Some(at) = rest.find("crate::") {
         rest = &rest[at + "crate::".len()..];
-        let name: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
+        if let Some(group) = rest.strip_prefix('{') {
+            // The top-level items of the group: `a`, `b::c`, `d::{e, f}`.
+            let mut depth = 0;
+            let mut item_start = true;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    c if item_start && !c.is_whitespace() => {
+                        let name = ident(&group[i..]);
+                        if !name.is_empty() {
+                            out.insert(name);
+                        }
+                        item_start = false;
+                    }
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        let name = ident(rest);
         if !name.is_empty() {
             out.insert(name);
         }
     }
     out
+}
+
+/// Whether `code` names the module `name` as a path segment (`super::name::X`,
+/// `crate::scheduler::name`, `use super::{name, …}`, `name::X`), not as a variable or field.
+fn names_module(code: &str, name: &str) -> bool {
+    let bytes = code.as_bytes();
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    code.match_indices(name).any(|(at, _)| {
+        let end = at + name.len();
+        if (at > 0 && is_ident(bytes[at - 1])) || bytes.get(end).copied().is_some_and(is_ident) {
+            return false;
+        }
+        let before = code[..at].trim_end();
+        let after = code[end..].trim_start();
+        after.starts_with("::")
+            || before.ends_with("::")
+            || ((before.ends_with('{') || before.ends_with(','))
+                && (after.starts_with(',') || after.starts_with('}')))
+    })
+}
+
+/// Imports of a module from a layer above the importing file's, as messages.
+fn upward_imports(files: &[(String, String)]) -> Vec<String> {
+    let mut upward = Vec::new();
+    for (path, code) in files {
+        let Some(own) = module_of(path).and_then(layer_of) else {
+            continue;
+        };
+        for imported in imported_modules(code) {
+            if let Some(theirs) = layer_of(&imported)
+                && theirs > own
+            {
+                upward.push(format!(
+                    "{path} ({}) imports {imported} ({})",
+                    LAYERS[own].0, LAYERS[theirs].0
+                ));
+            }
+        }
+    }
+    upward
+}
+
+/// Imports by the pure core of anything outside it (an adapter, orchestration, an edge).
+fn impure_core_imports(files: &[(String, String)]) -> Vec<String> {
+    let core = LAYERS[0].1;
+    let mut out = Vec::new();
+    for (path, code) in files {
+        if !module_of(path).is_some_and(|m| core.contains(&m)) {
+            continue;
+        }
+        for imported in imported_modules(code) {
+            if layer_of(&imported).is_some() && !core.contains(&imported.as_str()) {
+                out.push(format!("{path} imports {imported}"));
+            }
+        }
+    }
+    out
+}
+
+/// Files of the scheduler other than its `mod.rs` that name the loop (`engine`): the loop
+/// drives jobs, sweeps and watches, and none of them may call back into it.
+fn scheduler_files_naming_the_loop(files: &[(String, String)]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(path, _)| path.starts_with("src/scheduler/"))
+        .filter(|(path, _)| path != "src/scheduler/mod.rs" && path != "src/scheduler/engine.rs")
+        .filter(|(_, code)| names_module(code, "engine"))
+        .map(|(path, _)| path.clone())
+        .collect()
 }
 
 #[test]
@@ -184,34 +279,105 @@ fn every_library_module_has_a_layer() {
 
 #[test]
 fn no_module_imports_one_from_a_layer_above_it() {
-    let mut upward = Vec::new();
-    for (path, code) in sources() {
-        let Some(module) = module_of(&path) else {
-            continue;
-        };
-        let Some(own) = layer_of(module) else {
-            continue;
-        };
-        for imported in imported_modules(&code) {
-            if let Some(theirs) = layer_of(&imported)
-                && theirs > own
-            {
-                upward.push(format!(
-                    "{path} ({}) imports {imported} ({})",
-                    LAYERS[own].0, LAYERS[theirs].0
-                ));
-            }
-        }
-    }
-    assert_eq!(upward, Vec::<String>::new());
+    assert_eq!(upward_imports(&sources()), Vec::<String>::new());
+}
+
+#[test]
+fn the_pure_core_imports_nothing_outside_it() {
+    assert_eq!(impure_core_imports(&sources()), Vec::<String>::new());
+}
+
+#[test]
+fn only_the_scheduler_root_knows_its_loop() {
+    assert_eq!(
+        scheduler_files_naming_the_loop(&sources()),
+        Vec::<String>::new()
+    );
+}
+
+/// A synthetic source tree: (path, code) pairs.
+fn tree(files: &[(&str, &str)]) -> Vec<(String, String)> {
+    files
+        .iter()
+        .map(|(p, c)| (p.to_string(), c.to_string()))
+        .collect()
 }
 
 #[test]
 fn the_layer_check_sees_an_upward_import() {
-    // The check above must be able to fail: a runbook file naming the scheduler is upward.
+    // The check above must be able to fail: a runbook file naming the scheduler is upward,
+    // also inside a grouped import.
     let imported =
         imported_modules("use crate::scheduler::Scheduler;\nfn f() { crate::timing::x() }");
     assert!(imported.contains("scheduler") && imported.contains("timing"));
-    assert!(layer_of("scheduler") > layer_of("runbook"));
-    assert!(layer_of("timing") < layer_of("runbook"));
+    let grouped = imported_modules("use crate::{\n    clock::Clock,\n    executor::{a, b},\n};");
+    assert_eq!(
+        grouped.into_iter().collect::<Vec<_>>(),
+        vec!["clock".to_string(), "executor".to_string()]
+    );
+    let files = tree(&[
+        (
+            "src/runbook/model.rs",
+            "use crate::{duration::D, scheduler::S};",
+        ),
+        ("src/scheduler/mod.rs", "use crate::runbook::Runbook;"),
+        ("src/cli/run.rs", "use crate::app::App;"),
+    ]);
+    assert_eq!(
+        upward_imports(&files),
+        vec!["src/runbook/model.rs (runbook model) imports scheduler (orchestration)".to_string()]
+    );
+}
+
+#[test]
+fn the_core_check_sees_an_adapter_or_edge_import() {
+    let files = tree(&[
+        (
+            "src/timing/schedule.rs",
+            "use crate::duration::HumanDuration;",
+        ),
+        ("src/clock.rs", "use crate::telemetry::x;"),
+        ("src/duration.rs", "fn f() { crate::settings::load() }"),
+        ("src/identity/mod.rs", "use crate::clock::Clock;"),
+    ]);
+    assert_eq!(
+        impure_core_imports(&files),
+        vec![
+            "src/clock.rs imports telemetry".to_string(),
+            "src/duration.rs imports settings".to_string()
+        ]
+    );
+}
+
+#[test]
+fn the_loop_check_sees_every_way_of_naming_the_engine() {
+    for code in [
+        "use super::engine::Event;",
+        "use crate::scheduler::engine;",
+        "use super::{handle::Shared, engine};",
+        "use super::{\n    engine,\n    plan::Plan,\n};",
+        "fn f() { engine::window() }",
+    ] {
+        let files = tree(&[("src/scheduler/job.rs", code)]);
+        assert_eq!(
+            scheduler_files_naming_the_loop(&files),
+            vec!["src/scheduler/job.rs".to_string()],
+            "{code}"
+        );
+    }
+    // A variable, a field or a word in a string is not the module; mod.rs may name it.
+    let files = tree(&[
+        (
+            "src/scheduler/job.rs",
+            "let engine = 1; self.engine.run(); f(\"engine\");",
+        ),
+        (
+            "src/scheduler/mod.rs",
+            "pub mod engine;\npub use engine::Scheduler;",
+        ),
+    ]);
+    assert_eq!(
+        scheduler_files_naming_the_loop(&files),
+        Vec::<String>::new()
+    );
 }

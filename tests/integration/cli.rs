@@ -26,6 +26,32 @@ fn a_bad_setting_in_the_environment_fails_with_the_key_and_variable() {
 }
 
 #[test]
+fn a_misspelt_variable_and_every_other_problem_are_reported_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("runbook-worker.toml"),
+        "[exchange]\npage_size = 5000\n",
+    )
+    .unwrap();
+    let out = run_binary(
+        dir.path(),
+        &["validate"],
+        &[("RUNBOOK_WORKER__HTTP__LISTN", "127.0.0.1:9")],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "unknown setting http.listn from environment variable RUNBOOK_WORKER__HTTP__LISTN; did you mean http.listen?"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("exchange.page_size"), "{err}");
+    assert!(err.contains("runbook-worker.toml"), "{err}");
+    assert!(!err.contains("built-in default"), "{err}");
+}
+
+#[test]
 fn a_missing_config_file_is_reported_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_binary(dir.path(), &["--config", "missing.toml", "token"], &[]);

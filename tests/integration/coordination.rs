@@ -16,9 +16,9 @@ use runbook_worker::coordination::{
 };
 
 use crate::support::coordination::{
-    AzuriteContainer, Backend, SwitchableProxy, azurite_addr, closed_port, fast_options, instant,
+    AzuriteContainer, Backend, SwitchableProxy, azurite_addr, fast_options, instant,
 };
-use crate::support::wait_until;
+use crate::support::{closed_port, wait_until};
 
 fn acquired(claim: Claim) -> OccurrenceGuard {
     match claim {

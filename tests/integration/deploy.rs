@@ -217,7 +217,7 @@ fn the_image_environment_is_valid_settings() {
     let s = load_settings(None, &env);
     assert_eq!(s.runbooks.dir, Path::new("/runbooks"));
     assert_eq!(s.state.dir, Path::new("/state"));
-    assert_eq!(s.http.listen, "0.0.0.0:8080");
+    assert_eq!(s.http.listen.to_string(), "0.0.0.0:8080");
 }
 
 #[test]
@@ -245,7 +245,7 @@ fn the_dockerfiles_own_example_gives_the_dashboard_a_token_it_can_be_opened_with
     );
     let env = env_map(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let s = load_settings(None, &env);
-    let listen: std::net::SocketAddr = s.http.listen.parse().unwrap();
+    let listen: std::net::SocketAddr = s.http.listen;
     let auth = runbook_worker::http::ApiAuth::from_settings(&s.http, listen)
         .expect("the example's token is accepted");
     assert!(auth.has_token());
@@ -1438,7 +1438,7 @@ fn cloud_init_installs_the_same_unit_and_valid_settings() {
     std::fs::write(&file, written_file(&doc, config_path)).unwrap();
     let s = load_settings(Some(&file), &HashMap::new());
     assert_eq!(s.runbooks.dir, Path::new("/srv/runbooks"));
-    assert_eq!(s.http.listen, "127.0.0.1:8080");
+    assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
 
     let runcmd = doc["runcmd"].as_sequence().unwrap();
     assert_eq!(runcmd.len(), 1);

@@ -1473,7 +1473,10 @@ fn exchange_settings_come_from_the_file_and_the_environment() {
     .collect();
     let settings = runbook_worker::settings::load(None, dir.path(), &env).unwrap();
     let exchange: &ExchangeSettings = &settings.exchange;
-    assert_eq!(exchange.endpoint.as_deref(), Some("http://127.0.0.1:1"));
+    assert_eq!(
+        exchange.endpoint.as_ref().map(|url| url.as_str()),
+        Some("http://127.0.0.1:1/")
+    );
     assert_eq!(exchange.max_retries, 3);
     assert_eq!(exchange.retry_base_delay.get(), Duration::from_millis(250));
     assert_eq!(exchange.cloud.resource(), "https://outlook.office365.us");

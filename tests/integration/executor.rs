@@ -1006,7 +1006,7 @@ mod binary {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut argv = vec!["run"];
         argv.extend_from_slice(args);
-        crate::support::identity::run_binary(state, &argv, &env).await
+        crate::support::run_binary_off_runtime(state, &argv, &env).await
     }
 
     fn jobs(state: &Path) -> Vec<JobSummary> {

@@ -17,7 +17,7 @@ use crate::support::http::{
     still_open,
 };
 use crate::support::wait_until;
-use crate::support::worker::{InProcess, runbook};
+use crate::support::worker::{runbook, spawn_with_fake_runner};
 use runbook_worker::history::Trigger;
 use runbook_worker::history::{JobStatus, StreamKind};
 
@@ -1291,21 +1291,21 @@ async fn anonymous_reads_refuse_hostile_hosts_proxied_requests_and_can_be_turned
 /// newest ones.
 #[tokio::test]
 async fn the_worker_api_shows_relative_files_and_lists_nothing_before_1970() {
-    let app = InProcess::start(
+    let (app, _runner) = spawn_with_fake_runner(
         &[
             ("a.toml", &runbook("description = \"fine\"")),
             ("bad.toml", "this is not toml = = ="),
         ],
-        |_| {},
+        &[],
     )
     .await;
     let view = app.get_json("/api/runbooks").await;
     assert_eq!(view["runbooks"][0]["file"], "a.toml", "{view:#}");
     assert_eq!(view["invalid_files"][0]["file"], "bad.toml", "{view:#}");
-    let root = app.root.path().display().to_string();
+    let root = app.root().display().to_string();
     assert!(!view.to_string().contains(&root), "{view:#}");
 
-    app.handle
+    app.scheduler
         .run("a", Vec::new(), false, Trigger::Manual)
         .await
         .expect("run a");

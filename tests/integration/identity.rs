@@ -23,10 +23,10 @@ use runbook_worker::simulator::identity::{
 use runbook_worker::simulator::jwt;
 
 use crate::support::identity::{
-    capture_logs, closed_port, env, fast_retry, imds_provider, imds_settings, manual_clock,
-    options, run_binary, simulator,
+    capture_logs, clocked_imds, env, fast_retry, imds_provider, imds_settings, options,
+    provider_with, run_against, simulator,
 };
-use crate::support::{stderr, stdout, wait_until};
+use crate::support::{closed_port, run_binary_off_runtime, stderr, stdout, wait_until};
 
 // Resource identifiers (token audiences and scopes), never addresses: every request in these
 // tests goes to the simulator on 127.0.0.1.
@@ -239,16 +239,7 @@ async fn cached_gets_never_reach_the_endpoint_and_resources_are_cached_apart() {
 
 #[tokio::test]
 async fn concurrent_forced_refreshes_share_one_fetch_and_a_recent_token_is_not_refetched() {
-    let clock = manual_clock();
-    let sim =
-        simulator(IdentitySimulatorConfig::default().with_clock(Arc::new(clock.clone()))).await;
-    let provider = TokenProvider::with_options(
-        &imds_settings(&sim),
-        &IdentityEnvironment::default(),
-        None,
-        options(Arc::new(clock.clone())),
-    )
-    .unwrap();
+    let (clock, sim, provider) = clocked_imds(IdentitySimulatorConfig::default()).await;
     let first = provider.token(EXCHANGE).await.unwrap();
 
     let (a, b) = tokio::join!(
@@ -262,16 +253,13 @@ async fn concurrent_forced_refreshes_share_one_fetch_and_a_recent_token_is_not_r
     assert_ne!(a.expose(), first.expose());
 
     // With a debounce, a refresh right after a fetch returns the fresh token.
-    let debounced = TokenProvider::with_options(
+    let debounced = provider_with(
         &imds_settings(&sim),
-        &IdentityEnvironment::default(),
-        None,
         runbook_worker::identity::ProviderOptions {
             min_refresh_interval: Duration::from_secs(10),
             ..options(Arc::new(clock.clone()))
         },
-    )
-    .unwrap();
+    );
     let fetched = debounced.token(EXCHANGE).await.unwrap();
     let refreshed = debounced.refresh(EXCHANGE, None).await.unwrap();
     assert_eq!(fetched.expose(), refreshed.expose());
@@ -286,20 +274,10 @@ async fn concurrent_forced_refreshes_share_one_fetch_and_a_recent_token_is_not_r
 
 #[tokio::test]
 async fn a_long_lived_token_is_refreshed_in_the_background_at_half_life() {
-    let clock = manual_clock();
-    let sim = simulator(
-        IdentitySimulatorConfig::default()
-            .with_clock(Arc::new(clock.clone()))
-            .with_token_lifetime(Duration::from_secs(3 * 3600)),
+    let (clock, sim, provider) = clocked_imds(
+        IdentitySimulatorConfig::default().with_token_lifetime(Duration::from_secs(3 * 3600)),
     )
     .await;
-    let provider = TokenProvider::with_options(
-        &imds_settings(&sim),
-        &IdentityEnvironment::default(),
-        None,
-        options(Arc::new(clock.clone())),
-    )
-    .unwrap();
     let first = provider.token(EXCHANGE).await.unwrap();
     let status = provider.cache_status(EXCHANGE).unwrap();
     assert_eq!(
@@ -344,20 +322,10 @@ async fn a_long_lived_token_is_refreshed_in_the_background_at_half_life() {
 
 #[tokio::test]
 async fn a_short_lived_token_is_refreshed_before_it_expires_not_on_every_call() {
-    let clock = manual_clock();
-    let sim = simulator(
-        IdentitySimulatorConfig::default()
-            .with_clock(Arc::new(clock.clone()))
-            .with_token_lifetime(Duration::from_secs(60)),
+    let (clock, sim, provider) = clocked_imds(
+        IdentitySimulatorConfig::default().with_token_lifetime(Duration::from_secs(60)),
     )
     .await;
-    let provider = TokenProvider::with_options(
-        &imds_settings(&sim),
-        &IdentityEnvironment::default(),
-        None,
-        options(Arc::new(clock.clone())),
-    )
-    .unwrap();
     let first = provider.token(EXCHANGE).await.unwrap();
     for _ in 0..10 {
         provider.token(EXCHANGE).await.unwrap();
@@ -387,20 +355,10 @@ async fn a_short_lived_token_is_refreshed_before_it_expires_not_on_every_call() 
 #[tokio::test]
 async fn a_failed_refresh_keeps_serving_the_valid_token_retries_and_logs_once() {
     let (_logs_guard, logs) = capture_logs();
-    let clock = manual_clock();
-    let sim = simulator(
-        IdentitySimulatorConfig::default()
-            .with_clock(Arc::new(clock.clone()))
-            .with_token_lifetime(Duration::from_secs(3 * 3600)),
+    let (clock, sim, provider) = clocked_imds(
+        IdentitySimulatorConfig::default().with_token_lifetime(Duration::from_secs(3 * 3600)),
     )
     .await;
-    let provider = TokenProvider::with_options(
-        &imds_settings(&sim),
-        &IdentityEnvironment::default(),
-        None,
-        options(Arc::new(clock.clone())),
-    )
-    .unwrap();
     let first = provider.token(EXCHANGE).await.unwrap();
 
     sim.script([Step::status(500).forever()]);
@@ -472,16 +430,13 @@ async fn gone_is_retried_for_the_whole_window_before_giving_up() {
         gone_window: Duration::from_millis(300),
         ..fast_retry()
     };
-    let provider = TokenProvider::with_options(
+    let provider = provider_with(
         &imds_settings(&sim),
-        &IdentityEnvironment::default(),
-        None,
         ProviderOptions {
             retry: policy.clone(),
             ..options(Arc::new(SystemClock))
         },
-    )
-    .expect("provider");
+    );
 
     let started = Instant::now();
     let error = provider.token(EXCHANGE).await.unwrap_err();
@@ -577,16 +532,12 @@ async fn other_client_errors_are_not_retried() {
 #[tokio::test]
 async fn a_refused_connection_means_no_managed_identity_endpoint() {
     let settings = IdentitySettings {
-        imds_endpoint: format!("http://127.0.0.1:{}", closed_port()),
+        imds_endpoint: format!("http://127.0.0.1:{}", closed_port())
+            .parse()
+            .unwrap(),
         ..IdentitySettings::default()
     };
-    let provider = TokenProvider::with_options(
-        &settings,
-        &IdentityEnvironment::default(),
-        None,
-        options(Arc::new(SystemClock)),
-    )
-    .unwrap();
+    let provider = provider_with(&settings, options(Arc::new(SystemClock)));
 
     let error = provider.token(EXCHANGE).await.unwrap_err();
 
@@ -608,13 +559,7 @@ async fn a_slow_answer_times_out_and_is_retried() {
     sim.script([Step::slow(Duration::from_secs(3))]);
     let mut options = options(Arc::new(SystemClock));
     options.retry.attempt_timeout = Duration::from_millis(200);
-    let provider = TokenProvider::with_options(
-        &imds_settings(&sim),
-        &IdentityEnvironment::default(),
-        None,
-        options,
-    )
-    .unwrap();
+    let provider = provider_with(&imds_settings(&sim), options);
 
     provider.token(EXCHANGE).await.unwrap();
 
@@ -781,20 +726,10 @@ fn secret_parts(token: &str) -> Vec<String> {
 #[tokio::test]
 async fn no_token_text_reaches_the_logs_of_a_full_token_flow() {
     let (_logs_guard, logs) = capture_logs();
-    let clock = manual_clock();
-    let sim = simulator(
-        IdentitySimulatorConfig::default()
-            .with_clock(Arc::new(clock.clone()))
-            .with_token_lifetime(Duration::from_secs(3 * 3600)),
+    let (clock, sim, provider) = clocked_imds(
+        IdentitySimulatorConfig::default().with_token_lifetime(Duration::from_secs(3 * 3600)),
     )
     .await;
-    let provider = TokenProvider::with_options(
-        &imds_settings(&sim),
-        &IdentityEnvironment::default(),
-        None,
-        options(Arc::new(clock.clone())),
-    )
-    .unwrap();
 
     // Fetch, cached get, forced refresh, the azure_core adapter, a background refresh that
     // fails once and then succeeds, and a failing identity.
@@ -864,14 +799,7 @@ async fn no_token_text_reaches_the_logs_of_a_full_token_flow() {
 #[tokio::test]
 async fn the_binary_never_prints_or_logs_the_token_even_at_trace_level() {
     let sim = simulator(IdentitySimulatorConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-
-    let out = run_binary(
-        dir.path(),
-        &["--log-level", "trace", "token"],
-        &[("RUNBOOK_WORKER__IDENTITY__IMDS_ENDPOINT", &sim.base_url())],
-    )
-    .await;
+    let out = run_against(&sim, &["--log-level", "trace", "token"]).await;
 
     assert!(out.status.success(), "{}", stderr(&out));
     let (printed, logged) = (stdout(&out), stderr(&out));
@@ -889,14 +817,7 @@ async fn the_binary_never_prints_or_logs_the_token_even_at_trace_level() {
 #[tokio::test]
 async fn token_prints_what_an_operator_needs_to_debug_permissions() {
     let sim = simulator(IdentitySimulatorConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-
-    let out = run_binary(
-        dir.path(),
-        &["token"],
-        &[("RUNBOOK_WORKER__IDENTITY__IMDS_ENDPOINT", &sim.base_url())],
-    )
-    .await;
+    let out = run_against(&sim, &["token"]).await;
 
     assert!(out.status.success(), "{}", stderr(&out));
     let printed = stdout(&out);
@@ -935,14 +856,7 @@ async fn token_hints_at_missing_exchange_permissions() {
         )),
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-
-    let out = run_binary(
-        dir.path(),
-        &["token"],
-        &[("RUNBOOK_WORKER__IDENTITY__IMDS_ENDPOINT", &sim.base_url())],
-    )
-    .await;
+    let out = run_against(&sim, &["token"]).await;
 
     let printed = stdout(&out);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -960,12 +874,9 @@ async fn token_hints_at_missing_exchange_permissions() {
 #[tokio::test]
 async fn token_raw_with_json_output_adds_the_token() {
     let sim = simulator(IdentitySimulatorConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-
-    let out = run_binary(
-        dir.path(),
+    let out = run_against(
+        &sim,
         &["token", "--raw", "--output", "json", "--resource", STORAGE],
-        &[("RUNBOOK_WORKER__IDENTITY__IMDS_ENDPOINT", &sim.base_url())],
     )
     .await;
 
@@ -986,7 +897,7 @@ async fn token_fails_fast_and_clearly_off_azure() {
     let dir = tempfile::tempdir().unwrap();
     let endpoint = format!("http://127.0.0.1:{}", closed_port());
 
-    let out = run_binary(
+    let out = run_binary_off_runtime(
         dir.path(),
         &["token"],
         &[("RUNBOOK_WORKER__IDENTITY__IMDS_ENDPOINT", &endpoint)],
@@ -1016,7 +927,8 @@ async fn the_app_service_source_is_used_when_its_variables_are_set() {
         ("IDENTITY_HEADER", sim.app_service_secret()),
     ];
 
-    let system = run_binary(dir.path(), &["token", "--output", "json"], &app_service).await;
+    let system =
+        run_binary_off_runtime(dir.path(), &["token", "--output", "json"], &app_service).await;
     let with_client: Vec<_> = app_service
         .iter()
         .copied()
@@ -1025,7 +937,8 @@ async fn the_app_service_source_is_used_when_its_variables_are_set() {
             reports.client_id.as_str(),
         )])
         .collect();
-    let user = run_binary(dir.path(), &["token", "--output", "json"], &with_client).await;
+    let user =
+        run_binary_off_runtime(dir.path(), &["token", "--output", "json"], &with_client).await;
 
     for out in [&system, &user] {
         assert!(out.status.success(), "{}", stderr(out));
@@ -1055,7 +968,7 @@ async fn the_app_service_source_refuses_a_resource_id_and_a_wrong_secret() {
     let dir = tempfile::tempdir().unwrap();
     let endpoint = sim.app_service_endpoint();
 
-    let resource_id = run_binary(
+    let resource_id = run_binary_off_runtime(
         dir.path(),
         &["token"],
         &[
@@ -1068,7 +981,7 @@ async fn the_app_service_source_refuses_a_resource_id_and_a_wrong_secret() {
         ],
     )
     .await;
-    let wrong_secret = run_binary(
+    let wrong_secret = run_binary_off_runtime(
         dir.path(),
         &["token"],
         &[
@@ -1123,7 +1036,7 @@ async fn the_azure_cli_source_runs_az_account_get_access_token() {
         std::env::var("PATH").unwrap_or_default()
     );
 
-    let out = run_binary(
+    let out = run_binary_off_runtime(
         dir.path(),
         &["token", "--output", "json"],
         &[

@@ -11,8 +11,8 @@ use axum::http::StatusCode;
 use runbook_worker::identity::claims::APP_ONLY_MARKER_WID;
 use serde_json::{Value, json};
 
+use crate::support::closed_port;
 use crate::support::deploy::{parse_dockerfile, read_repo_file, stages};
-use crate::support::identity::closed_port;
 use crate::support::opscli::{
     GLOBAL_READER, READING_RUNBOOK, Stack, WRITING_RUNBOOK, finding, secret_parts, stack,
     status_of, text_of,

@@ -17,10 +17,11 @@ use runbook_worker::simulator::identity::{
     IdentitySimulator, IdentitySimulatorConfig, SIMULATED_TENANT_ID,
 };
 
+use crate::support::app::TestApp;
 use crate::support::coordination::{AzuriteContainer, SwitchableProxy, azurite_addr, fast_options};
 use crate::support::http::{TOKEN, WRONG_TOKEN, bearer};
 use crate::support::worker::{
-    Engine, InProcess, SOON, WorkerProcess, runbook, simulator_settings, utc,
+    Engine, SOON, WorkerProcess, runbook, simulator_settings, spawn_with_fake_runner, utc,
 };
 use crate::support::{run_binary, stderr, stdout, wait_until};
 
@@ -124,20 +125,7 @@ async fn the_engine_fires_at_the_dst_aware_instants_of_several_zones() {
 #[tokio::test]
 async fn overlap_skip_records_the_occurrence_as_skipped_while_the_job_runs() {
     let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("runbooks")).unwrap();
-    write(
-        &root.path().join("runbooks"),
-        "tick.toml",
-        &runbook("schedule = \"* * * * *\""),
-    );
-    let engine = Engine::start(root.path(), utc("2026-05-04T10:00:30Z")).await;
-    engine.runner.hold("tick");
-    engine.fire("tick", utc("2026-05-04T10:01:00Z")).await;
-    engine
-        .wait_jobs("tick", "the first job running", |j| {
-            j[0].status == JobStatus::Running
-        })
-        .await;
+    let engine = Engine::with_tick_running(root.path(), "schedule = \"* * * * *\"").await;
     let jobs = engine.fire("tick", utc("2026-05-04T10:02:00Z")).await;
     assert_eq!(jobs[1].status, JobStatus::Skipped);
     assert!(
@@ -170,20 +158,9 @@ async fn overlap_skip_records_the_occurrence_as_skipped_while_the_job_runs() {
 #[tokio::test]
 async fn overlap_queue_keeps_one_occurrence_waiting_and_skips_the_next() {
     let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("runbooks")).unwrap();
-    write(
-        &root.path().join("runbooks"),
-        "tick.toml",
-        &runbook("schedule = \"* * * * *\"\noverlap = \"queue\""),
-    );
-    let engine = Engine::start(root.path(), utc("2026-05-04T10:00:30Z")).await;
-    engine.runner.hold("tick");
-    engine.fire("tick", utc("2026-05-04T10:01:00Z")).await;
-    engine
-        .wait_jobs("tick", "the first job running", |j| {
-            j[0].status == JobStatus::Running
-        })
-        .await;
+    let engine =
+        Engine::with_tick_running(root.path(), "schedule = \"* * * * *\"\noverlap = \"queue\"")
+            .await;
     let jobs = engine.fire("tick", utc("2026-05-04T10:02:00Z")).await;
     assert_eq!(
         jobs[1].status,
@@ -218,20 +195,11 @@ async fn overlap_queue_keeps_one_occurrence_waiting_and_skips_the_next() {
 #[tokio::test]
 async fn overlap_replace_cancels_the_running_job_and_runs_the_new_occurrence() {
     let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("runbooks")).unwrap();
-    write(
-        &root.path().join("runbooks"),
-        "tick.toml",
-        &runbook("schedule = \"* * * * *\"\noverlap = \"replace\""),
-    );
-    let engine = Engine::start(root.path(), utc("2026-05-04T10:00:30Z")).await;
-    engine.runner.hold("tick");
-    engine.fire("tick", utc("2026-05-04T10:01:00Z")).await;
-    engine
-        .wait_jobs("tick", "the first job running", |j| {
-            j[0].status == JobStatus::Running
-        })
-        .await;
+    let engine = Engine::with_tick_running(
+        root.path(),
+        "schedule = \"* * * * *\"\noverlap = \"replace\"",
+    )
+    .await;
     engine.fire("tick", utc("2026-05-04T10:02:00Z")).await;
     engine
         .wait_jobs(
@@ -353,7 +321,7 @@ async fn a_reload_of_a_removed_folder_keeps_every_runbook_scheduled_and_says_why
 // The whole app in-process: hot reload, the API, metrics.
 // ---------------------------------------------------------------------------------------
 
-async fn runbooks_view(app: &InProcess) -> Value {
+async fn runbooks_view(app: &TestApp) -> Value {
     app.get_json("/api/runbooks").await
 }
 
@@ -364,7 +332,7 @@ fn find<'a>(view: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|r| r["name"] == name)
 }
 
-async fn wait_view(app: &InProcess, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+async fn wait_view(app: &TestApp, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let ok = wait_until(SOON, || async { check(&runbooks_view(app).await) }).await;
     let view = runbooks_view(app).await;
     assert!(ok, "timed out waiting for {what}: {view:#}");
@@ -373,15 +341,15 @@ async fn wait_view(app: &InProcess, what: &str, check: impl Fn(&Value) -> bool) 
 
 #[tokio::test]
 async fn a_reload_applies_valid_changes_keeps_the_last_good_version_and_never_interrupts_a_job() {
-    let app = InProcess::start(
+    let (app, runner) = spawn_with_fake_runner(
         &[("a.toml", &runbook("description = \"version one\""))],
-        |_| {},
+        &[],
     )
     .await;
     let dir = app.runbooks_dir();
-    app.runner.hold("a");
+    runner.hold("a");
     let job = app
-        .handle
+        .scheduler
         .run("a", Vec::new(), false, Trigger::Manual)
         .await
         .expect("run a");
@@ -453,19 +421,19 @@ async fn a_reload_applies_valid_changes_keeps_the_last_good_version_and_never_in
     // The job started before all that kept running on its version and ends normally.
     let running = app.get_json(&format!("/api/jobs/{job}")).await;
     assert_eq!(running["status"], "Running", "{running:#}");
-    app.runner.release("a");
+    runner.release("a");
     let ok = wait_until(SOON, || async {
         app.get_json(&format!("/api/jobs/{job}")).await["status"] == "Completed"
     })
     .await;
     assert!(ok, "the running job completes after the reloads");
-    assert_eq!(app.runner.started()[0].runbook.description, "version one");
+    assert_eq!(runner.started()[0].runbook.description, "version one");
     app.stop().await;
 }
 
 #[tokio::test]
 async fn temporary_names_are_ignored_and_a_write_in_two_parts_loads_once_complete() {
-    let app = InProcess::start(&[], |_| {}).await;
+    let (app, _runner) = spawn_with_fake_runner(&[], &[]).await;
     let dir = app.runbooks_dir();
     for temp in [
         ".c.toml.swp",
@@ -504,9 +472,10 @@ async fn temporary_names_are_ignored_and_a_write_in_two_parts_loads_once_complet
 
 #[tokio::test]
 async fn changes_need_the_token_and_a_refused_request_changes_nothing() {
-    let app = InProcess::start(&[("a.toml", &runbook(""))], |s| {
-        s.http.api_token = Some(TOKEN.to_string().into());
-    })
+    let (app, runner) = spawn_with_fake_runner(
+        &[("a.toml", &runbook(""))],
+        &[("RUNBOOK_WORKER__HTTP__API_TOKEN", TOKEN)],
+    )
     .await;
     let run = app.url("/api/runbooks/a/run");
     let no_header = app.http.post(&run).send().await.unwrap();
@@ -520,9 +489,9 @@ async fn changes_need_the_token_and_a_refused_request_changes_nothing() {
         .unwrap();
     assert_eq!(wrong.status(), 403);
     assert_eq!(app.get_json("/api/jobs").await["jobs"], json!([]));
-    assert!(app.runner.started().is_empty());
+    assert!(runner.started().is_empty());
 
-    app.runner.hold("a");
+    runner.hold("a");
     let accepted = app
         .http
         .post(&run)
@@ -584,9 +553,9 @@ async fn changes_need_the_token_and_a_refused_request_changes_nothing() {
 
 #[tokio::test]
 async fn metrics_count_jobs_lateness_and_runbooks_after_a_job() {
-    let app = InProcess::start(
+    let (app, _runner) = spawn_with_fake_runner(
         &[("a.toml", &runbook("")), ("broken.toml", "cmdlet = 1\n")],
-        |s| s.http.api_token = Some(TOKEN.to_string().into()),
+        &[("RUNBOOK_WORKER__HTTP__API_TOKEN", TOKEN)],
     )
     .await;
     let response = app
@@ -1397,7 +1366,7 @@ async fn the_dashboard_of_a_running_worker_renders_in_chromium() {
     use crate::support::http::{artifacts_dir, chromium};
 
     let description = "Enable the archive for user mailboxes";
-    let app = InProcess::start(
+    let (app, _runner) = spawn_with_fake_runner(
         &[
             (
                 "archive.toml",
@@ -1405,9 +1374,7 @@ async fn the_dashboard_of_a_running_worker_renders_in_chromium() {
             ),
             ("broken.toml", "schedule = \"61 * * * *\"\n"),
         ],
-        |s| {
-            s.http.api_token = Some(TOKEN.to_string().into());
-        },
+        &[("RUNBOOK_WORKER__HTTP__API_TOKEN", TOKEN)],
     )
     .await;
     let accepted = app

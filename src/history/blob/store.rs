@@ -200,18 +200,16 @@ impl BlobHistoryStore {
                 container_url,
                 credential,
             } => {
-                let url = Url::parse(&container_url)
-                    .ok()
-                    .filter(|u| u.scheme() == "https")
-                    .ok_or_else(|| {
-                        invalid(
-                            "coordination.container_url",
-                            format!(
-                                "expected https://<account>.blob.core.windows.net/<container>, got {}",
-                                redact_url(&container_url)
-                            ),
-                        )
-                    })?;
+                if container_url.scheme() != "https" {
+                    return Err(invalid(
+                        "coordination.container_url",
+                        format!(
+                            "expected https://<account>.blob.core.windows.net/<container>, got {}",
+                            redact_url(container_url.as_str())
+                        ),
+                    ));
+                }
+                let url = container_url;
                 (url, Some(credential), "coordination.container_url")
             }
         };

@@ -356,6 +356,11 @@ impl ExchangeSimulator {
         format!("http://{}", self.primary)
     }
 
+    /// [`Self::base_url`] as the checked type of `exchange.endpoint`.
+    pub fn endpoint(&self) -> crate::base_url::BaseUrl {
+        crate::base_url::BaseUrl::of_socket(self.primary)
+    }
+
     pub fn regional_url(&self) -> String {
         format!("http://{}", self.regional)
     }

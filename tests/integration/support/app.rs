@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +75,11 @@ impl TestAppOptions {
 
     pub fn setting(mut self, key: &str, value: &str) -> Self {
         self.settings.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn with_runner(mut self, runner: Arc<dyn JobRunner>) -> Self {
+        self.runner = Some(runner);
         self
     }
 }
@@ -190,6 +195,11 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The temporary folder holding `runbooks/` and `state/`.
+    pub fn root(&self) -> &Path {
+        self.root.path()
     }
 
     pub fn runbooks_dir(&self) -> PathBuf {

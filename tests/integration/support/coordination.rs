@@ -251,9 +251,3 @@ pub fn azurite_addr() -> SocketAddr {
     let port = endpoint.port().expect("AZURITE_BLOB_ENDPOINT has a port");
     SocketAddr::from(([127, 0, 0, 1], port))
 }
-
-/// A 127.0.0.1 port nobody listens on (bound, then closed).
-pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}

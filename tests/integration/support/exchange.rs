@@ -21,7 +21,7 @@ pub struct Tenant {
 /// Settings pointing at `sim`, with millisecond retry delays so tests stay fast.
 pub fn settings_for(sim: &ExchangeSimulator) -> ExchangeSettings {
     ExchangeSettings {
-        endpoint: Some(sim.base_url()),
+        endpoint: Some(sim.endpoint()),
         retry_base_delay: HumanDuration::from(Duration::from_millis(1)),
         retry_max_delay: HumanDuration::from(Duration::from_millis(50)),
         ..ExchangeSettings::default()

@@ -31,7 +31,7 @@ pub struct World {
 /// Settings pointing at `graph`, retries in milliseconds.
 pub fn graph_settings(graph: &GraphSimulator) -> GraphSettings {
     GraphSettings {
-        endpoint: Some(graph.base_url()),
+        endpoint: Some(graph.endpoint()),
         retry_base_delay: HumanDuration::from(Duration::from_millis(1)),
         retry_max_delay: HumanDuration::from(Duration::from_millis(50)),
         ..GraphSettings::default()
@@ -61,7 +61,7 @@ pub async fn world(roles: &[&str], users: usize) -> World {
     .expect("Graph client from valid settings");
     let secrets = KeyVaultClient::new(
         &KeyVaultSettings {
-            endpoint: Some(vault.base_url()),
+            endpoint: Some(vault.endpoint()),
             ..KeyVaultSettings::default()
         },
         tokens.clone(),

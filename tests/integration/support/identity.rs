@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,7 +56,7 @@ pub async fn simulator(config: IdentitySimulatorConfig) -> IdentitySimulator {
 /// `[identity]` settings that send IMDS requests to the simulator.
 pub fn imds_settings(sim: &IdentitySimulator) -> IdentitySettings {
     IdentitySettings {
-        imds_endpoint: sim.base_url(),
+        imds_endpoint: sim.endpoint(),
         ..IdentitySettings::default()
     }
 }
@@ -71,41 +70,40 @@ pub fn env(pairs: &[(&str, &str)]) -> IdentityEnvironment {
     )
 }
 
+/// A provider from `settings` and `options` with no platform variables set.
+pub fn provider_with(settings: &IdentitySettings, options: ProviderOptions) -> Arc<TokenProvider> {
+    TokenProvider::with_options(settings, &IdentityEnvironment::default(), None, options)
+        .expect("provider")
+}
+
 /// A provider for the simulator's IMDS endpoint with scaled retries and the system clock.
 pub fn imds_provider(sim: &IdentitySimulator, settings: IdentitySettings) -> Arc<TokenProvider> {
-    let provider = TokenProvider::with_options(
-        &settings,
-        &IdentityEnvironment::default(),
-        None,
-        options(Arc::new(SystemClock)),
-    )
-    .expect("provider");
+    let provider = provider_with(&settings, options(Arc::new(SystemClock)));
     assert!(provider.describe().endpoint.starts_with(&sim.base_url()));
     provider
 }
 
-/// A port on 127.0.0.1 nothing listens on: bound, then released.
-pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+/// The simulator started with `config` and a provider for its IMDS endpoint, both on one
+/// manual clock (at [`manual_clock`]'s instant) that the test moves.
+pub async fn clocked_imds(
+    config: IdentitySimulatorConfig,
+) -> (ManualClock, IdentitySimulator, Arc<TokenProvider>) {
+    let clock = manual_clock();
+    let sim = simulator(config.with_clock(Arc::new(clock.clone()))).await;
+    let provider = provider_with(&imds_settings(&sim), options(Arc::new(clock.clone())));
+    (clock, sim, provider)
 }
 
-/// Runs the binary on the blocking pool, so the simulator keeps serving on the test's
-/// runtime meanwhile.
-pub async fn run_binary(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let dir = dir.to_path_buf();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        super::run_binary(&dir, &args, &env)
-    })
+/// Runs the binary with `args` in an empty folder, its IMDS endpoint the simulator's.
+pub async fn run_against(sim: &IdentitySimulator, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = sim.base_url();
+    super::run_binary_off_runtime(
+        dir.path(),
+        args,
+        &[("RUNBOOK_WORKER__IDENTITY__IMDS_ENDPOINT", &endpoint)],
+    )
     .await
-    .expect("binary task")
 }
 
 /// Everything written to it, for asserting on log output.

@@ -38,6 +38,30 @@ pub fn run_binary(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("spawn runbook-worker")
 }
 
+/// [`run_binary`] on the blocking pool, so simulators on the test's runtime keep serving
+/// meanwhile.
+pub async fn run_binary_off_runtime(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = dir.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_binary(&dir, &args, &env)
+    })
+    .await
+    .expect("binary task")
+}
+
+/// A port on 127.0.0.1 nothing listens on: bound, then released.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -279,7 +279,7 @@ impl Started {
 pub fn start(settings: &NotifySettings, clock: SharedClock, public_url: Option<&str>) -> Started {
     let mail: Arc<dyn MailSender> = Arc::new(GraphMailSender::new(
         Arc::new(FixedTokens),
-        url::Url::parse(&settings.graph_endpoint).unwrap(),
+        settings.graph_endpoint.as_url().clone(),
         graph_client(settings).unwrap(),
         clock.clone(),
     ));

@@ -132,7 +132,7 @@ impl Stack {
     pub async fn run(&self, args: &[&str]) -> Output {
         let env = self.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        super::identity::run_binary(self.dir.path(), args, &env).await
+        super::run_binary_off_runtime(self.dir.path(), args, &env).await
     }
 
     /// `doctor --format json`, parsed, with the output.

@@ -15,13 +15,13 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use runbook_worker::app::{App, AppOptions, ComponentOptions, Components};
+use runbook_worker::app::{ComponentOptions, Components};
 use runbook_worker::clock::{Clock as _, ManualClock};
 use runbook_worker::history::{HistoryStore, JobFilter, JobStatus, JobSummary, Outcome};
 use runbook_worker::scheduler::{JobRunner, JobSpec, RunEnd, SchedulerHandle};
 use runbook_worker::settings::Settings;
 
-use super::app::RunningApp;
+use super::app::{TestApp, TestAppOptions, spawn_app_with};
 use super::wait_until;
 
 /// How long a test waits for something the worker does at once.
@@ -126,7 +126,7 @@ impl Engine {
         settings.state.dir = root.join("state");
         settings.worker.shutdown_grace = grace.into();
         // Never the real IMDS address: the fake runner asks for no token.
-        settings.identity.imds_endpoint = "http://127.0.0.1:9".to_string();
+        settings.identity.imds_endpoint = "http://127.0.0.1:9".parse().unwrap();
         let components = Components::build(
             settings,
             &HashMap::new(),
@@ -161,6 +161,23 @@ impl Engine {
             task,
             history_task,
         }
+    }
+
+    /// An engine over `tick.toml` (the [`runbook`] with `top`, which must schedule it every
+    /// minute) whose 10:01 occurrence of 4 May 2026 is running, held by the fake runner.
+    pub async fn with_tick_running(root: &Path, top: &str) -> Engine {
+        let runbooks = root.join("runbooks");
+        std::fs::create_dir_all(&runbooks).unwrap();
+        std::fs::write(runbooks.join("tick.toml"), runbook(top)).unwrap();
+        let engine = Engine::start(root, utc("2026-05-04T10:00:30Z")).await;
+        engine.runner.hold("tick");
+        engine.fire("tick", utc("2026-05-04T10:01:00Z")).await;
+        engine
+            .wait_jobs("tick", "the first job running", |j| {
+                j[0].status == JobStatus::Running
+            })
+            .await;
+        engine
     }
 
     /// Every job of `runbook`, oldest first.
@@ -240,79 +257,21 @@ impl Engine {
     }
 }
 
-/// The whole worker in-process with a [`FakeRunner`], HTTP on 127.0.0.1:0.
-pub struct InProcess {
-    pub root: tempfile::TempDir,
-    pub runner: Arc<FakeRunner>,
-    pub addr: std::net::SocketAddr,
-    pub handle: SchedulerHandle,
-    pub http: reqwest::Client,
-    running: RunningApp,
-}
-
-impl InProcess {
-    /// Starts with `files` in the runbooks folder and `adjust` applied to the settings.
-    pub async fn start(files: &[(&str, &str)], adjust: impl FnOnce(&mut Settings)) -> InProcess {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("runbooks");
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.join(name), text).unwrap();
-        }
-        let mut settings = Settings::default();
-        settings.runbooks.dir = dir;
-        settings.state.dir = root.path().join("state");
-        settings.http.listen = "127.0.0.1:0".to_string();
-        // Never the real IMDS address: the fake runner makes no token requests, but the
-        // settings must not point anywhere but loopback.
-        settings.identity.imds_endpoint = "http://127.0.0.1:9".to_string();
-        adjust(&mut settings);
-        let runner = FakeRunner::new();
-        let app = App::build(
-            settings,
-            &HashMap::new(),
-            AppOptions {
-                runner: Some(runner.clone()),
-                watch_debounce: Duration::from_millis(100),
-                ..AppOptions::default()
-            },
-        )
-        .await
-        .expect("build the app");
-        let running = RunningApp::start(app);
-        InProcess {
-            root,
-            runner,
-            addr: running.addr,
-            handle: running.scheduler.clone(),
-            http: reqwest::Client::new(),
-            running,
-        }
+/// The whole worker in-process ([`spawn_app_with`]) with a [`FakeRunner`] instead of the
+/// executor: `files` in the runbooks folder, `settings` as `RUNBOOK_WORKER__*` variables.
+pub async fn spawn_with_fake_runner(
+    files: &[(&str, &str)],
+    settings: &[(&str, &str)],
+) -> (TestApp, Arc<FakeRunner>) {
+    let runner = FakeRunner::new();
+    let mut options = TestAppOptions::default().with_runner(runner.clone());
+    for (name, text) in files {
+        options = options.runbook(name, text);
     }
-
-    pub fn runbooks_dir(&self) -> PathBuf {
-        self.root.path().join("runbooks")
+    for (key, value) in settings {
+        options = options.setting(key, value);
     }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub async fn get_json(&self, path: &str) -> Value {
-        self.http
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("GET")
-            .json()
-            .await
-            .expect("JSON body")
-    }
-
-    /// Stops the app and returns how `run_until_stopped` ended.
-    pub async fn stop(self) {
-        self.running.stop().await;
-    }
+    (spawn_app_with(options).await, runner)
 }
 
 /// A `runbook-worker serve` child process in its own directory.
