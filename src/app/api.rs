@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::clock::SharedClock;
 use crate::coordination::{CoordinationKind, Coordinator, StorageHealth};
 use crate::history::{
-    self, HistoryHealth, HistoryReader, JobDetail, JobId, JobStatus, JobSummary, Trigger,
+    self, HistoryHealth, JobDetail, JobHistory, JobId, JobStatus, JobSummary, Trigger,
 };
 use crate::http::{
     ApiError, CancelOutcome, CoordinationReadiness, FileErrorView, HistoryReadiness, JobFilter,
@@ -34,7 +34,7 @@ pub(crate) struct Lifecycle {
 
 pub(crate) struct Api {
     pub scheduler: SchedulerHandle,
-    pub history: HistoryReader,
+    pub history: JobHistory,
     pub history_health: HistoryHealth,
     pub coordinator: Coordinator,
     pub clock: SharedClock,

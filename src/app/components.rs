@@ -22,7 +22,8 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::coordination::{self, CoordinationError, Coordinator};
 use crate::exchange::{ExchangeClient, ExchangeError, ExchangeSettings, TenantLimiter};
 use crate::executor::{ExchangeClients, Executor, ExecutorDeps, ExecutorError};
-use crate::history::{self, HistoryError, HistoryStore};
+use crate::history::blob::{self as blob_history, BlobHistoryOptions, BlobHistoryStore};
+use crate::history::{self, HistoryError, HistoryStore, JobHistory};
 use crate::identity::{
     IdentityEnvironment, IdentityError, IdentitySettings, ProviderCredential, ProviderOptions,
     SourceKind, TokenProvider, TokenProviders,
@@ -276,17 +277,54 @@ impl Components {
         }))
     }
 
-    /// Opens the job history under `state.dir` (marking what a dead process left running
-    /// Interrupted). The returned task is the history's writer; it ends after
-    /// [`HistoryStore::close`].
-    pub async fn open_history(&self) -> Result<(HistoryStore, JoinHandle<()>), ComponentError> {
-        HistoryStore::open(
+    /// Opens the job history, recording `replica` as the replica of the jobs it creates:
+    /// with `coordination.kind = "azure-blob"` the blob history every replica shares (in
+    /// `history.container`, else the coordination container), otherwise SQLite under
+    /// `state.dir` (marking what a dead process left running Interrupted). The returned task
+    /// ends after [`JobHistory::close`].
+    pub async fn open_history(
+        &self,
+        replica: &str,
+    ) -> Result<(JobHistory, JoinHandle<()>), ComponentError> {
+        if self.settings.coordination.kind == coordination::CoordinationKind::AzureBlob {
+            let store = self.blob_history(replica)?;
+            // The shared history has no writer task; its handle ends at once.
+            return Ok((store.into(), tokio::spawn(async {})));
+        }
+        let (store, task) = HistoryStore::open_as(
             &history::database_path(&self.settings.state.dir),
             &self.settings.history,
             self.clock.clone(),
+            Some(replica.to_string()),
         )
         .await
-        .map_err(ComponentError::History)
+        .map_err(ComponentError::History)?;
+        Ok((store.into(), task))
+    }
+
+    /// The shared history's blob store, in the coordination storage account.
+    pub fn blob_history(&self, replica: &str) -> Result<BlobHistoryStore, ComponentError> {
+        let coordination = &self.settings.coordination;
+        let credential = if coordination.container_url.is_some() {
+            let provider = self.token_provider().map_err(ComponentError::Identity)?;
+            Some(ProviderCredential::new(provider) as _)
+        } else {
+            None
+        };
+        let mut target = coordination
+            .storage_target(credential)
+            .map_err(ComponentError::Coordination)?;
+        if let Some(container) = &self.settings.history.container {
+            target = blob_history::in_container(target, container);
+        }
+        let options = BlobHistoryOptions::new(
+            &self.settings.history,
+            coordination.request_timeout.get(),
+            coordination.max_retries,
+            replica,
+        );
+        BlobHistoryStore::new(target, options, self.clock.clone())
+            .map_err(|e| ComponentError::History(e.into()))
     }
 
     /// The coordination store `[coordination]` names; Azure storage authenticates with the
@@ -330,7 +368,7 @@ impl Components {
     /// `[worker]` and `[coordination]`.
     pub fn scheduler(
         &self,
-        history: HistoryStore,
+        history: JobHistory,
         coordinator: Coordinator,
         runner: Arc<dyn JobRunner>,
         catalog: LiveCatalog,

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Executor, HistoryEvents, TokenSources};
-use crate::history::HistoryStore;
+use crate::history::JobHistory;
 use crate::http::IdentityReadiness;
 use crate::identity::{AccessToken, IdentityError, TokenProviders, TokenSource};
 use crate::runbook::IdentityOverride;
@@ -16,7 +16,7 @@ use crate::scheduler::{JobRunner, JobSpec, RunEnd};
 /// Runs jobs on the executor, with their streams in the history.
 pub(crate) struct ExecutorRunner {
     pub executor: Arc<Executor>,
-    pub history: HistoryStore,
+    pub history: JobHistory,
 }
 
 #[async_trait]

@@ -1,6 +1,6 @@
 //! `runbook-worker jobs` and `runbook-worker job ID`: read the job history of the worker
-//! whose settings are loaded (`<state.dir>/history.sqlite3`), read-only, also while that
-//! worker runs.
+//! whose settings are loaded, read-only, also while that worker runs: the blob history the
+//! replicas share with `coordination.kind = "azure-blob"`, else `<state.dir>/history.sqlite3`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -9,8 +9,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
+use runbook_worker::coordination::CoordinationKind;
+use runbook_worker::history::blob::BlobHistoryStore;
 use runbook_worker::history::{
-    self, HistoryReader, JobDetail, JobFilter, JobId, JobStatus, JobSummary,
+    self, HistoryError, HistoryReader, JobDetail, JobFilter, JobId, JobStatus, JobSummary,
 };
 
 use super::{Context, Output};
@@ -42,15 +44,54 @@ pub struct JobArgs {
     pub output: Output,
 }
 
-fn open_history(ctx: &Context) -> anyhow::Result<HistoryReader> {
+/// The history the loaded settings name, for reading.
+enum Reader {
+    Local(HistoryReader),
+    Shared(BlobHistoryStore),
+}
+
+impl Reader {
+    /// Where the jobs are read from, for messages.
+    fn describe(&self) -> String {
+        match self {
+            Reader::Local(reader) => reader.path().display().to_string(),
+            Reader::Shared(_) => "the shared job history".to_string(),
+        }
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobSummary>, HistoryError> {
+        match self {
+            Reader::Local(reader) => reader.list_jobs(filter).await,
+            Reader::Shared(store) => Ok(store.list_jobs(filter).await?),
+        }
+    }
+
+    async fn get_job(&self, id: &JobId) -> Result<Option<JobDetail>, HistoryError> {
+        match self {
+            Reader::Local(reader) => reader.get_job(id).await,
+            Reader::Shared(store) => Ok(store.get_job(id).await?),
+        }
+    }
+}
+
+async fn open_history(ctx: Context) -> anyhow::Result<Reader> {
+    if ctx.settings.coordination.kind == CoordinationKind::AzureBlob {
+        let components = ctx
+            .components(super::TargetArgs { simulate: false })
+            .await?;
+        let store = components
+            .blob_history("cli")
+            .context("cannot reach the shared job history")?;
+        return Ok(Reader::Shared(store));
+    }
     let path = history::database_path(&ctx.settings.state.dir);
     // An absolute path in the message tells the operator which directory was searched.
     let path: PathBuf = std::path::absolute(&path).unwrap_or(path);
-    Ok(HistoryReader::open(&path)?)
+    Ok(Reader::Local(HistoryReader::open(&path)?))
 }
 
 pub async fn run_list(ctx: Context, args: JobsArgs) -> anyhow::Result<ExitCode> {
-    let reader = open_history(&ctx)?;
+    let reader = open_history(ctx).await?;
     let filter = JobFilter {
         runbook: args.runbook,
         status: args.status,
@@ -60,7 +101,7 @@ pub async fn run_list(ctx: Context, args: JobsArgs) -> anyhow::Result<ExitCode> 
     let jobs = reader
         .list_jobs(&filter)
         .await
-        .with_context(|| format!("cannot list jobs from {}", reader.path().display()))?;
+        .with_context(|| format!("cannot list jobs from {}", reader.describe()))?;
     match args.output {
         // The same document as GET /api/jobs.
         Output::Json => println!(
@@ -74,19 +115,16 @@ pub async fn run_list(ctx: Context, args: JobsArgs) -> anyhow::Result<ExitCode> 
 }
 
 pub async fn run_show(ctx: Context, args: JobArgs) -> anyhow::Result<ExitCode> {
-    let reader = open_history(&ctx)?;
-    let job = reader.get_job(&args.id).await.with_context(|| {
-        format!(
-            "cannot read job {} from {}",
-            args.id,
-            reader.path().display()
-        )
-    })?;
+    let reader = open_history(ctx).await?;
+    let job = reader
+        .get_job(&args.id)
+        .await
+        .with_context(|| format!("cannot read job {} from {}", args.id, reader.describe()))?;
     let Some(job) = job else {
         anyhow::bail!(
             "no job {} in {} (it may have been pruned; `runbook-worker jobs` lists the recorded ones)",
             args.id,
-            reader.path().display()
+            reader.describe()
         );
     };
     match args.output {

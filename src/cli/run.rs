@@ -71,13 +71,21 @@ pub async fn run(ctx: Context, args: RunArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
 
+    let ctx_env = ctx.env.clone();
     let components = ctx.components(args.target).await?;
     let executor = components.executor().map_err(|e| anyhow!("{e}"))?;
-    let database = history::database_path(&components.settings().state.dir);
+    let replica = components.replica_id(super::host_name(&ctx_env).as_deref());
     let (store, writer) = components
-        .open_history()
+        .open_history(&replica)
         .await
-        .with_context(|| format!("cannot record the job in {}", database.display()))?;
+        .context("cannot open the job history to record the job")?;
+    let database = if store.is_shared() {
+        "the shared job history".to_string()
+    } else {
+        history::database_path(&components.settings().state.dir)
+            .display()
+            .to_string()
+    };
     let recorded_params = resolved.clone().into_iter().collect::<Map<String, Value>>();
     let id = store
         .create_job(NewJob {
@@ -356,7 +364,7 @@ impl Terminal {
         }
     }
 
-    fn summary(&self, outcome: &JobOutcome, id: &str, database: &Path) {
+    fn summary(&self, outcome: &JobOutcome, id: &str, recorded_in: &str) {
         match self.output {
             Output::Json => {
                 let mut value = serde_json::to_value(outcome).unwrap_or_else(|_| json!({}));
@@ -374,7 +382,7 @@ impl Terminal {
                     humantime::format_duration(Duration::from_millis(
                         u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX)
                     )),
-                    database.display()
+                    recorded_in
                 );
                 if outcome.attempts > 1 {
                     text.push_str(&format!(" after {} attempts", outcome.attempts));

@@ -318,6 +318,10 @@ pub struct JobSummary {
     pub duration_ms: Option<i64>,
     pub summary: Option<String>,
     pub error: Option<String>,
+    /// The replica that ran the job (`coordination.replica_id` or the host and process);
+    /// `None` for jobs recorded before replicas were recorded.
+    #[serde(default)]
+    pub replica: Option<String>,
 }
 
 /// One entry of a job's streams.

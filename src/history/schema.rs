@@ -55,6 +55,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job_id, kind)
     ) WITHOUT ROWID;
     ",
+    // 2: the replica that ran each job (NULL for jobs recorded before).
+    "ALTER TABLE jobs ADD COLUMN replica TEXT;",
 ];
 
 /// The schema version this build writes and understands.

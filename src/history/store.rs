@@ -78,7 +78,7 @@ impl HistoryHealth {
     /// Takes note of a write's result: a transient failure makes the history unhealthy, any
     /// success healthy again. Other failures (an unknown job, a bad transition) say nothing
     /// about the database.
-    fn observe<T>(&self, result: &Result<T, HistoryError>) {
+    pub(super) fn observe<T>(&self, result: &Result<T, HistoryError>) {
         match result {
             Ok(_) => self.set(None),
             Err(e) if e.kind().is_transient() => self.set(Some(e.chain())),
@@ -131,6 +131,7 @@ struct InsertJob {
     created_at: DateTime<Utc>,
     status: JobStatus,
     error: Option<String>,
+    replica: Option<String>,
 }
 
 /// Writes to the job history. Clone it freely; every clone talks to the same writer task.
@@ -147,6 +148,8 @@ struct StoreInner {
     retention: Duration,
     interrupted_at_open: Vec<JobSummary>,
     health: HistoryHealth,
+    /// Recorded as the replica of the jobs this store creates.
+    replica: Option<String>,
 }
 
 impl std::fmt::Debug for HistoryStore {
@@ -167,6 +170,16 @@ impl HistoryStore {
         path: &Path,
         settings: &HistorySettings,
         clock: SharedClock,
+    ) -> Result<(HistoryStore, JoinHandle<()>), HistoryError> {
+        Self::open_as(path, settings, clock, None).await
+    }
+
+    /// [`HistoryStore::open`], recording `replica` as the replica of every job it creates.
+    pub async fn open_as(
+        path: &Path,
+        settings: &HistorySettings,
+        clock: SharedClock,
+        replica: Option<String>,
     ) -> Result<(HistoryStore, JoinHandle<()>), HistoryError> {
         let path = path.to_path_buf();
         let max_entries = settings.max_entries_per_stream;
@@ -216,6 +229,7 @@ impl HistoryStore {
                 retention: settings.retention.get(),
                 interrupted_at_open: interrupted,
                 health,
+                replica,
             }),
         };
         Ok((store, handle))
@@ -267,6 +281,7 @@ impl HistoryStore {
             created_at,
             status,
             error,
+            replica: self.inner.replica.clone(),
         };
         self.request(|ack| Command::Insert { row, ack }).await?;
         Ok(id)
@@ -407,7 +422,7 @@ impl HistoryStore {
 /// Prunes now and then every `interval` (at least [`super::MIN_PRUNE_INTERVAL`]) until
 /// `cancel` fires or the store closes.
 pub fn spawn_pruner(
-    store: HistoryStore,
+    store: super::JobHistory,
     clock: SharedClock,
     interval: Duration,
     cancel: CancellationToken,
@@ -799,8 +814,9 @@ fn insert_job(conn: &mut Connection, row: &InsertJob) -> Result<(), HistoryError
     let ended = row.status.is_final().then(|| created.clone());
     conn.execute(
         "INSERT INTO jobs (id, runbook, file_hash, trigger, status, dry_run, scheduled_for,
-                           created_at, started_at, ended_at, params, steps, summary, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9, ?10, '[]', NULL, ?11)",
+                           created_at, started_at, ended_at, params, steps, summary, error,
+                           replica)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9, ?10, '[]', NULL, ?11, ?12)",
         params![
             row.id.as_str(),
             job.runbook,
@@ -813,6 +829,7 @@ fn insert_job(conn: &mut Connection, row: &InsertJob) -> Result<(), HistoryError
             ended,
             to_json(&job.params),
             row.error,
+            row.replica,
         ],
     )
     .map_err(sql("record a new job"))?;
@@ -1103,7 +1120,7 @@ fn interrupt_leftovers(
 }
 
 const SUMMARY_COLUMNS: &str = "id, runbook, file_hash, trigger, status, dry_run, scheduled_for, \
-     created_at, started_at, ended_at, summary, error";
+     created_at, started_at, ended_at, summary, error, replica";
 
 fn query_summaries<P: rusqlite::Params>(
     conn: &Connection,
@@ -1134,6 +1151,7 @@ struct RawSummary {
     ended_at: Option<String>,
     summary: Option<String>,
     error: Option<String>,
+    replica: Option<String>,
 }
 
 impl RawSummary {
@@ -1151,6 +1169,7 @@ impl RawSummary {
             ended_at: row.get(9)?,
             summary: row.get(10)?,
             error: row.get(11)?,
+            replica: row.get(12)?,
         })
     }
 
@@ -1198,6 +1217,7 @@ impl RawSummary {
             duration_ms,
             summary: self.summary,
             error: self.error,
+            replica: self.replica,
         })
     }
 }

@@ -542,7 +542,7 @@ async fn the_background_pruner_runs_when_the_clock_passes_its_interval() {
     let shared: SharedClock = Arc::new(f.clock.clone());
     let cancel = CancellationToken::new();
     let pruner = spawn_pruner(
-        f.store.clone(),
+        f.store.clone().into(),
         shared,
         Duration::from_secs(600),
         cancel.clone(),
@@ -607,6 +607,7 @@ fn settings_that_make_no_sense_are_reported_by_key() {
         retention: crate::duration::HumanDuration::from_secs(60),
         max_entries_per_stream: 0,
         prune_interval: crate::duration::HumanDuration::from_secs(0),
+        container: Some("Bad_Name".into()),
     };
     let keys: Vec<_> = bad.problems().into_iter().map(|(key, _)| key).collect();
     assert_eq!(
@@ -614,6 +615,7 @@ fn settings_that_make_no_sense_are_reported_by_key() {
         [
             "history.retention",
             "history.max_entries_per_stream",
+            "history.container",
             "history.prune_interval"
         ]
     );

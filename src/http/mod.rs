@@ -41,6 +41,7 @@ pub(crate) mod fixtures {
                 duration_ms: Some(0),
                 summary: None,
                 error: None,
+                replica: None,
             },
             params: Default::default(),
             steps: vec![],

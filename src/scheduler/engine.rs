@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
 use crate::coordination::{CoordinationKind, Coordinator, InterruptedOccurrence, StorageHealth};
-use crate::history::{HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
+use crate::history::{JobHistory, JobId, JobStatus, NewJob, Outcome, Trigger};
 use crate::runbook::{
     Catalog, ErrorKind, OnInterrupt, ParamInput, PolicySettings, Runbook, ValidationError,
     load_folder,
@@ -76,7 +76,7 @@ pub struct SchedulerOptions {
 #[derive(Clone)]
 pub struct SchedulerParts {
     pub clock: SharedClock,
-    pub history: HistoryStore,
+    pub history: JobHistory,
     pub coordinator: Coordinator,
     pub runner: Arc<dyn JobRunner>,
     pub metrics: Arc<Metrics>,

@@ -22,7 +22,7 @@ use crate::clock::SharedClock;
 use crate::coordination::{
     Claim, CoordinationError, Coordinator, FinalState, InterruptedOccurrence, OccurrenceGuard,
 };
-use crate::history::{HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
+use crate::history::{JobHistory, JobId, JobStatus, NewJob, Outcome, Trigger};
 use crate::runbook::{JobSpec, Runbook};
 use crate::telemetry::metrics::Metrics;
 
@@ -108,7 +108,7 @@ pub(crate) struct JobOrder {
 /// What every job task shares.
 pub(crate) struct JobContext {
     pub clock: SharedClock,
-    pub history: HistoryStore,
+    pub history: JobHistory,
     pub coordinator: Coordinator,
     pub runner: Arc<dyn JobRunner>,
     pub metrics: Arc<Metrics>,

@@ -81,6 +81,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::coordination::StorageTarget;
 use crate::history::{HistoryError, HistorySettings, JobSummary};
 
 pub use layout::{id_from_inverted, inverted};
@@ -132,10 +133,56 @@ impl BlobHistoryOptions {
     }
 }
 
-/// A job in a list, with the replica that recorded it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// Whether `name` is a valid blob container name (3–63 of `a-z`, `0-9`, `-`; no leading,
+/// trailing or doubled hyphen).
+pub fn valid_container_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+/// `target` pointed at another container of the same account: the last segment of the
+/// container URL's path replaced (`https://acct.blob.core.windows.net/<container>`, or
+/// Azurite's `http://127.0.0.1:10000/devstoreaccount1/<container>`), the SAS query kept (it
+/// must then be an account SAS, or one for that container).
+pub fn in_container(target: StorageTarget, container: &str) -> StorageTarget {
+    fn replace_last(url: &str, container: &str) -> String {
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (url, None),
+        };
+        let base = base.trim_end_matches('/');
+        let parent = match base.rsplit_once('/') {
+            // Not "https:" of a URL without a path.
+            Some((parent, _)) if !parent.ends_with('/') => parent,
+            _ => base,
+        };
+        match query {
+            Some(query) => format!("{parent}/{container}?{query}"),
+            None => format!("{parent}/{container}"),
+        }
+    }
+    match target {
+        StorageTarget::SasUrl(url) => StorageTarget::SasUrl(secrecy::SecretString::from(
+            replace_last(secrecy::ExposeSecret::expose_secret(&url), container),
+        )),
+        StorageTarget::Token {
+            container_url,
+            credential,
+        } => StorageTarget::Token {
+            container_url: replace_last(&container_url, container),
+            credential,
+        },
+    }
+}
+
+/// A job in a list, with the replica that recorded it (also in `job.replica`).
+#[derive(Clone, Debug, PartialEq)]
 pub struct ListedJob {
-    #[serde(flatten)]
     pub job: JobSummary,
     pub replica: String,
 }

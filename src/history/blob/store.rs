@@ -480,19 +480,25 @@ impl BlobHistoryStore {
         let layout = self.layout();
         let row = ListRow {
             job: record.summary(),
-            replica: record.replica.clone(),
         };
         let metadata = encode_row(&row).map(|v| HashMap::from([(ROW_METADATA.to_string(), v)]));
         let mut writes: Vec<String> = layout.row_entries(&record.id, &record.runbook).into();
         writes.extend(layout.status_entries(&record.id, &record.runbook, record.status));
-        futures::stream::iter(writes.iter().map(|name| {
-            self.upload(
-                name,
-                Vec::new(),
-                "application/octet-stream",
-                metadata.clone(),
-                Condition::None,
-            )
+        // Owned names and `async move`: a closure returning a future that borrows its
+        // argument makes the future not provably `Send` (a higher-ranked lifetime), and the
+        // scheduler spawns these.
+        futures::stream::iter(writes.into_iter().map(|name| {
+            let metadata = metadata.clone();
+            async move {
+                self.upload(
+                    &name,
+                    Vec::new(),
+                    "application/octet-stream",
+                    metadata,
+                    Condition::None,
+                )
+                .await
+            }
         }))
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<_>>()
@@ -972,8 +978,13 @@ impl BlobHistoryStore {
                 ended_early = true;
                 break;
             }
-            let results =
-                futures::future::join_all(chunk.iter().map(|id| self.prune_job(id))).await;
+            let results = futures::future::join_all(
+                chunk
+                    .iter()
+                    .cloned()
+                    .map(|id| async move { self.prune_job(&id).await }),
+            )
+            .await;
             for result in results {
                 if let Some(runbook) = result? {
                     deleted += 1;
@@ -1179,8 +1190,8 @@ impl BlobHistoryStore {
                 match row {
                     Some(row) if row.job.status.is_final() && row.job.id == id => {
                         Ok(Some(ListedJob {
+                            replica: row.job.replica.clone().unwrap_or_default(),
                             job: row.job,
-                            replica: row.replica,
                         }))
                     }
                     _ => self.get_listed(&id).await,
