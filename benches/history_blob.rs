@@ -104,6 +104,7 @@ fn job(i: usize, jobs: usize) -> JobDetail {
         steps: Vec::new(),
         streams: Vec::new(),
         dropped: Default::default(),
+        reports: Vec::new(),
     }
 }
 

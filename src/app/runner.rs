@@ -23,7 +23,12 @@ pub(crate) struct ExecutorRunner {
 impl JobRunner for ExecutorRunner {
     async fn run(&self, job: JobSpec, cancel: CancellationToken) -> RunEnd {
         let events = HistoryEvents::new(self.history.clone(), job.id.clone());
+        let id = job.id.clone();
         let outcome = self.executor.run(job, &events, cancel).await;
+        // Before the scheduler records the end: a job shown finished lists its reports.
+        if let Err(e) = self.history.store_reports(&id, &outcome.reports).await {
+            tracing::error!(job_id = %id, error = %e.chain(), "cannot store the job's reports with it; they stay under state.dir");
+        }
         let history_outcome = outcome.to_history();
         RunEnd {
             outcome: history_outcome,

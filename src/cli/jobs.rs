@@ -10,9 +10,9 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
 use runbook_worker::coordination::CoordinationKind;
-use runbook_worker::history::blob::BlobHistoryStore;
 use runbook_worker::history::{
-    self, HistoryError, HistoryReader, JobDetail, JobFilter, JobId, JobStatus, JobSummary,
+    self, HistoryError, HistoryReader, JobDetail, JobFilter, JobHistory, JobId, JobStatus,
+    JobSummary, LocalReports, ReportBody, ReportFile,
 };
 
 use super::{Context, Output};
@@ -40,6 +40,13 @@ pub struct JobsArgs {
 pub struct JobArgs {
     /// The job's id, as listed by `runbook-worker jobs`.
     pub id: JobId,
+    /// Write this report file of the job (a `file` its `reports` list, e.g.
+    /// `enable.csv`) to standard output, or to `--out`, instead of showing the job.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<String>,
+    /// With `--report`: write the report to this file instead of standard output.
+    #[arg(long, value_name = "PATH", requires = "report")]
+    pub out: Option<PathBuf>,
     #[arg(long = "output", alias = "format", value_enum, default_value_t = Output::Human)]
     pub output: Output,
 }
@@ -47,7 +54,7 @@ pub struct JobArgs {
 /// The history the loaded settings name, for reading.
 enum Reader {
     Local(HistoryReader),
-    Shared(BlobHistoryStore),
+    Shared(JobHistory),
 }
 
 impl Reader {
@@ -62,14 +69,38 @@ impl Reader {
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobSummary>, HistoryError> {
         match self {
             Reader::Local(reader) => reader.list_jobs(filter).await,
-            Reader::Shared(store) => Ok(store.list_jobs(filter).await?),
+            Reader::Shared(history) => history.list_jobs(filter).await,
         }
     }
 
     async fn get_job(&self, id: &JobId) -> Result<Option<JobDetail>, HistoryError> {
         match self {
-            Reader::Local(reader) => reader.get_job(id).await,
-            Reader::Shared(store) => Ok(store.get_job(id).await?),
+            Reader::Local(reader) => {
+                let Some(mut detail) = reader.get_job(id).await? else {
+                    return Ok(None);
+                };
+                detail.reports = self.list_reports(id).await?;
+                Ok(Some(detail))
+            }
+            Reader::Shared(history) => history.get_job(id).await,
+        }
+    }
+
+    async fn list_reports(&self, id: &JobId) -> Result<Vec<ReportFile>, HistoryError> {
+        match self {
+            Reader::Local(reader) => LocalReports::of(reader.path()).list(id).await,
+            Reader::Shared(history) => history.list_reports(id).await,
+        }
+    }
+
+    async fn open_report(
+        &self,
+        id: &JobId,
+        file: &str,
+    ) -> Result<Option<ReportBody>, HistoryError> {
+        match self {
+            Reader::Local(reader) => LocalReports::of(reader.path()).open(id, file).await,
+            Reader::Shared(history) => history.open_report(id, file).await,
         }
     }
 }
@@ -82,7 +113,7 @@ async fn open_history(ctx: Context) -> anyhow::Result<Reader> {
         let store = components
             .blob_history("cli")
             .context("cannot reach the shared job history")?;
-        return Ok(Reader::Shared(store));
+        return Ok(Reader::Shared(store.into()));
     }
     let path = history::database_path(&ctx.settings.state.dir);
     // An absolute path in the message tells the operator which directory was searched.
@@ -116,6 +147,9 @@ pub async fn run_list(ctx: Context, args: JobsArgs) -> anyhow::Result<ExitCode> 
 
 pub async fn run_show(ctx: Context, args: JobArgs) -> anyhow::Result<ExitCode> {
     let reader = open_history(ctx).await?;
+    if let Some(file) = &args.report {
+        return write_report(&reader, &args.id, file, args.out.as_deref()).await;
+    }
     let job = reader
         .get_job(&args.id)
         .await
@@ -131,6 +165,51 @@ pub async fn run_show(ctx: Context, args: JobArgs) -> anyhow::Result<ExitCode> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&job)?),
         Output::Human => print!("{}", render_detail(&job)),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `job ID --report FILE [--out PATH]`: the report's bytes as stored, streamed.
+async fn write_report(
+    reader: &Reader,
+    id: &JobId,
+    file: &str,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    use futures::TryStreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+
+    let body = reader.open_report(id, file).await.with_context(|| {
+        format!(
+            "cannot read report {file} of job {id} from {}",
+            reader.describe()
+        )
+    })?;
+    let Some(body) = body else {
+        anyhow::bail!(
+            "job {id} has no report {file:?} in {} (`runbook-worker job {id}` lists its reports)",
+            reader.describe()
+        );
+    };
+    let mut target: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match out {
+        Some(path) => Box::new(
+            tokio::fs::File::create(path)
+                .await
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let mut stream = body.stream;
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .with_context(|| format!("cannot read report {file} of job {id}"))?
+    {
+        target
+            .write_all(&chunk)
+            .await
+            .context("cannot write the report")?;
+    }
+    target.flush().await.context("cannot write the report")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -221,6 +300,15 @@ fn render_detail(detail: &JobDetail) -> String {
     field("Started", &time(job.started_at));
     field("Ended", &time(job.ended_at));
     field("Duration", &duration(job));
+    field("Replica", job.replica.as_deref().unwrap_or("-"));
+    if !detail.reports.is_empty() {
+        let files: Vec<String> = detail
+            .reports
+            .iter()
+            .map(|r| format!("{} ({} bytes)", r.file, r.bytes))
+            .collect();
+        field("Reports", &files.join(", "));
+    }
     if let Some(summary) = &job.summary {
         field("Summary", summary);
     }

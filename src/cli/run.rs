@@ -133,7 +133,10 @@ pub async fn run(ctx: Context, args: RunArgs) -> anyhow::Result<ExitCode> {
             job.await
         }
     };
-    let recorded = recorder.finish(&outcome).await;
+    let mut recorded = recorder.finish(&outcome).await;
+    if recorded.is_ok() {
+        recorded = store.store_reports(&id, &outcome.reports).await;
+    }
     let closed = store.close().await;
     let _ = writer.await;
     executor.shutdown().await;

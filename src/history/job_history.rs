@@ -5,15 +5,132 @@
 //! ([`HistoryError`]), so callers never branch on the store.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::Stream;
+use tokio::io::AsyncReadExt as _;
 
-use super::blob::{BlobHistoryError, BlobHistoryStore};
+use super::blob::{BlobHistoryError, BlobHistoryStore, valid_report_name};
 use super::{
     FailureKind, HistoryError, HistoryHealth, HistoryStore, JobDetail, JobFilter, JobId,
-    JobSummary, NewJob, NewStreamEntry, Outcome, StepCounts,
+    JobSummary, NewJob, NewStreamEntry, Outcome, ReportFile, StepCounts,
 };
+
+/// Bytes read from a local report file per chunk of a download.
+const REPORT_CHUNK: usize = 64 * 1024;
+
+/// A report file being read: its length and its bytes as a stream, never held whole.
+pub struct ReportBody {
+    pub bytes: u64,
+    pub stream: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>,
+}
+
+impl std::fmt::Debug for ReportBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportBody")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reports of the local history: `<state.dir>/reports/<job id>/`, where the executor
+/// writes them.
+#[derive(Clone, Debug)]
+pub struct LocalReports {
+    root: PathBuf,
+}
+
+impl LocalReports {
+    /// The reports beside the history database at `database`.
+    pub fn of(database: &Path) -> LocalReports {
+        LocalReports {
+            root: database.parent().unwrap_or(Path::new(".")).join("reports"),
+        }
+    }
+
+    fn folder(&self, id: &JobId) -> PathBuf {
+        self.root.join(id.as_str())
+    }
+
+    /// The finished report files of a job, by name.
+    pub async fn list(&self, id: &JobId) -> Result<Vec<ReportFile>, HistoryError> {
+        let folder = self.folder(id);
+        let mut entries = match tokio::fs::read_dir(&folder).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(report_error("list", &folder, e)),
+        };
+        let mut out = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| report_error("list", &folder, e))?
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // A `.partial` file is a report still being written (or a dead job's).
+            if !valid_report_name(&name) || name.ends_with(".partial") {
+                continue;
+            }
+            match entry.metadata().await {
+                Ok(meta) if meta.is_file() => out.push(ReportFile {
+                    file: name,
+                    bytes: meta.len(),
+                }),
+                _ => {}
+            }
+        }
+        out.sort_by(|a, b| a.file.cmp(&b.file));
+        Ok(out)
+    }
+
+    /// A report file, streamed; `None` when there is none of that (valid) name.
+    pub async fn open(&self, id: &JobId, file: &str) -> Result<Option<ReportBody>, HistoryError> {
+        if !valid_report_name(file) || file.ends_with(".partial") {
+            return Ok(None);
+        }
+        let path = self.folder(id).join(file);
+        let handle = match tokio::fs::File::open(&path).await {
+            Ok(handle) => handle,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(report_error("open", &path, e)),
+        };
+        let meta = handle
+            .metadata()
+            .await
+            .map_err(|e| report_error("open", &path, e))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let stream = futures::stream::try_unfold(handle, |mut handle| async move {
+            let mut buffer = vec![0u8; REPORT_CHUNK];
+            let read = handle.read(&mut buffer).await?;
+            if read == 0 {
+                return Ok(None);
+            }
+            buffer.truncate(read);
+            Ok(Some((Bytes::from(buffer), handle)))
+        });
+        Ok(Some(ReportBody {
+            bytes: meta.len(),
+            stream: Box::pin(stream),
+        }))
+    }
+}
+
+fn report_error(action: &str, path: &Path, error: std::io::Error) -> HistoryError {
+    let kind = match error.kind() {
+        std::io::ErrorKind::StorageFull => FailureKind::DiskFull,
+        _ => FailureKind::Io,
+    };
+    HistoryError::Shared {
+        kind,
+        detail: format!("cannot {action} the report {}: {error}", path.display()),
+    }
+}
 
 /// The job history of this worker; cheap to clone.
 #[derive(Clone, Debug)]
@@ -175,6 +292,16 @@ impl JobHistory {
         on_store!(self, s => s.finish(id, outcome))
     }
 
+    /// Marks jobs a dead replica left Queued or Running as Interrupted (the coordination
+    /// sweep decides which); a job that changed meanwhile is left alone. The local history
+    /// holds no other replica's jobs and marks its own at open.
+    pub async fn mark_interrupted(&self, ids: &[JobId]) -> Result<Vec<JobSummary>, HistoryError> {
+        match self {
+            JobHistory::Local(_) => Ok(Vec::new()),
+            JobHistory::Shared(shared) => shared.observe(shared.store.mark_interrupted(ids).await),
+        }
+    }
+
     /// Deletes finished jobs older than the retention (in the shared store by the one
     /// replica holding the prune lease). Returns how many this call deleted.
     pub async fn prune(&self, now: DateTime<Utc>) -> Result<u64, HistoryError> {
@@ -189,8 +316,81 @@ impl JobHistory {
         }
     }
 
+    /// One job with everything recorded about it, its report files included.
     pub async fn get_job(&self, id: &JobId) -> Result<Option<JobDetail>, HistoryError> {
-        read_store!(self, s => s.get_job(id))
+        let Some(mut detail) = read_store!(self, s => s.get_job(id))? else {
+            return Ok(None);
+        };
+        detail.reports = self.list_reports(id).await?;
+        Ok(Some(detail))
+    }
+
+    /// The report files stored with a job, by name.
+    pub async fn list_reports(&self, id: &JobId) -> Result<Vec<ReportFile>, HistoryError> {
+        match self {
+            JobHistory::Local(store) => LocalReports::of(store.path()).list(id).await,
+            JobHistory::Shared(shared) => Ok(shared
+                .store
+                .list_reports(id)
+                .await?
+                .into_iter()
+                .map(|r| ReportFile {
+                    file: r.name,
+                    bytes: r.size,
+                })
+                .collect()),
+        }
+    }
+
+    /// A report file of a job, streamed; `None` when the job has none of that name (or the
+    /// name is not a plain report file name: no path ever leaves the job's folder).
+    pub async fn open_report(
+        &self,
+        id: &JobId,
+        file: &str,
+    ) -> Result<Option<ReportBody>, HistoryError> {
+        if !valid_report_name(file) || file.ends_with(".partial") {
+            return Ok(None);
+        }
+        match self {
+            JobHistory::Local(store) => LocalReports::of(store.path()).open(id, file).await,
+            JobHistory::Shared(shared) => Ok(shared.store.open_report(id, file).await?),
+        }
+    }
+
+    /// Stores the report files a job wrote under `state.dir` with the job: in the shared
+    /// history, uploaded and then removed locally (a file that cannot be uploaded stays
+    /// where it is, and the error says so); the local history keeps them where they are.
+    pub async fn store_reports(&self, id: &JobId, files: &[PathBuf]) -> Result<(), HistoryError> {
+        let JobHistory::Shared(shared) = self else {
+            return Ok(());
+        };
+        for path in files {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let max = shared.store.options().max_report_bytes;
+            let size = tokio::fs::metadata(path)
+                .await
+                .map_err(|e| report_error("read", path, e))?
+                .len();
+            if size > max {
+                return Err(BlobHistoryError::ReportTooLarge {
+                    name: name.to_string(),
+                    size,
+                    max,
+                }
+                .into());
+            }
+            let content = tokio::fs::read(path)
+                .await
+                .map_err(|e| report_error("read", path, e))?;
+            shared.observe(shared.store.put_report(id, name, content).await)?;
+            if let Err(e) = tokio::fs::remove_file(path).await {
+                tracing::warn!(job_id = %id, file = name, error = %e, "a report uploaded to the shared history could not be removed locally");
+            }
+        }
+        Ok(())
     }
 
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobSummary>, HistoryError> {

@@ -28,10 +28,10 @@ use serde::{Deserialize, Serialize};
 use crate::duration::HumanDuration;
 
 pub use id::{InvalidJobId, JobId};
-pub use job_history::{JobHistory, SharedHistory};
+pub use job_history::{JobHistory, LocalReports, ReportBody, SharedHistory};
 pub use model::{
-    JobDetail, JobFilter, JobStatus, JobSummary, NewJob, NewStreamEntry, Outcome, StepCounts,
-    StreamEntry, StreamKind, Trigger, UnknownStatus,
+    JobDetail, JobFilter, JobStatus, JobSummary, NewJob, NewStreamEntry, Outcome, ReportFile,
+    StepCounts, StreamEntry, StreamKind, Trigger, UnknownStatus,
 };
 pub use store::{
     HistoryHealth, HistoryReader, HistoryStore, MAX_DATA_BYTES, MAX_TEXT_BYTES, RETRY_EVERY,

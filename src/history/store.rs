@@ -120,6 +120,10 @@ enum Command {
         cutoff: DateTime<Utc>,
         ack: Ack<usize>,
     },
+    Forget {
+        id: JobId,
+        ack: Ack<()>,
+    },
     Close {
         ack: oneshot::Sender<()>,
     },
@@ -369,6 +373,13 @@ impl HistoryStore {
                 return Ok(total);
             }
         }
+    }
+
+    /// Deletes one job with its streams, whatever its status (the shared history's local
+    /// spool forgets a job once the shared store holds it).
+    pub async fn forget(&self, id: &JobId) -> Result<(), HistoryError> {
+        let id = id.clone();
+        self.request(|ack| Command::Forget { id, ack }).await
     }
 
     /// Flushes every command sent before it and stops the writer. Later writes from any
@@ -653,6 +664,11 @@ impl Writer {
                         }
                         _ => self.unrecorded_ends.retain(|end| end.id != id),
                     }
+                    let _ = ack.send(result);
+                }
+                Command::Forget { id, ack } => {
+                    let result = forget_job(&mut self.conn, &id);
+                    self.observe(&result);
                     let _ = ack.send(result);
                 }
                 Command::PruneChunk { cutoff, ack } => {
@@ -1041,6 +1057,30 @@ fn append_in(
     Ok(())
 }
 
+fn forget_job(conn: &mut Connection, id: &JobId) -> Result<(), HistoryError> {
+    let err = sql("delete a job");
+    let tx = conn.transaction().map_err(&err)?;
+    delete_job_rows(&tx, id.as_str(), &err)?;
+    tx.commit().map_err(&err)
+}
+
+fn delete_job_rows(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    err: &impl Fn(rusqlite::Error) -> HistoryError,
+) -> Result<(), HistoryError> {
+    for table_sql in [
+        "DELETE FROM stream_entries WHERE job_id = ?1",
+        "DELETE FROM stream_counts WHERE job_id = ?1",
+        "DELETE FROM jobs WHERE id = ?1",
+    ] {
+        tx.prepare_cached(table_sql)
+            .and_then(|mut stmt| stmt.execute([id]))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 fn prune_chunk(conn: &mut Connection, cutoff: DateTime<Utc>) -> Result<usize, HistoryError> {
     let err = sql("prune old jobs");
     let tx = conn.transaction().map_err(&err)?;
@@ -1058,15 +1098,7 @@ fn prune_chunk(conn: &mut Connection, cutoff: DateTime<Utc>) -> Result<usize, Hi
         rows.collect::<Result<_, _>>().map_err(&err)?
     };
     for id in &ids {
-        for table_sql in [
-            "DELETE FROM stream_entries WHERE job_id = ?1",
-            "DELETE FROM stream_counts WHERE job_id = ?1",
-            "DELETE FROM jobs WHERE id = ?1",
-        ] {
-            tx.prepare_cached(table_sql)
-                .and_then(|mut stmt| stmt.execute([id]))
-                .map_err(&err)?;
-        }
+        delete_job_rows(&tx, id, &err)?;
     }
     tx.commit().map_err(&err)?;
     Ok(ids.len())
@@ -1338,5 +1370,6 @@ fn read_detail(conn: &Connection, id: &JobId) -> Result<Option<JobDetail>, Histo
         steps,
         streams,
         dropped,
+        reports: Vec::new(),
     }))
 }

@@ -930,6 +930,21 @@ impl Scheduler {
     /// never more than once.
     fn interrupted(&mut self, interrupted: InterruptedOccurrence) {
         let record = &interrupted.record;
+        // The shared history holds the dead replica's job under the id its record names:
+        // show it Interrupted there too, for every replica.
+        if self.ctx.history.is_shared()
+            && let Some(job_id) = record
+                .job_id
+                .as_deref()
+                .and_then(|id| id.parse::<JobId>().ok())
+        {
+            let history = self.ctx.history.clone();
+            self.tracker.spawn(async move {
+                if let Err(e) = history.mark_interrupted(&[job_id.clone()]).await {
+                    tracing::warn!(%job_id, error = %e.chain(), "cannot mark an orphaned job Interrupted in the shared history; the next sweep tries again");
+                }
+            });
+        }
         let Some(slot) = self.slots.get(&record.runbook) else {
             return;
         };

@@ -84,7 +84,7 @@ use serde::Serialize;
 use crate::coordination::StorageTarget;
 use crate::history::{HistoryError, HistorySettings, JobSummary};
 
-pub use layout::{id_from_inverted, inverted};
+pub use layout::{id_from_inverted, inverted, valid_report_name};
 pub use store::BlobHistoryStore;
 
 /// How the store behaves; [`BlobHistoryOptions::new`] for production.

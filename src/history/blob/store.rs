@@ -618,6 +618,11 @@ impl BlobHistoryStore {
             error,
             &self.inner.options.replica,
         );
+        self.insert_record(record).await?;
+        Ok(id)
+    }
+
+    async fn insert_record(&self, record: JobRecord) -> Result<(), BlobHistoryError> {
         // The record first: an index entry must never point at nothing but a pruned record.
         if self
             .write_record(&record, Condition::Absent)
@@ -625,12 +630,11 @@ impl BlobHistoryStore {
             .is_none()
         {
             return Err(BlobHistoryError::Conflict {
-                blob: self.layout().record(&id),
+                blob: self.layout().record(&record.id),
             });
         }
         self.write_index(&record).await?;
-        self.note_record(&record).await?;
-        Ok(id)
+        self.note_record(&record).await
     }
 
     /// Stores a finished job as given (id, times, streams and all): for moving a replica's
@@ -646,31 +650,7 @@ impl BlobHistoryStore {
             return Err(HistoryError::NotFinal { status: job.status }.into());
         }
         self.ensure_container().await?;
-        let new = NewJob {
-            runbook: job.runbook.clone(),
-            file_hash: job.file_hash.clone(),
-            trigger: job.trigger,
-            scheduled_for: job.scheduled_for,
-            dry_run: job.dry_run,
-            params: detail.params.clone(),
-        };
-        let mut record = JobRecord::new(
-            job.id.clone(),
-            new,
-            job.created_at,
-            job.status,
-            job.error.clone(),
-            replica,
-        );
-        record.started_at = job.started_at;
-        record.ended_at = job.ended_at;
-        record.summary = job.summary.clone();
-        record.steps = detail.steps.clone();
-        record.streams.last_seq = detail.streams.iter().map(|e| e.seq).max().unwrap_or(0);
-        for entry in &detail.streams {
-            *record.streams.kept.entry(entry.kind).or_insert(0) += 1;
-        }
-        record.streams.dropped = detail.dropped.clone();
+        let record = record_of(detail, replica);
         if self
             .write_record(&record, Condition::Absent)
             .await?
@@ -683,6 +663,57 @@ impl BlobHistoryStore {
         self.write_chunk(&job.id, &detail.streams).await?;
         self.write_index(&record).await?;
         self.note_record(&record).await
+    }
+
+    /// Writes a job as given, replacing whatever an earlier, interrupted write of it left
+    /// (record, streams, index entries): the upload of a job a replica kept locally while the
+    /// storage was unreachable. Running it again writes the same blobs, so a retry never
+    /// duplicates an entry.
+    pub async fn upsert_job(
+        &self,
+        detail: &JobDetail,
+        replica: &str,
+    ) -> Result<(), BlobHistoryError> {
+        self.ensure_container().await?;
+        let id = &detail.job.id;
+        let mut record = record_of(detail, replica);
+        // The index entries a partial earlier write may have made are removed with it.
+        record.statuses = [JobStatus::Queued, JobStatus::Running, detail.job.status]
+            .into_iter()
+            .fold(Vec::new(), |mut all, s| {
+                if !all.contains(&s) {
+                    all.push(s);
+                }
+                all
+            });
+        self.write_record(&record, Condition::None).await?;
+        let stale = self.list_names(&self.layout().streams_prefix(id)).await?;
+        self.delete_all(stale).await?;
+        self.write_chunk(id, &detail.streams).await?;
+        self.write_index(&record).await?;
+        self.note_record(&record).await
+    }
+
+    /// Records a job that became due as Queued (or Skipped) under an id and time given by
+    /// the caller: the replica's local spool made them.
+    pub async fn create_job_as(
+        &self,
+        id: JobId,
+        created_at: DateTime<Utc>,
+        job: NewJob,
+        status: JobStatus,
+        error: Option<String>,
+    ) -> Result<(), BlobHistoryError> {
+        self.ensure_container().await?;
+        self.insert_record(JobRecord::new(
+            id,
+            job,
+            created_at,
+            status,
+            error,
+            &self.inner.options.replica,
+        ))
+        .await
     }
 
     /// The runbook marker's part of recording a job.
@@ -1113,6 +1144,7 @@ impl BlobHistoryStore {
             steps: record.steps.clone(),
             streams,
             dropped: record.dropped(),
+            reports: Vec::new(),
         }))
     }
 
@@ -1302,6 +1334,35 @@ impl BlobHistoryStore {
             .map(|(body, _)| body))
     }
 
+    /// A report file of a job as a stream of its bytes, with its length; `None` when there is
+    /// none of that name. The body is streamed from the service, never held whole.
+    pub async fn open_report(
+        &self,
+        id: &JobId,
+        name: &str,
+    ) -> Result<Option<crate::history::ReportBody>, BlobHistoryError> {
+        if !layout::valid_report_name(name) {
+            return Ok(None);
+        }
+        self.ensure_container().await?;
+        let blob_name = self.layout().report(id, name);
+        let blob = self.blob(&blob_name);
+        match self.call(blob.download(None)).await {
+            Ok(response) => {
+                let bytes = response.properties.content_length.unwrap_or(0);
+                let stream = response.body.map(|chunk| {
+                    chunk.map_err(|e| std::io::Error::other(redact_text(&e.to_string())))
+                });
+                Ok(Some(crate::history::ReportBody {
+                    bytes,
+                    stream: Box::pin(stream),
+                }))
+            }
+            Err(f) if f.status() == Some(404) => Ok(None),
+            Err(f) => Err(f.error("read", &blob_name)),
+        }
+    }
+
     /// The report files of a job, by name.
     pub async fn list_reports(&self, id: &JobId) -> Result<Vec<ReportInfo>, BlobHistoryError> {
         self.ensure_container().await?;
@@ -1319,6 +1380,37 @@ impl BlobHistoryStore {
         .await?;
         Ok(out)
     }
+}
+
+/// The record of a job given whole (import, upload of a spooled job).
+fn record_of(detail: &JobDetail, replica: &str) -> JobRecord {
+    let job = &detail.job;
+    let new = NewJob {
+        runbook: job.runbook.clone(),
+        file_hash: job.file_hash.clone(),
+        trigger: job.trigger,
+        scheduled_for: job.scheduled_for,
+        dry_run: job.dry_run,
+        params: detail.params.clone(),
+    };
+    let mut record = JobRecord::new(
+        job.id.clone(),
+        new,
+        job.created_at,
+        job.status,
+        job.error.clone(),
+        replica,
+    );
+    record.started_at = job.started_at;
+    record.ended_at = job.ended_at;
+    record.summary = job.summary.clone();
+    record.steps = detail.steps.clone();
+    record.streams.last_seq = detail.streams.iter().map(|e| e.seq).max().unwrap_or(0);
+    for entry in &detail.streams {
+        *record.streams.kept.entry(entry.kind).or_insert(0) += 1;
+    }
+    record.streams.dropped = detail.dropped.clone();
+    record
 }
 
 fn jsonl(entries: &[StreamEntry]) -> Vec<u8> {

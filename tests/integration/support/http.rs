@@ -127,6 +127,7 @@ pub fn job(
             })
             .collect(),
         dropped: Default::default(),
+        reports: Vec::new(),
     }
 }
 

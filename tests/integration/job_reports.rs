@@ -1,0 +1,178 @@
+//! Reports are part of the job, in both history stores: listed on `/api/jobs/{id}`,
+//! downloadable only with the API token (even on loopback), names checked; and with the
+//! shared (blob) history, every replica sees every replica's jobs, streams and reports, also
+//! after the replica that ran them is gone with its state folder.
+
+use serde_json::{Value, json};
+
+use crate::support::app::{API_TOKEN, TestApp, TestAppOptions, spawn_app_with};
+use crate::support::coordination::AzuriteContainer;
+
+const REPORTING_RUNBOOK: &str = r#"description = "Lists the accepted domains"
+schedule = "0 0 2 * * *"
+timezone = "UTC"
+
+[[steps]]
+name = "domains"
+cmdlet = "Get-AcceptedDomain"
+output = "csv"
+"#;
+
+fn options() -> TestAppOptions {
+    TestAppOptions::default().runbook("domains.toml", REPORTING_RUNBOOK)
+}
+
+/// The settings of a replica sharing `container` (history included).
+fn shared(options: TestAppOptions, container: &AzuriteContainer, replica: &str) -> TestAppOptions {
+    use secrecy::ExposeSecret as _;
+    options
+        .setting("RUNBOOK_WORKER__COORDINATION__KIND", "azure-blob")
+        .setting(
+            "RUNBOOK_WORKER__COORDINATION__SAS_URL",
+            container.sas_url().expose_secret(),
+        )
+        .setting("RUNBOOK_WORKER__COORDINATION__REPLICA_ID", replica)
+}
+
+async fn download(app: &TestApp, path: &str, token: Option<&str>) -> reqwest::Response {
+    let mut request = reqwest::Client::new().get(app.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.expect("GET")
+}
+
+/// Runs the reporting runbook through the API and checks its entry lists the report and
+/// the replica; returns the job.
+async fn run_and_check(app: &TestApp, replica: Option<&str>) -> Value {
+    let id = app.run_runbook("domains", json!({})).await;
+    let job = app.wait_for_job_end(&id).await;
+    assert_eq!(job["status"], "Completed", "{job}");
+    let reports = job["reports"].as_array().expect("reports listed");
+    assert_eq!(reports.len(), 1, "{job}");
+    assert_eq!(reports[0]["file"], "domains.csv");
+    assert!(reports[0]["bytes"].as_u64().unwrap() > 0, "{job}");
+    if let Some(replica) = replica {
+        assert_eq!(job["replica"], replica, "{job}");
+    }
+    assert!(job["replica"].is_string(), "{job}");
+    job
+}
+
+/// What every store must do with a job's report.
+async fn report_contract(app: &TestApp, job: &Value) -> String {
+    let id = job["id"].as_str().unwrap();
+    let path = format!("/api/jobs/{id}/reports/domains.csv");
+
+    // Loopback and anonymous reads on: the report still needs the token.
+    let anonymous = download(app, &path, None).await;
+    assert_eq!(anonymous.status(), 401);
+    assert!(
+        anonymous.text().await.unwrap().contains("mailbox data"),
+        "the refusal says why"
+    );
+    assert_eq!(download(app, &path, Some("wrong")).await.status(), 403);
+
+    let response = download(app, &path, Some(API_TOKEN)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/csv; charset=utf-8"
+    );
+    assert!(
+        response.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("domains.csv")
+    );
+    let body = response.text().await.unwrap();
+    assert_eq!(
+        body.len() as u64,
+        job["reports"][0]["bytes"].as_u64().unwrap()
+    );
+    assert!(body.lines().count() > 1, "a header and rows: {body}");
+
+    // No way out of the job's folder, and no report that is not there.
+    for (name, status) in [
+        ("..%2Fhistory.sqlite3", 400),
+        (".partial", 400),
+        ("a%20b.csv", 400),
+        ("missing.csv", 404),
+    ] {
+        let response = download(
+            app,
+            &format!("/api/jobs/{id}/reports/{name}"),
+            Some(API_TOKEN),
+        )
+        .await;
+        assert_eq!(response.status(), status, "{name}");
+    }
+    let other = download(
+        app,
+        "/api/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV/reports/domains.csv",
+        Some(API_TOKEN),
+    )
+    .await;
+    assert_eq!(other.status(), 404);
+    body
+}
+
+#[tokio::test]
+async fn a_local_job_lists_its_report_and_serves_it_only_with_the_token() {
+    let app = spawn_app_with(options()).await;
+    let job = run_and_check(&app, None).await;
+    let body = report_contract(&app, &job).await;
+    let id = job["id"].as_str().unwrap();
+    let on_disk =
+        std::fs::read_to_string(app.state_dir().join("reports").join(id).join("domains.csv"))
+            .expect("the local history keeps reports under state.dir");
+    assert_eq!(body, on_disk);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn replicas_sharing_a_container_see_each_others_jobs_streams_and_reports() {
+    let container = AzuriteContainer::new();
+    let a = spawn_app_with(shared(options(), &container, "replica-a")).await;
+    let b = spawn_app_with(shared(options(), &container, "replica-b")).await;
+
+    let job = run_and_check(&a, Some("replica-a")).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let from_a = report_contract(&a, &job).await;
+    // Uploaded with the job, not left in A's state folder.
+    assert!(
+        !a.state_dir()
+            .join("reports")
+            .join(&id)
+            .join("domains.csv")
+            .exists(),
+        "the shared history holds the report"
+    );
+
+    // B sees A's job, its streams and its report; then A is gone with its state folder.
+    let seen = b.get_json(&format!("/api/jobs/{id}")).await;
+    assert_eq!(seen["replica"], "replica-a", "{seen}");
+    assert_eq!(seen["streams"], job["streams"]);
+    assert_eq!(seen["reports"], job["reports"]);
+    a.stop().await;
+
+    let listed = b.get_json("/api/jobs?runbook=domains").await;
+    let jobs = listed["jobs"].as_array().expect("jobs");
+    assert!(
+        jobs.iter()
+            .any(|j| j["id"] == id.as_str() && j["replica"] == "replica-a"),
+        "{listed}"
+    );
+    let from_b = download(
+        &b,
+        &format!("/api/jobs/{id}/reports/domains.csv"),
+        Some(API_TOKEN),
+    )
+    .await;
+    assert_eq!(from_b.status(), 200);
+    assert_eq!(from_b.text().await.unwrap(), from_a);
+    // B's own job goes to the same place.
+    let own = run_and_check(&b, Some("replica-b")).await;
+    report_contract(&b, &own).await;
+    b.stop().await;
+}
