@@ -288,8 +288,26 @@ impl Components {
     ) -> Result<(JobHistory, JoinHandle<()>), ComponentError> {
         if self.settings.coordination.kind == coordination::CoordinationKind::AzureBlob {
             let store = self.blob_history(replica)?;
-            // The shared history has no writer task; its handle ends at once.
-            return Ok((store.into(), tokio::spawn(async {})));
+            // This replica's jobs go through a spool under state.dir, so that none is lost
+            // while the storage does not answer.
+            let (spool, spool_task) = HistoryStore::open_as(
+                &history::spool_path(&self.settings.state.dir),
+                &self.settings.history,
+                self.clock.clone(),
+                Some(replica.to_string()),
+            )
+            .await
+            .map_err(ComponentError::History)?;
+            let (shared, task) = history::SharedHistory::with_spool(
+                store,
+                spool,
+                spool_task,
+                replica,
+                self.clock.clone(),
+            )
+            .await
+            .map_err(ComponentError::History)?;
+            return Ok((JobHistory::Shared(shared), task));
         }
         let (store, task) = HistoryStore::open_as(
             &history::database_path(&self.settings.state.dir),

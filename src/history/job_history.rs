@@ -15,10 +15,12 @@ use futures::Stream;
 use tokio::io::AsyncReadExt as _;
 
 use super::blob::{BlobHistoryError, BlobHistoryStore, valid_report_name};
+use super::spool::{Spool, run_uploader};
 use super::{
-    FailureKind, HistoryError, HistoryHealth, HistoryStore, JobDetail, JobFilter, JobId,
+    FailureKind, HistoryError, HistoryHealth, HistoryStore, JobDetail, JobFilter, JobId, JobStatus,
     JobSummary, NewJob, NewStreamEntry, Outcome, ReportFile, StepCounts,
 };
+use crate::clock::SharedClock;
 
 /// Bytes read from a local report file per chunk of a download.
 const REPORT_CHUNK: usize = 64 * 1024;
@@ -54,6 +56,10 @@ impl LocalReports {
 
     fn folder(&self, id: &JobId) -> PathBuf {
         self.root.join(id.as_str())
+    }
+
+    pub(super) fn path(&self, id: &JobId, file: &str) -> PathBuf {
+        self.folder(id).join(file)
     }
 
     /// The finished report files of a job, by name.
@@ -121,7 +127,7 @@ impl LocalReports {
     }
 }
 
-fn report_error(action: &str, path: &Path, error: std::io::Error) -> HistoryError {
+pub(super) fn report_error(action: &str, path: &Path, error: std::io::Error) -> HistoryError {
     let kind = match error.kind() {
         std::io::ErrorKind::StorageFull => FailureKind::DiskFull,
         _ => FailureKind::Io,
@@ -147,14 +153,87 @@ pub struct SharedHistory {
     store: BlobHistoryStore,
     health: HistoryHealth,
     interrupted_at_open: Arc<Vec<JobSummary>>,
+    /// Where this replica's jobs are kept until the container holds them (`serve`, `run`);
+    /// `None` for a reader.
+    spool: Option<Arc<Spool>>,
 }
 
 impl SharedHistory {
+    /// The shared history for reading (and writing without a spool: every failure is
+    /// returned to the caller).
     pub fn new(store: BlobHistoryStore) -> SharedHistory {
         SharedHistory {
             store,
             health: HistoryHealth::default(),
             interrupted_at_open: Arc::new(Vec::new()),
+            spool: None,
+        }
+    }
+
+    /// The shared history with `local` as the spool of the jobs this replica runs (see
+    /// [`super::spool`]). The returned task uploads what waits; it ends after
+    /// [`JobHistory::close`].
+    pub async fn with_spool(
+        store: BlobHistoryStore,
+        local: HistoryStore,
+        local_task: tokio::task::JoinHandle<()>,
+        replica: &str,
+        clock: SharedClock,
+    ) -> Result<(SharedHistory, tokio::task::JoinHandle<()>), HistoryError> {
+        let spool = Arc::new(Spool::open(local, replica).await?);
+        let health = HistoryHealth::default();
+        let uploader = tokio::spawn(run_uploader(
+            spool.clone(),
+            store.clone(),
+            health.clone(),
+            clock,
+        ));
+        let task = tokio::spawn(async move {
+            let _ = uploader.await;
+            let _ = local_task.await;
+        });
+        Ok((
+            SharedHistory {
+                store,
+                health,
+                interrupted_at_open: Arc::new(Vec::new()),
+                spool: Some(spool),
+            },
+            task,
+        ))
+    }
+
+    /// Jobs waiting in the spool for the container.
+    pub fn pending(&self) -> usize {
+        self.spool.as_ref().map_or(0, |s| s.pending_count())
+    }
+
+    /// A mirror write's result: a refusal of the job itself is the caller's; any other
+    /// failure leaves the job in the spool, pending.
+    fn mirrored<T>(
+        &self,
+        spool: &Spool,
+        id: &JobId,
+        result: Result<T, BlobHistoryError>,
+    ) -> Result<(), HistoryError> {
+        match result {
+            Ok(_) => Ok(()),
+            Err(BlobHistoryError::Job(e)) => Err(e),
+            Err(other) => {
+                spool.mark_pending(id, &HistoryError::from(other), &self.health);
+                Ok(())
+            }
+        }
+    }
+
+    /// A job that has ended: forgotten locally once the container holds it, else uploaded
+    /// now or by the uploader.
+    async fn ended(&self, spool: &Spool, id: &JobId) -> Result<(), HistoryError> {
+        if spool.is_pending(id) {
+            spool.upload(&self.store, id, &self.health).await;
+            Ok(())
+        } else {
+            spool.local.forget(id).await
         }
     }
 
@@ -217,6 +296,35 @@ macro_rules! on_store {
     };
 }
 
+/// A write to one job: with a spool, to the spool first and then to the container unless
+/// the job already waits there.
+macro_rules! job_write {
+    ($self:ident, $id:expr, $store:ident => $call:expr) => {
+        match $self {
+            JobHistory::Local($store) => $call.await,
+            JobHistory::Shared(shared) => match &shared.spool {
+                None => {
+                    let $store = &shared.store;
+                    shared.observe($call.await)
+                }
+                Some(spool) => {
+                    {
+                        let $store = &spool.local;
+                        $call.await?;
+                    }
+                    if spool.is_pending($id) {
+                        Ok(())
+                    } else {
+                        let $store = &shared.store;
+                        let result = $call.await;
+                        shared.mirrored(spool, $id, result)
+                    }
+                }
+            },
+        }
+    };
+}
+
 /// The same read on either store; reads say nothing about whether writes succeed.
 macro_rules! read_store {
     ($self:ident, $store:ident => $call:expr) => {
@@ -256,17 +364,55 @@ impl JobHistory {
 
     /// Records a job that became due, as Queued. Its `created_at` is now.
     pub async fn create_job(&self, job: NewJob) -> Result<JobId, HistoryError> {
-        on_store!(self, s => s.create_job(job))
+        self.insert(job, JobStatus::Queued, None).await
+    }
+
+    async fn insert(
+        &self,
+        job: NewJob,
+        status: JobStatus,
+        error: Option<String>,
+    ) -> Result<JobId, HistoryError> {
+        let reason = error.clone().unwrap_or_default();
+        let (shared, spool) = match self {
+            JobHistory::Shared(shared) => match &shared.spool {
+                Some(spool) => (shared, spool),
+                None if status == JobStatus::Skipped => {
+                    return on_store!(self, s => s.record_skipped(job, &reason));
+                }
+                None => return on_store!(self, s => s.create_job(job)),
+            },
+            JobHistory::Local(_) if status == JobStatus::Skipped => {
+                return on_store!(self, s => s.record_skipped(job, &reason));
+            }
+            JobHistory::Local(_) => return on_store!(self, s => s.create_job(job)),
+        };
+        let id = if status == JobStatus::Skipped {
+            spool.local.record_skipped(job.clone(), &reason).await?
+        } else {
+            spool.local.create_job(job.clone()).await?
+        };
+        let created_at = id.created_at().unwrap_or_else(Utc::now);
+        let result = shared
+            .store
+            .create_job_as(id.clone(), created_at, job, status, error)
+            .await;
+        shared.mirrored(spool, &id, result)?;
+        if status.is_final() {
+            shared.ended(spool, &id).await?;
+        }
+        Ok(id)
     }
 
     /// Records an occurrence that will not run as Skipped, with `reason` as its error.
     pub async fn record_skipped(&self, job: NewJob, reason: &str) -> Result<JobId, HistoryError> {
-        on_store!(self, s => s.record_skipped(job, reason))
+        self.insert(job, JobStatus::Skipped, Some(reason.to_string()))
+            .await
     }
 
     /// Queued → Running, with `started_at` now.
     pub async fn mark_running(&self, id: &JobId) -> Result<(), HistoryError> {
-        on_store!(self, s => s.mark_running(id))
+        job_write!(self, id, s => s.mark_running(id))
     }
 
     /// Appends entries to the job's streams (bounded per stream; see the stores).
@@ -275,7 +421,7 @@ impl JobHistory {
         id: &JobId,
         entries: Vec<NewStreamEntry>,
     ) -> Result<(), HistoryError> {
-        on_store!(self, s => s.append_stream(id, entries))
+        job_write!(self, id, s => s.append_stream(id, entries.clone()))
     }
 
     /// Replaces the job's per-step counts while it runs.
@@ -284,12 +430,22 @@ impl JobHistory {
         id: &JobId,
         steps: Vec<StepCounts>,
     ) -> Result<(), HistoryError> {
-        on_store!(self, s => s.update_steps(id, steps))
+        job_write!(self, id, s => s.update_steps(id, steps.clone()))
     }
 
     /// Queued or Running → the outcome's final status, with `ended_at` now.
     pub async fn finish(&self, id: &JobId, outcome: Outcome) -> Result<(), HistoryError> {
-        on_store!(self, s => s.finish(id, outcome))
+        let result = job_write!(self, id, s => s.finish(id, outcome.clone()));
+        if let JobHistory::Shared(shared) = self
+            && let Some(spool) = &shared.spool
+        {
+            // Whether the container took the end or refused it for good (a sweep made the
+            // job Interrupted), the spool's copy has served its purpose.
+            let ended = shared.ended(spool, id).await;
+            result?;
+            return ended;
+        }
+        result
     }
 
     /// Marks jobs a dead replica left Queued or Running as Interrupted (the coordination
@@ -312,7 +468,15 @@ impl JobHistory {
     pub async fn close(&self) -> Result<(), HistoryError> {
         match self {
             JobHistory::Local(store) => store.close().await,
-            JobHistory::Shared(_) => Ok(()),
+            JobHistory::Shared(shared) => match &shared.spool {
+                None => Ok(()),
+                Some(spool) => {
+                    spool.stop.cancel();
+                    // One last try for what waits; the rest is uploaded at the next start.
+                    spool.upload_all(&shared.store, &shared.health).await;
+                    spool.local.close().await
+                }
+            },
         }
     }
 

@@ -17,6 +17,7 @@ mod id;
 mod job_history;
 mod model;
 mod schema;
+mod spool;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,7 @@ pub use model::{
     JobDetail, JobFilter, JobStatus, JobSummary, NewJob, NewStreamEntry, Outcome, ReportFile,
     StepCounts, StreamEntry, StreamKind, Trigger, UnknownStatus,
 };
+pub use spool::{SPOOL_FILE, spool_path};
 pub use store::{
     HistoryHealth, HistoryReader, HistoryStore, MAX_DATA_BYTES, MAX_TEXT_BYTES, RETRY_EVERY,
     spawn_pruner,

@@ -58,7 +58,7 @@ impl HistoryHealth {
             .clone()
     }
 
-    fn set(&self, failing: Option<String>) {
+    pub(super) fn set(&self, failing: Option<String>) {
         let mut state = self.failing.lock().unwrap_or_else(|p| p.into_inner());
         match (&*state, &failing) {
             (Some(_), None) => {

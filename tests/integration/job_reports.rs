@@ -176,3 +176,151 @@ async fn replicas_sharing_a_container_see_each_others_jobs_streams_and_reports()
     report_contract(&b, &own).await;
     b.stop().await;
 }
+
+const SLOW_RUNBOOK: &str = r#"description = "Reads every mailbox's statistics, one at a time"
+schedule = "0 0 2 * * *"
+timezone = "UTC"
+
+[[steps]]
+name = "users"
+cmdlet = "Get-Mailbox"
+parameters = { ResultSize = "Unlimited" }
+
+[[steps]]
+name = "stats"
+cmdlet = "Get-MailboxStatistics"
+for_each = "users"
+concurrency = 1
+parameters = { Identity = "{{ item.ExternalDirectoryObjectId }}" }
+output = "jsonl"
+"#;
+
+/// A reader of the container that does not go through the proxy.
+fn direct_reader(container: &AzuriteContainer) -> runbook_worker::history::JobHistory {
+    use runbook_worker::history::blob::{BlobHistoryOptions, BlobHistoryStore};
+    let options = BlobHistoryOptions::new(
+        &runbook_worker::history::HistorySettings::default(),
+        std::time::Duration::from_secs(5),
+        1,
+        "reader",
+    );
+    BlobHistoryStore::new(
+        runbook_worker::coordination::StorageTarget::SasUrl(container.sas_url()),
+        options,
+        std::sync::Arc::new(runbook_worker::clock::SystemClock),
+    )
+    .expect("a reader")
+    .into()
+}
+
+#[tokio::test]
+async fn a_job_that_runs_while_storage_is_down_reaches_the_container_once_it_is_back() {
+    use crate::support::coordination::{SwitchableProxy, azurite_addr};
+    use crate::support::wait_until;
+    use runbook_worker::history::{HistoryReader, JobId, spool_path};
+    use std::time::Duration;
+
+    let container = AzuriteContainer::new();
+    let proxy = SwitchableProxy::start(azurite_addr()).await;
+    let through_proxy = container.with_endpoint(proxy.endpoint());
+    let mut options = shared(
+        TestAppOptions::default().runbook("slow.toml", SLOW_RUNBOOK),
+        &through_proxy,
+        "replica-a",
+    )
+    .setting("RUNBOOK_WORKER__COORDINATION__REQUEST_TIMEOUT", "2s")
+    .setting("RUNBOOK_WORKER__COORDINATION__MAX_RETRIES", "0");
+    options.tenant.latency = Duration::from_millis(150);
+    let app = spawn_app_with(options).await;
+
+    let id = app.run_runbook("slow", json!({})).await;
+    let path = format!("/api/jobs/{id}");
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            app.get_json(&path).await["status"] == "Running"
+        })
+        .await,
+        "the job starts"
+    );
+    proxy.set_up(false);
+
+    // While the storage is down the job goes on into the spool, and readiness says so.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            let ready = app.get_json("/readyz").await;
+            ready["checks"]["history"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("wait to be written to the shared history"))
+        })
+        .await,
+        "readiness names the jobs waiting: {}",
+        app.get_json("/readyz").await
+    );
+    let job_id: JobId = id.parse().unwrap();
+    let spool = HistoryReader::open(&spool_path(&app.state_dir())).expect("the spool");
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            spool
+                .get_job(&job_id)
+                .await
+                .unwrap()
+                .is_some_and(|j| j.job.status.is_final())
+        })
+        .await,
+        "the job ends while the storage is down"
+    );
+    let kept = spool.get_job(&job_id).await.unwrap().expect("kept locally");
+
+    proxy.set_up(true);
+    let reader = direct_reader(&container);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            reader
+                .get_job(&job_id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|j| j.job.status == kept.job.status)
+        })
+        .await,
+        "the job's end reaches the container after the outage"
+    );
+    let stored = reader.get_job(&job_id).await.unwrap().unwrap();
+    // Everything the replica kept, once: same entries, seqs unique and in order.
+    let seqs: Vec<u64> = stored.streams.iter().map(|e| e.seq).collect();
+    let mut unique = seqs.clone();
+    unique.dedup();
+    assert_eq!(seqs, unique, "no entry twice");
+    assert_eq!(
+        stored
+            .streams
+            .iter()
+            .map(|e| (e.seq, e.text.clone()))
+            .collect::<Vec<_>>(),
+        kept.streams
+            .iter()
+            .map(|e| (e.seq, e.text.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(stored.job.replica.as_deref(), Some("replica-a"));
+    let listed = reader
+        .list_jobs(&runbook_worker::history::JobFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().filter(|j| j.id == job_id).count(),
+        1,
+        "listed once"
+    );
+    // Readiness comes back and the spool lets go of the job.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            app.get_json("/readyz").await["checks"]["history"]["state"] == "ok"
+        })
+        .await,
+        "{}",
+        app.get_json("/readyz").await
+    );
+    assert!(spool.get_job(&job_id).await.unwrap().is_none());
+    app.stop().await;
+}
