@@ -93,6 +93,40 @@ impl LocalReports {
         Ok(out)
     }
 
+    /// Deletes the report folders of jobs created before `cutoff` that the history no
+    /// longer holds (pruned with their records). Returns how many folders it deleted.
+    pub async fn prune(
+        &self,
+        cutoff: DateTime<Utc>,
+        store: &HistoryStore,
+    ) -> Result<u64, HistoryError> {
+        let mut entries = match tokio::fs::read_dir(&self.root).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(report_error("list", &self.root, e)),
+        };
+        let mut deleted = 0;
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| report_error("list", &self.root, e))?
+        {
+            let Ok(id) = entry.file_name().to_string_lossy().parse::<JobId>() else {
+                continue;
+            };
+            if id.created_at().is_none_or(|at| at >= cutoff) || store.get_job(&id).await?.is_some()
+            {
+                continue;
+            }
+            let folder = self.folder(&id);
+            tokio::fs::remove_dir_all(&folder)
+                .await
+                .map_err(|e| report_error("delete", &folder, e))?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
     /// A report file, streamed; `None` when there is none of that (valid) name.
     pub async fn open(&self, id: &JobId, file: &str) -> Result<Option<ReportBody>, HistoryError> {
         if !valid_report_name(file) || file.ends_with(".partial") {
@@ -461,7 +495,21 @@ impl JobHistory {
     /// Deletes finished jobs older than the retention (in the shared store by the one
     /// replica holding the prune lease). Returns how many this call deleted.
     pub async fn prune(&self, now: DateTime<Utc>) -> Result<u64, HistoryError> {
-        on_store!(self, s => s.prune(now))
+        match self {
+            JobHistory::Local(store) => {
+                let deleted = store.prune(now).await?;
+                // Reports follow their jobs (the shared store deletes them with the job).
+                let cutoff = now
+                    .checked_sub_signed(
+                        chrono::Duration::from_std(store.retention())
+                            .unwrap_or(chrono::Duration::MAX),
+                    )
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                LocalReports::of(store.path()).prune(cutoff, store).await?;
+                Ok(deleted)
+            }
+            JobHistory::Shared(shared) => shared.observe(shared.store.prune(now).await),
+        }
     }
 
     /// Flushes and stops the writer; reads keep working.

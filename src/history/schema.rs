@@ -188,6 +188,28 @@ mod tests {
     }
 
     #[test]
+    fn a_database_of_schema_1_gains_the_replica_column_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite3");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, runbook, file_hash, trigger, status, dry_run, created_at, params, steps)
+             VALUES ('01ARZ3NDEKTSV4RRFFQ69G5FAV', 'a', 'h', 'manual', 'Completed', 0, '2026-03-05T06:00:00.000Z', '{}', '[]')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let conn = open_writer(&path).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), current_version());
+        let replica: Option<String> = conn
+            .query_row("SELECT replica FROM jobs", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(replica, None, "older jobs have no replica");
+    }
+
+    #[test]
     fn a_database_from_a_newer_build_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.sqlite3");

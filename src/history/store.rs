@@ -253,6 +253,11 @@ impl HistoryStore {
         self.inner.reader.path()
     }
 
+    /// `history.retention`.
+    pub fn retention(&self) -> Duration {
+        self.inner.retention
+    }
+
     /// The jobs this open found Queued or Running and marked Interrupted, for the
     /// scheduler's `on_interrupt` policy.
     pub fn interrupted_at_open(&self) -> &[JobSummary] {

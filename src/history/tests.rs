@@ -726,3 +726,55 @@ async fn the_end_of_a_job_refused_by_a_locked_database_is_kept_and_written_once_
     drop(f.store);
     f.writer.await.unwrap();
 }
+
+#[tokio::test]
+async fn pruning_the_local_history_deletes_the_reports_of_the_jobs_it_prunes() {
+    let f = open_with(HistorySettings {
+        retention: crate::duration::HumanDuration::from_secs(24 * 3600),
+        ..HistorySettings::default()
+    })
+    .await;
+    let history = crate::history::JobHistory::from(f.store.clone());
+    let reports_of = |id: &JobId| f.path.parent().unwrap().join("reports").join(id.as_str());
+    let old = f.store.create_job(new_job("a")).await.unwrap();
+    f.store
+        .finish(&old, Outcome::new(JobStatus::Completed))
+        .await
+        .unwrap();
+    f.clock.advance(Duration::from_secs(20 * 3600));
+    let recent = f.store.create_job(new_job("a")).await.unwrap();
+    f.store
+        .finish(&recent, Outcome::new(JobStatus::Completed))
+        .await
+        .unwrap();
+    for id in [&old, &recent] {
+        std::fs::create_dir_all(reports_of(id)).unwrap();
+        std::fs::write(reports_of(id).join("users.csv"), "a,b\n1,2\n").unwrap();
+    }
+    let listed = history.get_job(&old).await.unwrap().unwrap().reports;
+    assert_eq!(
+        listed,
+        [crate::history::ReportFile {
+            file: "users.csv".into(),
+            bytes: 8
+        }]
+    );
+
+    let now = start() + chrono::Duration::hours(25);
+    assert_eq!(history.prune(now).await.unwrap(), 1);
+    assert!(
+        !reports_of(&old).exists(),
+        "the pruned job's reports are gone"
+    );
+    assert!(reports_of(&recent).join("users.csv").exists());
+    assert_eq!(
+        history
+            .get_job(&recent)
+            .await
+            .unwrap()
+            .unwrap()
+            .reports
+            .len(),
+        1
+    );
+}

@@ -263,3 +263,29 @@ pub enum BlobHistoryError {
     #[error("invalid setting `{key}`: {message}")]
     Settings { key: String, message: String },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret as _;
+
+    #[test]
+    fn another_container_of_the_same_account_keeps_the_sas() {
+        let sas = StorageTarget::SasUrl(secrecy::SecretString::from(
+            "http://127.0.0.1:10000/devstoreaccount1/coord?sv=1&sig=x".to_string(),
+        ));
+        match in_container(sas, "history") {
+            StorageTarget::SasUrl(url) => assert_eq!(
+                url.expose_secret(),
+                "http://127.0.0.1:10000/devstoreaccount1/history?sv=1&sig=x"
+            ),
+            other => panic!("{other:?}"),
+        }
+        for good in ["abc", "job-history", "a1b"] {
+            assert!(valid_container_name(good), "{good}");
+        }
+        for bad in ["ab", "Jobs", "-ab", "ab-", "a--b", "a_b"] {
+            assert!(!valid_container_name(bad), "{bad}");
+        }
+    }
+}
