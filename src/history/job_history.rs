@@ -305,6 +305,15 @@ impl From<BlobHistoryError> for HistoryError {
     }
 }
 
+/// A job as the spool holds it, with its reports still under `state.dir`.
+async fn spooled_job(spool: &Spool, id: &JobId) -> Result<Option<JobDetail>, HistoryError> {
+    let Some(mut detail) = spool.local.get_job(id).await? else {
+        return Ok(None);
+    };
+    detail.reports = spool.reports.list(id).await?;
+    Ok(Some(detail))
+}
+
 impl From<HistoryStore> for JobHistory {
     fn from(store: HistoryStore) -> JobHistory {
         JobHistory::Local(store)
@@ -530,6 +539,30 @@ impl JobHistory {
 
     /// One job with everything recorded about it, its report files included.
     pub async fn get_job(&self, id: &JobId) -> Result<Option<JobDetail>, HistoryError> {
+        if let JobHistory::Shared(shared) = self
+            && let Some(spool) = &shared.spool
+        {
+            // A job of this replica that waits in the spool is newer there; and while the
+            // storage does not answer, this replica's own jobs are still shown from it.
+            let pending = spool.is_pending(id);
+            let shared_copy = if pending {
+                Ok(None)
+            } else {
+                shared.store.get_job(id).await
+            };
+            return match shared_copy {
+                Ok(Some(mut detail)) => {
+                    detail.reports = self.list_reports(id).await?;
+                    Ok(Some(detail))
+                }
+                // Waiting in the spool, or not in the container (yet).
+                Ok(None) => spooled_job(spool, id).await,
+                Err(e) => match spooled_job(spool, id).await {
+                    Ok(Some(detail)) => Ok(Some(detail)),
+                    _ => Err(e.into()),
+                },
+            };
+        }
         let Some(mut detail) = read_store!(self, s => s.get_job(id))? else {
             return Ok(None);
         };

@@ -30,7 +30,7 @@ pub fn spool_path(state_dir: &Path) -> PathBuf {
 
 pub(super) struct Spool {
     pub(super) local: HistoryStore,
-    reports: LocalReports,
+    pub(super) reports: LocalReports,
     replica: String,
     /// Jobs whose shared copy is behind the spool. The lock is never held across an await.
     pending: Mutex<Pending>,
