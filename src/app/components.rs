@@ -286,8 +286,23 @@ impl Components {
         &self,
         replica: &str,
     ) -> Result<(JobHistory, JoinHandle<()>), ComponentError> {
+        self.open_history_with(replica, true).await
+    }
+
+    /// [`Self::open_history`]; `spool` false for a process that is not `serve` (`run`): the
+    /// spool under `state.dir` belongs to the serving process (its open marks what it finds
+    /// running Interrupted), so such a process writes to the shared history directly and
+    /// reports a failure to its caller.
+    pub async fn open_history_with(
+        &self,
+        replica: &str,
+        spool: bool,
+    ) -> Result<(JobHistory, JoinHandle<()>), ComponentError> {
         if self.settings.coordination.kind == coordination::CoordinationKind::AzureBlob {
             let store = self.blob_history(replica)?;
+            if !spool {
+                return Ok((store.into(), tokio::spawn(async {})));
+            }
             // This replica's jobs go through a spool under state.dir, so that none is lost
             // while the storage does not answer.
             let (spool, spool_task) = HistoryStore::open_as(

@@ -76,7 +76,7 @@ pub async fn run(ctx: Context, args: RunArgs) -> anyhow::Result<ExitCode> {
     let executor = components.executor().map_err(|e| anyhow!("{e}"))?;
     let replica = components.replica_id(super::host_name(&ctx_env).as_deref());
     let (store, writer) = components
-        .open_history(&replica)
+        .open_history_with(&replica, false)
         .await
         .context("cannot open the job history to record the job")?;
     let database = if store.is_shared() {

@@ -501,6 +501,37 @@ impl JobHistory {
         }
     }
 
+    /// Marks the job `owner` left Queued or Running for `runbook`'s occurrence at
+    /// `scheduled_for` as Interrupted: the coordination sweep found the occurrence orphaned.
+    /// Returns the jobs marked (none in the local history, which holds no other replica's
+    /// jobs).
+    pub async fn mark_occurrence_interrupted(
+        &self,
+        runbook: &str,
+        scheduled_for: DateTime<Utc>,
+        owner: &str,
+    ) -> Result<Vec<JobSummary>, HistoryError> {
+        let JobHistory::Shared(shared) = self else {
+            return Ok(Vec::new());
+        };
+        let ids: Vec<JobId> = shared
+            .store
+            .unfinished_jobs()
+            .await?
+            .into_iter()
+            .filter(|row| {
+                row.job.runbook == runbook
+                    && row.job.scheduled_for == Some(scheduled_for)
+                    && row.replica == owner
+            })
+            .map(|row| row.job.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.mark_interrupted(&ids).await
+    }
+
     /// Deletes finished jobs older than the retention (in the shared store by the one
     /// replica holding the prune lease). Returns how many this call deleted.
     pub async fn prune(&self, now: DateTime<Utc>) -> Result<u64, HistoryError> {

@@ -930,18 +930,18 @@ impl Scheduler {
     /// never more than once.
     fn interrupted(&mut self, interrupted: InterruptedOccurrence) {
         let record = &interrupted.record;
-        // The shared history holds the dead replica's job under the id its record names:
-        // show it Interrupted there too, for every replica.
-        if self.ctx.history.is_shared()
-            && let Some(job_id) = record
-                .job_id
-                .as_deref()
-                .and_then(|id| id.parse::<JobId>().ok())
-        {
+        // The shared history holds the dead replica's job of this occurrence: show it
+        // Interrupted there too, for every replica.
+        if self.ctx.history.is_shared() {
             let history = self.ctx.history.clone();
+            let (runbook, at, owner) = (
+                record.runbook.clone(),
+                record.scheduled_for,
+                record.owner.clone(),
+            );
             self.tracker.spawn(async move {
-                if let Err(e) = history.mark_interrupted(&[job_id.clone()]).await {
-                    tracing::warn!(%job_id, error = %e.chain(), "cannot mark an orphaned job Interrupted in the shared history; the next sweep tries again");
+                if let Err(e) = history.mark_occurrence_interrupted(&runbook, at, &owner).await {
+                    tracing::warn!(%runbook, scheduled_for = %at, error = %e.chain(), "cannot mark an orphaned job Interrupted in the shared history");
                 }
             });
         }
