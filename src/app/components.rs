@@ -335,15 +335,22 @@ impl Components {
         Ok((store.into(), task))
     }
 
+    /// The worker's identity for the storage account, when `coordination.container_url`
+    /// (not a SAS) names the container.
+    fn storage_credential(
+        &self,
+    ) -> Result<Option<Arc<dyn azure_core::credentials::TokenCredential>>, ComponentError> {
+        if self.settings.coordination.container_url.is_none() {
+            return Ok(None);
+        }
+        let provider = self.token_provider().map_err(ComponentError::Identity)?;
+        Ok(Some(ProviderCredential::new(provider) as _))
+    }
+
     /// The shared history's blob store, in the coordination storage account.
     pub fn blob_history(&self, replica: &str) -> Result<BlobHistoryStore, ComponentError> {
         let coordination = &self.settings.coordination;
-        let credential = if coordination.container_url.is_some() {
-            let provider = self.token_provider().map_err(ComponentError::Identity)?;
-            Some(ProviderCredential::new(provider) as _)
-        } else {
-            None
-        };
+        let credential = self.storage_credential()?;
         let mut target = coordination
             .storage_target(credential)
             .map_err(ComponentError::Coordination)?;
@@ -363,12 +370,7 @@ impl Components {
     /// The coordination store `[coordination]` names; Azure storage authenticates with the
     /// worker's own identity unless a SAS URL is set.
     pub fn coordinator(&self) -> Result<Coordinator, ComponentError> {
-        let credential = if self.settings.coordination.container_url.is_some() {
-            let provider = self.token_provider().map_err(ComponentError::Identity)?;
-            Some(ProviderCredential::new(provider) as _)
-        } else {
-            None
-        };
+        let credential = self.storage_credential()?;
         Coordinator::from_settings(&self.settings.coordination, credential, self.clock.clone())
             .map_err(ComponentError::Coordination)
     }

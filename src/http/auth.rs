@@ -219,20 +219,10 @@ impl ApiAuth {
                     Some(_) => Verdict::Forbidden(BEARER_ONLY),
                 }
             }
-            Access::Report => {
-                let Some(expected) = &self.token_digest else {
-                    return Verdict::Forbidden(REPORTS_OFF);
-                };
-                match authorization.map(parse_credentials) {
-                    None => Verdict::Unauthorized {
-                        message: NEED_TOKEN_REPORT,
-                        basic: true,
-                    },
-                    Some(Credentials::Bearer(given)) if matches(expected, given) => Verdict::Allow,
-                    Some(Credentials::Basic(given)) if matches(expected, &given) => Verdict::Allow,
-                    Some(_) => Verdict::Forbidden(WRONG_TOKEN),
-                }
-            }
+            Access::Report => match &self.token_digest {
+                None => Verdict::Forbidden(REPORTS_OFF),
+                Some(expected) => token_verdict(expected, authorization, NEED_TOKEN_REPORT),
+            },
             Access::Read => {
                 let Some(refusal) = self.anonymous_refusal(origin) else {
                     return Verdict::Allow;
@@ -240,19 +230,31 @@ impl ApiAuth {
                 let Some(expected) = &self.token_digest else {
                     return Verdict::Forbidden(refusal);
                 };
-                match authorization.map(parse_credentials) {
-                    // A local client refused for its host gets the reason, not a login prompt.
-                    None if self.anonymous == Anonymous::Open => Verdict::Forbidden(refusal),
-                    None => Verdict::Unauthorized {
-                        message: NEED_TOKEN,
-                        basic: true,
-                    },
-                    Some(Credentials::Bearer(given)) if matches(expected, given) => Verdict::Allow,
-                    Some(Credentials::Basic(given)) if matches(expected, &given) => Verdict::Allow,
-                    Some(_) => Verdict::Forbidden(WRONG_TOKEN),
+                // A local client refused for its host gets the reason, not a login prompt.
+                if authorization.is_none() && self.anonymous == Anonymous::Open {
+                    return Verdict::Forbidden(refusal);
                 }
+                token_verdict(expected, authorization, NEED_TOKEN)
             }
         }
+    }
+}
+
+/// A read that needs the token: as a bearer token or the password of HTTP Basic; `missing`
+/// says why when none was sent.
+fn token_verdict(
+    expected: &[u8; 32],
+    authorization: Option<&[u8]>,
+    missing: &'static str,
+) -> Verdict {
+    match authorization.map(parse_credentials) {
+        None => Verdict::Unauthorized {
+            message: missing,
+            basic: true,
+        },
+        Some(Credentials::Bearer(given)) if matches(expected, given) => Verdict::Allow,
+        Some(Credentials::Basic(given)) if matches(expected, &given) => Verdict::Allow,
+        Some(_) => Verdict::Forbidden(WRONG_TOKEN),
     }
 }
 

@@ -139,6 +139,19 @@ async fn replicas_sharing_a_container_see_each_others_jobs_streams_and_reports()
     let job = run_and_check(&a, Some("replica-a")).await;
     let id = job["id"].as_str().unwrap().to_string();
     let from_a = report_contract(&a, &job).await;
+    // The sink's last entries (written after the end) reach the shared history too.
+    let seen_on_a = a.get_json(&format!("/api/jobs/{id}")).await;
+    assert!(
+        seen_on_a["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["text"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("report of step")),
+        "{seen_on_a}"
+    );
     // Uploaded with the job, not left in A's state folder.
     assert!(
         !a.state_dir()
@@ -152,7 +165,7 @@ async fn replicas_sharing_a_container_see_each_others_jobs_streams_and_reports()
     // B sees A's job, its streams and its report; then A is gone with its state folder.
     let seen = b.get_json(&format!("/api/jobs/{id}")).await;
     assert_eq!(seen["replica"], "replica-a", "{seen}");
-    assert_eq!(seen["streams"], job["streams"]);
+    assert_eq!(seen["streams"], seen_on_a["streams"]);
     assert_eq!(seen["reports"], job["reports"]);
     a.stop().await;
 
@@ -286,21 +299,25 @@ async fn a_job_that_runs_while_storage_is_down_reaches_the_container_once_it_is_
         "the job's end reaches the container after the outage"
     );
     let stored = reader.get_job(&job_id).await.unwrap().unwrap();
-    // Everything the replica kept, once: same entries, seqs unique and in order.
+    // Everything the replica kept, once: seqs 1..=n without a gap or a repeat, and what the
+    // spool held when the job ended comes first (the sink may still flush entries after).
     let seqs: Vec<u64> = stored.streams.iter().map(|e| e.seq).collect();
-    let mut unique = seqs.clone();
-    unique.dedup();
-    assert_eq!(seqs, unique, "no entry twice");
     assert_eq!(
-        stored
-            .streams
-            .iter()
-            .map(|e| (e.seq, e.text.clone()))
-            .collect::<Vec<_>>(),
-        kept.streams
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "no entry twice"
+    );
+    let entries = |streams: &[runbook_worker::history::StreamEntry]| {
+        streams
             .iter()
             .map(|e| (e.seq, e.text.clone()))
             .collect::<Vec<_>>()
+    };
+    let kept_entries = entries(&kept.streams);
+    assert!(!kept_entries.is_empty());
+    assert_eq!(
+        entries(&stored.streams)[..kept_entries.len()],
+        kept_entries[..]
     );
     assert_eq!(stored.job.replica.as_deref(), Some("replica-a"));
     let listed = reader
