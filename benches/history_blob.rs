@@ -98,11 +98,13 @@ fn job(i: usize, jobs: usize) -> JobDetail {
             summary: Some("412 mailboxes checked, 3 archives enabled".to_string()),
             error: (status == JobStatus::Failed)
                 .then(|| "Set-Mailbox failed for 3 mailboxes".to_string()),
+            replica: None,
         },
         params: serde_json::Map::new(),
         steps: Vec::new(),
         streams: Vec::new(),
         dropped: Default::default(),
+        reports: Vec::new(),
     }
 }
 

@@ -254,7 +254,10 @@ async fn precision_in_process() -> Result<(), String> {
     let components = Components::build(settings, &HashMap::new(), ComponentOptions::default())
         .await
         .map_err(|e| e.to_string())?;
-    let (history, writer) = components.open_history().await.map_err(|e| e.to_string())?;
+    let (history, writer) = components
+        .open_history("bench")
+        .await
+        .map_err(|e| e.to_string())?;
     let catalog = components.load_catalog().await.map_err(|e| e.to_string())?;
     let coordinator = components.coordinator().map_err(|e| e.to_string())?;
     let (scheduler, _handle) = components.scheduler(
@@ -275,7 +278,13 @@ async fn precision_in_process() -> Result<(), String> {
     tokio::time::sleep(wait).await;
     stop.cancel();
     task.await.map_err(|e| e.to_string())?;
-    let (lateness_ms, skipped, other) = lateness(history.reader(), from, until).await?;
+    let (lateness_ms, skipped, other) = lateness(
+        &HistoryReader::open(&history::database_path(&dir.path().join("state")))
+            .map_err(|e| e.to_string())?,
+        from,
+        until,
+    )
+    .await?;
     history.close().await.map_err(|e| e.to_string())?;
     drop(history);
     let _ = writer.await;

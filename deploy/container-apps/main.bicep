@@ -6,8 +6,9 @@
 //   - a Log Analytics workspace and a Container Apps environment that sends logs to it,
 //   - a storage account with an Azure Files share `runbooks` (ops teams drop runbook files
 //     there) mounted read-only at /runbooks,
-//   - with replicas > 1, a blob container for coordination and the Storage Blob Data
-//     Contributor role for the identity on it, so each scheduled occurrence runs once,
+//   - with replicas > 1, a blob container for coordination and the shared job history, and
+//     the Storage Blob Data Contributor role for the identity on it, so each scheduled
+//     occurrence runs once and every replica shows every job,
 //   - the container app: probes on /healthz and /readyz, state on a per-replica EmptyDir
 //     volume, the API token as a secret,
 //   - with `alertEmail`, an action group that emails it and a log search alert rule on the
@@ -239,6 +240,10 @@ var organizationEnv = empty(exchangeOrganization) ? [] : [
   }
 ]
 
+// With replicas > 1 the storage account holds, besides the `runbooks` share: the
+// coordination blobs (occurrences/, locks/, status/) and the shared job history (history/:
+// job records, streams and reports, pruned after history.retention) in one container. The
+// worker picks the shared history whenever coordination.kind is azure-blob.
 var coordinationEnv = coordinated ? [
   {
     name: 'RUNBOOK_WORKER__COORDINATION__KIND'
@@ -359,9 +364,11 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
           mountOptions: 'dir_mode=0555,file_mode=0444,uid=0,gid=0'
         }
         {
-          // History (SQLite) per replica, kept across container restarts but not across
-          // replica replacement. SQLite's WAL needs a local file system, so it is not put on
-          // the SMB share; see README "Deploy to Azure Container Apps".
+          // Scratch state per replica: with replicas > 1 the job history (records, streams,
+          // reports) lives in the blob container and survives any replica; with one replica
+          // it is SQLite here, kept across container restarts but not across replica
+          // replacement. SQLite's WAL needs a local file system, so it is not put on the SMB
+          // share; see README "Several replicas" and "Deploy to Azure Container Apps".
           name: 'state'
           storageType: 'EmptyDir'
         }

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use crate::clock::SharedClock;
 use crate::coordination::{CoordinationKind, Coordinator, StorageHealth};
 use crate::history::{
-    self, Before, HistoryHealth, HistoryReader, JobDetail, JobId, JobStatus, JobSummary, Trigger,
+    self, Before, HistoryHealth, JobDetail, JobHistory, JobId, JobStatus, JobSummary, ReportBody,
+    Trigger,
 };
 use crate::http::{
     ApiError, CancelOutcome, CoordinationReadiness, FileErrorView, HistoryReadiness, JobFilter,
@@ -35,7 +36,7 @@ pub(crate) struct Lifecycle {
 
 pub(crate) struct Api {
     pub scheduler: SchedulerHandle,
-    pub history: HistoryReader,
+    pub history: JobHistory,
     pub history_health: HistoryHealth,
     pub coordinator: Coordinator,
     pub clock: SharedClock,
@@ -230,6 +231,13 @@ impl WorkerApi for Api {
             return Ok(None);
         };
         self.history.get_job(&id).await.map_err(internal)
+    }
+
+    async fn open_report(&self, id: &str, file: &str) -> Result<Option<ReportBody>, ApiError> {
+        let Ok(id) = id.parse::<JobId>() else {
+            return Ok(None);
+        };
+        self.history.open_report(&id, file).await.map_err(internal)
     }
 
     async fn run_runbook(&self, name: &str, request: RunRequest) -> Result<RunAccepted, ApiError> {

@@ -23,7 +23,8 @@ use crate::coordination::{self, CoordinationError, Coordinator};
 use crate::exchange::{ExchangeClient, ExchangeError, ExchangeSettings, TenantLimiter};
 use crate::executor::{Assets, ExchangeClients, Executor, ExecutorDeps, ExecutorError};
 use crate::graph::GraphSettings;
-use crate::history::{self, HistoryError, HistoryStore};
+use crate::history::blob::{self as blob_history, BlobHistoryOptions, BlobHistoryStore};
+use crate::history::{self, HistoryError, HistoryStore, JobHistory};
 use crate::identity::{
     IdentityEnvironment, IdentityError, IdentitySettings, ProviderCredential, ProviderOptions,
     SourceKind, TokenProvider, TokenProviders,
@@ -358,28 +359,100 @@ impl Components {
         }))
     }
 
-    /// Opens the job history under `state.dir` (marking what a dead process left running
-    /// Interrupted). The returned task is the history's writer; it ends after
-    /// [`HistoryStore::close`].
-    pub async fn open_history(&self) -> Result<(HistoryStore, JoinHandle<()>), ComponentError> {
-        HistoryStore::open(
+    /// Opens the job history, recording `replica` as the replica of the jobs it creates:
+    /// with `coordination.kind = "azure-blob"` the blob history every replica shares (in
+    /// `history.container`, else the coordination container), otherwise SQLite under
+    /// `state.dir` (marking what a dead process left running Interrupted). The returned task
+    /// ends after [`JobHistory::close`].
+    pub async fn open_history(
+        &self,
+        replica: &str,
+    ) -> Result<(JobHistory, JoinHandle<()>), ComponentError> {
+        self.open_history_with(replica, true).await
+    }
+
+    /// [`Self::open_history`]; `spool` false for a process that is not `serve` (`run`): the
+    /// spool under `state.dir` belongs to the serving process (its open marks what it finds
+    /// running Interrupted), so such a process writes to the shared history directly and
+    /// reports a failure to its caller.
+    pub async fn open_history_with(
+        &self,
+        replica: &str,
+        spool: bool,
+    ) -> Result<(JobHistory, JoinHandle<()>), ComponentError> {
+        if self.settings.coordination.kind == coordination::CoordinationKind::AzureBlob {
+            let store = self.blob_history(replica)?;
+            if !spool {
+                return Ok((store.into(), tokio::spawn(async {})));
+            }
+            // This replica's jobs go through a spool under state.dir, so that none is lost
+            // while the storage does not answer.
+            let (spool, spool_task) = HistoryStore::open_as(
+                &history::spool_path(&self.settings.state.dir),
+                &self.settings.history,
+                self.clock.clone(),
+                Some(replica.to_string()),
+            )
+            .await
+            .map_err(ComponentError::History)?;
+            let (shared, task) = history::SharedHistory::with_spool(
+                store,
+                spool,
+                spool_task,
+                replica,
+                self.clock.clone(),
+            )
+            .await
+            .map_err(ComponentError::History)?;
+            return Ok((JobHistory::Shared(shared), task));
+        }
+        let (store, task) = HistoryStore::open_as(
             &history::database_path(&self.settings.state.dir),
             &self.settings.history,
             self.clock.clone(),
+            Some(replica.to_string()),
         )
         .await
-        .map_err(ComponentError::History)
+        .map_err(ComponentError::History)?;
+        Ok((store.into(), task))
+    }
+
+    /// The worker's identity for the storage account, when `coordination.container_url`
+    /// (not a SAS) names the container.
+    fn storage_credential(
+        &self,
+    ) -> Result<Option<Arc<dyn azure_core::credentials::TokenCredential>>, ComponentError> {
+        if self.settings.coordination.container_url.is_none() {
+            return Ok(None);
+        }
+        let provider = self.token_provider().map_err(ComponentError::Identity)?;
+        Ok(Some(ProviderCredential::new(provider) as _))
+    }
+
+    /// The shared history's blob store, in the coordination storage account.
+    pub fn blob_history(&self, replica: &str) -> Result<BlobHistoryStore, ComponentError> {
+        let coordination = &self.settings.coordination;
+        let credential = self.storage_credential()?;
+        let mut target = coordination
+            .storage_target(credential)
+            .map_err(ComponentError::Coordination)?;
+        if let Some(container) = &self.settings.history.container {
+            target = blob_history::in_container(target, container);
+        }
+        let options = BlobHistoryOptions::new(
+            &self.settings.history,
+            coordination.request_timeout.get(),
+            coordination.max_retries,
+            replica,
+        );
+        BlobHistoryStore::new(target, options, self.clock.clone())
+            .map_err(|e| ComponentError::History(e.into()))
     }
 
     /// The coordination store `[coordination]` names; Azure storage authenticates with the
     /// worker's own identity unless a SAS URL is set.
     pub fn coordinator(&self) -> Result<Coordinator, ComponentError> {
-        let credential = if self.settings.coordination.container_url.is_some() {
-            let provider = self.token_provider().map_err(ComponentError::Identity)?;
-            Some(ProviderCredential::new(provider) as _)
-        } else {
-            None
-        };
+        let credential = self.storage_credential()?;
         Coordinator::from_settings(&self.settings.coordination, credential, self.clock.clone())
             .map_err(ComponentError::Coordination)
     }
@@ -462,7 +535,7 @@ impl Components {
     /// notifier) about each job end. Timings come from `[worker]` and `[coordination]`.
     pub fn scheduler(
         &self,
-        history: HistoryStore,
+        history: JobHistory,
         coordinator: Coordinator,
         runner: Arc<dyn JobRunner>,
         catalog: LiveCatalog,

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{SharedClock, SystemClock};
 use crate::coordination::{self, CoordinationKind, Coordinator};
 use crate::executor::Executor;
-use crate::history::{self, HistoryStore};
+use crate::history::{self, JobHistory};
 use crate::http::{self, ApiAuth, HttpError};
 use crate::scheduler::{
     DEFAULT_DEBOUNCE, JobEnded, JobRunner, Scheduler, SchedulerHandle, watch_folder,
@@ -132,7 +132,7 @@ pub struct App {
     router: crate::http::Router,
     scheduler: Scheduler,
     handle: SchedulerHandle,
-    history: HistoryStore,
+    history: JobHistory,
     history_task: JoinHandle<()>,
     coordinator: Coordinator,
     executor: Option<Arc<Executor>>,
@@ -180,7 +180,8 @@ impl App {
         let clock = components.clock();
         let metrics = components.metrics();
 
-        let (history, history_task) = components.open_history().await?;
+        let replica_id = components.replica_id(options.host_name.as_deref());
+        let (history, history_task) = components.open_history(&replica_id).await?;
         let lifecycle = Arc::new(Lifecycle::default());
         lifecycle.history_open.store(true, Ordering::SeqCst);
 
@@ -206,7 +207,6 @@ impl App {
         }
 
         let catalog = components.load_catalog().await?;
-        let replica_id = components.replica_id(options.host_name.as_deref());
         let recorder_stop = CancellationToken::new();
         let (record, recorder) = notify::record_on_job(history.clone(), recorder_stop.clone());
         let stop_notifier = CancellationToken::new();
@@ -253,8 +253,8 @@ impl App {
         let auth = ApiAuth::from_settings(&settings.http, http_addr).map_err(AppError::Http)?;
         let api = Arc::new(Api {
             scheduler: handle.clone(),
-            history: history.reader().clone(),
             history_health: history.health().clone(),
+            history: history.clone(),
             coordinator: coordinator.clone(),
             clock: clock.clone(),
             identity: components.identity_health(),

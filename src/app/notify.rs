@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::history::{HistoryStore, JobId, NewStreamEntry, StreamKind};
+use crate::history::{JobHistory, JobId, NewStreamEntry, StreamKind};
 use crate::notify::{DeliveryReport, JobNotice, Notifier, NotifyEvents};
 use crate::scheduler::JobEnded;
 
@@ -52,7 +52,7 @@ impl NotifyEvents for RecordOnJob {
 
 /// The recorder: writes each report on its job until `stop`, then writes what is left.
 pub(crate) fn record_on_job(
-    history: HistoryStore,
+    history: JobHistory,
     stop: CancellationToken,
 ) -> (Arc<RecordOnJob>, JoinHandle<()>) {
     let (queue, mut rx) = mpsc::channel::<(JobId, NewStreamEntry)>(RECORD_QUEUE);
@@ -75,7 +75,7 @@ pub(crate) fn record_on_job(
     (Arc::new(RecordOnJob { queue }), task)
 }
 
-async fn write(history: &HistoryStore, id: JobId, entry: NewStreamEntry) {
+async fn write(history: &JobHistory, id: JobId, entry: NewStreamEntry) {
     if let Err(e) = history.append_stream(&id, vec![entry]).await {
         tracing::warn!(job_id = %id, error = %e.chain(), "cannot record a notification outcome on its job");
     }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Executor, HistoryEvents, TokenSources};
-use crate::history::HistoryStore;
+use crate::history::JobHistory;
 use crate::http::IdentityReadiness;
 use crate::identity::{AccessToken, IdentityError, TokenProviders, TokenSource};
 use crate::runbook::IdentityOverride;
@@ -16,14 +16,19 @@ use crate::scheduler::{JobRunner, JobSpec, RunEnd};
 /// Runs jobs on the executor, with their streams in the history.
 pub(crate) struct ExecutorRunner {
     pub executor: Arc<Executor>,
-    pub history: HistoryStore,
+    pub history: JobHistory,
 }
 
 #[async_trait]
 impl JobRunner for ExecutorRunner {
     async fn run(&self, job: JobSpec, cancel: CancellationToken) -> RunEnd {
         let events = HistoryEvents::new(self.history.clone(), job.id.clone());
+        let id = job.id.clone();
         let outcome = self.executor.run(job, &events, cancel).await;
+        // Before the scheduler records the end: a job shown finished lists its reports.
+        if let Err(e) = self.history.store_reports(&id, &outcome.reports).await {
+            tracing::error!(job_id = %id, error = %e.chain(), "cannot store the job's reports with it; they stay under state.dir");
+        }
         let history_outcome = outcome.to_history();
         RunEnd {
             outcome: history_outcome,

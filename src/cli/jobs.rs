@@ -1,6 +1,6 @@
 //! `runbook-worker jobs` and `runbook-worker job ID`: read the job history of the worker
-//! whose settings are loaded (`<state.dir>/history.sqlite3`), read-only, also while that
-//! worker runs.
+//! whose settings are loaded, read-only, also while that worker runs: the blob history the
+//! replicas share with `coordination.kind = "azure-blob"`, else `<state.dir>/history.sqlite3`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -9,8 +9,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
+use runbook_worker::coordination::CoordinationKind;
 use runbook_worker::history::{
-    self, Before, HistoryReader, JobDetail, JobFilter, JobId, JobStatus, JobSummary, NothingBefore,
+    self, Before, HistoryError, HistoryReader, JobDetail, JobFilter, JobHistory, JobId, JobStatus,
+    JobSummary, LocalReports, NothingBefore, ReportBody, ReportFile,
 };
 
 use super::{Context, Output};
@@ -39,19 +41,89 @@ pub struct JobsArgs {
 pub struct JobArgs {
     /// The job's id, as listed by `runbook-worker jobs`.
     pub id: JobId,
+    /// Write this report file of the job (a `file` its `reports` list, e.g.
+    /// `enable.csv`) to standard output, or to `--out`, instead of showing the job.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<String>,
+    /// With `--report`: write the report to this file instead of standard output.
+    #[arg(long, value_name = "PATH", requires = "report")]
+    pub out: Option<PathBuf>,
     #[arg(long = "output", alias = "format", value_enum, default_value_t = Output::Human)]
     pub output: Output,
 }
 
-fn open_history(ctx: &Context) -> anyhow::Result<HistoryReader> {
+/// The history the loaded settings name, for reading.
+enum Reader {
+    Local(HistoryReader),
+    Shared(JobHistory),
+}
+
+impl Reader {
+    /// Where the jobs are read from, for messages.
+    fn describe(&self) -> String {
+        match self {
+            Reader::Local(reader) => reader.path().display().to_string(),
+            Reader::Shared(_) => "the shared job history".to_string(),
+        }
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobSummary>, HistoryError> {
+        match self {
+            Reader::Local(reader) => reader.list_jobs(filter).await,
+            Reader::Shared(history) => history.list_jobs(filter).await,
+        }
+    }
+
+    async fn get_job(&self, id: &JobId) -> Result<Option<JobDetail>, HistoryError> {
+        match self {
+            Reader::Local(reader) => {
+                let Some(mut detail) = reader.get_job(id).await? else {
+                    return Ok(None);
+                };
+                detail.reports = self.list_reports(id).await?;
+                Ok(Some(detail))
+            }
+            Reader::Shared(history) => history.get_job(id).await,
+        }
+    }
+
+    async fn list_reports(&self, id: &JobId) -> Result<Vec<ReportFile>, HistoryError> {
+        match self {
+            Reader::Local(reader) => LocalReports::of(reader.path()).list(id).await,
+            Reader::Shared(history) => history.list_reports(id).await,
+        }
+    }
+
+    async fn open_report(
+        &self,
+        id: &JobId,
+        file: &str,
+    ) -> Result<Option<ReportBody>, HistoryError> {
+        match self {
+            Reader::Local(reader) => LocalReports::of(reader.path()).open(id, file).await,
+            Reader::Shared(history) => history.open_report(id, file).await,
+        }
+    }
+}
+
+async fn open_history(ctx: Context) -> anyhow::Result<Reader> {
+    if ctx.settings.coordination.kind == CoordinationKind::AzureBlob {
+        let components = ctx
+            .components(super::TargetArgs { simulate: false })
+            .await?;
+        let store = components
+            .blob_history("cli")
+            .context("cannot reach the shared job history")?;
+        return Ok(Reader::Shared(store.into()));
+    }
     let path = history::database_path(&ctx.settings.state.dir);
     // An absolute path in the message tells the operator which directory was searched.
     let path: PathBuf = std::path::absolute(&path).unwrap_or(path);
-    Ok(HistoryReader::open(&path)?)
+    Ok(Reader::Local(HistoryReader::open(&path)?))
 }
 
 pub async fn run_list(ctx: Context, args: JobsArgs) -> anyhow::Result<ExitCode> {
-    let reader = open_history(&ctx)?;
+    let reader = open_history(ctx).await?;
     let before = args.before.map_or(Ok(None), Before::bound);
     let jobs = match before {
         // Before 1970: no job was created then.
@@ -66,7 +138,7 @@ pub async fn run_list(ctx: Context, args: JobsArgs) -> anyhow::Result<ExitCode> 
             reader
                 .list_jobs(&filter)
                 .await
-                .with_context(|| format!("cannot list jobs from {}", reader.path().display()))?
+                .with_context(|| format!("cannot list jobs from {}", reader.describe()))?
         }
     };
     match args.output {
@@ -82,25 +154,70 @@ pub async fn run_list(ctx: Context, args: JobsArgs) -> anyhow::Result<ExitCode> 
 }
 
 pub async fn run_show(ctx: Context, args: JobArgs) -> anyhow::Result<ExitCode> {
-    let reader = open_history(&ctx)?;
-    let job = reader.get_job(&args.id).await.with_context(|| {
-        format!(
-            "cannot read job {} from {}",
-            args.id,
-            reader.path().display()
-        )
-    })?;
+    let reader = open_history(ctx).await?;
+    if let Some(file) = &args.report {
+        return write_report(&reader, &args.id, file, args.out.as_deref()).await;
+    }
+    let job = reader
+        .get_job(&args.id)
+        .await
+        .with_context(|| format!("cannot read job {} from {}", args.id, reader.describe()))?;
     let Some(job) = job else {
         anyhow::bail!(
             "no job {} in {} (it may have been pruned; `runbook-worker jobs` lists the recorded ones)",
             args.id,
-            reader.path().display()
+            reader.describe()
         );
     };
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&job)?),
         Output::Human => print!("{}", render_detail(&job)),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `job ID --report FILE [--out PATH]`: the report's bytes as stored, streamed.
+async fn write_report(
+    reader: &Reader,
+    id: &JobId,
+    file: &str,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    use futures::TryStreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+
+    let body = reader.open_report(id, file).await.with_context(|| {
+        format!(
+            "cannot read report {file} of job {id} from {}",
+            reader.describe()
+        )
+    })?;
+    let Some(body) = body else {
+        anyhow::bail!(
+            "job {id} has no report {file:?} in {} (`runbook-worker job {id}` lists its reports)",
+            reader.describe()
+        );
+    };
+    let mut target: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match out {
+        Some(path) => Box::new(
+            tokio::fs::File::create(path)
+                .await
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let mut stream = body.stream;
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .with_context(|| format!("cannot read report {file} of job {id}"))?
+    {
+        target
+            .write_all(&chunk)
+            .await
+            .context("cannot write the report")?;
+    }
+    target.flush().await.context("cannot write the report")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -191,6 +308,15 @@ fn render_detail(detail: &JobDetail) -> String {
     field("Started", &time(job.started_at));
     field("Ended", &time(job.ended_at));
     field("Duration", &duration(job));
+    field("Replica", job.replica.as_deref().unwrap_or("-"));
+    if !detail.reports.is_empty() {
+        let files: Vec<String> = detail
+            .reports
+            .iter()
+            .map(|r| format!("{} ({} bytes)", r.file, r.bytes))
+            .collect();
+        field("Reports", &files.join(", "));
+    }
     if let Some(summary) = &job.summary {
         field("Summary", summary);
     }

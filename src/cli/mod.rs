@@ -146,6 +146,15 @@ impl TargetArgs {
     }
 }
 
+/// This host's name (`HOSTNAME`, else `/etc/hostname`): the default replica id.
+pub fn host_name(env: &HashMap<String, String>) -> Option<String> {
+    env.get("HOSTNAME")
+        .cloned()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
 impl Context {
     /// The worker's parts for a command (see `runbook_worker::app::Components`), pointing at
     /// Azure or at the simulators.

@@ -127,14 +127,22 @@ pub(crate) async fn execute(
         None => None,
     };
 
+    let ctx_env = ctx.env.clone();
     let components = ctx.components(args.target).await?;
     let executor = components.executor().map_err(|e| anyhow!("{e}"))?;
-    let database = history::database_path(&components.settings().state.dir);
+    let replica = components.replica_id(super::host_name(&ctx_env).as_deref());
     let history_cap = components.settings().history.max_entries_per_stream;
     let (store, writer) = components
-        .open_history()
+        .open_history_with(&replica, false)
         .await
-        .with_context(|| format!("cannot record the job in {}", database.display()))?;
+        .context("cannot open the job history to record the job")?;
+    let database = if store.is_shared() {
+        "the shared job history".to_string()
+    } else {
+        history::database_path(&components.settings().state.dir)
+            .display()
+            .to_string()
+    };
     let recorded_params = resolved.clone().into_iter().collect::<Map<String, Value>>();
     let id = store
         .create_job(NewJob {
@@ -182,7 +190,10 @@ pub(crate) async fn execute(
             job.await
         }
     };
-    let recorded = recorder.finish(&outcome).await;
+    let mut recorded = recorder.finish(&outcome).await;
+    if recorded.is_ok() {
+        recorded = store.store_reports(&id, &outcome.reports).await;
+    }
     let closed = store.close().await;
     let _ = writer.await;
     executor.shutdown().await;
@@ -354,7 +365,9 @@ impl PlanTally {
 /// Where the job and its full plan are, for the summary.
 struct Where<'a> {
     id: &'a str,
-    database: &'a Path,
+    /// Where the job is recorded, as a person reads it (a database path or the shared
+    /// history).
+    database: &'a str,
     plan_file: Option<&'a Path>,
     /// `history.max_entries_per_stream`: the plan entries the history keeps.
     history_cap: usize,
@@ -791,7 +804,7 @@ impl Terminal {
                         u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX)
                     )),
                     at.id,
-                    at.database.display()
+                    at.database
                 );
                 if outcome.attempts > 1 {
                     text.push_str(&format!(" after {} attempts", outcome.attempts));
@@ -1078,7 +1091,7 @@ parameters = { Identity = "{{ item.ExternalDirectoryObjectId }}", Archive = true
         }
         let at = |history_cap, plan_file| Where {
             id: "01JQ3Z8W6V3N9R2K5T7X4B1M0C",
-            database: Path::new("state/history.sqlite3"),
+            database: "state/history.sqlite3",
             plan_file,
             history_cap,
             dry_run: true,

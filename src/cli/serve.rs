@@ -18,13 +18,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(ctx: Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let host_name = ctx
-        .env
-        .get("HOSTNAME")
-        .cloned()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty());
+    let host_name = super::host_name(&ctx.env);
     let options = AppOptions {
         host_name,
         ..AppOptions::default()

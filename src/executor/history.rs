@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::json;
 
-use crate::history::{HistoryError, HistoryStore, JobId, NewStreamEntry, StepCounts};
+use crate::history::{HistoryError, JobHistory, JobId, NewStreamEntry, StepCounts};
 
 use super::events::{ItemOutcome, JobEvent, JobEvents};
 use super::outcome::{JobOutcome, describe_counts};
@@ -29,7 +29,7 @@ pub const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
 /// Writes one job's events into the history. Create it after the job was recorded
 /// (`create_job`, `mark_running`); call [`HistoryEvents::finish`] with the outcome.
 pub struct HistoryEvents {
-    store: HistoryStore,
+    store: JobHistory,
     id: JobId,
     state: Mutex<State>,
 }
@@ -58,9 +58,9 @@ struct Writes {
 }
 
 impl HistoryEvents {
-    pub fn new(store: HistoryStore, id: JobId) -> Self {
+    pub fn new(store: impl Into<JobHistory>, id: JobId) -> Self {
         Self {
-            store,
+            store: store.into(),
             id,
             state: Mutex::new(State::default()),
         }

@@ -28,6 +28,15 @@ impl JobId {
         &self.0
     }
 
+    /// The millisecond the id was made at (its first 48 bits): a job's `created_at`.
+    pub fn created_at(&self) -> Option<DateTime<Utc>> {
+        let millis = self.0.bytes().take(10).try_fold(0i64, |acc, b| {
+            let digit = ALPHABET.iter().position(|a| *a == b)?;
+            Some(acc * 32 + digit as i64)
+        })?;
+        DateTime::from_timestamp_millis(millis)
+    }
+
     fn from_u128(value: u128) -> JobId {
         let mut out = [0u8; LEN];
         for (i, slot) in out.iter_mut().enumerate() {
@@ -173,6 +182,13 @@ impl IdGenerator {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn an_id_tells_the_millisecond_it_was_made_at() {
+        let t = Utc.with_ymd_and_hms(2026, 3, 5, 6, 0, 0).unwrap()
+            + chrono::Duration::milliseconds(123);
+        assert_eq!(IdGenerator::default().next(t).created_at(), Some(t));
+    }
 
     #[test]
     fn ids_sort_by_creation_even_within_one_millisecond() {

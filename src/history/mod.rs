@@ -14,8 +14,10 @@
 
 pub mod blob;
 mod id;
+mod job_history;
 mod model;
 mod schema;
+mod spool;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -27,10 +29,12 @@ use serde::{Deserialize, Serialize};
 use crate::duration::HumanDuration;
 
 pub use id::{Before, InvalidBefore, InvalidJobId, JobId, NothingBefore};
+pub use job_history::{JobHistory, LocalReports, ReportBody, SharedHistory};
 pub use model::{
-    JobDetail, JobFilter, JobStatus, JobSummary, NewJob, NewStreamEntry, Outcome, StepCounts,
-    StreamEntry, StreamKind, Trigger, UnknownStatus,
+    JobDetail, JobFilter, JobStatus, JobSummary, NewJob, NewStreamEntry, Outcome, ReportFile,
+    StepCounts, StreamEntry, StreamKind, Trigger, UnknownStatus,
 };
+pub use spool::{SPOOL_FILE, spool_path};
 pub use store::{
     HistoryHealth, HistoryReader, HistoryStore, MAX_DATA_BYTES, MAX_TEXT_BYTES, RETRY_EVERY,
     spawn_pruner,
@@ -55,6 +59,9 @@ pub struct HistorySettings {
     pub max_entries_per_stream: usize,
     /// How often the background pruner runs.
     pub prune_interval: HumanDuration,
+    /// With `coordination.kind = "azure-blob"`: the container of the shared history, in the
+    /// coordination storage account; default the coordination container.
+    pub container: Option<String>,
 }
 
 impl Default for HistorySettings {
@@ -63,6 +70,7 @@ impl Default for HistorySettings {
             retention: HumanDuration::from_secs(30 * 24 * 3600),
             max_entries_per_stream: 1000,
             prune_interval: HumanDuration::from_secs(3600),
+            container: None,
         }
     }
 }
@@ -85,6 +93,16 @@ impl HistorySettings {
             out.push((
                 "history.max_entries_per_stream".to_string(),
                 "must be at least 1".to_string(),
+            ));
+        }
+        if let Some(container) = &self.container
+            && !blob::valid_container_name(container)
+        {
+            out.push((
+                "history.container".to_string(),
+                format!(
+                    "{container:?} is not a blob container name: use 3 to 63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit"
+                ),
             ));
         }
         if self.prune_interval.get() < MIN_PRUNE_INTERVAL {
@@ -181,6 +199,9 @@ pub enum HistoryError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// A failure of the shared (blob) history, as redacted text with its kind.
+    #[error("{detail}")]
+    Shared { kind: FailureKind, detail: String },
 }
 
 /// Why a write to the job history failed, in one word for metrics and logs.
@@ -237,6 +258,7 @@ impl HistoryError {
             Self::Sqlite { source, .. } | Self::Open { source, .. } => sqlite_failure(source).0,
             Self::CreateDir { .. } => FailureKind::Io,
             Self::Closed => FailureKind::Closed,
+            Self::Shared { kind, .. } => *kind,
             _ => FailureKind::Other,
         }
     }

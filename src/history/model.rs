@@ -323,6 +323,10 @@ pub struct JobSummary {
     pub duration_ms: Option<i64>,
     pub summary: Option<String>,
     pub error: Option<String>,
+    /// The replica that ran the job (`coordination.replica_id` or the host and process);
+    /// `None` for jobs recorded before replicas were recorded.
+    #[serde(default)]
+    pub replica: Option<String>,
 }
 
 /// One entry of a job's streams.
@@ -348,6 +352,18 @@ pub struct JobDetail {
     pub streams: Vec<StreamEntry>,
     /// Entries not kept because a stream reached its cap, by stream.
     pub dropped: BTreeMap<StreamKind, u64>,
+    /// The job's report files (CSV or JSON lines), by name; filled in by
+    /// [`super::JobHistory::get_job`].
+    #[serde(default)]
+    pub reports: Vec<ReportFile>,
+}
+
+/// A report file stored with a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportFile {
+    /// The file name (`<step>.csv`), as `GET /api/jobs/{id}/reports/{file}` takes it.
+    pub file: String,
+    pub bytes: u64,
 }
 
 /// Which jobs [`super::HistoryReader::list_jobs`] returns, newest first.

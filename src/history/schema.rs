@@ -55,6 +55,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job_id, kind)
     ) WITHOUT ROWID;
     ",
+    // 2: the replica that ran each job (NULL for jobs recorded before).
+    "ALTER TABLE jobs ADD COLUMN replica TEXT;",
 ];
 
 /// The schema version this build writes and understands.
@@ -183,6 +185,28 @@ mod tests {
         // Opening again applies nothing twice.
         let conn = open_writer(&path).unwrap();
         assert_eq!(user_version(&conn).unwrap(), current_version());
+    }
+
+    #[test]
+    fn a_database_of_schema_1_gains_the_replica_column_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite3");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, runbook, file_hash, trigger, status, dry_run, created_at, params, steps)
+             VALUES ('01ARZ3NDEKTSV4RRFFQ69G5FAV', 'a', 'h', 'manual', 'Completed', 0, '2026-03-05T06:00:00.000Z', '{}', '[]')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let conn = open_writer(&path).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), current_version());
+        let replica: Option<String> = conn
+            .query_row("SELECT replica FROM jobs", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(replica, None, "older jobs have no replica");
     }
 
     #[test]

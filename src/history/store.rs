@@ -58,7 +58,7 @@ impl HistoryHealth {
             .clone()
     }
 
-    fn set(&self, failing: Option<String>) {
+    pub(super) fn set(&self, failing: Option<String>) {
         let mut state = self.failing.lock().unwrap_or_else(|p| p.into_inner());
         match (&*state, &failing) {
             (Some(_), None) => {
@@ -78,7 +78,7 @@ impl HistoryHealth {
     /// Takes note of a write's result: a transient failure makes the history unhealthy, any
     /// success healthy again. Other failures (an unknown job, a bad transition) say nothing
     /// about the database.
-    fn observe<T>(&self, result: &Result<T, HistoryError>) {
+    pub(super) fn observe<T>(&self, result: &Result<T, HistoryError>) {
         match result {
             Ok(_) => self.set(None),
             Err(e) if e.kind().is_transient() => self.set(Some(e.chain())),
@@ -120,6 +120,10 @@ enum Command {
         cutoff: DateTime<Utc>,
         ack: Ack<usize>,
     },
+    Forget {
+        id: JobId,
+        ack: Ack<()>,
+    },
     Close {
         ack: oneshot::Sender<()>,
     },
@@ -131,6 +135,7 @@ struct InsertJob {
     created_at: DateTime<Utc>,
     status: JobStatus,
     error: Option<String>,
+    replica: Option<String>,
 }
 
 /// Writes to the job history. Clone it freely; every clone talks to the same writer task.
@@ -147,6 +152,8 @@ struct StoreInner {
     retention: Duration,
     interrupted_at_open: Vec<JobSummary>,
     health: HistoryHealth,
+    /// Recorded as the replica of the jobs this store creates.
+    replica: Option<String>,
 }
 
 impl std::fmt::Debug for HistoryStore {
@@ -167,6 +174,16 @@ impl HistoryStore {
         path: &Path,
         settings: &HistorySettings,
         clock: SharedClock,
+    ) -> Result<(HistoryStore, JoinHandle<()>), HistoryError> {
+        Self::open_as(path, settings, clock, None).await
+    }
+
+    /// [`HistoryStore::open`], recording `replica` as the replica of every job it creates.
+    pub async fn open_as(
+        path: &Path,
+        settings: &HistorySettings,
+        clock: SharedClock,
+        replica: Option<String>,
     ) -> Result<(HistoryStore, JoinHandle<()>), HistoryError> {
         let path = path.to_path_buf();
         let max_entries = settings.max_entries_per_stream;
@@ -216,6 +233,7 @@ impl HistoryStore {
                 retention: settings.retention.get(),
                 interrupted_at_open: interrupted,
                 health,
+                replica,
             }),
         };
         Ok((store, handle))
@@ -233,6 +251,11 @@ impl HistoryStore {
 
     pub fn path(&self) -> &Path {
         self.inner.reader.path()
+    }
+
+    /// `history.retention`.
+    pub fn retention(&self) -> Duration {
+        self.inner.retention
     }
 
     /// The jobs this open found Queued or Running and marked Interrupted, for the
@@ -267,6 +290,7 @@ impl HistoryStore {
             created_at,
             status,
             error,
+            replica: self.inner.replica.clone(),
         };
         self.request(|ack| Command::Insert { row, ack }).await?;
         Ok(id)
@@ -356,6 +380,13 @@ impl HistoryStore {
         }
     }
 
+    /// Deletes one job with its streams, whatever its status (the shared history's local
+    /// spool forgets a job once the shared store holds it).
+    pub async fn forget(&self, id: &JobId) -> Result<(), HistoryError> {
+        let id = id.clone();
+        self.request(|ack| Command::Forget { id, ack }).await
+    }
+
     /// Flushes every command sent before it and stops the writer. Later writes from any
     /// clone fail with [`HistoryError::Closed`]; reads keep working.
     pub async fn close(&self) -> Result<(), HistoryError> {
@@ -407,7 +438,7 @@ impl HistoryStore {
 /// Prunes now and then every `interval` (at least [`super::MIN_PRUNE_INTERVAL`]) until
 /// `cancel` fires or the store closes.
 pub fn spawn_pruner(
-    store: HistoryStore,
+    store: super::JobHistory,
     clock: SharedClock,
     interval: Duration,
     cancel: CancellationToken,
@@ -640,6 +671,11 @@ impl Writer {
                     }
                     let _ = ack.send(result);
                 }
+                Command::Forget { id, ack } => {
+                    let result = forget_job(&mut self.conn, &id);
+                    self.observe(&result);
+                    let _ = ack.send(result);
+                }
                 Command::PruneChunk { cutoff, ack } => {
                     let result = prune_chunk(&mut self.conn, cutoff);
                     self.observe(&result);
@@ -799,8 +835,9 @@ fn insert_job(conn: &mut Connection, row: &InsertJob) -> Result<(), HistoryError
     let ended = row.status.is_final().then(|| created.clone());
     conn.execute(
         "INSERT INTO jobs (id, runbook, file_hash, trigger, status, dry_run, scheduled_for,
-                           created_at, started_at, ended_at, params, steps, summary, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9, ?10, '[]', NULL, ?11)",
+                           created_at, started_at, ended_at, params, steps, summary, error,
+                           replica)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9, ?10, '[]', NULL, ?11, ?12)",
         params![
             row.id.as_str(),
             job.runbook,
@@ -813,6 +850,7 @@ fn insert_job(conn: &mut Connection, row: &InsertJob) -> Result<(), HistoryError
             ended,
             to_json(&job.params),
             row.error,
+            row.replica,
         ],
     )
     .map_err(sql("record a new job"))?;
@@ -1024,6 +1062,30 @@ fn append_in(
     Ok(())
 }
 
+fn forget_job(conn: &mut Connection, id: &JobId) -> Result<(), HistoryError> {
+    let err = sql("delete a job");
+    let tx = conn.transaction().map_err(&err)?;
+    delete_job_rows(&tx, id.as_str(), &err)?;
+    tx.commit().map_err(&err)
+}
+
+fn delete_job_rows(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    err: &impl Fn(rusqlite::Error) -> HistoryError,
+) -> Result<(), HistoryError> {
+    for table_sql in [
+        "DELETE FROM stream_entries WHERE job_id = ?1",
+        "DELETE FROM stream_counts WHERE job_id = ?1",
+        "DELETE FROM jobs WHERE id = ?1",
+    ] {
+        tx.prepare_cached(table_sql)
+            .and_then(|mut stmt| stmt.execute([id]))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 fn prune_chunk(conn: &mut Connection, cutoff: DateTime<Utc>) -> Result<usize, HistoryError> {
     let err = sql("prune old jobs");
     let tx = conn.transaction().map_err(&err)?;
@@ -1041,15 +1103,7 @@ fn prune_chunk(conn: &mut Connection, cutoff: DateTime<Utc>) -> Result<usize, Hi
         rows.collect::<Result<_, _>>().map_err(&err)?
     };
     for id in &ids {
-        for table_sql in [
-            "DELETE FROM stream_entries WHERE job_id = ?1",
-            "DELETE FROM stream_counts WHERE job_id = ?1",
-            "DELETE FROM jobs WHERE id = ?1",
-        ] {
-            tx.prepare_cached(table_sql)
-                .and_then(|mut stmt| stmt.execute([id]))
-                .map_err(&err)?;
-        }
+        delete_job_rows(&tx, id, &err)?;
     }
     tx.commit().map_err(&err)?;
     Ok(ids.len())
@@ -1103,7 +1157,7 @@ fn interrupt_leftovers(
 }
 
 const SUMMARY_COLUMNS: &str = "id, runbook, file_hash, trigger, status, dry_run, scheduled_for, \
-     created_at, started_at, ended_at, summary, error";
+     created_at, started_at, ended_at, summary, error, replica";
 
 fn query_summaries<P: rusqlite::Params>(
     conn: &Connection,
@@ -1134,6 +1188,7 @@ struct RawSummary {
     ended_at: Option<String>,
     summary: Option<String>,
     error: Option<String>,
+    replica: Option<String>,
 }
 
 impl RawSummary {
@@ -1151,6 +1206,7 @@ impl RawSummary {
             ended_at: row.get(9)?,
             summary: row.get(10)?,
             error: row.get(11)?,
+            replica: row.get(12)?,
         })
     }
 
@@ -1198,6 +1254,7 @@ impl RawSummary {
             duration_ms,
             summary: self.summary,
             error: self.error,
+            replica: self.replica,
         })
     }
 }
@@ -1318,5 +1375,6 @@ fn read_detail(conn: &Connection, id: &JobId) -> Result<Option<JobDetail>, Histo
         steps,
         streams,
         dropped,
+        reports: Vec::new(),
     }))
 }

@@ -542,7 +542,7 @@ async fn the_background_pruner_runs_when_the_clock_passes_its_interval() {
     let shared: SharedClock = Arc::new(f.clock.clone());
     let cancel = CancellationToken::new();
     let pruner = spawn_pruner(
-        f.store.clone(),
+        f.store.clone().into(),
         shared,
         Duration::from_secs(600),
         cancel.clone(),
@@ -607,6 +607,7 @@ fn settings_that_make_no_sense_are_reported_by_key() {
         retention: crate::duration::HumanDuration::from_secs(60),
         max_entries_per_stream: 0,
         prune_interval: crate::duration::HumanDuration::from_secs(0),
+        container: Some("Bad_Name".into()),
     };
     let keys: Vec<_> = bad.problems().into_iter().map(|(key, _)| key).collect();
     assert_eq!(
@@ -614,6 +615,7 @@ fn settings_that_make_no_sense_are_reported_by_key() {
         [
             "history.retention",
             "history.max_entries_per_stream",
+            "history.container",
             "history.prune_interval"
         ]
     );
@@ -723,4 +725,56 @@ async fn the_end_of_a_job_refused_by_a_locked_database_is_kept_and_written_once_
     f.store.close().await.unwrap();
     drop(f.store);
     f.writer.await.unwrap();
+}
+
+#[tokio::test]
+async fn pruning_the_local_history_deletes_the_reports_of_the_jobs_it_prunes() {
+    let f = open_with(HistorySettings {
+        retention: crate::duration::HumanDuration::from_secs(24 * 3600),
+        ..HistorySettings::default()
+    })
+    .await;
+    let history = crate::history::JobHistory::from(f.store.clone());
+    let reports_of = |id: &JobId| f.path.parent().unwrap().join("reports").join(id.as_str());
+    let old = f.store.create_job(new_job("a")).await.unwrap();
+    f.store
+        .finish(&old, Outcome::new(JobStatus::Completed))
+        .await
+        .unwrap();
+    f.clock.advance(Duration::from_secs(20 * 3600));
+    let recent = f.store.create_job(new_job("a")).await.unwrap();
+    f.store
+        .finish(&recent, Outcome::new(JobStatus::Completed))
+        .await
+        .unwrap();
+    for id in [&old, &recent] {
+        std::fs::create_dir_all(reports_of(id)).unwrap();
+        std::fs::write(reports_of(id).join("users.csv"), "a,b\n1,2\n").unwrap();
+    }
+    let listed = history.get_job(&old).await.unwrap().unwrap().reports;
+    assert_eq!(
+        listed,
+        [crate::history::ReportFile {
+            file: "users.csv".into(),
+            bytes: 8
+        }]
+    );
+
+    let now = start() + chrono::Duration::hours(25);
+    assert_eq!(history.prune(now).await.unwrap(), 1);
+    assert!(
+        !reports_of(&old).exists(),
+        "the pruned job's reports are gone"
+    );
+    assert!(reports_of(&recent).join("users.csv").exists());
+    assert_eq!(
+        history
+            .get_job(&recent)
+            .await
+            .unwrap()
+            .unwrap()
+            .reports
+            .len(),
+        1
+    );
 }

@@ -348,6 +348,41 @@ pub(crate) async fn get_job(
     }
 }
 
+/// `GET /api/jobs/{id}/reports/{file}`: the file as stored, streamed, as an attachment.
+pub(crate) async fn get_report(
+    State(state): State<AppState>,
+    Path((id, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    if !crate::history::blob::valid_report_name(&file) {
+        return Err(ApiError::BadRequest(format!(
+            "{:?} is not a report file name: use the `file` of one of the job's `reports` (GET /api/jobs/{{id}})",
+            file.chars().take(130).collect::<String>()
+        )));
+    }
+    let Some(body) = state.api.open_report(&id, &file).await? else {
+        return Err(ApiError::NotFound(format!(
+            "job {id:?} has no report {file:?} (GET /api/jobs/{{id}} lists its reports)"
+        )));
+    };
+    let content_type = if file.ends_with(".csv") {
+        "text/csv; charset=utf-8"
+    } else if file.ends_with(".jsonl") {
+        "application/x-ndjson"
+    } else {
+        "application/octet-stream"
+    };
+    let mut response = axum::body::Body::from_stream(body.stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.bytes));
+    // The name was checked: letters, digits, '-', '_' and '.', nothing to quote.
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
 pub(crate) async fn occurrences(
     State(state): State<AppState>,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,

@@ -91,6 +91,9 @@ impl std::fmt::Debug for ApiAuth {
 pub(crate) enum Access {
     Read,
     Change,
+    /// Reading a job's report file: reports hold mailbox data, so the token is required
+    /// whatever `anonymous_reads` and the listener say.
+    Report,
 }
 
 /// The decision on one request.
@@ -112,6 +115,8 @@ const NEED_BEARER: &str =
 const BEARER_ONLY: &str =
     "this route takes the API token as a bearer token only (`Authorization: Bearer <token>`)";
 const WRONG_TOKEN: &str = "the API token is wrong";
+const REPORTS_OFF: &str = "report downloads hold mailbox data and always need the API token, and none is set: set http.api_token_file (or http.api_token) and send it";
+const NEED_TOKEN_REPORT: &str = "report downloads hold mailbox data and always need the API token, even on loopback (`Authorization: Bearer <token>`, or as the password of HTTP Basic)";
 const READS_OFF: &str = "reads are open without a token only when the worker listens on loopback: set http.api_token_file (or http.api_token) and send it, or listen on 127.0.0.1";
 const NEED_TOKEN: &str = "this worker does not listen on loopback, so reads need the API token (`Authorization: Bearer <token>`, or as the password of HTTP Basic)";
 const FOREIGN_HOST: &str = "reads without a token are served only to requests for a loopback host (localhost, 127.0.0.1, [::1]); send the API token or use a loopback address";
@@ -214,6 +219,10 @@ impl ApiAuth {
                     Some(_) => Verdict::Forbidden(BEARER_ONLY),
                 }
             }
+            Access::Report => match &self.token_digest {
+                None => Verdict::Forbidden(REPORTS_OFF),
+                Some(expected) => token_verdict(expected, authorization, NEED_TOKEN_REPORT),
+            },
             Access::Read => {
                 let Some(refusal) = self.anonymous_refusal(origin) else {
                     return Verdict::Allow;
@@ -221,19 +230,31 @@ impl ApiAuth {
                 let Some(expected) = &self.token_digest else {
                     return Verdict::Forbidden(refusal);
                 };
-                match authorization.map(parse_credentials) {
-                    // A local client refused for its host gets the reason, not a login prompt.
-                    None if self.anonymous == Anonymous::Open => Verdict::Forbidden(refusal),
-                    None => Verdict::Unauthorized {
-                        message: NEED_TOKEN,
-                        basic: true,
-                    },
-                    Some(Credentials::Bearer(given)) if matches(expected, given) => Verdict::Allow,
-                    Some(Credentials::Basic(given)) if matches(expected, &given) => Verdict::Allow,
-                    Some(_) => Verdict::Forbidden(WRONG_TOKEN),
+                // A local client refused for its host gets the reason, not a login prompt.
+                if authorization.is_none() && self.anonymous == Anonymous::Open {
+                    return Verdict::Forbidden(refusal);
                 }
+                token_verdict(expected, authorization, NEED_TOKEN)
             }
         }
+    }
+}
+
+/// A read that needs the token: as a bearer token or the password of HTTP Basic; `missing`
+/// says why when none was sent.
+fn token_verdict(
+    expected: &[u8; 32],
+    authorization: Option<&[u8]>,
+    missing: &'static str,
+) -> Verdict {
+    match authorization.map(parse_credentials) {
+        None => Verdict::Unauthorized {
+            message: missing,
+            basic: true,
+        },
+        Some(Credentials::Bearer(given)) if matches(expected, given) => Verdict::Allow,
+        Some(Credentials::Basic(given)) if matches(expected, &given) => Verdict::Allow,
+        Some(_) => Verdict::Forbidden(WRONG_TOKEN),
     }
 }
 
@@ -403,6 +424,15 @@ pub(crate) async fn require_read(
     next: Next,
 ) -> Response {
     enforce(&state, Access::Read, request, next).await
+}
+
+/// Middleware of the report downloads: the token, always.
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    enforce(&state, Access::Report, request, next).await
 }
 
 /// Middleware of the change routes.

@@ -44,6 +44,7 @@ pub(crate) mod fixtures {
                 duration_ms: Some(0),
                 summary: None,
                 error: None,
+                replica: None,
             },
             params: Default::default(),
             steps: vec![],
@@ -57,6 +58,7 @@ pub(crate) mod fixtures {
                 })
                 .collect(),
             dropped: Default::default(),
+            reports: Vec::new(),
         }
     }
 }
@@ -78,7 +80,7 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::history::{JobDetail, JobSummary};
+use crate::history::{JobDetail, JobSummary, ReportBody};
 
 pub use auth::ApiAuth;
 /// The router type `serve` hands to [`serve`]; re-exported so no other module names axum.
@@ -220,8 +222,16 @@ pub trait WorkerApi: Send + Sync + 'static {
     /// API and the dashboard show cannot drift from what is stored.
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobSummary>, ApiError>;
 
-    /// One job with its steps and streams; `None` when no job has that id.
+    /// One job with its steps, streams and report files; `None` when no job has that id.
     async fn get_job(&self, id: &str) -> Result<Option<JobDetail>, ApiError>;
+
+    /// A report file of a job, streamed; `None` when the job or the file does not exist.
+    /// The route checks the name and always requires the API token (reports hold mailbox
+    /// data).
+    async fn open_report(&self, id: &str, file: &str) -> Result<Option<ReportBody>, ApiError> {
+        let _ = (id, file);
+        Ok(None)
+    }
 
     /// Starts a job of runbook `name` now. [`ApiError::NotFound`] when no runbook has that
     /// name, [`ApiError::BadRequest`] for parameters the runbook rejects,
@@ -601,7 +611,14 @@ pub fn router_with_limits(
             auth::require_write,
         ))
     };
+    let token = |handler: MethodRouter<AppState>| {
+        handler.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+    };
     let api = Router::new()
+        .route("/api/jobs/{id}/reports/{file}", token(get(api::get_report)))
         .route("/api/runbooks", read(get(api::list_runbooks)))
         .route("/api/runbooks/{name}", read(get(api::get_runbook)))
         .route("/api/runbooks/{name}/run", change(post(api::run_runbook)))

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
 use crate::coordination::{CoordinationKind, Coordinator, InterruptedOccurrence, StorageHealth};
-use crate::history::{HistoryStore, JobId, JobStatus, NewJob, Outcome, Trigger};
+use crate::history::{JobHistory, JobId, JobStatus, NewJob, Outcome, Trigger};
 use crate::runbook::{
     Catalog, ErrorKind, OnInterrupt, ParamInput, PolicySettings, Runbook, ValidationError,
     load_folder,
@@ -79,7 +79,7 @@ pub struct SchedulerOptions {
 #[derive(Clone)]
 pub struct SchedulerParts {
     pub clock: SharedClock,
-    pub history: HistoryStore,
+    pub history: JobHistory,
     pub coordinator: Coordinator,
     pub runner: Arc<dyn JobRunner>,
     pub metrics: Arc<Metrics>,
@@ -1103,7 +1103,7 @@ impl Scheduler {
     }
 
     /// The last-run and last-success gauges of each runbook, from the history at start.
-    async fn seed_last_runs(&self, history: &HistoryStore) {
+    async fn seed_last_runs(&self, history: &crate::history::JobHistory) {
         for live in self.catalog.iter() {
             let name = &live.runbook.name;
             let filter = crate::history::JobFilter {
@@ -1137,6 +1137,21 @@ impl Scheduler {
     /// never more than once.
     fn interrupted(&mut self, interrupted: InterruptedOccurrence) {
         let record = &interrupted.record;
+        // The shared history holds the dead replica's job of this occurrence: show it
+        // Interrupted there too, for every replica.
+        if self.ctx.history.is_shared() {
+            let history = self.ctx.history.clone();
+            let (runbook, at, owner) = (
+                record.runbook.clone(),
+                record.scheduled_for,
+                record.owner.clone(),
+            );
+            self.tracker.spawn(async move {
+                if let Err(e) = history.mark_occurrence_interrupted(&runbook, at, &owner).await {
+                    tracing::warn!(%runbook, scheduled_for = %at, error = %e.chain(), "cannot mark an orphaned job Interrupted in the shared history");
+                }
+            });
+        }
         let Some(slot) = self.slots.get(&record.runbook) else {
             return;
         };

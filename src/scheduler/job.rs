@@ -23,7 +23,7 @@ use crate::coordination::{
     Claim, CoordinationError, Coordinator, FinalState, InterruptedOccurrence, OccurrenceGuard,
 };
 use crate::history::{
-    HistoryStore, JobId, JobStatus, NewJob, NewStreamEntry, Outcome, StreamKind, Trigger,
+    JobHistory, JobId, JobStatus, NewJob, NewStreamEntry, Outcome, StreamKind, Trigger,
 };
 use crate::runbook::{JobSpec, Runbook};
 use crate::telemetry::metrics::Metrics;
@@ -114,7 +114,7 @@ pub(crate) struct JobOrder {
 /// What every job task shares.
 pub(crate) struct JobContext {
     pub clock: SharedClock,
-    pub history: HistoryStore,
+    pub history: JobHistory,
     pub coordinator: Coordinator,
     pub runner: Arc<dyn JobRunner>,
     pub metrics: Arc<Metrics>,

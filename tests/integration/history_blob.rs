@@ -20,8 +20,8 @@ use runbook_worker::history::blob::{
     BlobHistoryError, BlobHistoryOptions, BlobHistoryStore, PruneOutcome,
 };
 use runbook_worker::history::{
-    HistoryError, HistorySettings, HistoryStore, JobFilter, JobId, JobStatus, JobSummary, NewJob,
-    NewStreamEntry, Outcome, StepCounts, StreamKind, Trigger,
+    HistoryError, HistorySettings, HistoryStore, JobFilter, JobHistory, JobId, JobStatus,
+    JobSummary, NewJob, NewStreamEntry, Outcome, StepCounts, StreamKind, Trigger,
 };
 
 use crate::support::coordination::{AzuriteContainer, azurite_endpoint, emulator_sas_query};
@@ -68,19 +68,15 @@ fn new_job(runbook: &str, trigger: Trigger, scheduled_for: Option<DateTime<Utc>>
     }
 }
 
-/// Either store behind the operations the contract uses; errors as text.
-enum Store {
-    Sqlite(HistoryStore),
-    Blob(BlobHistoryStore),
-}
+/// The one history abstraction the worker uses ([`JobHistory`]), over either store, with
+/// errors as text: the contract suite runs through it against both.
+struct Store(JobHistory);
 
 macro_rules! both {
-    ($self:ident, $store:ident => $call:expr) => {
-        match $self {
-            Store::Sqlite($store) => $call.await.map_err(|e| e.to_string()),
-            Store::Blob($store) => $call.await.map_err(|e| e.to_string()),
-        }
-    };
+    ($self:ident, $store:ident => $call:expr) => {{
+        let $store = &$self.0;
+        $call.await.map_err(|e| e.to_string())
+    }};
 }
 
 impl Store {
@@ -119,6 +115,7 @@ impl Store {
 /// A list row without its id (each store makes its own ids).
 type Row = (
     String,
+    Option<String>,
     JobStatus,
     Trigger,
     DateTime<Utc>,
@@ -132,6 +129,7 @@ fn rows(jobs: &[JobSummary]) -> Vec<Row> {
         .map(|j| {
             (
                 j.runbook.clone(),
+                j.replica.clone(),
                 j.status,
                 j.trigger,
                 j.created_at,
@@ -341,20 +339,29 @@ async fn the_blob_history_answers_exactly_as_the_sqlite_history() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(start());
     let shared: SharedClock = Arc::new(clock.clone());
-    let (sqlite, _writer) = HistoryStore::open(&dir.path().join("h.sqlite3"), &settings(), shared)
-        .await
-        .unwrap();
-    let expected = contract(&Store::Sqlite(sqlite), &clock).await;
+    let (sqlite, _writer) = HistoryStore::open_as(
+        &dir.path().join("h.sqlite3"),
+        &settings(),
+        shared,
+        Some("replica-a".to_string()),
+    )
+    .await
+    .unwrap();
+    let expected = contract(&Store(sqlite.into()), &clock).await;
 
     let clock = ManualClock::new(start());
     let blob = blob_store(&AzuriteContainer::new(), "replica-a", &clock);
-    let observed = contract(&Store::Blob(blob), &clock).await;
+    let observed = contract(&Store(blob.into()), &clock).await;
     assert_eq!(observed, expected);
 
     // Both could be wrong alike: pin what the SQLite store is known to answer.
     let all = &expected.lists[0].1;
     assert_eq!(all.len(), 8);
-    assert_eq!(all[0].1, JobStatus::Running);
+    assert_eq!(all[0].2, JobStatus::Running);
+    assert!(
+        all.iter().all(|row| row.1.as_deref() == Some("replica-a")),
+        "every job names the replica that ran it: {all:?}"
+    );
     assert_eq!(expected.pages.concat(), *all);
     assert_eq!(expected.lists[2].1.len(), 2, "{:?}", expected.lists[2]);
     assert_eq!(expected.lists[6].1, all[..3].to_vec());

@@ -19,6 +19,7 @@ mod history;
 mod history_blob;
 mod http;
 mod identity;
+mod job_reports;
 mod notify;
 mod opscli;
 mod runbook;

@@ -1521,3 +1521,156 @@ async fn next_lists_each_schedule_with_its_params_and_which_one_fires_when() {
     assert_eq!(report["schedules"][1]["params"], json!({"region": "US"}));
     assert_eq!(report["schedules"][1]["next_run"], "2026-01-05T14:00:00Z");
 }
+
+/// Runs the binary with `dir/worker.toml` (as an operator would on replica `dir`).
+fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(crate::support::binary());
+    cmd.current_dir(dir)
+        .args(["--config", "worker.toml"])
+        .args(args)
+        .env_clear();
+    if let Ok(path) = std::env::var("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd.output().expect("run runbook-worker")
+}
+
+async fn get_job(worker: &WorkerProcess, id: &str) -> Value {
+    reqwest::get(worker.url(&format!("/api/jobs/{id}")))
+        .await
+        .expect("GET job")
+        .json()
+        .await
+        .expect("job JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_history_that_outlives_the_replica_that_ran_the_jobs() {
+    use secrecy::ExposeSecret as _;
+    let tenant = Tenant::start(Duration::from_millis(100)).await;
+    let container = AzuriteContainer::new();
+    let sas = container.sas_url().expose_secret().to_string();
+    let quick =
+        "[[steps]]\nname = \"domains\"\ncmdlet = \"Get-AcceptedDomain\"\noutput = \"csv\"\n";
+    let slow = format!("schedule = \"*/5 * * * * *\"\n{SLOW_STEPS}");
+    let replica = |name: &str| {
+        let dir = worker_dir(&tenant, &coordination_settings(&sas, name, ""));
+        write(&dir.path().join("runbooks"), "quick.toml", quick);
+        write(&dir.path().join("runbooks"), "slow.toml", &slow);
+        dir
+    };
+    let dir_a = replica("replica-a");
+    let dir_b = replica("replica-b");
+
+    // A alone first: its scheduled job runs (and will be left running).
+    let mut a = WorkerProcess::spawn(dir_a.path(), "worker.log");
+    a.wait_ready().await;
+    let slow_id = std::sync::Mutex::new(None);
+    let ok = wait_until(Duration::from_secs(30), || async {
+        let jobs: Value = reqwest::get(a.url("/api/jobs?runbook=slow&status=Running"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let found = jobs["jobs"][0]["id"].as_str().map(str::to_string);
+        let some = found.is_some();
+        *slow_id.lock().unwrap() = found;
+        some
+    })
+    .await;
+    assert!(ok, "A runs a scheduled job; log:\n{}", a.logs());
+    let slow_id = slow_id.into_inner().unwrap().unwrap();
+
+    let mut b = WorkerProcess::spawn(dir_b.path(), "worker.log");
+    b.wait_ready().await;
+
+    // An API-triggered job and a manual `run`, both on A.
+    let api_id = post_run(&a, "quick").await;
+    let ok = wait_until(Duration::from_secs(30), || async {
+        get_job(&a, &api_id).await["status"] == "Completed"
+    })
+    .await;
+    assert!(ok, "the API job completes; log:\n{}", a.logs());
+    let manual = cli(dir_a.path(), &["run", "quick", "--output", "json"]);
+    assert!(
+        manual.status.success(),
+        "{}",
+        String::from_utf8_lossy(&manual.stderr)
+    );
+    let manual_id = String::from_utf8_lossy(&manual.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "outcome")
+        .and_then(|v| v["job_id"].as_str().map(str::to_string))
+        .expect("the outcome line names the job");
+    let report = reqwest::Client::new()
+        .get(a.url(&format!("/api/jobs/{api_id}/reports/domains.csv")))
+        .header("authorization", bearer(TOKEN))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    // A dies hard and its state folder goes with it.
+    a.kill9();
+    let _ = a.wait_exit(Duration::from_secs(10)).await;
+    drop(dir_a);
+
+    for (id, trigger) in [(&api_id, "api"), (&manual_id, "manual")] {
+        let job = get_job(&b, id).await;
+        assert_eq!(job["status"], "Completed", "{job}");
+        assert_eq!(job["trigger"], trigger, "{job}");
+        assert_eq!(job["replica"], "replica-a", "{job}");
+        assert_eq!(job["reports"][0]["file"], "domains.csv", "{job}");
+        assert!(!job["streams"].as_array().unwrap().is_empty(), "{job}");
+    }
+    let from_b = reqwest::Client::new()
+        .get(b.url(&format!("/api/jobs/{api_id}/reports/domains.csv")))
+        .header("authorization", bearer(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(from_b.status(), 200);
+    assert_eq!(from_b.text().await.unwrap(), report);
+    let listed = cli(dir_b.path(), &["jobs", "--output", "json"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    for id in [&api_id, &manual_id, &slow_id] {
+        assert!(
+            listed["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["id"] == id.as_str() && j["replica"] == "replica-a"),
+            "`jobs` on B lists {id}: {listed}"
+        );
+    }
+    // The job A left running is found by B's sweep once A's lease lapses.
+    let ok = wait_until(Duration::from_secs(60), || async {
+        get_job(&b, &slow_id).await["status"] == "Interrupted"
+    })
+    .await;
+    assert!(
+        ok,
+        "the job A left running is shown Interrupted: {}; log:\n{}",
+        get_job(&b, &slow_id).await,
+        b.logs()
+    );
+    let interrupted = get_job(&b, &slow_id).await;
+    assert!(
+        interrupted["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("replica replica-a stopped")),
+        "marked by B's sweep in the shared history: {interrupted}"
+    );
+    eprintln!("interrupted job as B shows it: {interrupted}");
+    b.signal(Signal::SIGTERM);
+    assert!(b.wait_exit(Duration::from_secs(40)).await.success());
+}

@@ -189,10 +189,9 @@ impl Layout {
 /// that a page of 50 is one list call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ListRow {
+    /// With the replica that recorded (and ran) the job in `job.replica`.
     #[serde(flatten)]
     pub job: JobSummary,
-    /// The replica that recorded (and ran) the job.
-    pub replica: String,
 }
 
 /// The metadata value for `row`, or `None` when it would be too large (long summary or error
@@ -356,8 +355,8 @@ mod tests {
                 duration_ms: None,
                 summary: None,
                 error: Some("boom ✗".into()),
+                replica: Some("pod-1".into()),
             },
-            replica: "pod-1".into(),
         };
         let encoded = encode_row(&row).expect("a small row fits");
         assert!(encoded.is_ascii());

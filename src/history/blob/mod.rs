@@ -81,9 +81,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::coordination::StorageTarget;
 use crate::history::{HistoryError, HistorySettings, JobSummary};
 
-pub use layout::{id_from_inverted, inverted};
+pub use layout::{id_from_inverted, inverted, valid_report_name};
 pub use store::BlobHistoryStore;
 
 /// How the store behaves; [`BlobHistoryOptions::new`] for production.
@@ -132,10 +133,62 @@ impl BlobHistoryOptions {
     }
 }
 
-/// A job in a list, with the replica that recorded it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// Whether `name` is a valid blob container name (3–63 of `a-z`, `0-9`, `-`; no leading,
+/// trailing or doubled hyphen).
+pub fn valid_container_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+/// `target` pointed at another container of the same account: the last segment of the
+/// container URL's path replaced (`https://acct.blob.core.windows.net/<container>`, or
+/// Azurite's `http://127.0.0.1:10000/devstoreaccount1/<container>`), the SAS query kept (it
+/// must then be an account SAS, or one for that container).
+pub fn in_container(target: StorageTarget, container: &str) -> StorageTarget {
+    fn replace_last(url: &str, container: &str) -> String {
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (url, None),
+        };
+        let base = base.trim_end_matches('/');
+        let parent = match base.rsplit_once('/') {
+            // Not "https:" of a URL without a path.
+            Some((parent, _)) if !parent.ends_with('/') => parent,
+            _ => base,
+        };
+        match query {
+            Some(query) => format!("{parent}/{container}?{query}"),
+            None => format!("{parent}/{container}"),
+        }
+    }
+    match target {
+        StorageTarget::SasUrl(url) => StorageTarget::SasUrl(secrecy::SecretString::from(
+            replace_last(secrecy::ExposeSecret::expose_secret(&url), container),
+        )),
+        StorageTarget::Token {
+            container_url,
+            credential,
+        } => StorageTarget::Token {
+            container_url: {
+                let mut url = container_url;
+                if let Ok(mut segments) = url.path_segments_mut() {
+                    segments.pop_if_empty().pop().push(container);
+                }
+                url
+            },
+            credential,
+        },
+    }
+}
+
+/// A job in a list, with the replica that recorded it (also in `job.replica`).
+#[derive(Clone, Debug, PartialEq)]
 pub struct ListedJob {
-    #[serde(flatten)]
     pub job: JobSummary,
     pub replica: String,
 }
@@ -215,4 +268,30 @@ pub enum BlobHistoryError {
     ReportTooLarge { name: String, size: u64, max: u64 },
     #[error("invalid setting `{key}`: {message}")]
     Settings { key: String, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret as _;
+
+    #[test]
+    fn another_container_of_the_same_account_keeps_the_sas() {
+        let sas = StorageTarget::SasUrl(secrecy::SecretString::from(
+            "http://127.0.0.1:10000/devstoreaccount1/coord?sv=1&sig=x".to_string(),
+        ));
+        match in_container(sas, "history") {
+            StorageTarget::SasUrl(url) => assert_eq!(
+                url.expose_secret(),
+                "http://127.0.0.1:10000/devstoreaccount1/history?sv=1&sig=x"
+            ),
+            other => panic!("{other:?}"),
+        }
+        for good in ["abc", "job-history", "a1b"] {
+            assert!(valid_container_name(good), "{good}");
+        }
+        for bad in ["ab", "Jobs", "-ab", "ab-", "a--b", "a_b"] {
+            assert!(!valid_container_name(bad), "{bad}");
+        }
+    }
 }

@@ -116,6 +116,7 @@ impl JobRecord {
             },
             summary: self.summary.clone(),
             error: self.error.clone(),
+            replica: Some(self.replica.clone()),
         }
     }
 

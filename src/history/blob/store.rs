@@ -478,19 +478,25 @@ impl BlobHistoryStore {
         let layout = self.layout();
         let row = ListRow {
             job: record.summary(),
-            replica: record.replica.clone(),
         };
         let metadata = encode_row(&row).map(|v| HashMap::from([(ROW_METADATA.to_string(), v)]));
         let mut writes: Vec<String> = layout.row_entries(&record.id, &record.runbook).into();
         writes.extend(layout.status_entries(&record.id, &record.runbook, record.status));
-        futures::stream::iter(writes.iter().map(|name| {
-            self.upload(
-                name,
-                Vec::new(),
-                "application/octet-stream",
-                metadata.clone(),
-                Condition::None,
-            )
+        // Owned names and `async move`: a closure returning a future that borrows its
+        // argument makes the future not provably `Send` (a higher-ranked lifetime), and the
+        // scheduler spawns these.
+        futures::stream::iter(writes.into_iter().map(|name| {
+            let metadata = metadata.clone();
+            async move {
+                self.upload(
+                    &name,
+                    Vec::new(),
+                    "application/octet-stream",
+                    metadata,
+                    Condition::None,
+                )
+                .await
+            }
         }))
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<_>>()
@@ -610,6 +616,11 @@ impl BlobHistoryStore {
             error,
             &self.inner.options.replica,
         );
+        self.insert_record(record).await?;
+        Ok(id)
+    }
+
+    async fn insert_record(&self, record: JobRecord) -> Result<(), BlobHistoryError> {
         // The record first: an index entry must never point at nothing but a pruned record.
         if self
             .write_record(&record, Condition::Absent)
@@ -617,12 +628,11 @@ impl BlobHistoryStore {
             .is_none()
         {
             return Err(BlobHistoryError::Conflict {
-                blob: self.layout().record(&id),
+                blob: self.layout().record(&record.id),
             });
         }
         self.write_index(&record).await?;
-        self.note_record(&record).await?;
-        Ok(id)
+        self.note_record(&record).await
     }
 
     /// Stores a finished job as given (id, times, streams and all): for moving a replica's
@@ -638,31 +648,7 @@ impl BlobHistoryStore {
             return Err(HistoryError::NotFinal { status: job.status }.into());
         }
         self.ensure_container().await?;
-        let new = NewJob {
-            runbook: job.runbook.clone(),
-            file_hash: job.file_hash.clone(),
-            trigger: job.trigger,
-            scheduled_for: job.scheduled_for,
-            dry_run: job.dry_run,
-            params: detail.params.clone(),
-        };
-        let mut record = JobRecord::new(
-            job.id.clone(),
-            new,
-            job.created_at,
-            job.status,
-            job.error.clone(),
-            replica,
-        );
-        record.started_at = job.started_at;
-        record.ended_at = job.ended_at;
-        record.summary = job.summary.clone();
-        record.steps = detail.steps.clone();
-        record.streams.last_seq = detail.streams.iter().map(|e| e.seq).max().unwrap_or(0);
-        for entry in &detail.streams {
-            *record.streams.kept.entry(entry.kind).or_insert(0) += 1;
-        }
-        record.streams.dropped = detail.dropped.clone();
+        let record = record_of(detail, replica);
         if self
             .write_record(&record, Condition::Absent)
             .await?
@@ -675,6 +661,57 @@ impl BlobHistoryStore {
         self.write_chunk(&job.id, &detail.streams).await?;
         self.write_index(&record).await?;
         self.note_record(&record).await
+    }
+
+    /// Writes a job as given, replacing whatever an earlier, interrupted write of it left
+    /// (record, streams, index entries): the upload of a job a replica kept locally while the
+    /// storage was unreachable. Running it again writes the same blobs, so a retry never
+    /// duplicates an entry.
+    pub async fn upsert_job(
+        &self,
+        detail: &JobDetail,
+        replica: &str,
+    ) -> Result<(), BlobHistoryError> {
+        self.ensure_container().await?;
+        let id = &detail.job.id;
+        let mut record = record_of(detail, replica);
+        // The index entries a partial earlier write may have made are removed with it.
+        record.statuses = [JobStatus::Queued, JobStatus::Running, detail.job.status]
+            .into_iter()
+            .fold(Vec::new(), |mut all, s| {
+                if !all.contains(&s) {
+                    all.push(s);
+                }
+                all
+            });
+        self.write_record(&record, Condition::None).await?;
+        let stale = self.list_names(&self.layout().streams_prefix(id)).await?;
+        self.delete_all(stale).await?;
+        self.write_chunk(id, &detail.streams).await?;
+        self.write_index(&record).await?;
+        self.note_record(&record).await
+    }
+
+    /// Records a job that became due as Queued (or Skipped) under an id and time given by
+    /// the caller: the replica's local spool made them.
+    pub async fn create_job_as(
+        &self,
+        id: JobId,
+        created_at: DateTime<Utc>,
+        job: NewJob,
+        status: JobStatus,
+        error: Option<String>,
+    ) -> Result<(), BlobHistoryError> {
+        self.ensure_container().await?;
+        self.insert_record(JobRecord::new(
+            id,
+            job,
+            created_at,
+            status,
+            error,
+            &self.inner.options.replica,
+        ))
+        .await
     }
 
     /// The runbook marker's part of recording a job.
@@ -970,8 +1007,13 @@ impl BlobHistoryStore {
                 ended_early = true;
                 break;
             }
-            let results =
-                futures::future::join_all(chunk.iter().map(|id| self.prune_job(id))).await;
+            let results = futures::future::join_all(
+                chunk
+                    .iter()
+                    .cloned()
+                    .map(|id| async move { self.prune_job(&id).await }),
+            )
+            .await;
             for result in results {
                 if let Some(runbook) = result? {
                     deleted += 1;
@@ -1100,6 +1142,7 @@ impl BlobHistoryStore {
             steps: record.steps.clone(),
             streams,
             dropped: record.dropped(),
+            reports: Vec::new(),
         }))
     }
 
@@ -1177,8 +1220,8 @@ impl BlobHistoryStore {
                 match row {
                     Some(row) if row.job.status.is_final() && row.job.id == id => {
                         Ok(Some(ListedJob {
+                            replica: row.job.replica.clone().unwrap_or_default(),
                             job: row.job,
-                            replica: row.replica,
                         }))
                     }
                     _ => self.get_listed(&id).await,
@@ -1289,6 +1332,35 @@ impl BlobHistoryStore {
             .map(|(body, _)| body))
     }
 
+    /// A report file of a job as a stream of its bytes, with its length; `None` when there is
+    /// none of that name. The body is streamed from the service, never held whole.
+    pub async fn open_report(
+        &self,
+        id: &JobId,
+        name: &str,
+    ) -> Result<Option<crate::history::ReportBody>, BlobHistoryError> {
+        if !layout::valid_report_name(name) {
+            return Ok(None);
+        }
+        self.ensure_container().await?;
+        let blob_name = self.layout().report(id, name);
+        let blob = self.blob(&blob_name);
+        match self.call(blob.download(None)).await {
+            Ok(response) => {
+                let bytes = response.properties.content_length.unwrap_or(0);
+                let stream = response.body.map(|chunk| {
+                    chunk.map_err(|e| std::io::Error::other(redact_text(&e.to_string())))
+                });
+                Ok(Some(crate::history::ReportBody {
+                    bytes,
+                    stream: Box::pin(stream),
+                }))
+            }
+            Err(f) if f.status() == Some(404) => Ok(None),
+            Err(f) => Err(f.error("read", &blob_name)),
+        }
+    }
+
     /// The report files of a job, by name.
     pub async fn list_reports(&self, id: &JobId) -> Result<Vec<ReportInfo>, BlobHistoryError> {
         self.ensure_container().await?;
@@ -1306,6 +1378,37 @@ impl BlobHistoryStore {
         .await?;
         Ok(out)
     }
+}
+
+/// The record of a job given whole (import, upload of a spooled job).
+fn record_of(detail: &JobDetail, replica: &str) -> JobRecord {
+    let job = &detail.job;
+    let new = NewJob {
+        runbook: job.runbook.clone(),
+        file_hash: job.file_hash.clone(),
+        trigger: job.trigger,
+        scheduled_for: job.scheduled_for,
+        dry_run: job.dry_run,
+        params: detail.params.clone(),
+    };
+    let mut record = JobRecord::new(
+        job.id.clone(),
+        new,
+        job.created_at,
+        job.status,
+        job.error.clone(),
+        replica,
+    );
+    record.started_at = job.started_at;
+    record.ended_at = job.ended_at;
+    record.summary = job.summary.clone();
+    record.steps = detail.steps.clone();
+    record.streams.last_seq = detail.streams.iter().map(|e| e.seq).max().unwrap_or(0);
+    for entry in &detail.streams {
+        *record.streams.kept.entry(entry.kind).or_insert(0) += 1;
+    }
+    record.streams.dropped = detail.dropped.clone();
+    record
 }
 
 fn jsonl(entries: &[StreamEntry]) -> Vec<u8> {

@@ -111,6 +111,7 @@ pub fn job(
                 .map(|(s, e)| (e - s).num_milliseconds()),
             summary: None,
             error: error.map(str::to_string),
+            replica: None,
         },
         params: Default::default(),
         steps,
@@ -126,6 +127,7 @@ pub fn job(
             })
             .collect(),
         dropped: Default::default(),
+        reports: Vec::new(),
     }
 }
 

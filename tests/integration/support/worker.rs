@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use runbook_worker::app::{ComponentOptions, Components};
 use runbook_worker::clock::{Clock as _, ManualClock};
-use runbook_worker::history::{HistoryStore, JobFilter, JobStatus, JobSummary, Outcome};
+use runbook_worker::history::{JobFilter, JobHistory, JobStatus, JobSummary, Outcome};
 use runbook_worker::scheduler::{JobRunner, JobSpec, RunEnd, SchedulerHandle};
 use runbook_worker::settings::Settings;
 
@@ -103,7 +103,7 @@ pub struct Engine {
     pub dir: PathBuf,
     pub clock: ManualClock,
     pub runner: Arc<FakeRunner>,
-    pub history: HistoryStore,
+    pub history: JobHistory,
     pub handle: SchedulerHandle,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -137,7 +137,10 @@ impl Engine {
         )
         .await
         .expect("build the components");
-        let (history, history_task) = components.open_history().await.expect("open the history");
+        let (history, history_task) = components
+            .open_history("test")
+            .await
+            .expect("open the history");
         let catalog = components.load_catalog().await.expect("load the runbooks");
         assert!(catalog.invalid_count() == 0, "test runbooks must be valid");
         let runner = FakeRunner::new();
