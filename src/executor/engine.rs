@@ -1320,7 +1320,10 @@ impl<'a> AttemptRun<'a> {
             }
             return failed(format!("\"{}\" is not an HTTP method", call.method));
         };
+        // Logs and errors name the call with secrets masked; the real path goes on the wire.
+        let log_path = self.assets.masker.text(&call.path);
         let mut request = GraphRequest::new(method, call.path).cancel(stage.child_token());
+        request.log_path = Some(log_path);
         request.query = call.query;
         request.headers = call.headers;
         request.body = call.body;

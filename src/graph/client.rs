@@ -67,6 +67,9 @@ pub struct GraphRequest {
     /// Replay this write after server errors as if it were a read: only for writes whose
     /// repetition is harmless (a PATCH of absolute values).
     pub idempotent: bool,
+    /// The path as logs and errors show it, when it differs from `path` (a rendered path
+    /// holding a secret's value: `/v1.0/users/***`); `path` itself goes only on the wire.
+    pub log_path: Option<String>,
 }
 
 impl GraphRequest {
@@ -79,6 +82,7 @@ impl GraphRequest {
             body: None,
             cancel: CancellationToken::new(),
             idempotent: false,
+            log_path: None,
         }
     }
 
@@ -253,7 +257,10 @@ impl GraphClient {
     pub fn request(&self, request: GraphRequest) -> Pages {
         let call = Box::new(Call {
             method: request.method.to_string(),
-            path: request.path.clone(),
+            path: request
+                .log_path
+                .clone()
+                .unwrap_or_else(|| request.path.clone()),
         });
         let client_request_id = uuid::Uuid::new_v4().to_string();
         let span = tracing::info_span!(

@@ -429,3 +429,35 @@ async fn a_key_vault_secret_is_read_with_the_role_and_never_shown() {
         "the 429 was logged"
     );
 }
+
+#[tokio::test]
+async fn a_masked_log_path_names_the_call_in_errors_while_the_real_path_goes_on_the_wire() {
+    let w = world(READER_AND_WRITER, 10).await;
+    w.graph.inject(
+        Some(Method::POST),
+        Some("assignLicense"),
+        Fault::ServerError {
+            status: 500,
+            after_executing: true,
+        },
+        1,
+    );
+    let body =
+        json!({"addLicenses": [{"skuId": SKU_E3, "disabledPlans": []}], "removeLicenses": []});
+    // The executor masks a secret's value this way before the call is made.
+    let mut request = GraphRequest::post("/v1.0/users/alex.wilber@contoso.com/assignLicense", body);
+    request.log_path = Some("/v1.0/users/***/assignLicense".to_string());
+    let error = w.client.request(request).records().await.unwrap_err();
+    let text = format!("{error} {error:?}");
+    assert!(!text.contains("alex.wilber"), "{text}");
+    assert!(text.contains("/v1.0/users/***/assignLicense"), "{text}");
+    let sent: Vec<String> = w
+        .graph
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].contains("alex.wilber@contoso.com"), "{sent:?}");
+}
