@@ -20,6 +20,21 @@ async fn pages(
     client.request(request).collect().await
 }
 
+/// The next `assignLicense` runs and is answered 500 (its outcome unknown to the caller);
+/// the body of such a call.
+fn answer_the_next_assign_license_with_500(w: &crate::support::graph::World) -> Value {
+    w.graph.inject(
+        Some(Method::POST),
+        Some("assignLicense"),
+        Fault::ServerError {
+            status: 500,
+            after_executing: true,
+        },
+        1,
+    );
+    json!({"addLicenses": [{"skuId": SKU_E3, "disabledPlans": []}], "removeLicenses": []})
+}
+
 #[tokio::test]
 async fn paging_2500_users_at_top_999_reads_three_pages_with_every_user_once() {
     let w = world(&["User.Read.All"], 2_500).await;
@@ -125,17 +140,7 @@ async fn throttled_reads_wait_and_succeed_even_with_an_absurd_retry_after() {
 #[tokio::test]
 async fn a_write_answered_500_is_not_replayed_and_fails_as_outcome_unknown() {
     let w = world(READER_AND_WRITER, 10).await;
-    w.graph.inject(
-        Some(Method::POST),
-        Some("assignLicense"),
-        Fault::ServerError {
-            status: 500,
-            after_executing: true,
-        },
-        1,
-    );
-    let body =
-        json!({"addLicenses": [{"skuId": SKU_E3, "disabledPlans": []}], "removeLicenses": []});
+    let body = answer_the_next_assign_license_with_500(&w);
     let error = w
         .client
         .request(GraphRequest::post(
@@ -433,17 +438,7 @@ async fn a_key_vault_secret_is_read_with_the_role_and_never_shown() {
 #[tokio::test]
 async fn a_masked_log_path_names_the_call_in_errors_while_the_real_path_goes_on_the_wire() {
     let w = world(READER_AND_WRITER, 10).await;
-    w.graph.inject(
-        Some(Method::POST),
-        Some("assignLicense"),
-        Fault::ServerError {
-            status: 500,
-            after_executing: true,
-        },
-        1,
-    );
-    let body =
-        json!({"addLicenses": [{"skuId": SKU_E3, "disabledPlans": []}], "removeLicenses": []});
+    let body = answer_the_next_assign_license_with_500(&w);
     // The executor masks a secret's value this way before the call is made.
     let mut request = GraphRequest::post("/v1.0/users/alex.wilber@contoso.com/assignLicense", body);
     request.log_path = Some("/v1.0/users/***/assignLicense".to_string());
