@@ -730,15 +730,6 @@ impl Settings {
                 ),
             ));
         }
-        if !(1..=1000).contains(&self.exchange.page_size) {
-            out.push((
-                "exchange.page_size".to_string(),
-                format!(
-                    "must be between 1 and 1000, got {}",
-                    self.exchange.page_size
-                ),
-            ));
-        }
         if self.exchange.max_response_bytes < 1024 {
             out.push((
                 "exchange.max_response_bytes".to_string(),
@@ -794,7 +785,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = load(None, dir.path(), &env(&[])).unwrap();
         assert_eq!(s.identity.imds_endpoint.as_str(), "http://169.254.169.254/");
-        assert_eq!(s.exchange.page_size, 1000);
+        assert_eq!(s.exchange.page_size.get(), 1000);
         assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.worker.shutdown_grace.get().as_secs(), 25);
     }
@@ -829,7 +820,7 @@ mod tests {
         )
         .unwrap();
         let s = load(None, dir.path(), &env(&[])).unwrap();
-        assert_eq!(s.exchange.page_size, 50);
+        assert_eq!(s.exchange.page_size.get(), 50);
     }
 
     #[test]
@@ -884,7 +875,7 @@ api_key = \"https://ops.vault.azure.net/secrets/api-key\"\n",
         )
         .unwrap();
         assert_eq!(s.identity.client_id.as_deref(), Some("from-env"));
-        assert_eq!(s.exchange.page_size, 10);
+        assert_eq!(s.exchange.page_size.get(), 10);
         assert_eq!(s.policy.deny, vec!["Remove-*", "New-*"]);
     }
 
@@ -1159,6 +1150,24 @@ api_key = \"https://ops.vault.azure.net/secrets/api-key\"\n",
         };
         assert_eq!(blamed.of("exchange.page_size"), "built-in default");
         assert!(blamed.of("identity.client_id").starts_with("file "));
+    }
+
+    #[test]
+    fn a_page_size_out_of_range_is_refused_once_when_the_settings_are_read() {
+        for (file, env) in [
+            ("[exchange]\npage_size = 0\n", None),
+            ("", Some(("RUNBOOK_WORKER__EXCHANGE__PAGE_SIZE", "1001"))),
+        ] {
+            let env: HashMap<String, String> = env
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let err = from_text(Some((Path::new("w.toml"), file)), &env)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("exchange.page_size"), "{err}");
+            assert!(err.contains("between 1 and 1000"), "{err}");
+        }
     }
 
     #[test]

@@ -161,12 +161,6 @@ impl ExchangeClient {
         limiter: Arc<TenantLimiter>,
         retry: RetryPolicy,
     ) -> Result<Self, ExchangeError> {
-        if !(1..=1000).contains(&settings.page_size) {
-            return Err(ExchangeError::Configuration {
-                key: "page_size",
-                message: format!("must be between 1 and 1000, got {}", settings.page_size),
-            });
-        }
         let (base, hosts) = match &settings.endpoint {
             Some(endpoint) => {
                 let url = endpoint.as_url().clone();
@@ -211,7 +205,7 @@ impl ExchangeClient {
                     .organization
                     .clone()
                     .filter(|o| !o.trim().is_empty()),
-                page_size: settings.page_size,
+                page_size: settings.page_size.get(),
                 timeout: settings.timeout.get(),
                 retry,
                 max_redirects: settings.max_redirects,

@@ -61,6 +61,44 @@ impl Cloud {
     }
 }
 
+/// Records per page asked of Exchange (`ResultSize` of one page): 1 to 1000, checked when
+/// the value is read (the settings file, a variable, or [`PageSize::new`]), so no client is
+/// ever built with a page size Exchange would refuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct PageSize(u32);
+
+impl PageSize {
+    /// The largest page Exchange serves, and the default.
+    pub const MAX: PageSize = PageSize(1000);
+
+    pub fn new(records: u32) -> Result<Self, String> {
+        if (1..=Self::MAX.0).contains(&records) {
+            Ok(Self(records))
+        } else {
+            Err(format!("must be between 1 and 1000, got {records}"))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<u32> for PageSize {
+    type Error = String;
+
+    fn try_from(records: u32) -> Result<Self, String> {
+        Self::new(records)
+    }
+}
+
+impl From<PageSize> for u32 {
+    fn from(size: PageSize) -> u32 {
+        size.0
+    }
+}
+
 /// `[exchange]` settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -70,8 +108,8 @@ pub struct ExchangeSettings {
     pub cloud: Cloud,
     /// Base URL override (tests: `http://127.0.0.1:PORT`).
     pub endpoint: Option<BaseUrl>,
-    /// 1..=1000.
-    pub page_size: u32,
+    /// Records per page asked of Exchange.
+    pub page_size: PageSize,
     /// How long one request (one page, with its retries) may take.
     pub timeout: HumanDuration,
     /// Requests in flight per tenant, shared by all jobs.
@@ -94,7 +132,7 @@ impl Default for ExchangeSettings {
             organization: None,
             cloud: Cloud::Global,
             endpoint: None,
-            page_size: 1000,
+            page_size: PageSize::MAX,
             timeout: HumanDuration::from_secs(16 * 60),
             max_concurrency: 8,
             max_retries: 5,

@@ -295,19 +295,4 @@ mod tests {
         // equal to the default's is the same pair.
         assert_eq!(clients.counts(), (3, 2));
     }
-
-    #[test]
-    fn a_bad_setting_is_refused_by_the_first_client_built() {
-        // The settings loader refuses it first (see settings' tests); the clients, built on
-        // first use, refuse it too rather than call with a wrong page size.
-        let settings = ExchangeSettings {
-            page_size: 0,
-            ..ExchangeSettings::default()
-        };
-        let clients =
-            ExchangeClients::new(settings, Arc::new(FixedTokens(Arc::new(NoTokens)))).unwrap();
-        let err = clients.client(None, None).unwrap_err().to_string();
-        assert!(err.contains("page_size"), "{err}");
-        assert_eq!(clients.counts().0, 0, "no client was kept");
-    }
 }

@@ -14,11 +14,11 @@ use runbook_worker::clock::ManualClock;
 use runbook_worker::duration::HumanDuration;
 use runbook_worker::exchange::params::parameters;
 use runbook_worker::exchange::{
-    ExchangeClient, ExchangeError, ExchangeSettings, InvokeOptions, ParamValue, Parameters,
-    TenantLimiter,
+    ExchangeClient, ExchangeError, ExchangeSettings, InvokeOptions, PageSize, ParamValue,
+    Parameters, TenantLimiter,
 };
 use runbook_worker::simulator::exchange::{
-    Fault, Listener, RecipientTypeDetails, RedirectTo, SimulatedTokens, SimulatorConfig,
+    Fault, Listener, RecipientTypeDetails, RedirectTo, SimulatorConfig,
 };
 
 use crate::support::exchange::{tenant, tenant_with};
@@ -176,7 +176,7 @@ async fn filter_booleans_are_rewritten_so_the_service_can_evaluate_them() {
 
 #[tokio::test]
 async fn every_request_carries_the_documented_headers_and_ids() {
-    let t = tenant_with(small(), |s| s.page_size = 10).await;
+    let t = tenant_with(small(), |s| s.page_size = PageSize::new(10).unwrap()).await;
     let output = t
         .client
         .invoke_all(
@@ -267,7 +267,7 @@ async fn the_initial_domain_can_be_configured_as_the_organization() {
 
 #[tokio::test]
 async fn unlimited_reads_post_the_same_body_to_each_next_link() {
-    let t = tenant_with(small(), |s| s.page_size = 10).await;
+    let t = tenant_with(small(), |s| s.page_size = PageSize::new(10).unwrap()).await;
     let mut invocation = t.client.invoke(
         "Get-Mailbox",
         parameters([("ResultSize", "Unlimited".into())]),
@@ -305,7 +305,7 @@ async fn unlimited_reads_post_the_same_body_to_each_next_link() {
 
 #[tokio::test]
 async fn a_numeric_result_size_stops_early_and_shrinks_the_page() {
-    let t = tenant_with(small(), |s| s.page_size = 10).await;
+    let t = tenant_with(small(), |s| s.page_size = PageSize::new(10).unwrap()).await;
     let output = t
         .client
         .invoke_all("Get-Mailbox", parameters([("ResultSize", 15.into())]))
@@ -346,7 +346,7 @@ async fn a_result_size_within_one_page_sends_one_request() {
 #[tokio::test]
 async fn a_consumer_that_reads_one_page_causes_exactly_one_request() {
     let t = tenant_with(SimulatorConfig::default().with_mailboxes(100), |s| {
-        s.page_size = 10
+        s.page_size = PageSize::new(10).unwrap()
     })
     .await;
     let mut invocation = t.client.invoke(
@@ -377,7 +377,7 @@ async fn a_consumer_that_reads_one_page_causes_exactly_one_request() {
 
 #[tokio::test]
 async fn an_expired_next_link_fails_the_whole_read() {
-    let t = tenant_with(small(), |s| s.page_size = 10).await;
+    let t = tenant_with(small(), |s| s.page_size = PageSize::new(10).unwrap()).await;
     let mut invocation = t.client.invoke(
         "Get-Mailbox",
         parameters([("ResultSize", "Unlimited".into())]),
@@ -422,7 +422,7 @@ async fn an_expired_next_link_fails_the_whole_read() {
 
 #[tokio::test]
 async fn a_next_link_to_another_origin_is_refused_without_following_it() {
-    let t = tenant_with(small(), |s| s.page_size = 10).await;
+    let t = tenant_with(small(), |s| s.page_size = PageSize::new(10).unwrap()).await;
     let port = t.sim.base_url().rsplit(':').next().unwrap().to_string();
     t.sim
         .set_next_link_base(Some(format!("http://localhost:{port}")));
@@ -1441,7 +1441,7 @@ async fn the_simulator_refuses_a_get_on_invoke_command() {
 
 #[tokio::test]
 async fn records_can_be_consumed_one_by_one_across_pages() {
-    let t = tenant_with(small(), |s| s.page_size = 4).await;
+    let t = tenant_with(small(), |s| s.page_size = PageSize::new(4).unwrap()).await;
     let aliases: Vec<String> = t
         .client
         .invoke(
@@ -1482,16 +1482,14 @@ fn exchange_settings_come_from_the_file_and_the_environment() {
     assert_eq!(exchange.cloud.resource(), "https://outlook.office365.us");
 }
 
-#[tokio::test]
-async fn a_page_size_out_of_range_is_refused_when_the_client_is_built() {
-    let settings = ExchangeSettings {
-        page_size: 0,
-        ..ExchangeSettings::default()
-    };
-    let tokens = Arc::new(SimulatedTokens::with_claims(json!({})));
-    let error =
-        ExchangeClient::new(&settings, tokens, Arc::new(TenantLimiter::new(1))).unwrap_err();
-    assert!(error.to_string().contains("exchange.page_size"), "{error}");
+#[test]
+fn a_page_size_out_of_range_cannot_be_given_to_a_client() {
+    // The one check: a client's settings hold a `PageSize`, which only exists in range.
+    assert!(PageSize::new(0).is_err());
+    assert!(PageSize::new(1001).is_err());
+    assert_eq!(PageSize::new(1000).unwrap(), PageSize::MAX);
+    let error = toml::from_str::<ExchangeSettings>("page_size = 0").unwrap_err();
+    assert!(error.to_string().contains("between 1 and 1000"), "{error}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -844,7 +844,7 @@ async fn a_panic_inside_a_job_is_recorded_as_failed_not_propagated() {
 #[tokio::test]
 async fn a_for_each_over_100000_mailboxes_holds_pages_in_memory_not_the_tenant() {
     let h = harness(SimulatorConfig::default().with_mailboxes(100_000)).await;
-    let page_size = u64::from(h.tenant.settings.page_size);
+    let page_size = u64::from(h.tenant.settings.page_size.get());
 
     // A dry run: the read streams for real, each of its records becomes a planned write.
     let (outcome, events) = h.run(job(&runbook(TAG_EVERY_MAILBOX), true)).await;
@@ -867,7 +867,9 @@ async fn records_kept_for_a_max_changes_count_wait_on_disk_not_in_memory() {
     let h = harness_with(
         SimulatorConfig::default().with_mailboxes(10_000),
         Options {
-            adjust: Box::new(|s| s.page_size = 100),
+            adjust: Box::new(|s| {
+                s.page_size = runbook_worker::exchange::PageSize::new(100).unwrap()
+            }),
             ..Options::default()
         },
     )
