@@ -148,9 +148,10 @@ impl fmt::Debug for AzureBlobCoordinator {
     }
 }
 
-/// Why a storage call failed, before it is given an operation and a blob name.
+/// Why a storage call failed, before it is given an operation and a blob name (the blob
+/// history turns it into its own errors too).
 #[derive(Clone, Debug)]
-enum Fault {
+pub(crate) enum Fault {
     /// The service answered with an error status.
     Http {
         status: u16,
@@ -162,7 +163,7 @@ enum Fault {
 }
 
 impl Fault {
-    fn status(&self) -> Option<u16> {
+    pub(crate) fn status(&self) -> Option<u16> {
         match self {
             Self::Http { status, .. } => Some(*status),
             Self::Unreachable(_) => None,
@@ -223,7 +224,7 @@ impl Fault {
 
 /// Turns an SDK error into a [`Fault`] without ever formatting it with `Debug` (a backtrace
 /// and, for transport errors, the request URL with its SAS).
-fn classify(error: azure_core::Error) -> Fault {
+pub(crate) fn classify(error: azure_core::Error) -> Fault {
     if let ErrorKind::HttpResponse {
         status,
         error_code,

@@ -6,8 +6,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use azure_core::error::ErrorKind;
-use azure_core::http::headers::HeaderName;
 use azure_core::http::{RequestContent, Url};
 use azure_storage_blob::models::{
     BlobClientAcquireLeaseOptions, BlobClientUploadOptions, BlobContainerClientListBlobsOptions,
@@ -27,6 +25,7 @@ use super::record::{JobRecord, RECORD_SCHEMA, merge_progress};
 use super::{BlobHistoryError, BlobHistoryOptions, ListedJob, PruneOutcome, ReportInfo};
 use crate::clock::SharedClock;
 use crate::coordination::StorageTarget;
+use crate::coordination::azure::{Fault, classify};
 use crate::coordination::redact::{redact_text, redact_url};
 use crate::history::id::IdGenerator;
 use crate::history::{
@@ -41,25 +40,9 @@ const WRITE_ATTEMPTS: u32 = 8;
 /// A prune pass stops this long before its lease would expire.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
-/// Why a storage call failed, before it is given an operation and a blob name.
-#[derive(Debug)]
-enum Fault {
-    Http {
-        status: u16,
-        code: Option<String>,
-        request_id: Option<String>,
-    },
-    Unreachable(String),
-}
-
+/// The blob history's errors from the coordination store's classification of a storage
+/// failure (one place decides what an SDK error is, and keeps its URL out).
 impl Fault {
-    fn status(&self) -> Option<u16> {
-        match self {
-            Fault::Http { status, .. } => Some(*status),
-            Fault::Unreachable(_) => None,
-        }
-    }
-
     fn error(self, operation: &'static str, blob: &str) -> BlobHistoryError {
         let blob = blob.to_string();
         let (status, code, request_id) = match self {
@@ -102,34 +85,6 @@ impl Fault {
                 blob,
                 detail: format!("HTTP {status} {code} (request id {request_id})"),
             },
-        }
-    }
-}
-
-/// Never formats the SDK error with `Debug`: transport errors carry the request URL, and
-/// with a SAS that URL is a secret. The text is redacted all the same.
-fn fault(error: azure_core::Error) -> Fault {
-    match error.kind() {
-        ErrorKind::HttpResponse {
-            status,
-            error_code,
-            raw_response,
-        } => Fault::Http {
-            status: u16::from(*status),
-            code: error_code.clone(),
-            request_id: raw_response.as_ref().and_then(|raw| {
-                raw.headers()
-                    .get_optional_string(&HeaderName::from_static("x-ms-request-id"))
-            }),
-        },
-        _ => {
-            let mut chain = vec![error.to_string()];
-            let mut cause = std::error::Error::source(&error);
-            while let Some(next) = cause {
-                chain.push(next.to_string());
-                cause = next.source();
-            }
-            Fault::Unreachable(redact_text(&chain.join(": ")))
         }
     }
 }
@@ -257,7 +212,7 @@ impl BlobHistoryStore {
                 "no answer within {} ms",
                 timeout.as_millis()
             ))),
-            Ok(result) => result.map_err(fault),
+            Ok(result) => result.map_err(classify),
         }
     }
 
