@@ -289,9 +289,9 @@ impl From<BlobHistoryError> for HistoryError {
             BlobHistoryError::Job(_) => FailureKind::Other,
             // The storage did not answer, refused the identity (an expired SAS, a role not yet
             // granted) or kept changing: the same write may succeed later.
-            BlobHistoryError::Unreachable { .. } | BlobHistoryError::Forbidden { .. } => {
-                FailureKind::Io
-            }
+            BlobHistoryError::Unreachable { .. }
+            | BlobHistoryError::Forbidden { .. }
+            | BlobHistoryError::HeadNotWritten { .. } => FailureKind::Io,
             BlobHistoryError::Conflict { .. } => FailureKind::Locked,
             _ => FailureKind::Other,
         };

@@ -48,13 +48,17 @@ fn blob_store(
     replica: &str,
     clock: &ManualClock,
 ) -> BlobHistoryStore {
+    blob_store_with(container, options(replica), clock)
+}
+
+fn blob_store_with(
+    container: &AzuriteContainer,
+    options: BlobHistoryOptions,
+    clock: &ManualClock,
+) -> BlobHistoryStore {
     let shared: SharedClock = Arc::new(clock.clone());
-    BlobHistoryStore::new(
-        StorageTarget::SasUrl(container.sas_url()),
-        options(replica),
-        shared,
-    )
-    .expect("a valid SAS URL")
+    BlobHistoryStore::new(StorageTarget::SasUrl(container.sas_url()), options, shared)
+        .expect("a valid SAS URL")
 }
 
 fn new_job(runbook: &str, trigger: Trigger, scheduled_for: Option<DateTime<Utc>>) -> NewJob {
@@ -336,18 +340,7 @@ async fn contract(store: &Store, clock: &ManualClock) -> Observed {
 
 #[tokio::test]
 async fn the_blob_history_answers_exactly_as_the_sqlite_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
-    let shared: SharedClock = Arc::new(clock.clone());
-    let (sqlite, _writer) = HistoryStore::open_as(
-        &dir.path().join("h.sqlite3"),
-        &settings(),
-        shared,
-        Some("replica-a".to_string()),
-    )
-    .await
-    .unwrap();
-    let expected = contract(&Store(sqlite.into()), &clock).await;
+    let expected = sqlite_contract().await;
 
     let clock = ManualClock::new(start());
     let blob = blob_store(&AzuriteContainer::new(), "replica-a", &clock);
@@ -377,6 +370,201 @@ async fn the_blob_history_answers_exactly_as_the_sqlite_history() {
         expected.refused[0].contains("cannot become Running"),
         "{:?}",
         expected.refused
+    );
+}
+
+/// The contract's answers on SQLite, to compare a blob store with.
+async fn sqlite_contract() -> Observed {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let shared: SharedClock = Arc::new(clock.clone());
+    let (sqlite, _writer) = HistoryStore::open_as(
+        &dir.path().join("h.sqlite3"),
+        &settings(),
+        shared,
+        Some("replica-a".to_string()),
+    )
+    .await
+    .unwrap();
+    contract(&Store(sqlite.into()), &clock).await
+}
+
+#[tokio::test]
+async fn index_heads_too_small_for_the_pages_give_the_listings_answers() {
+    // Two rows per head: most pages are longer than a head, so they go through the
+    // head-then-listing fallback and the heads are cut, left short and seeded again.
+    let mut small = options("replica-a");
+    small.head_rows = 2;
+    let clock = ManualClock::new(start());
+    let blob = blob_store_with(&AzuriteContainer::new(), small, &clock);
+    let observed = contract(&Store(blob.into()), &clock).await;
+    assert_eq!(observed, sqlite_contract().await);
+}
+
+/// The job ids a head blob holds, newest first; `None` when there is no such blob.
+async fn head_ids(container: &AzuriteContainer, head: &str) -> Option<Vec<String>> {
+    let blob = container
+        .raw()
+        .blob_client(&format!("history/heads/{head}.json"));
+    let body = match blob.download(None).await {
+        Ok(response) => response.body.collect().await.unwrap(),
+        Err(e) if e.http_status().map(u16::from) == Some(404) => return None,
+        Err(e) => panic!("reading head {head}: {e}"),
+    };
+    let head: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    Some(
+        head["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|row| row["id"].as_str().expect("id").to_string())
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn the_newest_jobs_are_kept_in_index_heads_rebuilt_from_the_index_when_lost() {
+    let container = AzuriteContainer::new();
+    let clock = ManualClock::new(start());
+    let mut four = options("replica-a");
+    four.head_rows = 4;
+    let store = blob_store_with(&container, four, &clock);
+    let mut made: Vec<(JobId, JobStatus)> = Vec::new();
+    for i in 0..7 {
+        let id = store
+            .create_job(new_job("archive", Trigger::Schedule, Some(clock.now())))
+            .await
+            .unwrap();
+        store.mark_running(&id).await.unwrap();
+        let status = if i % 3 == 0 {
+            JobStatus::Failed
+        } else {
+            JobStatus::Completed
+        };
+        store.finish(&id, Outcome::new(status)).await.unwrap();
+        made.push((id, status));
+        clock.advance(Duration::from_secs(60));
+    }
+    let newest: Vec<String> = made.iter().rev().map(|(id, _)| id.to_string()).collect();
+    let failed: Vec<String> = made
+        .iter()
+        .rev()
+        .filter(|(_, s)| *s == JobStatus::Failed)
+        .map(|(id, _)| id.to_string())
+        .collect();
+    assert_eq!(
+        head_ids(&container, "all").await,
+        Some(newest[..4].to_vec())
+    );
+    assert_eq!(
+        head_ids(&container, "runbook/archive").await,
+        Some(newest[..4].to_vec())
+    );
+    assert_eq!(
+        head_ids(&container, "status/Failed").await,
+        Some(failed.clone())
+    );
+    assert_eq!(
+        head_ids(&container, "status/Running").await,
+        Some(Vec::new()),
+        "every job left Running"
+    );
+
+    let listed = |filter: JobFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .list_jobs(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|j| j.id.to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let pages_of_three = || async {
+        let mut all = Vec::new();
+        let mut before = None;
+        loop {
+            let filter = JobFilter {
+                limit: 3,
+                before: before.clone(),
+                ..JobFilter::default()
+            };
+            let page = store.list_jobs(&filter).await.unwrap();
+            if page.is_empty() {
+                return all;
+            }
+            before = page.last().map(|j| j.id.clone());
+            all.extend(page.into_iter().map(|j| j.id.to_string()));
+        }
+    };
+    assert_eq!(listed(JobFilter::default()).await, newest);
+    assert_eq!(
+        pages_of_three().await,
+        newest,
+        "pages across the head's end"
+    );
+
+    // Heads deleted (a restore that left them out, a hand-made clean-up): the listing answers
+    // alone, and the next write seeds them again from the index.
+    let raw = container.raw();
+    let names: Vec<String> = {
+        let mut pager = raw
+            .list_blobs(Some(
+                azure_storage_blob::models::BlobContainerClientListBlobsOptions {
+                    prefix: Some("history/heads/".to_string()),
+                    ..Default::default()
+                },
+            ))
+            .unwrap();
+        let mut names = Vec::new();
+        while let Some(item) = pager.try_next().await.unwrap() {
+            names.extend(item.name);
+        }
+        names
+    };
+    assert!(names.len() >= 4, "{names:?}");
+    for name in &names {
+        raw.blob_client(name).delete(None).await.unwrap();
+    }
+    assert_eq!(head_ids(&container, "all").await, None);
+    assert_eq!(listed(JobFilter::default()).await, newest);
+    let failed_filter = JobFilter {
+        status: Some(JobStatus::Failed),
+        ..JobFilter::default()
+    };
+    assert_eq!(listed(failed_filter.clone()).await, failed);
+    assert_eq!(pages_of_three().await, newest);
+
+    let latest = store
+        .create_job(new_job("archive", Trigger::Manual, None))
+        .await
+        .unwrap();
+    let mut reseeded = vec![latest.to_string()];
+    reseeded.extend(newest[..3].iter().cloned());
+    assert_eq!(head_ids(&container, "all").await, Some(reseeded));
+    assert_eq!(
+        head_ids(&container, "status/Queued").await,
+        Some(vec![latest.to_string()])
+    );
+    store.mark_running(&latest).await.unwrap();
+    assert_eq!(
+        head_ids(&container, "status/Queued").await,
+        Some(Vec::new())
+    );
+    assert_eq!(
+        listed(JobFilter {
+            status: Some(JobStatus::Running),
+            ..JobFilter::default()
+        })
+        .await,
+        vec![latest.to_string()]
+    );
+    assert_eq!(
+        listed(failed_filter).await,
+        failed,
+        "no head, the listing answers"
     );
 }
 

@@ -132,6 +132,27 @@ impl Layout {
         )
     }
 
+    /// The head blob of the index under `index` (a prefix from one of the `index_*`
+    /// methods): `heads/all.json`, `heads/runbook/{runbook}.json`, and so on.
+    pub fn head(&self, index: &str) -> String {
+        let under = format!("{}index/", self.prefix);
+        let rest = index.strip_prefix(&under).unwrap_or(index);
+        format!("{}heads/{}.json", self.prefix, rest.trim_end_matches('/'))
+    }
+
+    /// The indexes whose row of a job changes with it (all jobs, the runbook's).
+    pub fn row_indexes(&self, runbook: &str) -> [String; 2] {
+        [self.index_all(), self.index_runbook(runbook)]
+    }
+
+    /// The indexes of the jobs in `status` (all runbooks', the runbook's).
+    pub fn status_indexes(&self, runbook: &str, status: JobStatus) -> [String; 2] {
+        [
+            self.index_status(status),
+            self.index_runbook_status(runbook, status),
+        ]
+    }
+
     /// The index that answers `filter` (the narrowest one it names).
     pub fn index_for(&self, filter: &JobFilter) -> String {
         match (&filter.runbook, filter.status) {
@@ -313,6 +334,28 @@ mod tests {
             layout.index_for(&filter(Some("x y"), Some(JobStatus::Running))),
             "history/index/runbook-status/x~20y/Running/"
         );
+    }
+
+    #[test]
+    fn each_index_has_its_own_head_outside_the_index() {
+        let layout = Layout::new("history");
+        assert_eq!(layout.head(&layout.index_all()), "history/heads/all.json");
+        assert_eq!(
+            layout.head(&layout.index_runbook("x y")),
+            "history/heads/runbook/x~20y.json"
+        );
+        assert_eq!(
+            layout.head(&layout.index_runbook_status("r", JobStatus::Failed)),
+            "history/heads/runbook-status/r/Failed.json"
+        );
+        let [all, runbook] = layout.row_indexes("r");
+        let [status, both] = layout.status_indexes("r", JobStatus::Failed);
+        let heads: std::collections::BTreeSet<String> = [all, runbook, status, both]
+            .iter()
+            .map(|index| layout.head(index))
+            .collect();
+        assert_eq!(heads.len(), 4, "{heads:?}");
+        assert!(heads.iter().all(|h| !h.starts_with("history/index/")));
     }
 
     #[test]

@@ -73,6 +73,7 @@
 //! undone within the soft-delete period. Restoring is copying the blobs back; the index is
 //! part of the copy.
 
+mod head;
 mod layout;
 mod record;
 mod store;
@@ -108,6 +109,8 @@ pub struct BlobHistoryOptions {
     pub prune_batch: usize,
     /// The largest report file accepted.
     pub max_report_bytes: u64,
+    /// Rows an index head keeps ([`head::Head`]): pages within them are one blob read.
+    pub head_rows: usize,
 }
 
 impl BlobHistoryOptions {
@@ -129,6 +132,8 @@ impl BlobHistoryOptions {
             prune_lease: Duration::from_secs(60),
             prune_batch: 500,
             max_report_bytes: 64 * 1024 * 1024,
+            // Two default pages (50) and some: a head is at most ~150 KiB of JSON.
+            head_rows: 120,
         }
     }
 }
@@ -244,6 +249,10 @@ pub enum BlobHistoryError {
     },
     #[error("{blob} kept changing under concurrent writers; try again")]
     Conflict { blob: String },
+    /// Another write of this replica took this change into its write of an index head and
+    /// failed; `detail` is its error.
+    #[error("the index head {blob} was not written: {detail}")]
+    HeadNotWritten { blob: String, detail: String },
     #[error(
         "{blob} does not hold a valid job history blob ({detail}); restore it from a backup or delete it"
     )]

@@ -17,6 +17,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use secrecy::ExposeSecret as _;
 use tokio::sync::OnceCell;
 
+use super::head::{HEAD_SCHEMA, Head, HeadChange, HeadRow};
 use super::layout::{
     self, Layout, ListRow, PruneStep, ROW_METADATA, RunbookMarker, decode_marker, decode_row,
     encode_marker, encode_row, id_from_inverted, inverted,
@@ -106,6 +107,67 @@ struct Inner {
     /// The latest occurrence this store knows each runbook marker holds, so that most jobs
     /// skip the marker's read-modify-write. The lock is never held across an await.
     noted: std::sync::Mutex<HashMap<String, Option<DateTime<Utc>>>>,
+    heads: HeadWriters,
+}
+
+/// Index head writes of this replica, coalesced: every change waits in `pending` under its
+/// head's name; whoever holds the head's stripe lock takes all of them into one
+/// read-change-write and tells each waiter how it went. A burst of jobs (or an import) is
+/// then a few head writes, not one per job, and replicas only race one another (`If-Match`).
+struct HeadWriters {
+    /// Changes not yet taken, by head blob name; an entry lives only while its writers wait.
+    /// The lock is never held across an await.
+    pending: std::sync::Mutex<HashMap<String, Vec<PendingHeadChange>>>,
+    /// One lock per stripe of head names: a fixed number, whatever the runbooks.
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+struct PendingHeadChange {
+    change: HeadChange,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+const HEAD_STRIPES: usize = 16;
+
+impl HeadWriters {
+    fn new() -> HeadWriters {
+        HeadWriters {
+            pending: std::sync::Mutex::new(HashMap::new()),
+            stripes: (0..HEAD_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        }
+    }
+
+    fn stripe(&self, name: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        &self.stripes[(hasher.finish() % HEAD_STRIPES as u64) as usize]
+    }
+
+    fn push(
+        &self,
+        name: &str,
+        change: HeadChange,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+        let (done, receiver) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .push(PendingHeadChange { change, done });
+        receiver
+    }
+
+    fn take(&self, name: &str) -> Vec<PendingHeadChange> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(name)
+            .unwrap_or_default()
+    }
 }
 
 impl std::fmt::Debug for BlobHistoryStore {
@@ -185,6 +247,7 @@ impl BlobHistoryStore {
                 ids: IdGenerator::default(),
                 container_ready: OnceCell::new(),
                 noted: std::sync::Mutex::new(HashMap::new()),
+                heads: HeadWriters::new(),
             }),
         })
     }
@@ -456,13 +519,161 @@ impl BlobHistoryStore {
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await?;
-        let left: Vec<String> = record
+        let left_statuses: Vec<JobStatus> = record
             .statuses
             .iter()
-            .filter(|s| !s.is_final() && **s != record.status)
+            .copied()
+            .filter(|s| !s.is_final() && *s != record.status)
+            .collect();
+        let left: Vec<String> = left_statuses
+            .iter()
             .flat_map(|s| layout.status_entries(&record.id, &record.runbook, *s))
             .collect();
-        self.delete_all(left).await
+        self.delete_all(left).await?;
+        // The heads after the index entries: a head never shows a job its index lacks.
+        let head_row = HeadRow {
+            id: record.id.clone(),
+            row: metadata.is_some().then_some(row),
+        };
+        let mut changes: Vec<(String, HeadChange)> = layout
+            .row_indexes(&record.runbook)
+            .into_iter()
+            .chain(layout.status_indexes(&record.runbook, record.status))
+            .map(|index| (index, HeadChange::Upsert(Box::new(head_row.clone()))))
+            .collect();
+        for status in left_statuses {
+            changes.extend(
+                layout
+                    .status_indexes(&record.runbook, status)
+                    .into_iter()
+                    .map(|index| (index, HeadChange::Remove(record.id.clone()))),
+            );
+        }
+        self.change_heads(changes).await
+    }
+
+    /// Makes each change to its index's head, the heads concurrently.
+    async fn change_heads(
+        &self,
+        changes: Vec<(String, HeadChange)>,
+    ) -> Result<(), BlobHistoryError> {
+        futures::stream::iter(
+            changes
+                .into_iter()
+                .map(|(index, change)| async move { self.change_head(&index, change).await }),
+        )
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ())
+    }
+
+    /// Queues `change` for the head of `index`, and either writes it (with whatever else
+    /// waits for that head) or learns that another write of this replica took it.
+    async fn change_head(&self, index: &str, change: HeadChange) -> Result<(), BlobHistoryError> {
+        let name = self.layout().head(index);
+        let heads = &self.inner.heads;
+        let mut done = heads.push(&name, change);
+        {
+            let _writing = heads.stripe(&name).lock().await;
+            let batch = heads.take(&name);
+            if !batch.is_empty() {
+                let changes: Vec<HeadChange> = batch.iter().map(|p| p.change.clone()).collect();
+                let result = self.write_head(index, &name, &changes).await;
+                let told = result.as_ref().map(|_| ()).map_err(ToString::to_string);
+                for waiter in batch {
+                    // A waiter that gave up (its job's write was cancelled) needs no answer.
+                    let _ = waiter.done.send(told.clone());
+                }
+                // This call's own change was in the batch it wrote (it queued before taking).
+                result?;
+            }
+        }
+        match done.try_recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(detail)) => Err(BlobHistoryError::HeadNotWritten { blob: name, detail }),
+            // Not answered: cannot happen, a change is answered before its taker lets go of
+            // the stripe; treated as not written, so the caller writes the job again.
+            Err(_) => Err(BlobHistoryError::HeadNotWritten {
+                blob: name,
+                detail: "the write that took this change did not answer".to_string(),
+            }),
+        }
+    }
+
+    /// Reads the head of `index` (seeding it from the index when it is missing, unreadable or
+    /// ran short), applies `changes`, writes it with `If-Match` (`If-None-Match: *` when new),
+    /// again on a conflict with another replica, a bounded number of times.
+    async fn write_head(
+        &self,
+        index: &str,
+        name: &str,
+        changes: &[HeadChange],
+    ) -> Result<(), BlobHistoryError> {
+        let cap = self.inner.options.head_rows.max(1);
+        for attempt in 0..WRITE_ATTEMPTS {
+            if attempt > 0 {
+                let jitter = rand::random_range(5..25u64) * u64::from(attempt);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
+            let current = self.download(name).await?;
+            let etag = current.as_ref().map(|(_, etag)| etag.clone());
+            let parsed = current
+                .as_ref()
+                .and_then(|(body, _)| serde_json::from_slice::<Head>(body).ok());
+            if parsed.as_ref().is_some_and(|h| h.schema > HEAD_SCHEMA) {
+                // A newer build owns this head; it stays as that build wrote it.
+                return Ok(());
+            }
+            let mut head = match parsed {
+                Some(head) if !head.needs_seed(cap) => head,
+                // Missing, unreadable, or run short: the index is the truth.
+                _ => self.seed_head(index, cap).await?,
+            };
+            head.apply(changes, cap);
+            let body = serde_json::to_vec(&head).map_err(|e| BlobHistoryError::Corrupt {
+                blob: name.to_string(),
+                detail: e.to_string(),
+            })?;
+            let condition = match &etag {
+                Some(etag) => Condition::Matches(etag),
+                None => Condition::Absent,
+            };
+            if self
+                .upload(name, body, "application/json", None, condition)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
+        Err(BlobHistoryError::Conflict {
+            blob: name.to_string(),
+        })
+    }
+
+    /// A head made from the newest `cap` entries of its index (one listing).
+    async fn seed_head(&self, index: &str, cap: usize) -> Result<Head, BlobHistoryError> {
+        let rows = self.scan(index, None, cap, |_| true).await?;
+        Ok(Head::seeded(
+            rows.into_iter()
+                .map(|listed| HeadRow {
+                    id: listed.job.id.clone(),
+                    row: Some(ListRow { job: listed.job }),
+                })
+                .collect(),
+            cap,
+        ))
+    }
+
+    /// The head of `index`, when there is one this build can read.
+    async fn read_head(&self, index: &str) -> Result<Option<Head>, BlobHistoryError> {
+        let name = self.layout().head(index);
+        Ok(self
+            .download(&name)
+            .await?
+            .and_then(|(body, _)| serde_json::from_slice::<Head>(&body).ok())
+            .filter(|head| head.schema <= HEAD_SCHEMA))
     }
 
     /// Keeps `runbooks/{name}` up to date: created the first time, its latest scheduled
@@ -839,12 +1050,15 @@ impl BlobHistoryStore {
     pub async fn unfinished_jobs(&self) -> Result<Vec<ListedJob>, BlobHistoryError> {
         let mut out = Vec::new();
         for status in [JobStatus::Queued, JobStatus::Running] {
-            let filter = JobFilter {
-                status: Some(status),
-                limit: JobFilter::MAX_LIMIT,
-                ..JobFilter::default()
-            };
-            out.extend(self.list_rows(&filter).await?);
+            // From the index itself, not its head: the sweep must see every unfinished job
+            // even if a replica died between writing an index entry and its head.
+            let index = self.layout().index_status(status);
+            out.extend(
+                self.scan(&index, None, JobFilter::MAX_LIMIT, |job| {
+                    job.status == status
+                })
+                .await?,
+            );
         }
         Ok(out)
     }
@@ -998,6 +1212,17 @@ impl BlobHistoryStore {
         }
         self.delete_all(layout.all_entries(id, &record.runbook, &record.statuses))
             .await?;
+        let mut indexes: Vec<String> = layout.row_indexes(&record.runbook).into();
+        for status in &record.statuses {
+            indexes.extend(layout.status_indexes(&record.runbook, *status));
+        }
+        self.change_heads(
+            indexes
+                .into_iter()
+                .map(|index| (index, HeadChange::Remove(id.clone())))
+                .collect(),
+        )
+        .await?;
         let mut files = self.list_names(&layout.streams_prefix(id)).await?;
         files.extend(self.list_names(&layout.reports_prefix(id)).await?);
         self.delete_all(files).await?;
@@ -1125,10 +1350,51 @@ impl BlobHistoryStore {
         let limit = filter.limit.clamp(1, JobFilter::MAX_LIMIT);
         let wanted = filter.status;
         let prefix = self.layout().index_for(filter);
-        self.scan(&prefix, filter.before.as_ref(), limit, |job| {
+        self.first_rows(&prefix, filter.before.as_ref(), limit, |job| {
             wanted.is_none_or(|status| job.status == status)
         })
         .await
+    }
+
+    /// [`Self::scan`]'s answer, from the index's head when it holds the page (one blob read),
+    /// else from the listing.
+    async fn first_rows(
+        &self,
+        prefix: &str,
+        before: Option<&JobId>,
+        want: usize,
+        accept: impl Fn(&JobSummary) -> bool,
+    ) -> Result<Vec<ListedJob>, BlobHistoryError> {
+        self.ensure_container().await?;
+        if let Some(head) = self.read_head(prefix).await?
+            && let Some(candidates) = head.page(before, want)
+        {
+            let resolved =
+                futures::stream::iter(candidates.iter().cloned().map(|head_row| async move {
+                    match head_row.row {
+                        Some(row) if row.job.status.is_final() && row.job.id == head_row.id => {
+                            Ok(Some(ListedJob {
+                                replica: row.job.replica.clone().unwrap_or_default(),
+                                job: row.job,
+                            }))
+                        }
+                        _ => self.get_listed(&head_row.id).await,
+                    }
+                }))
+                .buffered(CONCURRENCY)
+                .try_collect::<Vec<_>>()
+                .await?;
+            let mut rows: Vec<ListedJob> = resolved
+                .into_iter()
+                .flatten()
+                .filter(|row| accept(&row.job))
+                .collect();
+            if rows.len() >= want || head.complete {
+                rows.truncate(want);
+                return Ok(rows);
+            }
+        }
+        self.scan(prefix, before, want, accept).await
     }
 
     /// Reads the index under `prefix` newest first from just before `before`, and returns the
@@ -1214,7 +1480,7 @@ impl BlobHistoryStore {
         let found = futures::stream::iter(markers.into_iter().map(|marker| async move {
             let prefix = self.layout().index_runbook(&marker.runbook);
             let rows = self
-                .scan(&prefix, None, 1, |job| job.status != JobStatus::Skipped)
+                .first_rows(&prefix, None, 1, |job| job.status != JobStatus::Skipped)
                 .await?;
             Ok::<_, BlobHistoryError>(rows.into_iter().next().map(|row| (marker.runbook, row.job)))
         }))
