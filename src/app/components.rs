@@ -400,6 +400,7 @@ impl Components {
                 spool,
                 spool_task,
                 replica,
+                self.settings.history.spool_max_jobs,
                 self.clock.clone(),
             )
             .await

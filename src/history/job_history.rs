@@ -212,9 +212,10 @@ impl SharedHistory {
         local: HistoryStore,
         local_task: tokio::task::JoinHandle<()>,
         replica: &str,
+        max_whole_jobs: usize,
         clock: SharedClock,
     ) -> Result<(SharedHistory, tokio::task::JoinHandle<()>), HistoryError> {
-        let spool = Arc::new(Spool::open(local, replica).await?);
+        let spool = Arc::new(Spool::open(local, replica, max_whole_jobs).await?);
         let health = HistoryHealth::default();
         let uploader = tokio::spawn(run_uploader(
             spool.clone(),

@@ -62,6 +62,11 @@ pub struct HistorySettings {
     /// With `coordination.kind = "azure-blob"`: the container of the shared history, in the
     /// coordination storage account; default the coordination container.
     pub container: Option<String>,
+    /// With `coordination.kind = "azure-blob"`: jobs kept whole in the local spool while the
+    /// storage is unreachable. Older waiting jobs beyond these keep their record, step
+    /// counts, warnings and errors; their output, plan and progress entries and reports are
+    /// dropped (and counted), so that an outage of days cannot fill the disk.
+    pub spool_max_jobs: usize,
 }
 
 impl Default for HistorySettings {
@@ -71,6 +76,7 @@ impl Default for HistorySettings {
             max_entries_per_stream: 1000,
             prune_interval: HumanDuration::from_secs(3600),
             container: None,
+            spool_max_jobs: 200,
         }
     }
 }
@@ -87,6 +93,12 @@ impl HistorySettings {
                     "must be at least 1h (jobs would vanish before anyone reads them), got {}",
                     self.retention
                 ),
+            ));
+        }
+        if self.spool_max_jobs == 0 {
+            out.push((
+                "history.spool_max_jobs".to_string(),
+                "must be at least 1".to_string(),
             ));
         }
         if self.max_entries_per_stream == 0 {

@@ -8,6 +8,12 @@
 //!
 //! A process that dies with pending jobs finds them at the next start (the spool's open marks
 //! the ones left running Interrupted, as the local history does) and uploads them.
+//!
+//! The spool is bounded by `history.spool_max_jobs`: the newest waiting jobs are kept whole;
+//! an ended job older than those keeps its record, step counts, warnings and errors, and its
+//! output, plan and progress entries and report files are deleted (counted as dropped, with
+//! a warning entry on the job saying so). So a long outage costs a few KiB per job, and the
+//! outcome of every job still reaches the shared history.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -17,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::blob::BlobHistoryStore;
 use super::job_history::LocalReports;
-use super::{HistoryError, HistoryHealth, HistoryStore, JobFilter, JobId};
+use super::{
+    HistoryError, HistoryHealth, HistoryStore, JobFilter, JobId, NewStreamEntry, StreamKind,
+};
 use crate::clock::SharedClock;
 
 /// The spool's file name inside `state.dir`.
@@ -32,6 +40,8 @@ pub(super) struct Spool {
     pub(super) local: HistoryStore,
     pub(super) reports: LocalReports,
     replica: String,
+    /// `history.spool_max_jobs`.
+    max_whole_jobs: usize,
     /// Jobs whose shared copy is behind the spool. The lock is never held across an await.
     pending: Mutex<Pending>,
     pub(super) stop: CancellationToken,
@@ -40,7 +50,26 @@ pub(super) struct Spool {
 #[derive(Default)]
 struct Pending {
     jobs: BTreeSet<JobId>,
+    /// Pending jobs already cut down to their record (a subset of `jobs`).
+    trimmed: BTreeSet<JobId>,
     last_error: Option<String>,
+}
+
+/// The streams a job cut down in the spool loses; warnings and errors (each capped by
+/// `max_entries_per_stream`) say what went wrong and are kept.
+const TRIMMED_STREAMS: [StreamKind; 3] =
+    [StreamKind::Output, StreamKind::Plan, StreamKind::Progress];
+
+/// Which pending jobs to cut down: the ended ones not yet cut, oldest first, beyond the
+/// newest `max_whole` pending jobs (ids sort by creation time).
+fn to_trim(pending: &BTreeSet<JobId>, trimmed: &BTreeSet<JobId>, max_whole: usize) -> Vec<JobId> {
+    let beyond = pending.len().saturating_sub(max_whole);
+    pending
+        .iter()
+        .take(beyond)
+        .filter(|id| !trimmed.contains(*id))
+        .cloned()
+        .collect()
 }
 
 impl std::fmt::Debug for Spool {
@@ -55,7 +84,11 @@ impl std::fmt::Debug for Spool {
 impl Spool {
     /// Opens the spool and takes every job it still holds as pending (a previous process
     /// could not upload them).
-    pub(super) async fn open(local: HistoryStore, replica: &str) -> Result<Spool, HistoryError> {
+    pub(super) async fn open(
+        local: HistoryStore,
+        replica: &str,
+        max_whole_jobs: usize,
+    ) -> Result<Spool, HistoryError> {
         let mut left = BTreeSet::new();
         let mut before = None;
         loop {
@@ -80,8 +113,10 @@ impl Spool {
             reports: LocalReports::of(local.path()),
             local,
             replica: replica.to_string(),
+            max_whole_jobs: max_whole_jobs.max(1),
             pending: Mutex::new(Pending {
                 jobs: left,
+                trimmed: BTreeSet::new(),
                 last_error: None,
             }),
             stop: CancellationToken::new(),
@@ -141,7 +176,9 @@ impl Spool {
             }
         };
         if done {
-            self.lock().jobs.remove(id);
+            let mut pending = self.lock();
+            pending.jobs.remove(id);
+            pending.trimmed.remove(id);
         }
         self.report(health);
         done
@@ -170,8 +207,61 @@ impl Spool {
         Ok(true)
     }
 
+    /// Cuts the ended pending jobs beyond the newest `history.spool_max_jobs` down to their
+    /// record (see the module doc). Returns how many it cut.
+    pub(super) async fn enforce_cap(&self) -> usize {
+        let candidates = {
+            let pending = self.lock();
+            to_trim(&pending.jobs, &pending.trimmed, self.max_whole_jobs)
+        };
+        let mut cut = 0;
+        for id in candidates {
+            match self.trim(&id).await {
+                Ok(true) => {
+                    self.lock().trimmed.insert(id);
+                    cut += 1;
+                }
+                // Still running: cut once it has ended, at a later pass.
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(job_id = %id, error = %e.chain(), "cannot cut down a job waiting in the spool");
+                }
+            }
+        }
+        cut
+    }
+
+    async fn trim(&self, id: &JobId) -> Result<bool, HistoryError> {
+        let Some(detail) = self.local.get_job(id).await? else {
+            return Ok(true);
+        };
+        if !detail.job.status.is_final() {
+            return Ok(false);
+        }
+        let entries = self.local.trim_streams(id, &TRIMMED_STREAMS).await?;
+        let mut reports = 0usize;
+        for report in self.reports.list(id).await? {
+            let path = self.reports.path(id, &report.file);
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => reports += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(super::job_history::report_error("remove", &path, e)),
+            }
+        }
+        let message = format!(
+            "the shared history was unreachable while more than {} jobs of this replica waited for it (history.spool_max_jobs): {entries} output, plan and progress entries and {reports} report file(s) of this job were dropped; its status, step counts, warnings and errors are kept",
+            self.max_whole_jobs
+        );
+        self.local
+            .append_stream(id, vec![NewStreamEntry::warning(message)])
+            .await?;
+        tracing::warn!(job_id = %id, entries, reports, max_jobs = self.max_whole_jobs, "cut a job waiting in the spool down to its record");
+        Ok(true)
+    }
+
     /// One pass over the pending jobs.
     pub(super) async fn upload_all(&self, store: &BlobHistoryStore, health: &HistoryHealth) {
+        self.enforce_cap().await;
         let ids: Vec<JobId> = self.lock().jobs.iter().cloned().collect();
         for id in ids {
             self.upload(store, &id, health).await;
@@ -196,5 +286,26 @@ pub(super) async fn run_uploader(
             () = spool.stop.cancelled() => return,
             () = clock.sleep_until(deadline) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::id::IdGenerator;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn the_oldest_waiting_jobs_beyond_the_cap_are_cut_once() {
+        let ids = IdGenerator::default();
+        let made: Vec<JobId> = (0..5)
+            .map(|m| ids.next(Utc.with_ymd_and_hms(2026, 3, 1, 6, m, 0).unwrap()))
+            .collect();
+        let pending: BTreeSet<JobId> = made.iter().cloned().collect();
+        assert_eq!(to_trim(&pending, &BTreeSet::new(), 5), Vec::<JobId>::new());
+        assert_eq!(to_trim(&pending, &BTreeSet::new(), 3), made[..2].to_vec());
+        let trimmed: BTreeSet<JobId> = [made[0].clone()].into();
+        assert_eq!(to_trim(&pending, &trimmed, 3), made[1..2].to_vec());
+        assert_eq!(to_trim(&pending, &trimmed, 1), made[1..4].to_vec());
     }
 }

@@ -124,6 +124,11 @@ enum Command {
         id: JobId,
         ack: Ack<()>,
     },
+    TrimStreams {
+        id: JobId,
+        kinds: Vec<StreamKind>,
+        ack: Ack<u64>,
+    },
     Close {
         ack: oneshot::Sender<()>,
     },
@@ -385,6 +390,19 @@ impl HistoryStore {
     pub async fn forget(&self, id: &JobId) -> Result<(), HistoryError> {
         let id = id.clone();
         self.request(|ack| Command::Forget { id, ack }).await
+    }
+
+    /// Deletes the job's kept entries of `kinds` and counts them as dropped (the spool's way to
+    /// stay small, [`super::spool`]); returns how many it deleted.
+    pub async fn trim_streams(
+        &self,
+        id: &JobId,
+        kinds: &[StreamKind],
+    ) -> Result<u64, HistoryError> {
+        let id = id.clone();
+        let kinds = kinds.to_vec();
+        self.request(|ack| Command::TrimStreams { id, kinds, ack })
+            .await
     }
 
     /// Flushes every command sent before it and stops the writer. Later writes from any
@@ -673,6 +691,11 @@ impl Writer {
                 }
                 Command::Forget { id, ack } => {
                     let result = forget_job(&mut self.conn, &id);
+                    self.observe(&result);
+                    let _ = ack.send(result);
+                }
+                Command::TrimStreams { id, kinds, ack } => {
+                    let result = trim_streams(&mut self.conn, &id, &kinds);
                     self.observe(&result);
                     let _ = ack.send(result);
                 }
@@ -1067,6 +1090,30 @@ fn forget_job(conn: &mut Connection, id: &JobId) -> Result<(), HistoryError> {
     let tx = conn.transaction().map_err(&err)?;
     delete_job_rows(&tx, id.as_str(), &err)?;
     tx.commit().map_err(&err)
+}
+
+fn trim_streams(
+    conn: &mut Connection,
+    id: &JobId,
+    kinds: &[StreamKind],
+) -> Result<u64, HistoryError> {
+    let err = sql("trim stream entries");
+    let tx = conn.transaction().map_err(&err)?;
+    let mut deleted = 0u64;
+    for kind in kinds {
+        let n = tx
+            .prepare_cached("DELETE FROM stream_entries WHERE job_id = ?1 AND kind = ?2")
+            .and_then(|mut stmt| stmt.execute(params![id.as_str(), kind.as_str()]))
+            .map_err(&err)?;
+        tx.prepare_cached(
+            "UPDATE stream_counts SET dropped = dropped + kept, kept = 0 WHERE job_id = ?1 AND kind = ?2",
+        )
+        .and_then(|mut stmt| stmt.execute(params![id.as_str(), kind.as_str()]))
+        .map_err(&err)?;
+        deleted += n as u64;
+    }
+    tx.commit().map_err(&err)?;
+    Ok(deleted)
 }
 
 fn delete_job_rows(

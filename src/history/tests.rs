@@ -608,12 +608,14 @@ fn settings_that_make_no_sense_are_reported_by_key() {
         max_entries_per_stream: 0,
         prune_interval: crate::duration::HumanDuration::from_secs(0),
         container: Some("Bad_Name".into()),
+        spool_max_jobs: 0,
     };
     let keys: Vec<_> = bad.problems().into_iter().map(|(key, _)| key).collect();
     assert_eq!(
         keys,
         [
             "history.retention",
+            "history.spool_max_jobs",
             "history.max_entries_per_stream",
             "history.container",
             "history.prune_interval"

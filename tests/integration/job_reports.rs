@@ -341,3 +341,110 @@ async fn a_job_that_runs_while_storage_is_down_reaches_the_container_once_it_is_
     assert!(spool.get_job(&job_id).await.unwrap().is_none());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_long_outage_keeps_the_spool_bounded_and_every_outcome() {
+    use crate::support::coordination::{SwitchableProxy, azurite_addr};
+    use crate::support::wait_until;
+    use runbook_worker::history::{HistoryReader, JobId, StreamKind, spool_path};
+    use std::time::Duration;
+
+    let container = AzuriteContainer::new();
+    let proxy = SwitchableProxy::start(azurite_addr()).await;
+    let through_proxy = container.with_endpoint(proxy.endpoint());
+    let app = spawn_app_with(
+        shared(options(), &through_proxy, "replica-a")
+            .setting("RUNBOOK_WORKER__COORDINATION__REQUEST_TIMEOUT", "2s")
+            .setting("RUNBOOK_WORKER__COORDINATION__MAX_RETRIES", "0")
+            .setting("RUNBOOK_WORKER__HISTORY__SPOOL_MAX_JOBS", "1"),
+    )
+    .await;
+    proxy.set_up(false);
+
+    // Three jobs while the storage is down: one more than the spool keeps whole... twice.
+    let mut ids: Vec<JobId> = Vec::new();
+    for _ in 0..3 {
+        let id = app.run_runbook("domains", json!({})).await;
+        let job = app.wait_for_job_end(&id).await;
+        assert_eq!(job["status"], "Completed", "{job}");
+        ids.push(id.parse().unwrap());
+    }
+    let spool = HistoryReader::open(&spool_path(&app.state_dir())).expect("the spool");
+    let cut = |detail: &runbook_worker::history::JobDetail| {
+        detail
+            .streams
+            .iter()
+            .any(|e| e.kind == StreamKind::Warning && e.text.contains("history.spool_max_jobs"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            let mut cut_down = 0;
+            for id in &ids[..2] {
+                if spool.get_job(id).await.unwrap().is_some_and(|d| cut(&d)) {
+                    cut_down += 1;
+                }
+            }
+            cut_down == 2
+        })
+        .await,
+        "the two oldest waiting jobs are cut down to their record"
+    );
+    let newest = spool.get_job(&ids[2]).await.unwrap().expect("kept whole");
+    assert!(!cut(&newest));
+
+    proxy.set_up(true);
+    let reader = direct_reader(&container);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            let mut there = 0;
+            for id in &ids {
+                if reader.get_job(id).await.ok().flatten().is_some() {
+                    there += 1;
+                }
+            }
+            there == 3
+        })
+        .await,
+        "every job's outcome reaches the container"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let stored = reader.get_job(id).await.unwrap().unwrap();
+        assert_eq!(
+            stored.job.status,
+            runbook_worker::history::JobStatus::Completed
+        );
+        let outputs = stored
+            .streams
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    StreamKind::Output | StreamKind::Plan | StreamKind::Progress
+                )
+            })
+            .count();
+        if i < 2 {
+            assert!(cut(&stored), "{:?}", stored.streams);
+            assert_eq!(outputs, 0, "{:?}", stored.streams);
+            assert!(stored.reports.is_empty(), "{:?}", stored.reports);
+            assert!(
+                stored.dropped.values().sum::<u64>() > 0,
+                "what was dropped is counted: {:?}",
+                stored.dropped
+            );
+        } else {
+            assert!(!cut(&stored));
+            assert!(outputs > 0, "{:?}", stored.streams);
+            assert_eq!(stored.reports.len(), 1, "{:?}", stored.reports);
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            app.get_json("/readyz").await["checks"]["history"]["state"] == "ok"
+        })
+        .await,
+        "{}",
+        app.get_json("/readyz").await
+    );
+    app.stop().await;
+}
