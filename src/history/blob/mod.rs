@@ -25,6 +25,7 @@
 //! | `history/index/runbook/{runbook}/{inv}` | the same, per runbook |
 //! | `history/index/status/{status}/{inv}` | the same, per status the job has been in; entries of Queued and Running are deleted when it leaves them |
 //! | `history/index/runbook-status/{runbook}/{status}/{inv}` | the same, per runbook and status |
+//! | `history/heads/{index}.json` | the head of one index (`all`, `runbook/{runbook}`, `status/{status}`, `runbook-status/{runbook}/{status}`): its newest `head_rows` (120) list rows, newest first, and whether they are the whole index ([`head::Head`]) |
 //! | `history/runbooks/{runbook}` | one per runbook ever recorded (never deleted): its latest scheduled occurrence among the jobs kept (body and metadata), for `last_occurrence_per_runbook` and the list of runbooks |
 //! | `history/prune.lock` | empty; its lease makes one replica the pruner of a pass |
 //!
@@ -34,6 +35,15 @@
 //! both with one list call.
 //!
 //! # Why listing is fast
+//!
+//! The first pages come from the index's head: one read of a named blob, whose cost does not
+//! grow with the container (a List Blobs call does on Azurite, which filters every blob of
+//! the account in memory per list: 254 ms p50 for the newest page at 20,000 jobs before
+//! heads). Every index write updates the heads after the index entries, with `If-Match`;
+//! the changes of concurrent jobs of one replica are coalesced into one write per head. A
+//! head that is missing, unreadable or has lost most of its rows is seeded again from its
+//! index by the next write; a page the head cannot answer (older than its rows) is listed as
+//! below. The interrupt sweep lists the index itself, never a head.
 //!
 //! A page of [`crate::history::JobFilter`] is one List Blobs call on the narrowest index the
 //! filter names (`maxresults` = limit + 1, `include=metadata`), newest first because of the
