@@ -1640,6 +1640,29 @@ async fn two_replicas_share_one_history_that_outlives_the_replica_that_ran_the_j
         .unwrap();
     assert_eq!(from_b.status(), 200);
     assert_eq!(from_b.text().await.unwrap(), report);
+    // B's dashboard, as a browser renders it: A's jobs on the front page, and the job page
+    // with the replica that ran it and its report.
+    {
+        use crate::support::http::chromium;
+        let home = chromium(&b.url("/"), &["--dump-dom".to_string()]).await;
+        for id in [&api_id, &manual_id] {
+            assert!(
+                home.contains(id.as_str()),
+                "B's front page lists {id}:\n{home}"
+            );
+        }
+        let page = chromium(
+            &b.url(&format!("/jobs/{api_id}")),
+            &["--dump-dom".to_string()],
+        )
+        .await;
+        assert!(
+            page.contains("replica-a"),
+            "the replica that ran it:\n{page}"
+        );
+        assert!(page.contains("domains.csv"), "its report:\n{page}");
+        assert!(page.contains("Completed"), "{page}");
+    }
     let listed = cli(dir_b.path(), &["jobs", "--output", "json"]);
     assert!(
         listed.status.success(),
