@@ -1369,24 +1369,11 @@ impl BlobHistoryStore {
         if let Some(head) = self.read_head(prefix).await?
             && let Some(candidates) = head.page(before, want)
         {
-            let resolved =
-                futures::stream::iter(candidates.iter().cloned().map(|head_row| async move {
-                    match head_row.row {
-                        Some(row) if row.job.status.is_final() && row.job.id == head_row.id => {
-                            Ok(Some(ListedJob {
-                                replica: row.job.replica.clone().unwrap_or_default(),
-                                job: row.job,
-                            }))
-                        }
-                        _ => self.get_listed(&head_row.id).await,
-                    }
-                }))
-                .buffered(CONCURRENCY)
-                .try_collect::<Vec<_>>()
-                .await?;
-            let mut rows: Vec<ListedJob> = resolved
+            let page = candidates.iter().map(|r| (r.id.clone(), r.row.clone()));
+            let mut rows: Vec<ListedJob> = self
+                .resolve(page.collect())
+                .await?
                 .into_iter()
-                .flatten()
                 .filter(|row| accept(&row.job))
                 .collect();
             if rows.len() >= want || head.complete {
@@ -1395,6 +1382,28 @@ impl BlobHistoryStore {
             }
         }
         self.scan(prefix, before, want, accept).await
+    }
+
+    /// The jobs of listed rows, in order: a row of a finished job is final and used as given;
+    /// a row of a Queued or Running job (or a missing row) is read from its record,
+    /// concurrently, and left out when the record is gone (pruned).
+    async fn resolve(
+        &self,
+        page: Vec<(JobId, Option<ListRow>)>,
+    ) -> Result<Vec<ListedJob>, BlobHistoryError> {
+        let resolved = futures::stream::iter(page.into_iter().map(|(id, row)| async move {
+            match row {
+                Some(row) if row.job.status.is_final() && row.job.id == id => Ok(Some(ListedJob {
+                    replica: row.job.replica.clone().unwrap_or_default(),
+                    job: row.job,
+                })),
+                _ => self.get_listed(&id).await,
+            }
+        }))
+        .buffered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+        Ok(resolved.into_iter().flatten().collect())
     }
 
     /// Reads the index under `prefix` newest first from just before `before`, and returns the
@@ -1437,24 +1446,10 @@ impl BlobHistoryStore {
             })
             .await?;
             let exhausted = page.len() < room;
-            let resolved = futures::stream::iter(page.into_iter().map(|(id, row)| async move {
-                match row {
-                    Some(row) if row.job.status.is_final() && row.job.id == id => {
-                        Ok(Some(ListedJob {
-                            replica: row.job.replica.clone().unwrap_or_default(),
-                            job: row.job,
-                        }))
-                    }
-                    _ => self.get_listed(&id).await,
-                }
-            }))
-            .buffered(CONCURRENCY)
-            .try_collect::<Vec<_>>()
-            .await?;
             out.extend(
-                resolved
+                self.resolve(page)
+                    .await?
                     .into_iter()
-                    .flatten()
                     .filter(|row| accept(&row.job)),
             );
             match last_name {
