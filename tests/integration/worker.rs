@@ -1142,7 +1142,7 @@ async fn three_replicas_run_every_occurrence_exactly_once_through_a_kill_and_a_r
             if !(400..700).contains(&now.timestamp_subsec_millis()) {
                 return false;
             }
-            for (i, worker) in workers.iter().enumerate() {
+            for worker in workers {
                 let Ok(response) = reqwest::get(worker.url("/api/jobs?status=Running")).await
                 else {
                     continue;
@@ -1151,7 +1151,9 @@ async fn three_replicas_run_every_occurrence_exactly_once_through_a_kill_and_a_r
                     continue;
                 };
                 let running: Vec<&Value> = jobs["jobs"].as_array().into_iter().flatten().collect();
-                let slow_for_a_while = running.iter().any(|j| {
+                // Every replica's API lists every replica's jobs (one shared history): the
+                // victim is the replica the slow job names, not the one that answered.
+                let slow_for_a_while = running.iter().find(|j| {
                     j["runbook"] == "slow"
                         && j["started_at"]
                             .as_str()
@@ -1161,8 +1163,16 @@ async fn three_replicas_run_every_occurrence_exactly_once_through_a_kill_and_a_r
                             })
                 });
                 let fast_running = running.iter().any(|j| j["runbook"] == "fast");
-                if slow_for_a_while && !fast_running {
-                    *victim.lock().unwrap() = Some((i, jobs.clone()));
+                let owner = slow_for_a_while.and_then(|j| {
+                    j["replica"]
+                        .as_str()
+                        .and_then(|r| r.strip_prefix("replica-"))
+                        .and_then(|n| n.parse::<usize>().ok())
+                });
+                if let Some(owner) = owner
+                    && !fast_running
+                {
+                    *victim.lock().unwrap() = Some((owner, jobs.clone()));
                     return true;
                 }
             }
