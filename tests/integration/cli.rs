@@ -253,6 +253,8 @@ fn completions_are_printed_for_bash_zsh_and_fish_without_any_settings() {
 #[test]
 fn a_broken_settings_line_never_prints_the_secret_on_it() {
     let secret = "s3cr3t-TOKEN-ab12cd34ef56ab12cd34ef56";
+    // The storage URL below is never contacted: the line does not parse, so `validate` stops
+    // at the file.
     let files = [
         format!("[http]\napi_token = \"{secret}\" oops\n"),
         format!(

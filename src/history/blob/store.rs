@@ -612,10 +612,7 @@ impl BlobHistoryStore {
     ) -> Result<(), BlobHistoryError> {
         let cap = self.inner.options.head_rows.max(1);
         for attempt in 0..WRITE_ATTEMPTS {
-            if attempt > 0 {
-                let jitter = rand::random_range(5..25u64) * u64::from(attempt);
-                tokio::time::sleep(Duration::from_millis(jitter)).await;
-            }
+            back_off(attempt).await;
             let current = self.download(name).await?;
             let etag = current.as_ref().map(|(_, etag)| etag.clone());
             let parsed = current
@@ -695,11 +692,7 @@ impl BlobHistoryStore {
             return Ok(());
         }
         for attempt in 0..WRITE_ATTEMPTS {
-            if attempt > 0 {
-                // Spread racing replicas out so that one of them wins the next round.
-                let jitter = rand::random_range(5..25u64) * u64::from(attempt);
-                tokio::time::sleep(Duration::from_millis(jitter)).await;
-            }
+            back_off(attempt).await;
             let current = self.download(&name).await?;
             let mut marker = match &current {
                 Some((body, _)) => serde_json::from_slice::<RunbookMarker>(body).map_err(|e| {
@@ -1597,6 +1590,15 @@ impl BlobHistoryStore {
 }
 
 /// The record of a job given whole (import, upload of a spooled job).
+/// Before another round of a conditional read-change-write that lost a race: spreads racing
+/// replicas out so that one of them wins the next round. No wait before the first.
+async fn back_off(attempt: u32) {
+    if attempt > 0 {
+        let jitter = rand::random_range(5..25u64) * u64::from(attempt);
+        tokio::time::sleep(Duration::from_millis(jitter)).await;
+    }
+}
+
 fn record_of(detail: &JobDetail, replica: &str) -> JobRecord {
     let job = &detail.job;
     let new = NewJob {
